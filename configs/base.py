@@ -1,0 +1,147 @@
+"""Every configuration field of the project, with its default.
+
+Experiment configs import this module and change only what differs. A field set
+to ``None`` is "off". Never read an undeclared field with ``.get``: configs are
+locked, so every knob must be declared here to be settable from the command
+line (``--config.optimizer.learning_rate=1e-3``).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = 'base'                  # Experiment name; default workdir is runs/<name>.
+  c.seed = 0                       # Seeds init, data order and per-step rngs.
+  c.num_steps = 1000               # Total optimizer steps of the run.
+  c.log_every = 20                 # Steps between metric lines in metrics.jsonl.
+  c.eval_every = 200               # Steps between evaluations (and at the end).
+  c.eval_batches = 4               # Held-out batches per evaluation.
+  c.log_per_layer = False          # Also log per-layer norms and stability probes.
+  c.progress = True                # Show a tqdm progress bar.
+  c.stop_on_nonfinite = True       # Stop with an error on the first NaN/Inf metric.
+  c.distributed = False            # Call jax.distributed.initialize() at start.
+
+  # Model. Sizes of the data (vocab, outputs) are filled in from the dataset.
+  c.model = m = ml_collections.ConfigDict()
+  m.name = 'transformer'           # transformer | mlp | cnn | resnet
+  m.d_model = 64                   # Transformer width.
+  m.num_layers = 2                 # Transformer blocks.
+  m.num_heads = 4                  # Attention heads.
+  m.mlp_ratio = 4                  # Transformer MLP hidden = mlp_ratio * d_model.
+  m.max_len = 128                  # Maximum sequence length (learned positions).
+  m.tie_embeddings = True          # Share input embedding and output head.
+  m.dropout = 0.0                  # Dropout rate (uses the per-step rng).
+  m.hidden_sizes = (64, 64)        # MLP hidden widths.
+  m.channels = (16, 32)            # CNN channels per conv layer / ResNet stage widths.
+  m.blocks_per_stage = 1           # ResNet basic blocks per stage.
+  m.activation = 'gelu'            # gelu | relu | tanh | silu
+  m.norm = 'layernorm'             # layernorm | rmsnorm | batchnorm | none | dyt
+  m.norm_position = 'pre'          # pre | post | peri | mix | deepnorm
+  m.mix_ln_split = None            # Mix-LN: number of leading Post-LN blocks (None: num_layers // 4).
+  m.qk_norm = False                # Normalize queries and keys (transformer only).
+  m.layernorm_scaling = False      # Scale each norm output by 1/sqrt(depth).
+  m.init = 'default'               # default | lecun | he | orthogonal | fixup | zero
+  m.init_scale = 1.0               # Multiplier on the initialization's std.
+  m.parametrization = 'standard'   # standard | ntk | mup
+  m.base_width = None              # muP reference width (required for mup).
+  m.output_scale = 1.0             # alpha multiplying the model output (lazy vs rich).
+  m.quantization = None            # None | int4 | fp4 (fake-quantized training).
+  m.softmax = 'softmax'            # softmax | stablemax (output nonlinearity in the loss).
+  m.dtype = 'float32'              # Compute dtype: float32 | bfloat16.
+  m.attention_impl = None          # None (XLA picks) | xla | cudnn.
+
+  # Data. All defaults need no network.
+  c.data = d = ml_collections.ConfigDict()
+  d.name = 'markov'                # markov | bytes | teacher_student | modular | digits | tfds | huggingface
+  d.batch_size = 32                # Global batch size.
+  d.seq_len = 64                   # Tokens per sequence (language data).
+  d.vocab_size = 64                # Markov language: number of states.
+  d.temperature = 0.5              # Markov language: lower -> lower transition entropy.
+  d.text_dir = None                # bytes: directory of text files (None: Python's stdlib source).
+  d.max_bytes = 4_000_000          # bytes: read at most this many bytes.
+  d.input_dim = 16                 # teacher_student: input dimension.
+  d.teacher_width = 32             # teacher_student: teacher hidden width.
+  d.output_dim = 1                 # teacher_student: outputs.
+  d.noise_std = 0.0                # teacher_student: label noise.
+  d.num_train = 1024               # teacher_student: training set size (eval set same size).
+  d.modulus = 97                   # modular: p.
+  d.operation = 'add'              # modular: add | sub | mul | div
+  d.train_fraction = 0.4           # modular: fraction of all pairs used for training.
+  d.white_noise = False            # digits: replace images by white noise of the same shape.
+  d.hf_name = None                 # huggingface / tfds: dataset name (optional [data] extra).
+  d.num_workers = 0                # Reserved for threaded prefetch (0: synchronous).
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = 'auto'             # auto (from the dataset) | cross_entropy | mse
+  c.loss.z_loss = 0.0              # Coefficient of the log^2 Z auxiliary loss.
+
+  # Optimizer (dynamics/optim). Fields a given optimizer does not use are ignored.
+  c.optimizer = o = ml_collections.ConfigDict()
+  o.name = 'adamw'                 # sgd | momentum | adam | adamw | adamp | sgdp | stable_spam
+  o.learning_rate = 3e-3           # Peak learning rate (the schedule scales it).
+  o.b1 = 0.9                       # Adam-type first-moment decay.
+  o.b2 = 0.95                      # Adam-type second-moment decay.
+  o.eps = 1e-8                     # Adam-type epsilon.
+  o.momentum = 0.9                 # momentum / sgdp: momentum coefficient.
+  o.dampening = 0.0                # sgdp: dampening.
+  o.nesterov = False               # Nesterov momentum.
+  o.weight_decay = 0.0             # Decoupled weight decay.
+  o.weight_decay_mask = 'matrices' # all | matrices (ndim >= 2 only)
+  o.clip_norm = None               # Global-norm gradient clipping threshold.
+  o.delta = 0.1                    # adamp / sgdp: cosine threshold.
+  o.wd_ratio = 0.1                 # adamp / sgdp: weight-decay ratio when projecting.
+  o.gamma1 = 0.7                   # stable_spam: AdaGN first-moment decay.
+  o.gamma2 = 0.9                   # stable_spam: AdaGN second-moment decay.
+  o.theta = 0.999                  # stable_spam: AdaClip threshold decay.
+  o.reset_interval = 1000          # stable_spam: momentum reset period.
+  o.beta1_decay_steps = None       # stable_spam: steps over which b1 decays (None: off).
+  o.beta1_decay_min = 0.5          # stable_spam: final b1 of that decay.
+  o.lr_multipliers = None          # Set by parametrizations (muP); leave None.
+  o.sam = s = ml_collections.ConfigDict()
+  s.rho = None                     # SAM radius (None: plain gradients).
+  s.adaptive = False               # ASAM: element-wise adaptive perturbation.
+  s.eta = 0.0                      # ASAM: the eta in |w| + eta.
+  s.mask = 'all'                   # all | norm (SAM-ON: only normalization parameters)
+  s.num_microbatches = 1           # m-sharpness: perturb per micro-batch.
+
+  # Learning-rate schedule (dynamics/schedules.py).
+  c.schedule = sc = ml_collections.ConfigDict()
+  sc.name = 'wsd'                  # wsd | wsd_s | constant | cosine
+  sc.warmup_steps = 50             # Linear warmup steps (first step uses peak/warmup_steps).
+  sc.decay_fraction = 0.2          # wsd: fraction of num_steps spent decaying.
+  sc.decay_shape = 'linear'        # linear | cosine | 1-sqrt
+  sc.final_value = 0.0             # Learning rate reached at the end of the decay.
+  sc.budgets = None                # wsd_s: increasing step budgets, each ending a decay.
+
+  c.checkpoint = ck = ml_collections.ConfigDict()
+  ck.every_steps = 100             # Steps between periodic checkpoints.
+  ck.max_to_keep = 3               # Periodic checkpoints kept (latest ones).
+  ck.keep_steps = ()               # Steps kept forever (for later analysis).
+  ck.async_save = True             # Save asynchronously (orbax).
+
+  c.ema = ml_collections.ConfigDict()
+  c.ema.decay = None               # EMA of parameters (e.g. 0.999); evaluated alongside.
+
+  c.branch = b = ml_collections.ConfigDict()
+  b.from_workdir = None            # WSD branching: parent run's workdir.
+  b.from_step = None               # Parent checkpoint step to branch from.
+  b.decay_steps = None             # Length of the branch's decay.
+
+  c.merge = mg = ml_collections.ConfigDict()
+  mg.interval = None               # WSM: keep a checkpoint every `interval` steps.
+  mg.window = None                 # WSM: steps covered by the merge window.
+  mg.shape = 'linear'              # WSM: emulated decay (uniform | linear | cosine | 1-sqrt).
+
+  c.analysis = a = ml_collections.ConfigDict()
+  a.sharpness_every = None         # Log the top Hessian eigenvalue every N steps.
+  a.sharpness_iters = 20           # Lanczos iterations per probe.
+  a.sharpness_batches = 1          # Batches in the probe's loss.
+  a.trace_every = None             # Log Hutchinson's Hessian trace every N steps.
+  a.ntk_every = None               # Log NTK statistics on a probe set every N steps.
+  a.ntk_num_examples = 64          # NTK probe-set size.
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                 # Data-parallel axis size (-1: all remaining devices).
+  c.mesh.fsdp = 1                  # FSDP axis size (parameters sharded over it).
+  return c

@@ -1,0 +1,74 @@
+"""The main job: a small GPT-style language model trained with a WSD schedule.
+
+Command:
+  python -m experiments.main --config=configs/wsd.py
+
+What you should see (2 CPU cores, about 2-3 minutes): a progress bar with
+loss, learning rate and tokens/s; a 4-layer, 128-wide decoder-only transformer
+(~0.8M parameters) learns the embedded synthetic Markov language (vocabulary
+128, no download), whose entropy rate (the best achievable loss) is printed at
+the start. The eval loss falls fast during warmup, then creeps along a plateau
+during the long stable phase at peak learning rate, then drops sharply during
+the final 20% linear decay -- the WSD signature -- ending within a few
+hundredths of a nat of the floor. The summary names the workdir
+(``runs/wsd``), the final train/eval loss, and where metrics.jsonl and the
+checkpoints are.
+
+Smoke variant (seconds, for tests): ``--config=configs/wsd.py:smoke``.
+"""
+
+import ml_collections
+
+from configs import base
+
+
+def get_config(arg: str = None) -> ml_collections.ConfigDict:
+  c = base.get_config()
+  c.name = 'wsd'
+  c.num_steps = 2000
+  c.log_every = 20
+  c.eval_every = 100
+  c.eval_batches = 4
+  c.model.name = 'transformer'
+  c.model.d_model = 128
+  c.model.num_layers = 4
+  c.model.num_heads = 4
+  c.model.max_len = 64
+  c.data.name = 'markov'
+  c.data.vocab_size = 128
+  c.data.temperature = 0.5
+  c.data.seq_len = 64
+  c.data.batch_size = 32
+  c.optimizer.name = 'adamw'
+  c.optimizer.learning_rate = 3e-3
+  c.optimizer.weight_decay = 0.1
+  c.optimizer.clip_norm = 1.0
+  c.schedule.name = 'wsd'
+  c.schedule.warmup_steps = 100
+  c.schedule.decay_fraction = 0.2
+  c.schedule.decay_shape = 'linear'
+  c.checkpoint.every_steps = 250
+  if arg == 'smoke':
+    smoke(c)
+  elif arg:
+    raise ValueError(f'configs/wsd.py: unknown variant {arg!r} (use "smoke")')
+  return c
+
+
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a config so the real code path runs in seconds."""
+  c.num_steps = 40
+  c.log_every = 5
+  c.eval_every = 20
+  c.eval_batches = 2
+  c.model.d_model = 32
+  c.model.num_layers = 2
+  c.model.num_heads = 2
+  c.model.max_len = 32
+  c.data.vocab_size = 32
+  c.data.seq_len = 16
+  c.data.batch_size = 8
+  c.schedule.warmup_steps = 5
+  c.checkpoint.every_steps = 10
+  c.progress = False
+  return c

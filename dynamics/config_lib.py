@@ -1,0 +1,204 @@
+"""Config validation: every bad field fails here, before anything compiles."""
+
+from typing import Any, Iterable, Optional
+
+import ml_collections
+
+from dynamics import data as data_lib
+from dynamics import models as models_lib
+from dynamics import optim as optim_lib
+from dynamics import schedules as schedules_lib
+
+
+class ConfigError(ValueError):
+  """A config field has an unknown name or an invalid value."""
+
+
+def _flat_keys(cfg: Any, prefix: str = '') -> Iterable[str]:
+  for key, value in cfg.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      yield from _flat_keys(value, name + '.')
+    else:
+      yield name
+
+
+def _check(ok: bool, field: str, value: Any, requirement: str) -> None:
+  if not ok:
+    raise ConfigError(f'config.{field}={value!r}: {requirement}')
+
+
+def _one_of(field: str, value: Any, allowed: Iterable[Any]) -> None:
+  allowed = tuple(allowed)
+  _check(value in allowed, field, value, f'must be one of {allowed}')
+
+
+def validate(config: ml_collections.ConfigDict, device_count: int = 1,
+             base: Optional[ml_collections.ConfigDict] = None) -> None:
+  """Raises ``ConfigError`` naming the first unknown or invalid field.
+
+  Args:
+    config: the experiment config.
+    device_count: devices the global batch is split over.
+    base: the config declaring every field (default ``configs.base``).
+  """
+  if base is None:
+    from configs import base as base_module
+    base = base_module.get_config()
+  known = set(_flat_keys(base))
+  for key in _flat_keys(config):
+    if key not in known and not any(key.startswith(k + '.') for k in known):
+      raise ConfigError(f'config.{key}: unknown field (fields are declared in '
+                        'configs/base.py)')
+  c = config
+  _check(c.num_steps > 0, 'num_steps', c.num_steps, 'must be > 0')
+  for field in ('log_every', 'eval_every', 'eval_batches'):
+    _check(c[field] > 0, field, c[field], 'must be > 0')
+
+  m = c.model
+  _one_of('model.name', m.name, models_lib.MODELS)
+  _one_of('model.norm', m.norm, models_lib.NORMS)
+  _one_of('model.dtype', m.dtype, tuple(models_lib.DTYPES))
+  _one_of('model.activation', m.activation, ('gelu', 'relu', 'tanh', 'silu'))
+  _one_of('model.attention_impl', m.attention_impl, (None, 'xla', 'cudnn'))
+  _check(m.init_scale > 0, 'model.init_scale', m.init_scale, 'must be > 0')
+  _check(m.output_scale > 0, 'model.output_scale', m.output_scale, 'must be > 0')
+  _check(0.0 <= m.dropout < 1.0, 'model.dropout', m.dropout, 'must be in [0, 1)')
+  _one_of('model.parametrization', m.parametrization, ('standard', 'ntk', 'mup'))
+  if m.parametrization == 'mup':
+    _check(m.base_width is not None, 'model.base_width', m.base_width,
+           'must be set when model.parametrization=mup')
+  if m.name == 'transformer':
+    _check(m.d_model % m.num_heads == 0, 'model.num_heads', m.num_heads,
+           f'must divide model.d_model={m.d_model}')
+    _check(m.norm != 'batchnorm', 'model.norm', m.norm,
+           'batchnorm is not supported by the transformer')
+  else:
+    _check(not m.qk_norm, 'model.qk_norm', m.qk_norm,
+           f'applies only to model.name=transformer, not {m.name!r}')
+    _check(m.norm_position == 'pre', 'model.norm_position', m.norm_position,
+           f'applies only to model.name=transformer, not {m.name!r}')
+
+  d = c.data
+  _one_of('data.name', d.name, data_lib.DATASETS)
+  _check(d.batch_size > 0, 'data.batch_size', d.batch_size, 'must be > 0')
+  _check(d.batch_size % device_count == 0, 'data.batch_size', d.batch_size,
+         f'must be divisible by the device count ({device_count})')
+  language = d.name in ('markov', 'bytes', 'huggingface')
+  if m.name == 'transformer':
+    _check(language, 'data.name', d.name,
+           'model.name=transformer needs language data (markov | bytes)')
+    _check(d.seq_len <= m.max_len, 'data.seq_len', d.seq_len,
+           f'must be <= model.max_len={m.max_len}')
+  else:
+    _check(not language, 'data.name', d.name,
+           f'model.name={m.name} needs non-language data '
+           '(teacher_student | modular | digits)')
+  if m.name in ('cnn', 'resnet'):
+    _check(d.name in ('digits', 'tfds'), 'data.name', d.name,
+           f'model.name={m.name} needs image data (digits)')
+  if d.name == 'markov':
+    _check(d.temperature > 0, 'data.temperature', d.temperature, 'must be > 0')
+    _check(d.vocab_size >= 2, 'data.vocab_size', d.vocab_size, 'must be >= 2')
+  if d.name == 'modular':
+    _one_of('data.operation', d.operation, data_lib.MODULAR_OPS)
+    _check(0 < d.train_fraction < 1, 'data.train_fraction', d.train_fraction,
+           'must be in (0, 1)')
+
+  _one_of('loss.name', c.loss.name, ('auto', 'cross_entropy', 'mse'))
+  _check(c.loss.z_loss >= 0, 'loss.z_loss', c.loss.z_loss, 'must be >= 0')
+
+  o = c.optimizer
+  _one_of('optimizer.name', o.name, optim_lib.OPTIMIZERS)
+  _check(o.learning_rate > 0, 'optimizer.learning_rate', o.learning_rate,
+         'must be > 0')
+  for field in ('b1', 'b2', 'momentum', 'gamma1', 'gamma2', 'theta'):
+    _check(0.0 <= o[field] < 1.0, f'optimizer.{field}', o[field],
+           'must be in [0, 1)')
+  _check(o.eps >= 0, 'optimizer.eps', o.eps, 'must be >= 0')
+  _check(o.weight_decay >= 0, 'optimizer.weight_decay', o.weight_decay,
+         'must be >= 0')
+  _one_of('optimizer.weight_decay_mask', o.weight_decay_mask,
+          optim_lib.WEIGHT_DECAY_MASKS)
+  _check(o.clip_norm is None or o.clip_norm > 0, 'optimizer.clip_norm',
+         o.clip_norm, 'must be > 0 or None')
+  _check(o.reset_interval >= 1, 'optimizer.reset_interval', o.reset_interval,
+         'must be >= 1')
+  _check(o.delta >= 0, 'optimizer.delta', o.delta, 'must be >= 0')
+  s = o.sam
+  _check(s.rho is None or s.rho >= 0, 'optimizer.sam.rho', s.rho,
+         'must be >= 0 or None')
+  _one_of('optimizer.sam.mask', s.mask, ('all', 'norm'))
+  _check(s.num_microbatches >= 1, 'optimizer.sam.num_microbatches',
+         s.num_microbatches, 'must be >= 1')
+  _check(d.batch_size % s.num_microbatches == 0, 'optimizer.sam.num_microbatches',
+         s.num_microbatches, f'must divide data.batch_size={d.batch_size}')
+
+  sc = c.schedule
+  _one_of('schedule.name', sc.name, schedules_lib.SCHEDULES)
+  _one_of('schedule.decay_shape', sc.decay_shape, schedules_lib.DECAY_SHAPES)
+  _check(0.0 <= sc.decay_fraction <= 1.0, 'schedule.decay_fraction',
+         sc.decay_fraction, 'must be in [0, 1]')
+  _check(sc.warmup_steps >= 0, 'schedule.warmup_steps', sc.warmup_steps,
+         'must be >= 0')
+  if sc.name == 'wsd' and c.branch.from_step is None:
+    decay_start = c.num_steps - int(round(sc.decay_fraction * c.num_steps))
+    _check(sc.warmup_steps <= decay_start, 'schedule.warmup_steps',
+           sc.warmup_steps, f'runs into the decay, which starts at step '
+           f'{decay_start} (num_steps={c.num_steps}, '
+           f'decay_fraction={sc.decay_fraction})')
+  else:
+    _check(sc.warmup_steps <= c.num_steps, 'schedule.warmup_steps',
+           sc.warmup_steps, f'must be <= num_steps={c.num_steps}')
+  if sc.name == 'wsd_s':
+    budgets = tuple(sc.budgets or ())
+    _check(len(budgets) > 0, 'schedule.budgets', sc.budgets,
+           'must list the step budgets for schedule.name=wsd_s')
+    _check(all(b > a for a, b in zip((0,) + budgets, budgets)),
+           'schedule.budgets', sc.budgets, 'must be strictly increasing and > 0')
+    _check(budgets[-1] <= c.num_steps, 'schedule.budgets', sc.budgets,
+           f'must not exceed num_steps={c.num_steps}')
+
+  ck = c.checkpoint
+  _check(ck.every_steps > 0, 'checkpoint.every_steps', ck.every_steps,
+         'must be > 0')
+  _check(ck.max_to_keep >= 1, 'checkpoint.max_to_keep', ck.max_to_keep,
+         'must be >= 1')
+  _check(c.ema.decay is None or 0.0 <= c.ema.decay < 1.0, 'ema.decay',
+         c.ema.decay, 'must be in [0, 1) or None')
+
+  b = c.branch
+  set_fields = [b.from_workdir is not None, b.from_step is not None,
+                b.decay_steps is not None]
+  _check(all(set_fields) or not any(set_fields), 'branch', dict(b),
+         'from_workdir, from_step and decay_steps must be set together')
+  if all(set_fields):
+    _check(b.from_step >= 0, 'branch.from_step', b.from_step, 'must be >= 0')
+    _check(b.decay_steps > 0, 'branch.decay_steps', b.decay_steps,
+           'must be > 0')
+
+  mg = c.merge
+  if mg.interval is not None:
+    _check(mg.interval > 0, 'merge.interval', mg.interval, 'must be > 0')
+  if mg.window is not None:
+    _check(0 < mg.window <= c.num_steps, 'merge.window', mg.window,
+           f'must be in (0, num_steps={c.num_steps}]')
+  _one_of('merge.shape', mg.shape, ('uniform', 'linear', 'cosine', '1-sqrt'))
+
+  a = c.analysis
+  for field in ('sharpness_every', 'trace_every', 'ntk_every'):
+    _check(a[field] is None or a[field] > 0, f'analysis.{field}', a[field],
+           'must be > 0 or None')
+  _check(a.sharpness_iters >= 2, 'analysis.sharpness_iters', a.sharpness_iters,
+         'must be >= 2')
+  mesh = c.mesh
+  _check(mesh.fsdp >= 1, 'mesh.fsdp', mesh.fsdp, 'must be >= 1')
+  _check(mesh.data == -1 or mesh.data >= 1, 'mesh.data', mesh.data,
+         'must be -1 (all devices) or >= 1')
+
+
+def loss_name(config: ml_collections.ConfigDict, task: str) -> str:
+  """The loss to use: ``config.loss.name`` or, for 'auto', the task's own."""
+  if config.loss.name != 'auto':
+    return config.loss.name
+  return 'mse' if task == 'regression' else 'cross_entropy'

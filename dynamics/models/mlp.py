@@ -1,0 +1,42 @@
+"""Multi-layer perceptron on flattened inputs."""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from dynamics.models import layers
+
+
+class MLP(nn.Module):
+  """``Dense -> act`` repeated, then a linear head scaled by ``output_scale``.
+
+  Attributes:
+    hidden_sizes: widths of the hidden layers.
+    num_outputs: output dimension (classes or regression targets).
+    activation: name in ``layers.ACTIVATIONS``.
+    norm: normalization after each hidden Dense ('none' by default for MLPs).
+    output_scale: the alpha of lazy-vs-rich studies; multiplies the output.
+    use_bias: whether Dense layers carry a bias.
+  """
+  hidden_sizes: Sequence[int] = (64, 64)
+  num_outputs: int = 10
+  activation: str = 'relu'
+  norm: str = 'none'
+  output_scale: float = 1.0
+  use_bias: bool = True
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    act = layers.activation(self.activation)
+    x = x.reshape((x.shape[0], -1)).astype(self.dtype)
+    for i, width in enumerate(self.hidden_sizes):
+      x = nn.Dense(width, use_bias=self.use_bias, dtype=self.dtype,
+                   name=f'dense_{i}')(x)
+      if self.norm != 'none':
+        x = layers.make_norm(self.norm, f'norm_{i}', train=train)(x)
+      x = act(x)
+    x = nn.Dense(self.num_outputs, use_bias=self.use_bias, dtype=self.dtype,
+                 name='head')(x)
+    return self.output_scale * x.astype(jnp.float32)

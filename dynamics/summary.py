@@ -1,0 +1,31 @@
+"""The end-of-run summary printed by ``experiments.main``."""
+
+import os
+
+import jax
+
+from dynamics import checkpoint as checkpoint_lib
+from dynamics import metrics as metrics_lib
+
+
+def summarize(workdir: str, state) -> str:
+  """Where the results are and the final train/eval losses."""
+  records = metrics_lib.read_metrics(workdir)
+  last = {}
+  for r in records:
+    last.update(r)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+
+  def fmt(key):
+    return f'{last[key]:.4f}' if key in last else 'n/a'
+
+  lines = [
+      f'Done: {int(state.step)} steps, {n_params:,} parameters.',
+      f'  final train loss {fmt("train_loss")}, eval loss {fmt("eval_loss")}'
+      + (f', eval loss (EMA) {fmt("eval_loss_ema")}' if 'eval_loss_ema' in last else ''),
+      f'  workdir      {os.path.abspath(workdir)}',
+      f'  metrics      {os.path.join(os.path.abspath(workdir), "metrics.jsonl")}',
+      f'  checkpoints  {checkpoint_lib.checkpoint_dir(workdir)} '
+      f'(steps {checkpoint_lib.available_steps(workdir)})',
+  ]
+  return '\n'.join(lines)

@@ -1,0 +1,518 @@
+"""Train state, the pure train/eval steps, and the training loop.
+
+Data flows one way: ``config -> train_and_evaluate -> (model, data, optimizer,
+schedule) -> train_step -> checkpoints + metrics``. ``train_step`` is a
+module-level pure function; the loop jits it once with the state donated, and
+tests, notebooks and analyses call the very same function.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from dynamics import checkpoint as checkpoint_lib
+from dynamics import config_lib
+from dynamics import data as data_lib
+from dynamics import metrics as metrics_lib
+from dynamics import models as models_lib
+from dynamics import optim as optim_lib
+from dynamics import schedules as schedules_lib
+
+PyTree = Any
+Batch = Dict[str, Any]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training, as one pytree.
+
+  Attributes:
+    step: number of completed updates.
+    params: the model parameters (``variables['params']``).
+    opt_state: the optax state.
+    model_state: the model's other variable collections (e.g. BatchNorm's
+      ``batch_stats``); ``{}`` for stateless models.
+    rng: base key; step ``t`` uses ``fold_in(rng, t)``, so any step replays.
+    ema_params: exponential moving average of ``params`` (None when off).
+  """
+  step: jax.Array
+  params: PyTree
+  opt_state: PyTree
+  model_state: PyTree
+  rng: jax.Array
+  ema_params: Optional[PyTree] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+  """Static (hashable) settings of the train step, read once from config."""
+  loss: str = 'cross_entropy'
+  z_loss: float = 0.0
+  sam_rho: Optional[float] = None
+  sam_adaptive: bool = False
+  sam_eta: float = 0.0
+  sam_mask: str = 'all'
+  sam_microbatches: int = 1
+  ema_decay: Optional[float] = None
+  log_per_layer: bool = False
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, task: str
+                  ) -> 'StepOptions':
+    s = config.optimizer.sam
+    return cls(loss=config_lib.loss_name(config, task),
+               z_loss=float(config.loss.z_loss),
+               sam_rho=None if s.rho is None else float(s.rho),
+               sam_adaptive=bool(s.adaptive), sam_eta=float(s.eta),
+               sam_mask=s.mask, sam_microbatches=int(s.num_microbatches),
+               ema_decay=config.ema.decay, log_per_layer=config.log_per_layer)
+
+
+def compute_loss(model: nn.Module, params: PyTree, model_state: PyTree,
+                 batch: Batch, rng: Optional[jax.Array], options: StepOptions,
+                 train: bool) -> Tuple[jax.Array, Tuple[PyTree, Dict[str, jax.Array]]]:
+  """Mean loss of ``batch`` and ``(new_model_state, metrics)``.
+
+  Cross-entropy is the mean over every predicted position (tokens or
+  examples); with ``z_loss`` it adds ``z_loss * mean(log(Z)^2)``. MSE is
+  ``mean_examples(0.5 * ||f(x) - y||^2)``.
+  """
+  variables = {'params': params, **model_state}
+  mutable = list(model_state) if (train and model_state) else False
+  rngs = {'dropout': rng} if rng is not None else {}
+  out = model.apply(variables, batch['inputs'], train=train, rngs=rngs,
+                    mutable=mutable)
+  outputs, new_model_state = out if mutable else (out, model_state)
+  targets = batch['targets']
+  metrics = {}
+  if options.loss == 'cross_entropy':
+    log_z = jax.nn.logsumexp(outputs, axis=-1)
+    label_logits = jnp.take_along_axis(outputs, targets[..., None], axis=-1)[..., 0]
+    loss = jnp.mean(log_z - label_logits)
+    metrics['accuracy'] = jnp.mean(jnp.argmax(outputs, -1) == targets)
+    if options.z_loss:
+      z_term = options.z_loss * jnp.mean(log_z ** 2)
+      metrics['z_loss'] = z_term
+      metrics['cross_entropy'] = loss
+      loss = loss + z_term
+  elif options.loss == 'mse':
+    err = outputs - targets.reshape(outputs.shape)
+    loss = 0.5 * jnp.mean(jnp.sum(err.reshape(err.shape[0], -1) ** 2, axis=-1))
+  else:
+    raise ValueError(f'loss.name must be cross_entropy | mse, got {options.loss!r}')
+  metrics['loss'] = loss
+  return loss, (new_model_state, metrics)
+
+
+def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
+               tx: optax.GradientTransformation, schedule: optax.Schedule,
+               options: StepOptions) -> Tuple[TrainState, Dict[str, jax.Array]]:
+  """One optimizer update. Pure: the same inputs give the same bits.
+
+  Args:
+    state: the state after ``state.step`` updates.
+    batch: ``{'inputs', 'targets'}`` arrays.
+    model, tx, schedule, options: static parts (bind them with
+      ``functools.partial`` and jit once; see ``make_train_step``).
+
+  Returns:
+    ``(new_state, metrics)``: metrics are scalars of this update: the loss
+    and accuracy of ``batch`` before the update, the learning rate used, and
+    global gradient / parameter / update norms (per parameter as well with
+    ``options.log_per_layer``).
+  """
+  rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params, b):
+    return compute_loss(model, params, state.model_state, b, rng, options,
+                        train=True)
+
+  if options.sam_rho is None:
+    (_, (model_state, metrics)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params, batch)
+  else:
+    sam_gradient = optim_lib.sam_gradient
+    mask = optim_lib.norm_mask if options.sam_mask == 'norm' else None
+    (_, (model_state, metrics)), grads = sam_gradient(
+        loss_fn, state.params, batch, rho=options.sam_rho,
+        adaptive=options.sam_adaptive, eta=options.sam_eta, mask=mask,
+        num_microbatches=options.sam_microbatches, has_aux=True)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(metrics)
+  metrics['learning_rate'] = jnp.asarray(schedule(state.step), jnp.float32)
+  metrics.update(metrics_lib.step_norms(state.params, grads, updates,
+                                        options.log_per_layer))
+  ema_params = state.ema_params
+  if options.ema_decay is not None:
+    ema_params = optax.incremental_update(params, ema_params,
+                                          1.0 - options.ema_decay)
+  new_state = state.replace(step=state.step + 1, params=params,
+                            opt_state=opt_state, model_state=model_state,
+                            ema_params=ema_params)
+  return new_state, metrics
+
+
+def eval_step(params: PyTree, model_state: PyTree, batch: Batch, *,
+              model: nn.Module, options: StepOptions) -> Dict[str, jax.Array]:
+  """Loss (and accuracy) of ``batch`` in inference mode."""
+  _, (_, metrics) = compute_loss(model, params, model_state, batch, None,
+                                 options, train=False)
+  return metrics
+
+
+class Parts(NamedTuple):
+  """The static pieces a config builds: what ``train_step`` is partial over."""
+  dataset: data_lib.Dataset
+  model: nn.Module
+  schedule: optax.Schedule
+  tx: optax.GradientTransformation
+  options: StepOptions
+
+
+def build(config: ml_collections.ConfigDict) -> Parts:
+  """Dataset, model, schedule, optimizer and step options of a config."""
+  dataset = data_lib.get_dataset(config)
+  model = models_lib.build_model(config.model, dataset.info)
+  schedule = schedules_lib.from_config(config)
+  tx = optim_lib.build_optimizer(config.optimizer, schedule)
+  options = StepOptions.from_config(config, dataset.info.task)
+  return Parts(dataset, model, schedule, tx, options)
+
+
+def init_state(config: ml_collections.ConfigDict, parts: Parts) -> TrainState:
+  """The state at step 0 (deterministic in ``config.seed``)."""
+  init_key, rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  example = parts.dataset.eval_batch(0)['inputs'][:1]
+  variables = parts.model.init({'params': init_key, 'dropout': init_key},
+                               jnp.asarray(example), train=False)
+  variables = flax.core.unfreeze(variables)
+  params = variables.pop('params')
+  ema = params if config.ema.decay is not None else None
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=parts.tx.init(params), model_state=variables,
+                    rng=rng, ema_params=ema)
+
+
+def make_train_step(parts: Parts) -> Callable[[TrainState, Batch],
+                                              Tuple[TrainState, Dict[str, jax.Array]]]:
+  """``train_step`` bound to a config's static parts, jitted, state donated."""
+  return jax.jit(functools.partial(train_step, model=parts.model, tx=parts.tx,
+                                   schedule=parts.schedule,
+                                   options=parts.options),
+                 donate_argnums=0)
+
+
+def make_eval_step(parts: Parts):
+  return jax.jit(functools.partial(eval_step, model=parts.model,
+                                   options=parts.options))
+
+
+@dataclasses.dataclass
+class Context:
+  """What training-time analysis callbacks may use (see ``train_and_evaluate``)."""
+  config: ml_collections.ConfigDict
+  model: nn.Module
+  dataset: data_lib.Dataset
+  schedule: optax.Schedule
+  tx: optax.GradientTransformation
+  options: StepOptions
+
+  def loss_fn(self, model_state: PyTree) -> Callable[[PyTree, Batch], jax.Array]:
+    """``(params, batch) -> loss`` in inference mode (deterministic)."""
+    def fn(params, batch):
+      return compute_loss(self.model, params, model_state, batch, None,
+                          self.options, train=False)[0]
+    return fn
+
+  def apply_fn(self, model_state: PyTree) -> Callable[[PyTree, Any], jax.Array]:
+    """``(params, inputs) -> outputs`` in inference mode."""
+    def fn(params, inputs):
+      return self.model.apply({'params': params, **model_state}, inputs,
+                              train=False)
+    return fn
+
+  def probe_batches(self, n: int) -> List[Batch]:
+    """``n`` fixed held-out batches: the same ones at every call."""
+    return [self.dataset.eval_batch(10_000 + i) for i in range(n)]
+
+
+class NonFiniteError(FloatingPointError):
+  """Training produced a NaN or Inf; the message names the step and metric."""
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; the state was checkpointed at a step boundary."""
+
+
+def keep_steps(config: ml_collections.ConfigDict) -> Tuple[int, ...]:
+  """Steps whose checkpoints are kept forever: ``checkpoint.keep_steps``,
+  WSD-S budgets, multiples of ``merge.interval``, and the final step."""
+  keep = set(int(s) for s in config.checkpoint.keep_steps)
+  if config.schedule.name == 'wsd_s' and config.schedule.budgets:
+    keep.update(int(b) for b in config.schedule.budgets)
+  if config.merge.interval:
+    keep.update(range(config.merge.interval, config.num_steps + 1,
+                      config.merge.interval))
+  keep.add(int(config.num_steps))
+  return tuple(sorted(keep))
+
+
+def _resolve_branch(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A branch runs ``from_step + decay_steps`` steps in total."""
+  if config.branch.from_step is None:
+    return config
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.num_steps = int(config.branch.from_step + config.branch.decay_steps)
+  return config
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  record = json.loads(config.to_json_best_effort())
+  if config.branch.from_workdir is not None:
+    record['parent'] = {'workdir': os.path.abspath(config.branch.from_workdir),
+                        'step': config.branch.from_step}
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(record, f, indent=2, sort_keys=True)
+
+
+def _restore_branch_parent(config, abstract) -> Tuple[TrainState, Dict[str, int]]:
+  parent, step = config.branch.from_workdir, config.branch.from_step
+  steps = checkpoint_lib.available_steps(parent)
+  if step not in steps:
+    raise config_lib.ConfigError(
+        f'config.branch.from_step={step}: no checkpoint at that step in '
+        f'{parent}; available steps: {steps}')
+  ckpt = checkpoint_lib.Checkpointer(parent, async_save=False)
+  try:
+    return ckpt.restore(step, abstract)
+  finally:
+    ckpt.close()
+
+
+def _to_device(batch: Batch) -> Batch:
+  return jax.tree.map(jnp.asarray, batch)
+
+
+def evaluate(params: PyTree, model_state: PyTree, dataset: data_lib.Dataset,
+             eval_fn, num_batches: int) -> Dict[str, float]:
+  """Mean eval metrics over the first ``num_batches`` held-out batches."""
+  totals: Dict[str, float] = {}
+  for i in range(num_batches):
+    m = jax.device_get(eval_fn(params, model_state, _to_device(dataset.eval_batch(i))))
+    for k, v in m.items():
+      totals[k] = totals.get(k, 0.0) + float(v) / num_batches
+  return totals
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       callbacks: Sequence[Any] = ()) -> TrainState:
+  """Trains ``config`` into ``workdir``, resuming from its latest checkpoint.
+
+  Writes ``workdir/config.json``, ``workdir/metrics.jsonl`` (one line per
+  logged step; train metrics at ``log_every``, ``eval_*`` at ``eval_every``
+  and at the end, callback results at their own period) and orbax
+  checkpoints under ``workdir/checkpoints``.
+
+  Args:
+    config: a config declaring the fields of ``configs/base.py``.
+    workdir: output directory; an existing run there is resumed.
+    callbacks: objects with an ``every`` attribute, called as
+      ``cb(state, ctx) -> dict of scalars`` whenever ``state.step % cb.every
+      == 0`` (step 0 included); ``ctx`` is a ``Context``.
+
+  Returns:
+    The final ``TrainState``.
+
+  Raises:
+    ConfigError: an unknown field or invalid value (before compiling).
+    NonFiniteError: a NaN/Inf metric; the last good checkpoint is kept.
+  """
+  config_lib.validate(config, device_count=jax.device_count())
+  config = _resolve_branch(config)
+  is_main = jax.process_index() == 0
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  parts = build(config)
+  state = init_state(config, parts)
+  ckpt = checkpoint_lib.Checkpointer(
+      workdir, config.checkpoint.max_to_keep, keep_steps(config),
+      config.checkpoint.async_save)
+  data_iter = data_lib.DataIterator(parts.dataset,
+                                    process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+  restored = ckpt.restore_latest(state)
+  resumed_from = None
+  if restored is not None:
+    resumed_from, state, data_state = restored
+    data_iter.restore(data_state)
+  elif config.branch.from_workdir is not None:
+    state, data_state = _restore_branch_parent(config, state)
+    data_iter.restore(data_state)
+  if is_main and resumed_from is None:
+    _write_config(config, workdir)
+  start_step = int(state.step)
+  if is_main:
+    _announce(config, parts, state, workdir, resumed_from)
+  writer = metrics_lib.MetricWriter(workdir, resume_step=start_step,
+                                    enabled=is_main)
+  step_fn = make_train_step(parts)
+  eval_fn = make_eval_step(parts)
+  ctx = Context(config, parts.model, parts.dataset, parts.schedule, parts.tx,
+                parts.options)
+  final = config.num_steps
+
+  def host_metrics(step: int, state: TrainState) -> Dict[str, float]:
+    """Eval and callback results due at ``step`` (after ``step`` updates)."""
+    out: Dict[str, float] = {}
+    if step % config.eval_every == 0 or step == final:
+      ev = evaluate(state.params, state.model_state, parts.dataset, eval_fn,
+                    config.eval_batches)
+      out.update({f'eval_{k}': v for k, v in ev.items()})
+      if state.ema_params is not None:
+        ev = evaluate(state.ema_params, state.model_state, parts.dataset,
+                      eval_fn, config.eval_batches)
+        out.update({f'eval_{k}_ema': v for k, v in ev.items()})
+    for cb in callbacks:
+      if step % cb.every == 0:
+        out.update({k: float(v) for k, v in cb(state, ctx).items()})
+    return out
+
+  pending: List[Tuple[int, Dict[str, jax.Array]]] = []
+  last_train: Dict[str, float] = {}
+
+  def flush(upto: int) -> Dict[int, Dict[str, float]]:
+    """Fetches step metrics up to ``upto``; checks them; returns logged lines."""
+    nonlocal pending
+    ready = [(s, m) for s, m in pending if s <= upto]
+    pending = [(s, m) for s, m in pending if s > upto]
+    lines = {}
+    for s, m in jax.device_get(ready):
+      m = {f'train_{k}' if k in ('loss', 'accuracy') else k: float(v)
+           for k, v in m.items()}
+      bad = metrics_lib.first_nonfinite(m)
+      if bad is not None and config.stop_on_nonfinite:
+        ckpt.wait()
+        good = ckpt.all_steps()
+        raise NonFiniteError(
+            f'non-finite {bad}={m[bad]} at step {s}; training stopped. The '
+            f'last good checkpoint (step {good[-1] if good else None}) is '
+            'untouched.')
+      if s % config.log_every == 0 or s == final:
+        lines[s] = m
+        last_train.update(m)
+    return lines
+
+  keep = set(keep_steps(config))
+  if start_step == 0:
+    m0 = host_metrics(0, state)
+    if m0:
+      writer.write(0, m0)
+  progress = _progress_bar(config, start_step, final)
+  stop = _SigtermFlag()
+  t_last, examples = time.time(), _examples_per_step(config)
+  try:
+    for step in range(start_step + 1, final + 1):
+      state, metrics = step_fn(state, _to_device(next(data_iter)))
+      pending.append((step, metrics))
+      save = (step % config.checkpoint.every_steps == 0 or step in keep
+              or stop.raised)
+      if save or step % config.eval_every == 0 or any(
+          step % cb.every == 0 for cb in callbacks):
+        lines = flush(step)  # Synchronous: checked before anything is saved.
+        extra = host_metrics(step, state)
+        if extra:
+          lines.setdefault(step, {}).update(extra)
+      else:
+        lines = flush(step - 1)  # One step late: the device never waits.
+      for s in sorted(lines):
+        writer.write(s, lines[s])
+      if save:
+        ckpt.save(step, state, data_iter.state())
+      if progress is not None:
+        progress.update(1)
+        if step % config.log_every == 0:
+          now = time.time()
+          progress.set_postfix(
+              loss=f"{last_train.get('train_loss', float('nan')):.3f}",
+              lr=f"{last_train.get('learning_rate', 0.0):.2e}",
+              rate=f'{examples * config.log_every / max(now - t_last, 1e-9):.4g}/s',
+              refresh=False)
+          t_last = now
+      if stop.raised and step != final:
+        ckpt.close()
+        raise Preempted(f'SIGTERM: saved step {step} in {workdir}; re-run the '
+                        'same command to resume.')
+  finally:
+    stop.restore()
+    if progress is not None:
+      progress.close()
+    writer.close()
+  ckpt.close()
+  return state
+
+
+class _SigtermFlag:
+  """Turns SIGTERM (preemption notice) into a flag read at step boundaries."""
+
+  def __init__(self):
+    self.raised = False
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+    except ValueError:  # Not the main thread: leave signals alone.
+      self._previous = None
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _announce(config, parts: Parts, state: TrainState, workdir: str,
+              resumed_from: Optional[int]) -> None:
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  floor = parts.dataset.info.loss_floor
+  where = (f'resuming from step {resumed_from}' if resumed_from is not None
+           else f'branching from {config.branch.from_workdir} step '
+           f'{config.branch.from_step}' if config.branch.from_workdir
+           else 'starting')
+  print(f'[{config.name}] {config.model.name} with {n_params:,} parameters on '
+        f'{config.data.name} data'
+        + (f' (entropy rate, the best achievable loss: {floor:.4f} nats)'
+           if floor is not None else '')
+        + f'; {config.optimizer.name} with a {config.schedule.name} schedule '
+        f'for {config.num_steps} steps; {where} in {workdir}', flush=True)
+
+
+def _examples_per_step(config) -> int:
+  """Tokens per step for language data, examples otherwise."""
+  if config.data.name in ('markov', 'bytes', 'huggingface'):
+    return config.data.batch_size * config.data.seq_len
+  return config.data.batch_size
+
+
+def _progress_bar(config, start: int, total: int):
+  if not config.progress or jax.process_index() != 0:
+    return None
+  try:
+    from tqdm import auto as tqdm
+  except ImportError:
+    return None
+  return tqdm.tqdm(total=total, initial=start, desc=config.name,
+                   dynamic_ncols=True, mininterval=1.0)

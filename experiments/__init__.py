@@ -1,0 +1,1 @@
+"""Entry points: training, sweeps, merges and benchmarks."""
