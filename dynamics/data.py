@@ -17,7 +17,6 @@ Optional loaders (``tfds``, ``huggingface``) need the ``[data]`` extra.
 """
 
 import dataclasses
-import os
 import pathlib
 import sysconfig
 from typing import Any, Dict, Optional, Tuple
