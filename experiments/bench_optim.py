@@ -1,0 +1,115 @@
+r"""Step time of the paper optimizers relative to ``optax.adamw``, same model.
+
+Command:
+  python -m experiments.bench_optim                      # CPU smoke transformer
+  python -m experiments.bench_optim --preset=gpt2_small  # on a GPU
+
+Each optimizer gets one jitted step ``value_and_grad -> tx.update ->
+apply_updates`` (SAM: ``sam_gradient`` then AdamW) on the same model and
+batch, with its state donated. Timing is interleaved (every repeat times every
+optimizer in turn, so drifts in machine load hit all of them alike), and the
+table reports the median over repeats of the per-step time and its ratio to
+AdamW. Targets: AdamP/SGDP <= 1.10x and Stable-SPAM <= 1.05x on the CPU smoke
+transformer (<= 1.03x on GPT-2 small on a GPU); SAM <= 2.05x.
+"""
+
+import functools
+import statistics
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import optax
+
+from configs import wsd
+from dynamics import data as data_lib
+from dynamics import models as models_lib
+from dynamics.optim.adamp import adamp, sgdp
+from dynamics.optim.sam import sam_gradient
+from dynamics.optim.stable_spam import stable_spam
+
+_PRESET = flags.DEFINE_enum('preset', 'smoke', ['smoke', 'gpt2_small'],
+                            'smoke: configs/wsd.py:smoke; gpt2_small: 12x768.')
+_REPEATS = flags.DEFINE_integer('repeats', 15, 'Interleaved timing rounds.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Steps per timing round.')
+
+LR = 1e-3
+OPTIMIZERS = {
+    'adamw': lambda: optax.adamw(LR, weight_decay=0.1),
+    'adamp': lambda: adamp(LR, weight_decay=0.1),
+    'sgdp': lambda: sgdp(LR, momentum=0.9, weight_decay=0.1),
+    'stable_spam': lambda: stable_spam(LR, weight_decay=0.1),
+    'sam(adamw)': lambda: optax.adamw(LR, weight_decay=0.1),
+}
+
+
+def _config(preset: str):
+  c = wsd.get_config('smoke')
+  if preset == 'gpt2_small':
+    c.model.d_model, c.model.num_layers, c.model.num_heads = 768, 12, 12
+    c.model.max_len = c.data.seq_len = 1024
+    c.data.vocab_size, c.data.batch_size = 512, 8
+    c.model.dtype = 'bfloat16'
+  return c
+
+
+def _make_step(model, tx, use_sam: bool):
+  def loss_fn(params, batch):
+    logits = model.apply({'params': params}, batch['inputs'])
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch['targets']).mean()
+
+  def step(params, opt_state, batch):
+    if use_sam:
+      loss, grads = sam_gradient(loss_fn, params, batch, rho=0.05)
+    else:
+      loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def run(preset: str, repeats: int, steps: int) -> dict:
+  """Median seconds per step of each optimizer, measured interleaved."""
+  config = _config(preset)
+  dataset = data_lib.get_dataset(config)
+  model = models_lib.build_model(config.model, dataset.info)
+  batch = jax.tree.map(jnp.asarray, dataset.train_batch(0))
+  init = model.init(jax.random.PRNGKey(0), batch['inputs'])['params']
+  runners = {}
+  for name, make in OPTIMIZERS.items():
+    tx = make()
+    params = jax.tree.map(jnp.copy, init)
+    step = _make_step(model, tx, name.startswith('sam'))
+    carry = step(params, tx.init(params), batch)  # compile
+    jax.block_until_ready(carry)
+    runners[name] = [step, carry]
+  times = {name: [] for name in runners}
+  for _ in range(repeats):
+    for name, runner in runners.items():
+      step, (params, opt_state, _) = runner
+      start = time.perf_counter()
+      for _ in range(steps):
+        params, opt_state, loss = step(params, opt_state, batch)
+      jax.block_until_ready((params, opt_state, loss))
+      times[name].append((time.perf_counter() - start) / steps)
+      runner[1] = (params, opt_state, loss)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main(argv):
+  del argv
+  medians = run(_PRESET.value, _REPEATS.value, _STEPS.value)
+  base = medians['adamw']
+  print(f'{_PRESET.value} transformer on {jax.devices()[0].platform}, '
+        f'{_REPEATS.value} interleaved repeats x {_STEPS.value} steps')
+  print(f'{"optimizer":<14}{"ms/step":>10}{"vs adamw":>10}')
+  for name, t in medians.items():
+    print(f'{name:<14}{1e3 * t:>10.3f}{t / base:>9.3f}x')
+
+
+if __name__ == '__main__':
+  app.run(main)
