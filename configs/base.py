@@ -7,6 +7,7 @@ line (``--config.optimizer.learning_rate=1e-3``).
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -38,18 +39,18 @@ def get_config() -> ml_collections.ConfigDict:
   m.activation = 'gelu'            # gelu | relu | tanh | silu
   m.norm = 'layernorm'             # layernorm | rmsnorm | batchnorm | none | dyt
   m.norm_position = 'pre'          # pre | post | peri | mix | deepnorm
-  m.mix_ln_split = None            # Mix-LN: number of leading Post-LN blocks (None: num_layers // 4).
+  m.mix_ln_split = placeholder(int) # Mix-LN: number of leading Post-LN blocks (None: num_layers // 4).
   m.qk_norm = False                # Normalize queries and keys (transformer only).
   m.layernorm_scaling = False      # Scale each norm output by 1/sqrt(depth).
   m.init = 'default'               # default | lecun | he | orthogonal | fixup | zero
   m.init_scale = 1.0               # Multiplier on the initialization's std.
   m.parametrization = 'standard'   # standard | ntk | mup
-  m.base_width = None              # muP reference width (required for mup).
+  m.base_width = placeholder(int)  # muP reference width (required for mup).
   m.output_scale = 1.0             # alpha multiplying the model output (lazy vs rich).
-  m.quantization = None            # None | int4 | fp4 (fake-quantized training).
+  m.quantization = placeholder(str) # None | int4 | fp4 (fake-quantized training).
   m.softmax = 'softmax'            # softmax | stablemax (output nonlinearity in the loss).
   m.dtype = 'float32'              # Compute dtype: float32 | bfloat16.
-  m.attention_impl = None          # None (XLA picks) | xla | cudnn.
+  m.attention_impl = placeholder(str) # None (XLA picks) | xla | cudnn.
 
   # Data. All defaults need no network.
   c.data = d = ml_collections.ConfigDict()
@@ -58,7 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
   d.seq_len = 64                   # Tokens per sequence (language data).
   d.vocab_size = 64                # Markov language: number of states.
   d.temperature = 0.5              # Markov language: lower -> lower transition entropy.
-  d.text_dir = None                # bytes: directory of text files (None: Python's stdlib source).
+  d.text_dir = placeholder(str)    # bytes: directory of text files (None: Python's stdlib source).
   d.max_bytes = 4_000_000          # bytes: read at most this many bytes.
   d.input_dim = 16                 # teacher_student: input dimension.
   d.teacher_width = 32             # teacher_student: teacher hidden width.
@@ -69,7 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   d.operation = 'add'              # modular: add | sub | mul | div
   d.train_fraction = 0.4           # modular: fraction of all pairs used for training.
   d.white_noise = False            # digits: replace images by white noise of the same shape.
-  d.hf_name = None                 # huggingface / tfds: dataset name (optional [data] extra).
+  d.hf_name = placeholder(str)     # huggingface / tfds: dataset name (optional [data] extra).
   d.num_workers = 0                # Reserved for threaded prefetch (0: synchronous).
 
   c.loss = ml_collections.ConfigDict()
@@ -88,18 +89,19 @@ def get_config() -> ml_collections.ConfigDict:
   o.nesterov = False               # Nesterov momentum.
   o.weight_decay = 0.0             # Decoupled weight decay.
   o.weight_decay_mask = 'matrices' # all | matrices (ndim >= 2 only)
-  o.clip_norm = None               # Global-norm gradient clipping threshold.
+  o.clip_norm = placeholder(float) # Global-norm gradient clipping threshold.
   o.delta = 0.1                    # adamp / sgdp: cosine threshold.
   o.wd_ratio = 0.1                 # adamp / sgdp: weight-decay ratio when projecting.
   o.gamma1 = 0.7                   # stable_spam: AdaGN first-moment decay.
   o.gamma2 = 0.9                   # stable_spam: AdaGN second-moment decay.
   o.theta = 0.999                  # stable_spam: AdaClip threshold decay.
   o.reset_interval = 1000          # stable_spam: momentum reset period.
-  o.beta1_decay_steps = None       # stable_spam: steps over which b1 decays (None: off).
+  o.beta1_decay_steps = placeholder(int) # stable_spam: steps over which b1 decays (None: off).
   o.beta1_decay_min = 0.5          # stable_spam: final b1 of that decay.
   o.lr_multipliers = None          # Set by parametrizations (muP); leave None.
+  o.orthograd = False              # ⊥Grad: drop the gradient's component along each weight.
   o.sam = s = ml_collections.ConfigDict()
-  s.rho = None                     # SAM radius (None: plain gradients).
+  s.rho = placeholder(float)       # SAM radius (None: plain gradients).
   s.adaptive = False               # ASAM: element-wise adaptive perturbation.
   s.eta = 0.0                      # ASAM: the eta in |w| + eta.
   s.mask = 'all'                   # all | norm (SAM-ON: only normalization parameters)
@@ -112,7 +114,7 @@ def get_config() -> ml_collections.ConfigDict:
   sc.decay_fraction = 0.2          # wsd: fraction of num_steps spent decaying.
   sc.decay_shape = 'linear'        # linear | cosine | 1-sqrt
   sc.final_value = 0.0             # Learning rate reached at the end of the decay.
-  sc.budgets = None                # wsd_s: increasing step budgets, each ending a decay.
+  sc.budgets = placeholder(tuple)  # wsd_s: increasing step budgets, each ending a decay.
 
   c.checkpoint = ck = ml_collections.ConfigDict()
   ck.every_steps = 100             # Steps between periodic checkpoints.
@@ -121,27 +123,29 @@ def get_config() -> ml_collections.ConfigDict:
   ck.async_save = True             # Save asynchronously (orbax).
 
   c.ema = ml_collections.ConfigDict()
-  c.ema.decay = None               # EMA of parameters (e.g. 0.999); evaluated alongside.
+  c.ema.decay = placeholder(float) # EMA of parameters (e.g. 0.999); evaluated alongside.
 
   c.branch = b = ml_collections.ConfigDict()
-  b.from_workdir = None            # WSD branching: parent run's workdir.
-  b.from_step = None               # Parent checkpoint step to branch from.
-  b.decay_steps = None             # Length of the branch's decay.
+  b.from_workdir = placeholder(str) # WSD branching: parent run's workdir.
+  b.from_step = placeholder(int)   # Parent checkpoint step to branch from.
+  b.decay_steps = placeholder(int) # Length of the branch's decay.
 
   c.merge = mg = ml_collections.ConfigDict()
-  mg.interval = None               # WSM: keep a checkpoint every `interval` steps.
-  mg.window = None                 # WSM: steps covered by the merge window.
+  mg.interval = placeholder(int)   # WSM: keep a checkpoint every `interval` steps.
+  mg.window = placeholder(int)     # WSM: steps covered by the merge window.
   mg.shape = 'linear'              # WSM: emulated decay (uniform | linear | cosine | 1-sqrt).
 
   c.analysis = a = ml_collections.ConfigDict()
-  a.sharpness_every = None         # Log the top Hessian eigenvalue every N steps.
+  a.sharpness_every = placeholder(int) # Log the top Hessian eigenvalue every N steps.
   a.sharpness_iters = 20           # Lanczos iterations per probe.
   a.sharpness_batches = 1          # Batches in the probe's loss.
-  a.trace_every = None             # Log Hutchinson's Hessian trace every N steps.
-  a.ntk_every = None               # Log NTK statistics on a probe set every N steps.
+  a.sharpness_data = 'eval'        # eval (held-out probe batches) | train (first training batches).
+  a.trace_every = placeholder(int) # Log Hutchinson's Hessian trace every N steps.
+  a.ntk_every = placeholder(int)   # Log NTK statistics on a probe set every N steps.
   a.ntk_num_examples = 64          # NTK probe-set size.
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                 # Data-parallel axis size (-1: all remaining devices).
   c.mesh.fsdp = 1                  # FSDP axis size (parameters sharded over it).
+  c.mesh.fsdp_min_size = 1024      # Arrays smaller than this stay replicated under FSDP.
   return c

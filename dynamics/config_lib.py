@@ -1,5 +1,6 @@
 """Config validation: every bad field fails here, before anything compiles."""
 
+import difflib
 from typing import Any, Iterable, Optional
 
 import ml_collections
@@ -8,6 +9,7 @@ from dynamics import data as data_lib
 from dynamics import models as models_lib
 from dynamics import optim as optim_lib
 from dynamics import schedules as schedules_lib
+from dynamics import sharding as sharding_lib
 
 
 class ConfigError(ValueError):
@@ -21,6 +23,25 @@ def _flat_keys(cfg: Any, prefix: str = '') -> Iterable[str]:
       yield from _flat_keys(value, name + '.')
     else:
       yield name
+
+
+def check_field_path(path: str,
+                     base: Optional[ml_collections.ConfigDict] = None) -> None:
+  """Raises ``ConfigError`` if ``path`` (e.g. 'optimizer.lr') is not declared."""
+  if base is None:
+    from configs import base as base_module
+    base = base_module.get_config()
+  node, walked = base, []
+  for part in path.split('.'):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      siblings = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      close = difflib.get_close_matches(part, siblings, n=3)
+      hint = f'; did you mean {", ".join(close)}?' if close else (
+          f'; fields here: {", ".join(siblings)}' if siblings else '')
+      raise ConfigError(f'config.{path}: unknown field '
+                        f'(not declared in configs/base.py){hint}')
+    node = node[part]
+    walked.append(part)
 
 
 def _check(ok: bool, field: str, value: Any, requirement: str) -> None:
@@ -78,12 +99,12 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1,
            f'applies only to model.name=transformer, not {m.name!r}')
     _check(m.norm_position == 'pre', 'model.norm_position', m.norm_position,
            f'applies only to model.name=transformer, not {m.name!r}')
+  _validate_model_knobs(c)
 
   d = c.data
   _one_of('data.name', d.name, data_lib.DATASETS)
   _check(d.batch_size > 0, 'data.batch_size', d.batch_size, 'must be > 0')
-  _check(d.batch_size % device_count == 0, 'data.batch_size', d.batch_size,
-         f'must be divisible by the device count ({device_count})')
+  _check_mesh(c, device_count)
   language = d.name in ('markov', 'bytes', 'huggingface')
   if m.name == 'transformer':
     _check(language, 'data.name', d.name,
@@ -191,10 +212,23 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1,
            'must be > 0 or None')
   _check(a.sharpness_iters >= 2, 'analysis.sharpness_iters', a.sharpness_iters,
          'must be >= 2')
-  mesh = c.mesh
+
+
+def _check_mesh(c: ml_collections.ConfigDict, device_count: int) -> None:
+  """The mesh fits the devices and the global batch splits over it."""
+  mesh, batch_size = c.mesh, c.data.batch_size
   _check(mesh.fsdp >= 1, 'mesh.fsdp', mesh.fsdp, 'must be >= 1')
   _check(mesh.data == -1 or mesh.data >= 1, 'mesh.data', mesh.data,
          'must be -1 (all devices) or >= 1')
+  _check(mesh.fsdp_min_size >= 1, 'mesh.fsdp_min_size', mesh.fsdp_min_size,
+         'must be >= 1')
+  try:
+    data, fsdp = sharding_lib.mesh_shape(mesh, device_count)
+  except sharding_lib.MeshError as e:
+    raise ConfigError(str(e)) from None
+  _check(batch_size % (data * fsdp) == 0, 'data.batch_size', batch_size,
+         f'must be divisible by the device count ({device_count}): the batch '
+         f'is split over mesh.data={data} x mesh.fsdp={fsdp} devices')
 
 
 def loss_name(config: ml_collections.ConfigDict, task: str) -> str:
@@ -202,3 +236,50 @@ def loss_name(config: ml_collections.ConfigDict, task: str) -> str:
   if config.loss.name != 'auto':
     return config.loss.name
   return 'mse' if task == 'regression' else 'cross_entropy'
+
+
+def _validate_model_knobs(c: ml_collections.ConfigDict) -> None:
+  """Normalization / init / parametrization / precision options of the model."""
+  m, o = c.model, c.optimizer
+  _one_of('model.norm_position', m.norm_position, models_lib.NORM_POSITIONS)
+  if m.mix_ln_split is not None:
+    _check(m.norm_position == 'mix', 'model.mix_ln_split', m.mix_ln_split,
+           f'applies only to model.norm_position=mix, not {m.norm_position!r}')
+    _check(0 <= m.mix_ln_split <= m.num_layers, 'model.mix_ln_split',
+           m.mix_ln_split, f'must be in [0, model.num_layers={m.num_layers}]')
+  _check(not m.layernorm_scaling or m.norm != 'none', 'model.layernorm_scaling',
+         m.layernorm_scaling, 'needs a normalization (model.norm is none)')
+  _one_of('model.init', m.init, models_lib.INITS)
+  if m.init in ('fixup', 'zero'):
+    _check(m.name in ('transformer', 'resnet'), 'model.init', m.init,
+           f'zero-initializes residual branches; model.name={m.name!r} has '
+           'none (use transformer or resnet)')
+  _one_of('model.parametrization', m.parametrization,
+          models_lib.PARAMETRIZATIONS)
+  if m.parametrization == 'mup':
+    _check(m.base_width is not None and m.base_width > 0, 'model.base_width',
+           m.base_width, 'must be a positive width when '
+           'model.parametrization=mup')
+    from dynamics import parametrization
+    _one_of('optimizer.name', o.name,
+            parametrization.ADAM_LIKE + parametrization.SGD_LIKE)
+  else:
+    _check(m.base_width is None, 'model.base_width', m.base_width,
+           f'applies only to model.parametrization=mup, not '
+           f'{m.parametrization!r}')
+  _one_of('model.quantization', m.quantization, (None, 'int4', 'fp4'))
+  from dynamics import losses
+  _one_of('model.softmax', m.softmax, losses.SOFTMAXES)
+  if m.softmax != 'softmax':
+    _check(c.loss.name != 'mse', 'model.softmax', m.softmax,
+           'applies only to the cross-entropy loss, not loss.name=mse')
+  _check(not c.loss.z_loss or c.loss.name != 'mse', 'loss.z_loss',
+         c.loss.z_loss, 'applies only to the cross-entropy loss, not '
+         'loss.name=mse')
+  _check(isinstance(o.orthograd, bool), 'optimizer.orthograd', o.orthograd,
+         'must be True or False')
+  if o.lr_multipliers is not None:
+    ok = all(len(rule) == 2 and isinstance(rule[0], str)
+             and float(rule[1]) > 0 for rule in o.lr_multipliers)
+    _check(ok, 'optimizer.lr_multipliers', o.lr_multipliers,
+           'must be None or ((regex, multiplier > 0), ...) pairs')

@@ -28,7 +28,9 @@ from dynamics import losses
 from dynamics import metrics as metrics_lib
 from dynamics import models as models_lib
 from dynamics import optim as optim_lib
+from dynamics import parametrization
 from dynamics import schedules as schedules_lib
+from dynamics import sharding as sharding_lib
 
 PyTree = Any
 Batch = Dict[str, Any]
@@ -95,8 +97,16 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics)
   metrics['learning_rate'] = jnp.asarray(schedule(state.step), jnp.float32)
-  metrics.update(metrics_lib.step_norms(state.params, grads, updates,
-                                        options.log_per_layer))
+
+  def measure():
+    m = metrics_lib.step_norms(state.params, grads, updates,
+                               options.log_per_layer)
+    if options.log_per_layer:
+      m.update(parametrization.rotation_metrics(
+          state.params, params, metrics['learning_rate']))
+    return m
+
+  metrics.update(_on_logged_steps(measure, state.step, options))
   ema_params = state.ema_params
   if options.ema_decay is not None:
     ema_params = optax.incremental_update(params, ema_params,
@@ -105,6 +115,27 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
                             opt_state=opt_state, model_state=model_state,
                             ema_params=ema_params)
   return new_state, metrics
+
+
+def _on_logged_steps(measure: Callable[[], Dict[str, jax.Array]],
+                     step: jax.Array, options: StepOptions
+                     ) -> Dict[str, jax.Array]:
+  """``measure()`` on the steps the loop logs, zeros elsewhere.
+
+  On a small model the norms cost as much as the update itself; the loop
+  writes them only every ``log_every`` steps, so the others skip the work
+  (``lax.cond`` runs one branch). The update is computed outside, so its
+  bits do not depend on this.
+  """
+  if options.log_every == 1:
+    return measure()
+  done = step + 1
+  logged = done % options.log_every == 0
+  if options.num_steps is not None:
+    logged = logged | (done == options.num_steps)
+  zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                               jax.eval_shape(measure))
+  return jax.lax.cond(logged, measure, zeros)
 
 
 def eval_step(params: PyTree, model_state: PyTree, batch: Batch, *,
@@ -129,7 +160,8 @@ def build(config: ml_collections.ConfigDict) -> Parts:
   dataset = data_lib.get_dataset(config)
   model = models_lib.build_model(config.model, dataset.info)
   schedule = schedules_lib.from_config(config)
-  tx = optim_lib.build_optimizer(config.optimizer, schedule)
+  tx = optim_lib.build_optimizer(parametrization.optimizer_config(config),
+                                 schedule)
   options = StepOptions.from_config(config, dataset.info.task)
   return Parts(dataset, model, schedule, tx, options)
 
@@ -138,28 +170,43 @@ def init_state(config: ml_collections.ConfigDict, parts: Parts) -> TrainState:
   """The state at step 0 (deterministic in ``config.seed``)."""
   init_key, rng = jax.random.split(jax.random.PRNGKey(config.seed))
   example = parts.dataset.eval_batch(0)['inputs'][:1]
-  variables = parts.model.init({'params': init_key, 'dropout': init_key},
-                               jnp.asarray(example), train=False)
+  # Jitted: op-by-op init of a transformer costs ~100 small compiles.
+  init = jax.jit(functools.partial(parts.model.init, train=False))
+  variables = init({'params': init_key, 'dropout': init_key},
+                   jnp.asarray(example))
   variables = flax.core.unfreeze(variables)
   params = variables.pop('params')
-  ema = params if config.ema.decay is not None else None
+  # A copy, not an alias: the donated state must not hold one buffer twice.
+  ema = (jax.tree.map(jnp.copy, params) if config.ema.decay is not None
+         else None)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=parts.tx.init(params), model_state=variables,
                     rng=rng, ema_params=ema)
 
 
-def make_train_step(parts: Parts) -> Callable[[TrainState, Batch],
-                                              Tuple[TrainState, Dict[str, jax.Array]]]:
-  """``train_step`` bound to a config's static parts, jitted, state donated."""
-  return jax.jit(functools.partial(train_step, model=parts.model, tx=parts.tx,
-                                   schedule=parts.schedule,
-                                   options=parts.options),
-                 donate_argnums=0)
+def make_train_step(parts: Parts,
+                    shardings: Optional[sharding_lib.TrainShardings] = None
+                    ) -> Callable[[TrainState, Batch],
+                                  Tuple[TrainState, Dict[str, jax.Array]]]:
+  """``train_step`` bound to a config's static parts, jitted, state donated.
+
+  With ``shardings`` (several devices) the state and batch are laid out by
+  ``jax.jit`` in/out shardings: the batch split over the mesh, the state
+  replicated or FSDP-sharded, the metrics replicated.
+  """
+  step = functools.partial(train_step, model=parts.model, tx=parts.tx,
+                           schedule=parts.schedule, options=parts.options)
+  if shardings is not None:
+    return sharding_lib.jit_sharded(step, shardings)
+  return jax.jit(step, donate_argnums=0)
 
 
-def make_eval_step(parts: Parts):
-  return jax.jit(functools.partial(eval_step, model=parts.model,
-                                   options=parts.options))
+def make_eval_step(parts: Parts,
+                   shardings: Optional[sharding_lib.TrainShardings] = None):
+  fn = functools.partial(eval_step, model=parts.model, options=parts.options)
+  if shardings is not None:  # Metrics replicated: every process can read them.
+    return jax.jit(fn, out_shardings=shardings.replicated)
+  return jax.jit(fn)
 
 
 @dataclasses.dataclass
@@ -250,11 +297,16 @@ def _to_device(batch: Batch) -> Batch:
 
 
 def evaluate(params: PyTree, model_state: PyTree, dataset: data_lib.Dataset,
-             eval_fn, num_batches: int) -> Dict[str, float]:
-  """Mean eval metrics over the first ``num_batches`` held-out batches."""
+             eval_fn, num_batches: int, put: Callable[[Batch], Batch] = None
+             ) -> Dict[str, float]:
+  """Mean eval metrics over the first ``num_batches`` held-out batches.
+
+  ``put`` places a (whole, host) batch on the devices (default: ``jnp``).
+  """
+  put = put or _to_device
   totals: Dict[str, float] = {}
   for i in range(num_batches):
-    m = jax.device_get(eval_fn(params, model_state, _to_device(dataset.eval_batch(i))))
+    m = jax.device_get(eval_fn(params, model_state, put(dataset.eval_batch(i))))
     for k, v in m.items():
       totals[k] = totals.get(k, 0.0) + float(v) / num_batches
   return totals
@@ -283,6 +335,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     ConfigError: an unknown field or invalid value (before compiling).
     NonFiniteError: a NaN/Inf metric; the last good checkpoint is kept.
   """
+  # Before anything touches a device: multi-host runs must join first.
+  sharding_lib.maybe_initialize_distributed(config)
   config_lib.validate(config, device_count=jax.device_count())
   config = _resolve_branch(config)
   is_main = jax.process_index() == 0
@@ -290,6 +344,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   os.makedirs(workdir, exist_ok=True)
   parts = build(config)
   state = init_state(config, parts)
+  shardings = None  # One device: plain jit, exactly as before.
+  if jax.device_count() > 1:
+    shardings = sharding_lib.TrainShardings.create(
+        sharding_lib.make_mesh(config.mesh), state, config.mesh.fsdp_min_size)
+    # Placed before restoring, so orbax restores straight into the layout.
+    state = shardings.put_state(state)
+  put_batch = shardings.put_batch if shardings else _to_device
+  put_eval = shardings.put_full_batch if shardings else _to_device
   ckpt = checkpoint_lib.Checkpointer(
       workdir, config.checkpoint.max_to_keep, keep_steps(config),
       config.checkpoint.async_save)
@@ -309,10 +371,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   start_step = int(state.step)
   if is_main:
     _announce(config, parts, state, workdir, resumed_from)
-  writer = metrics_lib.MetricWriter(workdir, resume_step=start_step,
-                                    enabled=is_main)
-  step_fn = make_train_step(parts)
-  eval_fn = make_eval_step(parts)
+  # A fresh start rewrites step 0 on: drop any lines of an earlier attempt
+  # that died before its first checkpoint.
+  writer = metrics_lib.MetricWriter(
+      workdir, resume_step=start_step if resumed_from is not None else -1,
+      enabled=is_main)
+  step_fn = make_train_step(parts, shardings)
+  eval_fn = make_eval_step(parts, shardings)
   ctx = Context(config, parts.model, parts.dataset, parts.schedule, parts.tx,
                 parts.options)
   final = config.num_steps
@@ -322,11 +387,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     out: Dict[str, float] = {}
     if step % config.eval_every == 0 or step == final:
       ev = evaluate(state.params, state.model_state, parts.dataset, eval_fn,
-                    config.eval_batches)
+                    config.eval_batches, put_eval)
       out.update({f'eval_{k}': v for k, v in ev.items()})
       if state.ema_params is not None:
         ev = evaluate(state.ema_params, state.model_state, parts.dataset,
-                      eval_fn, config.eval_batches)
+                      eval_fn, config.eval_batches, put_eval)
         out.update({f'eval_{k}_ema': v for k, v in ev.items()})
     for cb in callbacks:
       if step % cb.every == 0:
@@ -363,15 +428,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     m0 = host_metrics(0, state)
     if m0:
       writer.write(0, m0)
+    if 0 in keep:  # The initialization, for NTK-drift and Jacobian studies.
+      ckpt.save(0, state, data_iter.state())
   progress = _progress_bar(config, start_step, final)
   stop = _SigtermFlag()
+  stall: List[Tuple[int, float]] = []
   t_last, examples = time.time(), _examples_per_step(config)
   try:
     for step in range(start_step + 1, final + 1):
-      state, metrics = step_fn(state, _to_device(next(data_iter)))
+      state, metrics = step_fn(state, put_batch(next(data_iter)))
       pending.append((step, metrics))
+      preempted = stop.reached(step)
       save = (step % config.checkpoint.every_steps == 0 or step in keep
-              or stop.raised)
+              or preempted)
       if save or step % config.eval_every == 0 or any(
           step % cb.every == 0 for cb in callbacks):
         lines = flush(step)  # Synchronous: checked before anything is saved.
@@ -383,7 +452,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       for s in sorted(lines):
         writer.write(s, lines[s])
       if save:
+        t_save = time.perf_counter()
         ckpt.save(step, state, data_iter.state())
+        # How long the loop waited for the save (async: the device-to-host
+        # copy only; the write happens in the background).
+        stall.append((step, time.perf_counter() - t_save))
       if progress is not None:
         progress.update(1)
         if step % config.log_every == 0:
@@ -394,12 +467,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
               rate=f'{examples * config.log_every / max(now - t_last, 1e-9):.4g}/s',
               refresh=False)
           t_last = now
-      if stop.raised and step != final:
+      if preempted and step != final:
         ckpt.close()
         raise Preempted(f'SIGTERM: saved step {step} in {workdir}; re-run the '
                         'same command to resume.')
   finally:
     stop.restore()
+    if is_main and stall:
+      _write_stall(workdir, stall, config.checkpoint.async_save)
     if progress is not None:
       progress.close()
     writer.close()
@@ -408,10 +483,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 class _SigtermFlag:
-  """Turns SIGTERM (preemption notice) into a flag read at step boundaries."""
+  """Turns SIGTERM (preemption notice) into a flag read at step boundaries.
+
+  With several processes they must all save at the same step: JAX's
+  preemption service (started by ``jax.distributed.initialize``) catches
+  SIGTERM on any host and agrees on a step, so no handler is installed here.
+  """
 
   def __init__(self):
     self.raised = False
+    self._multiprocess = jax.process_count() > 1
+    if self._multiprocess:
+      self._previous = None
+      return
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handler)
     except ValueError:  # Not the main thread: leave signals alone.
@@ -421,9 +505,26 @@ class _SigtermFlag:
     del signum, frame
     self.raised = True
 
+  def reached(self, step: int) -> bool:
+    """True at the step boundary where every process should save and stop."""
+    if self._multiprocess:
+      from jax.experimental import multihost_utils
+      self.raised = (self.raised or
+                     multihost_utils.reached_preemption_sync_point(step))
+    return self.raised
+
   def restore(self):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+def _write_stall(workdir: str, stall: List[Tuple[int, float]],
+                 async_save: bool) -> None:
+  """Appends each checkpoint save's blocking time to checkpoint_stall.jsonl."""
+  with open(os.path.join(workdir, 'checkpoint_stall.jsonl'), 'a') as f:
+    for step, seconds in stall:
+      f.write(json.dumps({'step': step, 'stall_s': round(seconds, 6),
+                          'async': bool(async_save)}) + '\n')
 
 
 def _announce(config, parts: Parts, state: TrainState, workdir: str,

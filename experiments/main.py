@@ -21,12 +21,24 @@ _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Output directory (default: runs/<config.name>).')
 
 
+def parse_flags(argv):
+  """absl's parser, with unknown ``--config.FIELD`` overrides named clearly."""
+  from dynamics import config_lib
+  try:
+    for arg in argv[1:]:
+      if arg.startswith('--config.'):
+        config_lib.check_field_path(arg[len('--config.'):].split('=')[0])
+  except config_lib.ConfigError as e:
+    sys.exit(f'Config error: {e}')
+  return flags.FLAGS(argv)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   # Imported here so that --help answers before JAX starts.
   from analysis import probes
-  from dynamics import config_lib, summary, train
+  from dynamics import config_lib, sharding, summary, train
 
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
   config = _CONFIG.value
@@ -36,6 +48,8 @@ def main(argv):
                                      callbacks=probes.from_config(config))
   except config_lib.ConfigError as e:
     sys.exit(f'Config error: {e}')
+  except sharding.DistributedEnvError as e:
+    sys.exit(f'Multi-host setup error: {e}')
   except train.NonFiniteError as e:
     sys.exit(f'Training stopped: {e}')
   except train.Preempted as e:
@@ -46,4 +60,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flag_as_required('config')
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

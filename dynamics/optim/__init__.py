@@ -11,6 +11,10 @@ from typing import Any, Callable, Dict
 import jax
 import optax
 
+from dynamics.optim.adamp import adamp, sgdp
+from dynamics.optim.sam import norm_mask, sam_gradient, sam_mask
+from dynamics.optim.stable_spam import stable_spam
+
 OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw', 'adamp', 'sgdp', 'stable_spam')
 WEIGHT_DECAY_MASKS = ('all', 'matrices')
 
@@ -26,26 +30,26 @@ def weight_decay_mask(kind: str) -> Callable[[Any], Any]:
 
 
 def _adamp(o, lr):
-  from dynamics.optim.adamp import adamp
   return adamp(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-               delta=o.delta, wd_ratio=o.wd_ratio, nesterov=o.nesterov)
+               delta=o.delta, wd_ratio=o.wd_ratio, nesterov=o.nesterov,
+               weight_decay_mask=weight_decay_mask(o.weight_decay_mask))
 
 
 def _sgdp(o, lr):
-  from dynamics.optim.adamp import sgdp
   return sgdp(lr, momentum=o.momentum, dampening=o.dampening,
               weight_decay=o.weight_decay, nesterov=o.nesterov, eps=o.eps,
-              delta=o.delta, wd_ratio=o.wd_ratio)
+              delta=o.delta, wd_ratio=o.wd_ratio,
+              weight_decay_mask=weight_decay_mask(o.weight_decay_mask))
 
 
 def _stable_spam(o, lr):
-  from dynamics.optim.stable_spam import stable_spam
   return stable_spam(lr, b1=o.b1, b2=o.b2, eps=o.eps,
                      weight_decay=o.weight_decay, gamma1=o.gamma1,
                      gamma2=o.gamma2, theta=o.theta,
                      reset_interval=o.reset_interval,
                      beta1_decay_steps=o.beta1_decay_steps,
-                     beta1_decay_min=o.beta1_decay_min)
+                     beta1_decay_min=o.beta1_decay_min,
+                     weight_decay_mask=weight_decay_mask(o.weight_decay_mask))
 
 
 _BUILDERS: Dict[str, Callable[[Any, Any], optax.GradientTransformation]] = {
@@ -72,7 +76,12 @@ def build_optimizer(opt_config: Any, schedule: optax.Schedule
 
   Returns:
     An ``optax.GradientTransformation``; with ``opt_config.clip_norm`` set it
-    is ``chain(clip_by_global_norm(clip_norm), optimizer)``.
+    is ``chain(clip_by_global_norm(clip_norm), optimizer)``. With
+    ``opt_config.orthograd`` the gradient first goes through ``⊥Grad``
+    (``dynamics.optim.orthograd``); with ``opt_config.lr_multipliers`` (muP,
+    see ``dynamics.parametrization``) each parameter's final update is
+    scaled by its multiplier:
+    ``chain(orthograd, clip, optimizer, scale_by_lr_multipliers)``.
   """
   if opt_config.name not in _BUILDERS:
     raise ValueError(f'optimizer.name must be one of {OPTIMIZERS}, '
@@ -85,19 +94,17 @@ def build_optimizer(opt_config: Any, schedule: optax.Schedule
         optax.add_decayed_weights(opt_config.weight_decay,
                                   weight_decay_mask(opt_config.weight_decay_mask)),
         tx)
+  if opt_config.lr_multipliers:
+    from dynamics import parametrization
+    tx = optax.chain(
+        tx, parametrization.scale_by_lr_multipliers(opt_config.lr_multipliers))
   if opt_config.clip_norm is not None:
     tx = optax.chain(optax.clip_by_global_norm(opt_config.clip_norm), tx)
+  if opt_config.orthograd:
+    from dynamics.optim.orthograd import orthograd
+    tx = optax.chain(orthograd(), tx)
   return tx
 
 
-def __getattr__(name):
-  # Paper optimizers live in their own modules, imported on first use.
-  if name in ('adamp', 'sgdp', 'scale_by_adamp', 'scale_by_sgdp'):
-    from dynamics.optim import adamp as module
-  elif name in ('stable_spam',):
-    from dynamics.optim import stable_spam as module
-  elif name in ('sam_gradient', 'norm_mask'):
-    from dynamics.optim import sam as module
-  else:
-    raise AttributeError(name)
-  return getattr(module, name)
+__all__ = ['OPTIMIZERS', 'adamp', 'build_optimizer', 'norm_mask', 'sam_gradient',
+           'sam_mask', 'sgdp', 'stable_spam', 'weight_decay_mask']
