@@ -1,4 +1,20 @@
-"""Losses of the train and eval steps, and the step's static options."""
+"""Losses of the train and eval steps, and the step's static options.
+
+Output nonlinearities (``config.model.softmax``):
+
+* ``softmax``: ``p_i = exp(x_i) / Z`` with ``log Z = logsumexp(x)``.
+* ``stablemax``: ``p_i = s(x_i) / sum_j s(x_j)`` with ``s(x) = x + 1`` for
+  ``x >= 0`` and ``1 / (1 - x)`` below: the softmax replacement of Prieto et
+  al., "Grokking at the Edge of Numerical Stability", 2025
+  (https://arxiv.org/abs/2501.04697), which grows only linearly, so a
+  confident model does not drive the logits towards float overflow
+  ("Softmax Collapse"). Here ``log Z = log sum_j s(x_j)``.
+
+The auxiliary z-loss ``z_loss * mean(log(Z)^2)`` (Chowdhery et al., PaLM,
+2022; Wortsman et al., "Small-scale proxies for large-scale Transformer
+training instabilities", 2023) keeps ``log Z`` near 0 to stop output-logit
+divergence.
+"""
 
 import dataclasses
 from typing import Dict, Optional, Tuple
@@ -9,9 +25,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from dynamics import config_lib
+from dynamics import metrics as metrics_lib
 
 PyTree = object
 Batch = Dict[str, jax.Array]
+SOFTMAXES = ('softmax', 'stablemax')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +44,11 @@ class StepOptions:
   sam_microbatches: int = 1
   ema_decay: Optional[float] = None
   log_per_layer: bool = False
+  softmax: str = 'softmax'
+  # Norms are measured only on logged steps (after update t+1 when
+  # (t+1) % log_every == 0, and the last step): the loop writes no others.
+  log_every: int = 1
+  num_steps: Optional[int] = None
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, task: str
@@ -36,7 +59,40 @@ class StepOptions:
                sam_rho=None if s.rho is None else float(s.rho),
                sam_adaptive=bool(s.adaptive), sam_eta=float(s.eta),
                sam_mask=s.mask, sam_microbatches=int(s.num_microbatches),
-               ema_decay=config.ema.decay, log_per_layer=config.log_per_layer)
+               ema_decay=config.ema.decay, log_per_layer=config.log_per_layer,
+               softmax=config.model.softmax, log_every=config.log_every,
+               num_steps=config.num_steps)
+
+
+def stablemax_s(x: jax.Array) -> jax.Array:
+  """StableMax's ``s(x)``: ``x + 1`` for ``x >= 0``, ``1 / (1 - x)`` below."""
+  # The unused branch is evaluated at a safe point so its gradient is finite.
+  return jnp.where(x >= 0, x + 1.0, 1.0 / (1.0 - jnp.minimum(x, 0.0)))
+
+
+def log_normalizer(logits: jax.Array, softmax: str = 'softmax'
+                   ) -> Tuple[jax.Array, jax.Array]:
+  """``(log Z, log p_unnormalized)``: the cross-entropy of class ``y`` is
+  ``log Z - log_unnorm[y]`` (``log_unnorm = logits`` for the softmax)."""
+  if softmax == 'softmax':
+    return jax.nn.logsumexp(logits, axis=-1), logits
+  if softmax == 'stablemax':
+    s = stablemax_s(logits.astype(jnp.float32))
+    return jnp.log(jnp.sum(s, axis=-1)), jnp.log(s)
+  raise ValueError(f'model.softmax must be one of {SOFTMAXES}, got {softmax!r}')
+
+
+def intermediate_metrics(intermediates: PyTree) -> Dict[str, jax.Array]:
+  """Sown probes as metrics: ``block_0/attn/attn_logit_max`` becomes
+  ``layers/attn_logit_max/block_0`` (sown tuples are averaged, e.g. over
+  SAM's two passes)."""
+  out = {}
+  for path, value in jax.tree_util.tree_flatten_with_path(
+      intermediates, is_leaf=lambda x: isinstance(x, tuple))[0]:
+    parts = metrics_lib.path_name(path).split('/')
+    name, where = parts[-1], parts[0]
+    out[f'layers/{name}/{where}'] = jnp.mean(jnp.stack(value))
+  return out
 
 
 def compute_loss(model: nn.Module, params: PyTree, model_state: PyTree,
@@ -45,22 +101,38 @@ def compute_loss(model: nn.Module, params: PyTree, model_state: PyTree,
   """Mean loss of ``batch`` and ``(new_model_state, metrics)``.
 
   Cross-entropy is the mean over every predicted position (tokens or
-  examples); with ``z_loss`` it adds ``z_loss * mean(log(Z)^2)``. MSE is
-  ``mean_examples(0.5 * ||f(x) - y||^2)``.
+  examples) of ``log Z - log p~_y`` (see the module doc for ``Z`` under
+  softmax and StableMax); with ``z_loss`` it adds ``z_loss * mean(log(Z)^2)``.
+  MSE is ``mean_examples(0.5 * ||f(x) - y||^2)``.
+
+  With ``options.log_per_layer`` and ``train``, the model's sown
+  ``intermediates`` (transformer: residual variance and max attention logit
+  per block) become metrics ``layers/<probe>/block_<i>``, and cross-entropy
+  adds ``output_log_z``, the mean log-partition of the output.
   """
   variables = {'params': params, **model_state}
+  probes = options.log_per_layer and train
   mutable = list(model_state) if (train and model_state) else False
+  if probes:
+    mutable = (mutable or []) + ['intermediates']
   rngs = {'dropout': rng} if rng is not None else {}
   out = model.apply(variables, batch['inputs'], train=train, rngs=rngs,
                     mutable=mutable)
   outputs, new_model_state = out if mutable else (out, model_state)
-  targets = batch['targets']
   metrics = {}
+  if probes:
+    new_model_state = dict(new_model_state)
+    metrics.update(intermediate_metrics(new_model_state.pop('intermediates', {})))
+    if not model_state:
+      new_model_state = model_state
+  targets = batch['targets']
   if options.loss == 'cross_entropy':
-    log_z = jax.nn.logsumexp(outputs, axis=-1)
-    label_logits = jnp.take_along_axis(outputs, targets[..., None], axis=-1)[..., 0]
+    log_z, log_unnorm = log_normalizer(outputs, options.softmax)
+    label_logits = jnp.take_along_axis(log_unnorm, targets[..., None], axis=-1)[..., 0]
     loss = jnp.mean(log_z - label_logits)
     metrics['accuracy'] = jnp.mean(jnp.argmax(outputs, -1) == targets)
+    if probes:
+      metrics['output_log_z'] = jnp.mean(log_z)
     if options.z_loss:
       z_term = options.z_loss * jnp.mean(log_z ** 2)
       metrics['z_loss'] = z_term
@@ -73,5 +145,3 @@ def compute_loss(model: nn.Module, params: PyTree, model_state: PyTree,
     raise ValueError(f'loss.name must be cross_entropy | mse, got {options.loss!r}')
   metrics['loss'] = loss
   return loss, (new_model_state, metrics)
-
-

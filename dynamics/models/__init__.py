@@ -6,7 +6,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from dynamics.models.cnn import CNN, ResNet, ResidualBlock
-from dynamics.models.layers import DyT, NORMS, make_norm
+from dynamics.models.layers import (DyT, INITS, Knobs, NORM_POSITIONS, NORMS,
+                                    PARAMETRIZATIONS, knobs_from_config,
+                                    make_norm)
 from dynamics.models.mlp import MLP
 from dynamics.models.transformer import Transformer
 
@@ -23,6 +25,9 @@ def build_model(model_config: Any, dataset_info: Any) -> nn.Module:
 
   Returns:
     A Flax module called as ``module.apply(variables, inputs, train=...)``.
+    The normalization, init and parametrization knobs of ``model_config`` are
+    documented on the modules (``transformer.py``, ``layers.Knobs``); at
+    their defaults every model is Flax's plain one.
   """
   m = model_config
   dtype = DTYPES[m.dtype]
@@ -33,22 +38,31 @@ def build_model(model_config: Any, dataset_info: Any) -> nn.Module:
         max_len=m.max_len, norm=m.norm, norm_position=m.norm_position,
         qk_norm=m.qk_norm, tie_embeddings=m.tie_embeddings, dropout=m.dropout,
         activation=m.activation, output_scale=m.output_scale,
-        attention_impl=m.attention_impl, dtype=dtype)
+        attention_impl=m.attention_impl, dtype=dtype,
+        mix_ln_split=m.mix_ln_split, layernorm_scaling=m.layernorm_scaling,
+        knobs=knobs_from_config(m, m.d_model))
   if m.name == 'mlp':
     return MLP(hidden_sizes=tuple(m.hidden_sizes),
                num_outputs=dataset_info.num_outputs, activation=m.activation,
-               norm=m.norm, output_scale=m.output_scale, dtype=dtype)
+               norm=m.norm, output_scale=m.output_scale, dtype=dtype,
+               layernorm_scaling=m.layernorm_scaling,
+               knobs=knobs_from_config(m, m.hidden_sizes[0]))
   if m.name == 'cnn':
     return CNN(channels=tuple(m.channels), num_outputs=dataset_info.num_outputs,
                activation=m.activation, norm=m.norm,
-               output_scale=m.output_scale, dtype=dtype)
+               output_scale=m.output_scale, dtype=dtype,
+               layernorm_scaling=m.layernorm_scaling,
+               knobs=knobs_from_config(m, m.channels[0]))
   if m.name == 'resnet':
     return ResNet(channels=tuple(m.channels),
                   blocks_per_stage=m.blocks_per_stage,
                   num_outputs=dataset_info.num_outputs, activation=m.activation,
-                  norm=m.norm, output_scale=m.output_scale, dtype=dtype)
+                  norm=m.norm, output_scale=m.output_scale, dtype=dtype,
+                  layernorm_scaling=m.layernorm_scaling,
+                  knobs=knobs_from_config(m, m.channels[0]))
   raise ValueError(f'model.name must be one of {MODELS}, got {m.name!r}')
 
 
-__all__ = ['CNN', 'DyT', 'MLP', 'MODELS', 'NORMS', 'ResNet', 'ResidualBlock',
-           'Transformer', 'build_model', 'make_norm']
+__all__ = ['CNN', 'DyT', 'INITS', 'Knobs', 'MLP', 'MODELS', 'NORMS',
+           'NORM_POSITIONS', 'PARAMETRIZATIONS', 'ResNet', 'ResidualBlock',
+           'Transformer', 'build_model', 'knobs_from_config', 'make_norm']

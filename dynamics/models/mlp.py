@@ -18,6 +18,10 @@ class MLP(nn.Module):
     norm: normalization after each hidden Dense ('none' by default for MLPs).
     output_scale: the alpha of lazy-vs-rich studies; multiplies the output.
     use_bias: whether Dense layers carry a bias.
+    layernorm_scaling: scale the output of hidden layer ``l``'s norm by
+      ``1 / sqrt(l)`` (1-based).
+    knobs: init / parametrization / quantization (``layers.Knobs``); the
+      first Dense is muP's input layer, the head its output layer.
   """
   hidden_sizes: Sequence[int] = (64, 64)
   num_outputs: int = 10
@@ -25,6 +29,8 @@ class MLP(nn.Module):
   norm: str = 'none'
   output_scale: float = 1.0
   use_bias: bool = True
+  layernorm_scaling: bool = False
+  knobs: layers.Knobs = layers.Knobs()
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -32,11 +38,14 @@ class MLP(nn.Module):
     act = layers.activation(self.activation)
     x = x.reshape((x.shape[0], -1)).astype(self.dtype)
     for i, width in enumerate(self.hidden_sizes):
+      role = 'input' if i == 0 else 'hidden'
       x = nn.Dense(width, use_bias=self.use_bias, dtype=self.dtype,
-                   name=f'dense_{i}')(x)
+                   name=f'dense_{i}',
+                   **self.knobs.linear(role, x.shape[-1]))(x)
       if self.norm != 'none':
         x = layers.make_norm(self.norm, f'norm_{i}', train=train)(x)
+        x = layers.scaled(x, layers.depth_scale(self.layernorm_scaling, i + 1))
       x = act(x)
     x = nn.Dense(self.num_outputs, use_bias=self.use_bias, dtype=self.dtype,
-                 name='head')(x)
-    return self.output_scale * x.astype(jnp.float32)
+                 name='head', **self.knobs.linear('output', x.shape[-1]))(x)
+    return self.output_scale * x.astype(jnp.promote_types(x.dtype, jnp.float32))

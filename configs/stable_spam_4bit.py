@@ -1,0 +1,50 @@
+"""Stable-SPAM vs Adam in simulated 4-bit training of the small language model.
+
+Command (Stable-SPAM, then the Adam baseline):
+  python -m experiments.main --config=configs/stable_spam_4bit.py
+  python -m experiments.main --config=configs/stable_spam_4bit.py:adam
+
+or both, INT4 and FP4, through the sweep runner:
+  python -m experiments.sweep --config=configs/stable_spam_4bit.py \\
+      --sweep='optimizer.name=adam,stable_spam' \\
+      --sweep='model.quantization=int4,fp4'
+
+The model is ``configs/stable_spam.py``'s 2-layer, 64-wide GPT on the
+embedded Markov language, with every linear layer fake-quantized
+(``model.quantization``: weights and activations in blocks of 16, straight-
+through gradients; ``dynamics/quantization.py``). Stable-SPAM's claim
+(Huang et al., 2025) is that under 4-bit training it is more stable than Adam
+(fewer and smaller loss / gradient-norm spikes) and reaches Adam's final loss
+in about half the steps; ``analysis/notebooks/optimizers_4bit.ipynb`` plots
+both runs' loss and gradient norm and counts spikes. No gradient clipping, so
+the optimizers' own spike handling is what is compared.
+
+Smoke variant (seconds, for tests): ``:smoke`` (``:adam,smoke`` for Adam).
+"""
+
+import ml_collections
+
+from configs import stable_spam
+
+
+def get_config(arg: str = None) -> ml_collections.ConfigDict:
+  c = stable_spam.get_config()
+  c.name = 'stable_spam_4bit'
+  c.model.quantization = 'int4'
+  c.optimizer.clip_norm = None
+  c.log_per_layer = False
+  c.stop_on_nonfinite = False       # A diverging 4-bit Adam run is a result.
+  for v in (arg.split(',') if arg else []):
+    if v == 'adam':
+      c.name = 'stable_spam_4bit_adam'
+      c.optimizer.name = 'adamw'
+      c.optimizer.b2 = 0.999
+    elif v == 'fp4':
+      c.model.quantization = 'fp4'
+      c.name += '_fp4'
+    elif v == 'smoke':
+      stable_spam.smoke(c)
+    else:
+      raise ValueError(f'configs/stable_spam_4bit.py: unknown variant {v!r} '
+                       '(use adam | fp4 | smoke, comma-separated)')
+  return c

@@ -1,0 +1,109 @@
+"""Models from config: defaults unchanged, every knob trains, bad input rejected."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import wsd
+from dynamics import config_lib, models, parametrization, train
+from dynamics.optim import build_optimizer
+
+jax.config.update('jax_numpy_rank_promotion', 'raise')
+
+
+def _config(**overrides):
+  c = wsd.get_config('smoke')
+  c.model.d_model, c.model.num_heads = 16, 2
+  c.data.seq_len, c.data.batch_size = 8, 4
+  for key, value in overrides.items():
+    node = c
+    *path, last = key.split('.')
+    for name in path:
+      node = node[name]
+    node[last] = value
+  return c
+
+
+def _train(c, steps=4):
+  """``steps`` updates on one fixed batch; the metrics of each."""
+  config_lib.validate(c)
+  parts = train.build(c)
+  parts = parts._replace(tx=build_optimizer(parametrization.optimizer_config(c),
+                                            parts.schedule))
+  state = train.init_state(c, parts)
+  step = train.make_train_step(parts)
+  out = []
+  for _ in range(steps):
+    state, metrics = step(state, jax.tree.map(jnp.asarray,
+                                              parts.dataset.train_batch(0)))
+    out.append(jax.device_get(metrics))
+  return out
+
+
+# Each value of every knob appears at least once; combined to keep compiles few.
+KNOBS = [
+    {'model.norm': 'rmsnorm', 'model.norm_position': 'post',
+     'model.init': 'he', 'model.quantization': 'int4'},
+    {'model.norm': 'dyt', 'model.norm_position': 'peri', 'model.qk_norm': True,
+     'model.init': 'orthogonal', 'model.parametrization': 'mup',
+     'model.base_width': 8},
+    {'model.norm': 'none', 'model.norm_position': 'mix', 'model.mix_ln_split': 1,
+     'model.init': 'fixup', 'model.quantization': 'fp4',
+     'model.tie_embeddings': False},
+    {'model.norm_position': 'deepnorm', 'model.layernorm_scaling': True,
+     'model.init': 'zero', 'model.init_scale': 0.5,
+     'model.parametrization': 'ntk', 'model.softmax': 'stablemax',
+     'loss.z_loss': 1e-4, 'optimizer.orthograd': True, 'log_per_layer': True},
+]
+
+
+@pytest.mark.parametrize('overrides', KNOBS, ids=lambda o: o['model.norm']
+                         if 'model.norm' in o else 'deepnorm')
+def test_every_knob_trains_the_smoke_model_without_nan(overrides):
+  metrics = _train(_config(**overrides))
+  for m in metrics:
+    bad = [k for k, v in m.items() if not np.all(np.isfinite(v))]
+    assert not bad, bad
+  assert metrics[-1]['loss'] < metrics[0]['loss']  # It learns the batch.
+  if overrides.get('log_per_layer'):
+    for key in ('layers/attn_logit_max/block_0', 'layers/resid_var/block_1',
+                'output_log_z', 'layers/effective_lr/block_0/mlp/fc_in/kernel',
+                'layers/angular_update/head/kernel'.replace('head', 'embed')
+                .replace('kernel', 'embedding')):
+      assert key in metrics[-1], key
+
+
+def test_default_knobs_leave_the_model_unchanged():
+  c = _config()
+  model = models.build_model(c.model, train.build(c).dataset.info)
+  ref = models.Transformer(vocab_size=32, d_model=16, num_layers=2,
+                           num_heads=2, max_len=32)
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  p = model.init(jax.random.PRNGKey(0), tokens)
+  p_ref = ref.init(jax.random.PRNGKey(0), tokens)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), p, p_ref))
+  assert model.knobs == models.Knobs() and model.knobs.linear('hidden', 4) == {}
+
+
+@pytest.mark.parametrize('overrides, field', [
+    ({'model.name': 'mlp', 'data.name': 'modular', 'model.qk_norm': True},
+     'model.qk_norm'),
+    ({'model.parametrization': 'mup'}, 'model.base_width'),
+    ({'model.base_width': 64}, 'model.base_width'),
+    ({'model.init_scale': 0.0}, 'model.init_scale'),
+    ({'model.init_scale': -1.0}, 'model.init_scale'),
+    ({'model.name': 'mlp', 'data.name': 'modular', 'model.init': 'fixup'},
+     'model.init'),
+    ({'model.name': 'mlp', 'data.name': 'modular',
+      'model.norm_position': 'peri'}, 'model.norm_position'),
+    ({'model.norm_position': 'sandwich'}, 'model.norm_position'),
+    ({'model.mix_ln_split': 1}, 'model.mix_ln_split'),
+    ({'model.norm': 'none', 'model.layernorm_scaling': True},
+     'model.layernorm_scaling'),
+    ({'model.quantization': 'int8'}, 'model.quantization'),
+    ({'model.softmax': 'sparsemax'}, 'model.softmax'),
+])
+def test_bad_knobs_name_the_field(overrides, field):
+  with pytest.raises(config_lib.ConfigError, match=f'config.{field}='):
+    config_lib.validate(_config(**overrides))
