@@ -18,16 +18,6 @@ from absl import app
 from absl import flags
 from absl import logging
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The constant-rate run.')
-_WINDOW = flags.DEFINE_integer('window', None, 'Steps covered by the merge.')
-_SHAPE = flags.DEFINE_enum('shape', 'linear',
-                           ['uniform', 'linear', 'cosine', '1-sqrt'],
-                           'Emulated decay shape.')
-_INTERVAL = flags.DEFINE_integer('interval', None, 'Steps between merged '
-                                 'checkpoints (default: config.merge.interval).')
-_STEP = flags.DEFINE_integer('step', None, 'Budget: last merged step '
-                             '(default: the latest checkpoint).')
-_OUTPUT = flags.DEFINE_string('output', None, 'Workdir of the merged model.')
 
 
 def merge_and_evaluate(workdir: str, window: int, shape: str,
@@ -87,13 +77,28 @@ def merge_and_evaluate(workdir: str, window: int, shape: str,
   return record
 
 
+def define_flags() -> None:
+  """The command's flags, defined only when it runs as a command: tests and
+  notebooks import ``merge_and_evaluate`` beside other commands' flags."""
+  flags.DEFINE_string('workdir', None, 'The constant-rate run.')
+  flags.DEFINE_integer('window', None, 'Steps covered by the merge.')
+  flags.DEFINE_enum('shape', 'linear', ['uniform', 'linear', 'cosine', '1-sqrt'],
+                    'Emulated decay shape.')
+  flags.DEFINE_integer('interval', None, 'Steps between merged checkpoints '
+                       '(default: config.merge.interval).')
+  flags.DEFINE_integer('step', None, 'Budget: last merged step '
+                       '(default: the latest checkpoint).')
+  flags.DEFINE_string('output', None, 'Workdir of the merged model.')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO.
   try:
-    r = merge_and_evaluate(_WORKDIR.value, _WINDOW.value, _SHAPE.value,
-                           _INTERVAL.value, _STEP.value, _OUTPUT.value)
+    f = flags.FLAGS
+    r = merge_and_evaluate(f.workdir, f.window, f.shape, f.interval, f.step,
+                           f.output)
   except (ValueError, FileExistsError) as e:
     raise app.UsageError(str(e)) from e
   print(f"Merged {len(r['steps'])} checkpoints of {r['source']} (steps "
@@ -104,5 +109,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   flags.mark_flags_as_required(['workdir', 'window'])
   app.run(main)
