@@ -1,0 +1,1 @@
+"""Post-hoc and training-time analysis of `dynamics` runs (Hessian spectra, ...)."""

@@ -1,0 +1,437 @@
+"""analysis/hessian.py against dense Hessians of small models (exact answers)."""
+
+import functools
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from analysis import hessian as hs
+
+jax.config.update('jax_numpy_rank_promotion', 'raise')
+
+
+# ---------------------------------------------------------------------------
+# Tiny models (float64-capable: the core's models cast outputs to float32).
+
+
+class TinyMLP(nn.Module):
+  """4 -> 12 -> 12 -> 3 tanh MLP (255 parameters)."""
+
+  @nn.compact
+  def __call__(self, x):
+    for i in range(2):
+      x = jnp.tanh(nn.Dense(12, param_dtype=x.dtype, name=f'dense_{i}')(x))
+    return nn.Dense(3, param_dtype=x.dtype, name='head')(x)
+
+
+class TinyTransformer(nn.Module):
+  """One pre-LN block, 2 heads, d=6, vocab 6, tied head (432 parameters)."""
+  dtype: jnp.dtype = jnp.float64
+
+  @nn.compact
+  def __call__(self, tokens):
+    d, kw = 6, dict(param_dtype=self.dtype, dtype=self.dtype)
+    embed = nn.Embed(6, d, embedding_init=nn.initializers.normal(0.5),
+                     name='embed', **kw)
+    pos = self.param('pos_embed', nn.initializers.normal(0.5), (5, d),
+                     self.dtype)
+    x = embed(tokens) + pos[None, :tokens.shape[1]]
+    h = nn.LayerNorm(name='norm_attn', **kw)(x)
+    qkv = nn.DenseGeneral((3, 2, d // 2), name='attn_qkv', **kw)(h)
+    # Explicit attention: jax.nn.dot_product_attention's softmax is float32.
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(d // 2)
+    causal = np.tril(np.ones((tokens.shape[1],) * 2, bool))
+    scores = jnp.where(causal[None, None], scores, -1e30)
+    y = jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(scores, axis=-1), v)
+    x = x + nn.DenseGeneral(d, axis=(-2, -1), name='attn_out', **kw)(y)
+    h = nn.LayerNorm(name='norm_mlp', **kw)(x)
+    h = nn.Dense(d, name='mlp_out', **kw)(jax.nn.gelu(
+        nn.Dense(2 * d, name='mlp_in', **kw)(h)))
+    x = nn.LayerNorm(name='norm_final', **kw)(x + h)
+    return embed.attend(x)
+
+
+def _cross_entropy(logits, targets):
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return jnp.mean(log_z - picked)
+
+
+def _mlp_problem(dtype, num_batches=2, seed=0):
+  """(loss_fn, params, batches) of a tanh MLP on 3-class random data."""
+  rng = np.random.default_rng(seed)
+  batches = [{'inputs': rng.normal(size=(12, 4)).astype(dtype),
+              'targets': rng.integers(0, 3, size=12)}
+             for _ in range(num_batches)]
+  model = TinyMLP()
+  params = model.init(jax.random.PRNGKey(seed),
+                      jnp.zeros((1, 4), dtype))['params']
+
+  def loss_fn(p, batch):
+    return _cross_entropy(model.apply({'params': p}, batch['inputs']),
+                          batch['targets'])
+  return loss_fn, params, batches
+
+
+def _transformer_problem(dtype, num_batches=2, seed=0):
+  rng = np.random.default_rng(seed)
+  batches = [{'inputs': rng.integers(0, 6, size=(4, 5)),
+              'targets': rng.integers(0, 6, size=(4, 5))}
+             for _ in range(num_batches)]
+  model = TinyTransformer(dtype)
+  params = model.init(jax.random.PRNGKey(seed),
+                      jnp.zeros((1, 5), jnp.int32))['params']
+
+  def loss_fn(p, batch):
+    return _cross_entropy(model.apply({'params': p}, batch['inputs']),
+                          batch['targets'])
+  return loss_fn, params, batches
+
+
+def _dense_hessian(loss_fn, params, batches):
+  """The exact Hessian of the mean batch loss, flattened (float64).
+
+  The losses are means, so the mean over equal batches is the loss of their
+  concatenation (tested below), which halves what XLA compiles.
+  """
+  from jax.flatten_util import ravel_pytree
+  flat, unravel = ravel_pytree(params)
+  batch = jax.tree.map(lambda *x: np.concatenate(x), *batches)
+  return np.asarray(_compiled_hessian(loss_fn, unravel)(flat, batch),
+                    np.float64)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_hessian_cache(loss_fn, treedef_and_shapes):
+  del treedef_and_shapes  # Part of the key only.
+  return {}
+
+
+def _compiled_hessian(loss_fn, unravel):
+  """One compiled dense Hessian per loss (the unravel of equal trees agree)."""
+  cache = _compiled_hessian_cache(loss_fn, None)
+  if 'fn' not in cache:
+    cache['fn'] = jax.jit(jax.hessian(lambda x, b: loss_fn(unravel(x), b)))
+  return cache['fn']
+
+
+@functools.lru_cache(maxsize=None)
+def _exact(name):
+  """(problem, dense Hessian, eigenvalues desc, eigenvectors) in float64."""
+  with jax.enable_x64(True):
+    problem = {'mlp': _mlp_problem, 'transformer': _transformer_problem}[name](
+        np.float64)
+    h = _dense_hessian(*problem)
+    w, v = np.linalg.eigh(h)
+  return problem, h, w[::-1], v[:, ::-1]
+
+
+def _flat(tree):
+  return np.asarray(jax.flatten_util.ravel_pytree(tree)[0], np.float64)
+
+
+# ---------------------------------------------------------------------------
+# Hessian-vector products.
+
+
+def test_hvp_matches_dense_hessian_and_concatenated_batch():
+  with jax.enable_x64(True):
+    (loss_fn, params, batches), h, _, _ = _exact('transformer')
+    v = jax.tree.map(lambda p: jnp.asarray(
+        np.random.default_rng(1).normal(size=p.shape)), params)
+    hv = _flat(hs.hvp_fn(loss_fn, params, batches)(v))
+    # `h` is the Hessian of the loss of the two batches concatenated (4 + 4
+    # sequences in one batch): the two-batch HVP equals that batch's.
+    np.testing.assert_allclose(hv, h @ _flat(v), rtol=1e-6,
+                               atol=1e-9 * np.abs(hv).max())
+
+
+def test_hvp_is_traced_once_for_many_batches_and_calls():
+  traces = []
+  loss_fn, params, batches = _mlp_problem(np.float32, num_batches=3)
+
+  def counting_loss(p, b):
+    traces.append(1)
+    return loss_fn(p, b)
+
+  hvp = hs.hvp_fn(counting_loss, params, batches)
+  for scale in (1.0, 2.0):
+    hvp(jax.tree.map(lambda p: scale * jnp.ones_like(p), params))
+  first = len(traces)
+  # A new operator at other parameters (the next training-time probe).
+  other = jax.tree.map(lambda p: p + 0.1, params)
+  hs.hvp_fn(counting_loss, other, batches)(other)
+  assert first >= 1 and len(traces) == first
+
+
+def test_ggn_matches_dense_gauss_newton():
+  with jax.enable_x64(True):
+    (_, params, batches), _, _, _ = _exact('mlp')
+    model = TinyMLP()
+    model_fn = lambda p, b: model.apply({'params': p}, b['inputs'])
+    out_loss = lambda z, b: _cross_entropy(z, b['targets'])
+    from jax.flatten_util import ravel_pytree
+    flat, unravel = ravel_pytree(params)
+    jacobian = jax.jit(jax.jacfwd(
+        lambda x, b: model_fn(unravel(x), b).reshape(-1)))
+    output_hessian = jax.jit(jax.hessian(
+        lambda z, b: out_loss(z.reshape(12, 3), b)))
+    ggn = 0.0
+    for b in batches:
+      jac = jacobian(flat, b)
+      h_out = output_hessian(model_fn(params, b).reshape(-1), b)
+      ggn = ggn + jac.T @ h_out @ jac / len(batches)
+    v = np.random.default_rng(2).normal(size=flat.size)
+    got = _flat(hs.hvp_fn(None, params, batches, kind='ggn',
+                          model_fn=model_fn, output_loss_fn=out_loss)(
+                              unravel(jnp.asarray(v))))
+    np.testing.assert_allclose(got, np.asarray(ggn) @ v, rtol=1e-8, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# Eigenpairs, trace and density against the dense spectrum.
+
+
+def _angles(vecs, exact_vecs):
+  got = np.stack([_flat(v) for v in vecs], axis=1)
+  cos = np.abs(np.sum(got * exact_vecs, axis=0)) / np.linalg.norm(got, axis=0)
+  # sin is accurate where arccos(cos ~ 1) is not.
+  return np.arcsin(np.sqrt(np.clip(1 - cos ** 2, 0, 1)))
+
+
+@pytest.mark.parametrize('name', ['mlp', 'transformer'])
+def test_top_eigenpairs_match_dense_eigh_float64(name):
+  with jax.enable_x64(True):
+    (loss_fn, params, batches), _, w, v = _exact(name)
+    vals, vecs, info = hs.top_eigenpairs(loss_fn, params, batches, k=5,
+                                         num_iters=60, tol=1e-10,
+                                         return_info=True)
+    np.testing.assert_allclose(np.asarray(vals), w[:5], rtol=1e-6)
+    assert np.all(_angles(vecs, v[:, :5]) < 1e-4)
+    assert info['converged'] and info['num_hvps'] < 60
+    # The most negative curvature (the same compiled solver).
+    low, _ = hs.top_eigenpairs(loss_fn, params, batches, k=2, which='SA',
+                               num_iters=60, tol=1e-10)
+    np.testing.assert_allclose(np.asarray(low), w[-2:], rtol=1e-6)
+
+
+def test_top_eigenpairs_float32_core_transformer():
+  """The core's Transformer in float32 against a float64 dense Hessian."""
+  from dynamics.models import Transformer
+  model = Transformer(vocab_size=5, d_model=4, num_layers=1, num_heads=2,
+                      mlp_ratio=2, max_len=4)
+  rng = np.random.default_rng(0)
+  batches = [{'inputs': rng.integers(0, 5, (6, 4)),
+              'targets': rng.integers(0, 5, (6, 4))}]
+
+  def loss_fn(p, b):
+    return _cross_entropy(model.apply({'params': p}, b['inputs']),
+                          b['targets'])
+
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))[
+      'params']
+  # At init the LayerNorms see ~N(0, 0.02) inputs and the top curvature is
+  # 2000x the 5th: float32 cannot resolve the 5th to 1e-3 there.
+  params = jax.tree.map(lambda p: 3 * p, params)
+  vals, _ = hs.top_eigenpairs(loss_fn, params, batches, k=5, num_iters=60,
+                              tol=1e-5)
+  with jax.enable_x64(True):
+    h = _dense_hessian(loss_fn, params, batches)
+  w = np.linalg.eigvalsh(h)[::-1]
+  assert vals.dtype == jnp.float32 and sum(np.size(p) for p in
+                                           jax.tree.leaves(params)) <= 5000
+  np.testing.assert_allclose(np.asarray(vals), w[:5], rtol=1e-3)
+
+
+def test_hutchinson_within_three_standard_errors():
+  with jax.enable_x64(True):
+    (loss_fn, params, batches), h, _, _ = _exact('mlp')
+    estimate, stderr = hs.trace(loss_fn, params, batches, num_probes=200,
+                                key=jax.random.PRNGKey(3))
+    exact = np.trace(h)
+    assert abs(estimate - exact) < 3 * stderr
+    # The standard error is honest: Rademacher variance 2(|H|_F^2 - sum H_ii^2).
+    expected = np.sqrt(2 * (np.sum(h ** 2) - np.sum(np.diag(h) ** 2)) / 200)
+    assert 0.7 < stderr / expected < 1.3
+
+
+def test_slq_density_integrates_to_one_and_matches_moments():
+  """Moments of the SLQ density vs the exact spectrum's, to 1e-2 of the
+  spectral scale lambda_max (second moment: of lambda_max^2). Relative to the
+  moments themselves is out of reach of any random-probe method here: the
+  mean is a 1% residue of cancelling positive and negative curvature."""
+  with jax.enable_x64(True):
+    (loss_fn, params, batches), _, w, _ = _exact('mlp')
+    grid, density, info = hs.spectral_density(
+        loss_fn, params, batches, num_probes=30, num_iters=40, sigma=1e-3,
+        key=jax.random.PRNGKey(0), return_info=True)
+  assert info['num_hvps'] == 30 * 40
+  np.testing.assert_allclose(np.trapezoid(density, grid), 1, atol=1e-6)
+  mean = np.trapezoid(grid * density, grid)
+  second = np.trapezoid(grid ** 2 * density, grid)
+  scale = np.abs(w).max()
+  assert abs(mean - w.mean()) < 1e-2 * scale
+  assert abs(second - np.mean(w ** 2)) < 1e-2 * scale ** 2
+  # The extreme nodes are the extreme eigenvalues (Lanczos converges there).
+  np.testing.assert_allclose(info['nodes'].max(), w[0], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Blocks, adaptive preconditioning, bad input.
+
+
+def test_block_spectrum_is_that_of_the_dense_sub_block():
+  with jax.enable_x64(True):
+    (loss_fn, params, batches), h, _, _ = _exact('transformer')
+    paths = hs.param_paths(params)
+    sizes = [np.size(p) for p in jax.tree.leaves(params)]
+    selected = np.concatenate([np.full(s, 'attn' in p) for p, s in
+                               zip(paths, sizes)])
+    w = np.linalg.eigvalsh(h[np.ix_(selected, selected)])[::-1]
+    vals, vecs = hs.top_eigenpairs(loss_fn, params, batches, k=3,
+                                   mask='attention', num_iters=60, tol=1e-10)
+    np.testing.assert_allclose(np.asarray(vals), w[:3], rtol=1e-6)
+    # Eigenvectors are full pytrees, zero outside the block.
+    assert np.all(_flat(vecs[0])[~selected] == 0)
+    norm_mask = hs.block_mask(params, 'norm')
+    assert {p for p, m in zip(paths, jax.tree.leaves(norm_mask)) if m} == {
+        p for p in paths if 'norm' in p}
+    with pytest.raises(ValueError, match='selects no parameters.*embed'):
+      hs.top_eigenpairs(loss_fn, params, batches, mask='no_such_layer')
+
+
+def test_preconditioned_sharpness_matches_dense():
+  with jax.enable_x64(True):
+    (loss_fn, params, batches), h, _, _ = _exact('mlp')
+    tx = optax.adam(1e-2, b1=0.9, b2=0.99, eps=1e-8)
+    state = tx.init(params)
+    p = params
+    for _ in range(3):
+      grads = jax.grad(loss_fn)(p, batches[0])
+      updates, state = tx.update(grads, state, p)
+      p = optax.apply_updates(p, updates)
+    nu = _flat(state[0].nu) / (1 - 0.99 ** 3)
+    precond_h = h / (np.sqrt(nu) + 1e-8)[:, None]  # P^{-1} H at `params`.
+    exact = np.max(np.linalg.eigvals(precond_h).real)
+    got = hs.preconditioned_sharpness(loss_fn, params, batches, state, b2=0.99,
+                                      eps=1e-8, num_iters=60, tol=1e-10)
+    np.testing.assert_allclose(got, exact, rtol=1e-6)
+    with pytest.raises(ValueError, match='no Adam-type second moment'):
+      hs.preconditioned_sharpness(loss_fn, params, batches,
+                                  optax.sgd(0.1).init(params))
+
+
+def test_bad_input_gives_clear_errors():
+  loss_fn, params, batches = _mlp_problem(np.float32)
+  with pytest.raises(ValueError, match='larger than the number of Lanczos'):
+    hs.top_eigenpairs(loss_fn, params, batches, k=10, num_iters=8)
+
+  def nan_loss(p, b):  # sqrt of a negative number: NaN curvature.
+    return jnp.sqrt(loss_fn(p, b) - 100.0)
+  with pytest.raises(FloatingPointError, match='Lanczos iteration 1 '):
+    hs.top_eigenpairs(nan_loss, params, batches, k=1)
+  with pytest.raises(ValueError, match='same structure and shapes'):
+    hs.hvp_fn(loss_fn, params, [batches[0], {'inputs': np.zeros((3, 4)),
+                                             'targets': np.zeros(3, int)}])
+
+
+# ---------------------------------------------------------------------------
+# Training-time probe and the command.
+
+
+class _FakeContext:
+  """The parts of dynamics.train.Context the probe uses."""
+
+  def __init__(self, loss_fn, batches):
+    self._loss_fn, self._batches = loss_fn, batches
+
+  def loss_fn(self, model_state):
+    del model_state
+    return self._loss_fn
+
+  def probe_batches(self, n):
+    return self._batches[:n]
+
+
+class _State:
+
+  def __init__(self, step, params, opt_state):
+    self.step, self.params, self.opt_state = step, params, opt_state
+    self.model_state = {}
+
+
+def test_sharpness_probe_warm_starts_and_logs_adaptive_and_trace():
+  from configs import base
+  config = base.get_config()
+  config.analysis.sharpness_every = 5
+  config.analysis.trace_every = 10
+  config.analysis.sharpness_iters = 30
+  config.analysis.sharpness_batches = 2
+  config.optimizer.b2, config.optimizer.eps = 0.99, 1e-8
+  with jax.enable_x64(True):
+    (loss_fn, params, batches), h, w, _ = _exact('mlp')
+    ctx = _FakeContext(loss_fn, batches)
+    probe = hs.SharpnessProbe(config, tol=1e-4)
+    assert probe.every == 5
+    tx = optax.adam(1e-3, b2=0.99)
+    opt_state = tx.init(params)
+    first = probe(_State(0, params, opt_state), ctx)
+    # Before Adam's first update there is no preconditioner to speak of.
+    assert set(first) == {'sharpness', 'sharpness_hvps', 'hessian_trace',
+                          'hessian_trace_stderr'}
+    np.testing.assert_allclose(first['sharpness'], w[0], rtol=1e-6)
+    assert abs(first['hessian_trace'] - np.trace(h)) < 4 * first[
+        'hessian_trace_stderr']
+    # One Adam step away: the warm start needs fewer HVPs than the cold one.
+    grads = jax.grad(loss_fn)(params, batches[0])
+    updates, opt_state = tx.update(grads, opt_state, params)
+    moved = optax.apply_updates(params, updates)
+    second = probe(_State(5, moved, opt_state), ctx)
+    assert second['sharpness_hvps'] < first['sharpness_hvps']
+    assert second['sharpness_hvps'] <= config.analysis.sharpness_iters
+    assert 'hessian_trace' not in second   # 5 is not a multiple of 10.
+    h_moved = _dense_hessian(loss_fn, moved, batches)
+    np.testing.assert_allclose(second['sharpness'],
+                               np.linalg.eigvalsh(h_moved)[-1], rtol=1e-6)
+    nu = _flat(opt_state[0].nu) / (1 - 0.99)
+    exact_pre = np.max(np.linalg.eigvals(
+        h_moved / (np.sqrt(nu) + 1e-8)[:, None]).real)
+    np.testing.assert_allclose(second['preconditioned_sharpness'], exact_pre,
+                               rtol=1e-4)
+
+
+def test_eos_smoke_run_logs_sharpness_and_command_writes_spectrum(tmp_path,
+                                                                  capsys):
+  from configs import eos
+  from dynamics import train
+  config = eos.get_config('smoke')
+  train.train_and_evaluate(config, str(tmp_path),
+                           callbacks=[hs.SharpnessProbe(config)])
+  lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  logged = [l for l in lines if 'sharpness' in l]
+  assert [l['step'] for l in logged] == list(range(0, 31, 5))
+  assert all(0 < l['sharpness'] < 100 and 1 <= l['sharpness_hvps'] <= 10
+             for l in logged)
+
+  result = hs.main(['--workdir', str(tmp_path), '--step', '20', '--k', '3',
+                    '--density', '--num_probes', '2', '--density_iters', '10',
+                    '--trace', '--num_batches', '1'])
+  assert os.path.exists(tmp_path / 'hessian_20.png')
+  written = json.load(open(tmp_path / 'hessian_20.json'))
+  assert written['eigenvalues'] == result['eigenvalues']
+  assert len(written['eigenvalues']) == 3
+  assert written['eigenvalues'][0] >= written['eigenvalues'][2]
+  grid, density = np.array(written['density']['grid']), np.array(
+      written['density']['values'])
+  np.testing.assert_allclose(np.trapezoid(density, grid), 1, atol=1e-3)
+  assert written['hvp_cost_in_gradients'] > 0
+  assert 'HVP costs' in capsys.readouterr().out
+  with pytest.raises(SystemExit, match=r'available steps: \[10, 20, 30\]'):
+    hs.main(['--workdir', str(tmp_path), '--step', '7'])
