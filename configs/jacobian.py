@@ -1,0 +1,56 @@
+"""The training Jacobian of a 64-64-10 MLP on scikit-learn's digits.
+
+Command:
+  python -m analysis.jacobian --config=configs/jacobian.py
+
+What you should see (2 CPU cores, a few minutes; the dense 4,810 x 4,810
+Jacobian itself is one forward-mode pass per chunk of 128 basis vectors): the
+setting of Belrose & Scherlis (2024): an MLP with one GELU hidden layer of
+width 64 (4,810 parameters) trained by SGD with momentum 0.9 at learning rate
+0.01, batch 64, for 625 steps (about 28 epochs of the 1,437 training images).
+The command writes ``runs/jacobian/jacobian/{spectrum.json, spectrum.png}``:
+singular values from ~1e-3 to ~10, about a third of them within 1e-2 of 1 (the
+bulk; about 3% with ``--config.data.white_noise=True``), and how much of the
+top Hessian eigenvectors at the end of training lies in the bulk (little).
+
+Smoke variant (seconds, for tests): ``--config=configs/jacobian.py:smoke``
+(hidden width 8, 20 steps).
+"""
+
+import ml_collections
+
+from configs import base
+
+
+def get_config(arg: str = None) -> ml_collections.ConfigDict:
+  c = base.get_config()
+  c.name = 'jacobian'
+  c.num_steps = 625
+  c.log_every = 25
+  c.eval_every = 125
+  c.model.name = 'mlp'
+  c.model.hidden_sizes = (64,)
+  c.model.activation = 'gelu'
+  c.model.norm = 'none'
+  c.data.name = 'digits'
+  c.data.batch_size = 64
+  c.optimizer.name = 'momentum'
+  c.optimizer.learning_rate = 0.01
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 0.0
+  c.schedule.name = 'constant'
+  c.schedule.warmup_steps = 0
+  if arg == 'smoke':
+    smoke(c)
+  elif arg:
+    raise ValueError(f'configs/jacobian.py: unknown variant {arg!r} (use "smoke")')
+  return c
+
+
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks the run so the real code path runs in seconds."""
+  c.num_steps = 20
+  c.eval_every = 10
+  c.model.hidden_sizes = (8,)
+  c.data.batch_size = 16
+  return c

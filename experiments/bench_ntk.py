@@ -1,0 +1,107 @@
+r"""Benchmarks of analysis/ntk.py and analysis/jacobian.py (one run, ratios).
+
+Command: ``python -m experiments.bench_ntk [--quick]``
+
+Prints and writes ``runs/bench_ntk.json``:
+  * empirical NTK: seconds per kernel entry, 'jacobian' vs 'ntvp', on an MLP
+    and on the smoke transformer (``configs/wsd.py:smoke``), over growing
+    probe sets (the crossover is where the ratio passes 1);
+  * training Jacobian: the cost of one J v (and one J^T u) relative to one
+    training run, on ``configs/jacobian.py``;
+  * the dense 4,810 x 4,810 training Jacobian of that run (paper's code: ~75 s
+    on 2 CPU cores);
+  * on a GPU: the 256 x 256 NTK of a 784-512-512-10 MLP.
+"""
+
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def timed(fn, repeats=1):
+  jax.block_until_ready(fn())            # Compile and warm up.
+  t0 = time.perf_counter()
+  for _ in range(repeats):
+    jax.block_until_ready(fn())
+  return (time.perf_counter() - t0) / repeats
+
+
+def ntk_per_entry(apply_fn, params, x, sizes):
+  from analysis import ntk
+  rows = []
+  for n in sizes:
+    row = {'n': n}
+    for method in ('jacobian', 'ntvp'):
+      sec = timed(lambda: ntk.empirical_ntk(apply_fn, params, x[:n], method=method))
+      row[method + '_us_per_entry'] = 1e6 * sec / n ** 2
+    row['ntvp_over_jacobian'] = row['ntvp_us_per_entry'] / row['jacobian_us_per_entry']
+    print(row, flush=True)
+    rows.append(row)
+  return rows
+
+
+def model_of(config):
+  from dynamics import train
+  parts = train.build(config)
+  state = train.init_state(config, parts)
+  apply_fn = lambda p, x: parts.model.apply({'params': p, **state.model_state}, x, train=False)
+  return parts, state, apply_fn
+
+
+def main(quick):
+  from analysis import jacobian as jac_lib
+  from configs import jacobian as jacobian_config
+  from configs import wsd
+  from dynamics.models import MLP
+  out = {'device': str(jax.devices()[0]), 'cpu_count': os.cpu_count()}
+  # NTK on an MLP (digits-sized inputs) and on the smoke transformer.
+  mlp = MLP(hidden_sizes=(128, 128), num_outputs=10, activation='relu')
+  x = jax.random.normal(jax.random.key(0), (128, 64))
+  params = mlp.init(jax.random.key(1), x[:1])['params']
+  sizes = (8, 32) if quick else (8, 32, 128)
+  out['ntk_mlp_64_128_128_10'] = ntk_per_entry(lambda p, x: mlp.apply({'params': p}, x),
+                                               params, x, sizes)
+  parts, state, apply_fn = model_of(wsd.get_config('smoke'))
+  tokens = jnp.asarray(np.concatenate([parts.dataset.eval_batch(i)['inputs'] for i in range(4)]))
+  out['ntk_smoke_transformer'] = ntk_per_entry(apply_fn, state.params, tokens,
+                                               (4, 8) if quick else (4, 8, 16))
+  # Training Jacobian: J v and J^T u against one training run.
+  config = jacobian_config.get_config()
+  if quick:
+    config.num_steps = 100
+  train_fn, p0 = jac_lib.make_train_fn(config)
+  run = jax.jit(train_fn)
+  jvp, vjp = jac_lib.training_jacobian_fn(train_fn, params_0=p0)
+  t_run = timed(lambda: run(p0), 3)
+  t_jvp = timed(lambda: jvp(p0), 3)
+  t_vjp = timed(lambda: vjp(p0), 3)
+  out['training_jacobian'] = {'steps': config.num_steps, 'train_run_s': t_run,
+                              'jvp_over_run': t_jvp / t_run, 'vjp_over_run': t_vjp / t_run}
+  print(out['training_jacobian'], flush=True)
+  if not quick:
+    t0 = time.perf_counter()
+    jac = jax.block_until_ready(jac_lib.training_jacobian(train_fn, params_0=p0))
+    out['dense_training_jacobian_s'] = time.perf_counter() - t0
+    out['dense_shape'] = list(jac.shape)
+    print('dense training Jacobian', jac.shape, f"{out['dense_training_jacobian_s']:.1f}s", flush=True)
+  if jax.devices()[0].platform == 'gpu':
+    from analysis import ntk
+    big = MLP(hidden_sizes=(512, 512), num_outputs=10, activation='relu')
+    xb = jax.random.normal(jax.random.key(2), (256, 784))
+    pb = big.init(jax.random.key(3), xb[:1])['params']
+    out['gpu_ntk_256_784_512_512_10_ms'] = 1e3 * timed(
+        lambda: ntk.empirical_ntk(lambda p, x: big.apply({'params': p}, x), pb, xb,
+                                  method='jacobian'), 5)
+  os.makedirs('runs', exist_ok=True)
+  with open(os.path.join('runs', 'bench_ntk.json'), 'w') as f:
+    json.dump(out, f, indent=1)
+  print(json.dumps(out, indent=1))
+
+
+if __name__ == '__main__':
+  main('--quick' in sys.argv[1:])
