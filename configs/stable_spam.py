@@ -17,38 +17,19 @@ Smoke variant (seconds, for tests): ``--config=configs/stable_spam.py:smoke``.
 
 import ml_collections
 
-from configs import base
+from configs import wsd
 
 
 def get_config(arg: str = None) -> ml_collections.ConfigDict:
-  c = base.get_config()
+  c = wsd.get_config()  # Same model, data and length as the main job.
   c.name = 'stable_spam'
-  c.num_steps = 2000
-  c.log_every = 20
-  c.eval_every = 100
   c.eval_batches = 4
-  c.model.name = 'transformer'
-  c.model.d_model = 64
-  c.model.num_layers = 2
-  c.model.num_heads = 4
-  c.model.max_len = 64
-  c.data.name = 'markov'
-  c.data.vocab_size = 64
-  c.data.temperature = 0.5
-  c.data.seq_len = 64
-  c.data.batch_size = 32
   c.optimizer.name = 'stable_spam'
   c.optimizer.learning_rate = 3e-3
-  c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.999
-  c.optimizer.weight_decay = 0.1
-  c.optimizer.gamma1 = 0.7
-  c.optimizer.gamma2 = 0.9
-  c.optimizer.theta = 0.999
+  c.optimizer.clip_norm = None  # Stable-SPAM clips adaptively itself.
   c.optimizer.reset_interval = 500
   c.schedule.name = 'cosine'
-  c.schedule.warmup_steps = 100
-  c.checkpoint.every_steps = 250
   if arg == 'smoke':
     smoke(c)
   elif arg:
@@ -58,19 +39,12 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
 
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Shrinks the config so the real code path runs in seconds."""
+  """The main job's smoke size, with two momentum resets."""
+  wsd.smoke(c)
   c.num_steps = 20
-  c.log_every = 5
   c.eval_every = 10
   c.eval_batches = 1
-  c.model.d_model = 32
-  c.model.num_heads = 2
   c.model.max_len = 16
-  c.data.vocab_size = 32
-  c.data.seq_len = 16
-  c.data.batch_size = 8
-  c.optimizer.reset_interval = 8  # crosses two resets
+  c.optimizer.reset_interval = 8  # Crosses two resets.
   c.schedule.warmup_steps = 2
-  c.checkpoint.every_steps = 10
-  c.progress = False
   return c
