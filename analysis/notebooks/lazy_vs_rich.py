@@ -50,7 +50,7 @@ WIDTHS = (16, 64) if SMOKE else (64, 256, 1024, 4096)
 STEPS = 60 if SMOKE else 2000
 NUM_TRAIN = 64 if SMOKE else 256
 LEARNING_RATE = 0.5
-FIGURES = os.path.join(ROOT, 'docs', 'figures')
+FIGURES = os.environ.get('DYNAMICS_FIGURES_DIR') or os.path.join(ROOT, 'docs', 'figures')
 os.makedirs(FIGURES, exist_ok=True)
 
 import jax
