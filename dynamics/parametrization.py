@@ -30,7 +30,7 @@ config and ``dynamics.optim.build_optimizer`` applies them with
 """
 
 import re
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp

@@ -198,7 +198,6 @@ def main(argv):
         out['wall_seconds_smoke_transformer'], flush=True)
 
   # 5. Training-time probe overhead at one probe per 100 steps.
-  from dynamics import train
   pconfig = wsd.get_config('smoke')
   pconfig.analysis.sharpness_every = 100
   probe = hs.SharpnessProbe(pconfig)

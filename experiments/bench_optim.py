@@ -13,7 +13,6 @@ AdamW. Targets: AdamP/SGDP <= 1.10x and Stable-SPAM <= 1.05x on the CPU smoke
 transformer (<= 1.03x on GPT-2 small on a GPU); SAM <= 2.05x.
 """
 
-import functools
 import statistics
 import time
 

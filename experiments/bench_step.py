@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from configs import wsd
-from dynamics import losses, train
+from dynamics import train
 
 _SIZE = flags.DEFINE_enum('size', 'smoke', ['smoke', 'wsd', 'gpt2'], 'Model size.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Steps per timed round.')

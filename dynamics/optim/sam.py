@@ -17,7 +17,7 @@ the checkpoint layout exactly those of the base optimizer, costs exactly two
 forward-backward passes, and takes aux from the first pass only.
 """
 
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Union
 
 import jax
 import jax.numpy as jnp
