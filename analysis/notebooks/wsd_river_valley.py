@@ -268,6 +268,15 @@ fig.savefig(os.path.join(FIGURES, 'wsd_river_valley_annealing_law.png'),
 # over-predicts the benefit of long cosine decays (several % error), a known
 # sensitivity to lambda (the annealing memory of 1/(1-lambda) = 1000 steps is
 # longer than these runs). These are small-scale, single-seed results.
+#
+# At full size (budgets 600/1200/1800, one seed, 2-core CPU, about 2 minutes):
+# the decay drops the loss 0.03-0.04 nats below the constant-rate plateau at
+# every budget; the best WSD branch is within 0.001 of cosine (cosine is ahead
+# by 0.0001-0.0005 at the two later budgets, inside the eval noise); WSD-S is
+# within 0.01 of the linear WSD branch; WSM merges beat the raw checkpoint by
+# 0.02-0.03 but stay 0.01-0.02 short of an actual decay; the annealing law,
+# fitted on the constant run and linear WSD at 1800, predicts the held-out
+# final losses to 0.84% on average and 2.6% at worst (long cosine again).
 
 # %%
 wsd_best = {b: min(final[(f'WSD {s}', b)] for s in schedules.DECAY_SHAPES)
