@@ -17,6 +17,7 @@ Optional loaders (``tfds``, ``huggingface``) need the ``[data]`` extra.
 """
 
 import dataclasses
+import importlib
 import pathlib
 import sysconfig
 from typing import Any, Dict, Optional, Tuple
@@ -118,16 +119,30 @@ def default_text_dir() -> str:
 
 
 class ByteText(Dataset):
-  """Byte-level language modelling on the text files of a local directory.
+  """Byte-level language modelling on a block of text.
 
-  Reads ``*.py``, ``*.txt`` and ``*.md`` files in sorted order until
-  ``max_bytes``; the last 10% of the bytes are held out for evaluation.
-  Batches are windows at offsets drawn from ``(seed, index)``.
+  The last 10% of the bytes are held out for evaluation; batches are windows
+  at offsets drawn from ``(seed, index)``. ``from_directory`` reads local text
+  files; ``huggingface_text`` and ``tfds_text`` read optional datasets.
   """
 
-  def __init__(self, text_dir: Optional[str], seq_len: int, batch_size: int,
-               max_bytes: int, seed: int):
+  def __init__(self, text: bytes, seq_len: int, batch_size: int, seed: int,
+               source: str = 'text'):
     self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
+    data = np.frombuffer(text, np.uint8)
+    if len(data) < 20 * (seq_len + 1):
+      raise ValueError(f'{source} holds only {len(data)} bytes of text, too '
+                       f'few for seq_len={seq_len}')
+    split = int(0.9 * len(data))
+    self.train_data, self.eval_data = data[:split], data[split:]
+    self.info = DatasetInfo(task='lm', num_outputs=256, vocab_size=256,
+                            input_shape=(seq_len,))
+
+  @classmethod
+  def from_directory(cls, text_dir: Optional[str], seq_len: int,
+                     batch_size: int, max_bytes: int, seed: int) -> 'ByteText':
+    """``*.py``, ``*.txt`` and ``*.md`` files of ``text_dir`` (default: the
+    Python standard library's source) in sorted order, up to ``max_bytes``."""
     root = pathlib.Path(text_dir or default_text_dir())
     if not root.is_dir():
       raise FileNotFoundError(f'data.text_dir={str(root)!r} is not a directory')
@@ -135,19 +150,12 @@ class ByteText(Dataset):
     for path in sorted(root.rglob('*')):
       if path.suffix not in ('.py', '.txt', '.md') or not path.is_file():
         continue
-      data = path.read_bytes()[:max_bytes - total]
-      chunks.append(data)
-      total += len(data)
+      chunks.append(path.read_bytes()[:max_bytes - total])
+      total += len(chunks[-1])
       if total >= max_bytes:
         break
-    data = np.frombuffer(b''.join(chunks), np.uint8)
-    if len(data) < 20 * (seq_len + 1):
-      raise ValueError(f'data.text_dir={str(root)!r} holds only {len(data)} '
-                       f'bytes of text, too few for seq_len={seq_len}')
-    split = int(0.9 * len(data))
-    self.train_data, self.eval_data = data[:split], data[split:]
-    self.info = DatasetInfo(task='lm', num_outputs=256, vocab_size=256,
-                            input_shape=(seq_len,))
+    return cls(b''.join(chunks), seq_len, batch_size, seed,
+               source=f'data.text_dir={str(root)!r}')
 
   def _windows(self, data: np.ndarray, rng: np.random.Generator) -> Batch:
     starts = rng.integers(0, len(data) - self.seq_len - 1, self.batch_size)
@@ -285,18 +293,65 @@ def digits(batch_size: int, seed: int, white_noise: bool = False) -> ArrayDatase
                       {'inputs': x[ev], 'targets': y[ev]}, batch_size, seed, info)
 
 
-def _optional_loader(name: str, package: str, hf_name: Optional[str]) -> None:
+def _import_optional(name: str, package: str):
   try:
-    __import__(package)
+    return importlib.import_module(package)
   except ImportError as e:
     raise ImportError(
         f'data.name={name!r} needs the optional package {package!r}: '
-        f'pip install -e ".[data]" (and download data.hf_name={hf_name!r} '
-        'ahead of time when offline). The embedded datasets '
+        'pip install -e ".[data]" (and download the dataset ahead of time '
+        'when offline). The embedded datasets '
         f'{DATASETS[:5]} need nothing.') from e
-  raise NotImplementedError(
-      f'data.name={name!r}: the {package} loader streams text through the '
-      'bytes pipeline; set data.hf_name to a locally cached dataset')
+
+
+def _record_text(record: Any) -> bytes:
+  """The text of one example: its first string (or bytes) field."""
+  values = record.values() if isinstance(record, dict) else [record]
+  for value in values:
+    if isinstance(value, bytes):
+      return value
+    if isinstance(value, str):
+      return value.encode('utf-8')
+  raise ValueError(f'no text field in the example {record!r:.200}')
+
+
+def _collect_text(records, max_bytes: int) -> bytes:
+  chunks, total = [], 0
+  for record in records:
+    chunks.append(_record_text(record)[:max_bytes - total])
+    total += len(chunks[-1])
+    if total >= max_bytes:
+      break
+  return b'\n'.join(chunks)
+
+
+def huggingface_text(hf_name: Optional[str], seq_len: int, batch_size: int,
+                     max_bytes: int, seed: int) -> ByteText:
+  """Byte-level text of a Hugging Face dataset's train split (``[data]`` extra).
+
+  Offline, ``datasets`` reads its local cache (``HF_DATASETS_OFFLINE=1``).
+  """
+  datasets = _import_optional('huggingface', 'datasets')
+  if not hf_name:
+    raise ValueError('data.hf_name must name the dataset, e.g. "tiny_shakespeare"')
+  records = datasets.load_dataset(hf_name, split='train')
+  return ByteText(_collect_text(records, max_bytes), seq_len, batch_size, seed,
+                  source=f'data.hf_name={hf_name!r}')
+
+
+def tfds_text(hf_name: Optional[str], seq_len: int, batch_size: int,
+              max_bytes: int, seed: int) -> ByteText:
+  """Byte-level text of a TFDS dataset's train split (``[data]`` extra).
+
+  TFDS is read once, at start, into NumPy; the training path never runs
+  TensorFlow.
+  """
+  tfds = _import_optional('tfds', 'tensorflow_datasets')
+  if not hf_name:
+    raise ValueError('data.hf_name must name the dataset, e.g. "lm1b"')
+  records = tfds.as_numpy(tfds.load(hf_name, split='train'))
+  return ByteText(_collect_text(records, max_bytes), seq_len, batch_size, seed,
+                  source=f'data.hf_name={hf_name!r}')
 
 
 def get_dataset(config: Any) -> Dataset:
@@ -305,7 +360,8 @@ def get_dataset(config: Any) -> Dataset:
   if d.name == 'markov':
     return MarkovLanguage(d.vocab_size, d.seq_len, d.batch_size, d.temperature, seed)
   if d.name == 'bytes':
-    return ByteText(d.text_dir, d.seq_len, d.batch_size, d.max_bytes, seed)
+    return ByteText.from_directory(d.text_dir, d.seq_len, d.batch_size,
+                                   d.max_bytes, seed)
   if d.name == 'teacher_student':
     return teacher_student(d.input_dim, d.teacher_width, d.output_dim,
                            d.num_train, d.noise_std, d.batch_size, seed)
@@ -315,9 +371,10 @@ def get_dataset(config: Any) -> Dataset:
   if d.name == 'digits':
     return digits(d.batch_size, seed, d.white_noise)
   if d.name == 'tfds':
-    _optional_loader('tfds', 'tensorflow_datasets', d.hf_name)
+    return tfds_text(d.hf_name, d.seq_len, d.batch_size, d.max_bytes, seed)
   if d.name == 'huggingface':
-    _optional_loader('huggingface', 'datasets', d.hf_name)
+    return huggingface_text(d.hf_name, d.seq_len, d.batch_size, d.max_bytes,
+                            seed)
   raise ValueError(f'data.name must be one of {DATASETS}, got {d.name!r}')
 
 

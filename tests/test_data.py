@@ -1,6 +1,8 @@
 """Datasets are deterministic, resumable, and what they claim to be."""
 
 import importlib.util
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -76,17 +78,18 @@ def test_byte_text_reads_a_local_directory(tmp_path):
   (tmp_path / 'a.txt').write_bytes(b'hello world ' * 200)
   (tmp_path / 'b.py').write_bytes(b'print(1)\n' * 200)
   (tmp_path / 'c.bin').write_bytes(b'\x00' * 5000)  # Not text: ignored.
-  ds = data.ByteText(str(tmp_path), seq_len=16, batch_size=4, max_bytes=10**6,
-                     seed=0)
+  ds = data.ByteText.from_directory(str(tmp_path), seq_len=16, batch_size=4,
+                                   max_bytes=10**6, seed=0)
   assert len(ds.train_data) + len(ds.eval_data) == 2400 + 1800
   batch = ds.train_batch(0)
   assert batch['inputs'].shape == (4, 16) and batch['inputs'].max() < 256
   with pytest.raises(FileNotFoundError, match='text_dir'):
-    data.ByteText(str(tmp_path / 'missing'), 16, 4, 100, 0)
+    data.ByteText.from_directory(str(tmp_path / 'missing'), 16, 4, 100, 0)
 
 
 def test_byte_text_defaults_to_the_standard_library():
-  ds = data.ByteText(None, seq_len=32, batch_size=2, max_bytes=200_000, seed=0)
+  ds = data.ByteText.from_directory(None, seq_len=32, batch_size=2,
+                                   max_bytes=200_000, seed=0)
   assert len(ds.train_data) + len(ds.eval_data) == 200_000
 
 
@@ -123,3 +126,23 @@ def test_digits_and_white_noise_control():
 def test_optional_loaders_say_what_to_install():
   with pytest.raises(ImportError, match=r'pip install -e "\.\[data\]"'):
     data.get_dataset(_config('huggingface'))
+
+
+def test_huggingface_loader_reads_text_fields(monkeypatch):
+  """The optional loader, on a stand-in for the ``datasets`` package."""
+  fake = types.ModuleType('datasets')
+  calls = []
+
+  def load_dataset(name, split):
+    calls.append((name, split))
+    return [{'label': 0, 'text': 'hello world ' * 100}, {'text': 'more text ' * 100}]
+
+  fake.load_dataset = load_dataset
+  monkeypatch.setitem(sys.modules, 'datasets', fake)
+  c = _config('huggingface', hf_name='tiny_shakespeare', max_bytes=1500)
+  ds = data.get_dataset(c)
+  assert calls == [('tiny_shakespeare', 'train')]
+  text = bytes(np.concatenate([ds.train_data, ds.eval_data]))
+  assert text.startswith(b'hello world') and b'more text' in text
+  assert len(text) == 1500 + 1  # max_bytes, plus the newline between examples
+  assert ds.train_batch(0)['inputs'].shape == (c.data.batch_size, c.data.seq_len)
