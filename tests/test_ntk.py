@@ -163,6 +163,16 @@ def test_kernel_statistics_exact_values():
   a = jnp.arange(16.0).reshape(4, 4)
   assert abs(float(ntk_lib.kernel_distance(a, 3 * a))) < 1e-6
   assert abs(float(ntk_lib.kernel_distance(jnp.eye(2), jnp.array([[0., 1.], [1., 0.]]))) - 1) < 1e-6
+  # Nearly equal kernels keep their (tiny) distance in float32, where
+  # 1 - cos would round to 0: compare with the float64 value.
+  rng = np.random.default_rng(0)
+  base = rng.standard_normal((32, 32))
+  near = base + 1e-5 * rng.standard_normal((32, 32))
+  u, v = base.ravel() / np.linalg.norm(base), near.ravel() / np.linalg.norm(near)
+  exact = 0.5 * np.sum((u - v) ** 2)
+  got = float(ntk_lib.kernel_distance(jnp.asarray(base, jnp.float32),
+                                      jnp.asarray(near, jnp.float32)))
+  assert exact > 0 and abs(got - exact) < 0.1 * exact
   p0 = {'a': jnp.array([3.0, 0.0]), 'b': jnp.array([4.0])}
   p1 = {'a': jnp.array([3.0, 1.0]), 'b': jnp.array([4.0])}
   assert abs(float(ntk_lib.relative_param_change(p0, p1)) - 0.2) < 1e-7
