@@ -111,3 +111,21 @@ for row, fmt in enumerate(FORMATS):
     ax.legend()
 fig.tight_layout()
 fig.savefig(os.path.join(FIGURES, 'optimizers_4bit.png'), dpi=120)
+
+# %% [markdown]
+# ## What this comparison shows (full size, 2-core CPU, about 9 minutes)
+#
+# | run | final eval loss | loss spikes | grad-norm spikes | steps to Adam's final loss |
+# |---|---|---|---|---|
+# | Adam, INT4 | 2.7119 | 0 | 4 | 1497 |
+# | Stable-SPAM, INT4 | 2.7127 | 0 | 4 | 1497 |
+# | Adam, FP4 | 2.7133 | 0 | 7 | 1344 |
+# | Stable-SPAM, FP4 | 2.7128 | 0 | 5 | 1344 |
+#
+# At this scale (108k parameters, 2,000 steps, fake quantization of the linear
+# layers) 4-bit training is stable for both optimizers: no loss spikes, a few
+# gradient-norm spikes each (Stable-SPAM has fewer in FP4), and the same final
+# loss within 0.001. Stable-SPAM does *not* reach Adam's final loss in half the
+# steps here: both cross it at the same step. The paper's claim was made for
+# LLaMA models of 60M-1B parameters; this small proxy does not reproduce it.
+# That is a statement about this setting, not a refutation.
