@@ -28,30 +28,19 @@ them. Smoke variant (seconds): ``--config=configs/river_valley.py:smoke``.
 
 import ml_collections
 
-from configs import base
+from configs import wsd
 
 
 def get_config(arg: str = None) -> ml_collections.ConfigDict:
-  c = base.get_config()
+  c = wsd.get_config()  # The main job's model, data and optimizer.
   c.name = 'river_valley'
   c.num_steps = 1800
   c.log_every = 10
   c.eval_every = 50
   c.eval_batches = 4
-  c.model.name = 'transformer'
-  c.model.d_model = 64
-  c.model.num_layers = 2
-  c.model.num_heads = 4
   c.model.max_len = 32
-  c.data.name = 'markov'
-  c.data.vocab_size = 64
-  c.data.temperature = 0.5
   c.data.seq_len = 32
-  c.data.batch_size = 32
-  c.optimizer.name = 'adamw'
-  c.optimizer.learning_rate = 1e-2  # High enough that the stable phase stalls.
   c.optimizer.weight_decay = 0.0
-  c.optimizer.clip_norm = 1.0
   c.schedule.name = 'wsd_s'
   c.schedule.warmup_steps = 50
   c.schedule.decay_fraction = 0.25
