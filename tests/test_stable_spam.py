@@ -120,7 +120,7 @@ def test_spike_is_clipped_to_running_threshold():
   g_max = abs(float(spike[3]))
   running = theta * running + (1 - theta) * g_max
   threshold = running / (1 - theta**31)
-  np.testing.assert_allclose(float(state.max_ema), running, rtol=1e-5)
+  np.testing.assert_allclose(float(state.max_ema[0]), running, rtol=1e-5)
   # The spike lands exactly on the threshold, with its sign.
   np.testing.assert_allclose(float(clipped[3]),
                              math.copysign(threshold, float(spike[3])), rtol=1e-5)
@@ -171,6 +171,40 @@ def test_no_recompilation_across_steps():
     params, state = step(params, state, {'w': jnp.full((3, 2), t + 1.0)})
   assert len(traces) == 1
   assert int(state[0].count) == 5
+
+
+def test_each_tensor_is_treated_on_its_own():
+  """Grouped per-tensor statistics give what each tensor alone would get.
+
+  Small tensors of one shape are reduced together and large ones alone; the
+  leaves below interleave shapes (so the groups are out of leaf order) and
+  include one tensor above the grouping size. Float64, so that the only
+  possible difference, the order of a sum, is far below the tolerance.
+  """
+  with jax.enable_x64(True):
+    _check_tensors_alone()
+
+
+def _check_tensors_alone():
+  shapes = [(3, 4), (5,), (3, 4), (300, 300), (5,), (2, 3, 4)]
+  keys = jax.random.split(jax.random.key(0), 2 * len(shapes))
+  params = {f'p{i}': jax.random.normal(keys[i], s, jnp.float64)
+            for i, s in enumerate(shapes)}
+  tx = stable_spam(1e-2, weight_decay=0.1, reset_interval=3)
+  alone = {k: (tx, tx.init(v)) for k, v in params.items()}
+  state = tx.init(params)
+  for t in range(5):  # crosses a reset
+    grads = {k: jax.random.normal(jax.random.fold_in(keys[len(shapes) + i], t),
+                                  v.shape, jnp.float64) * (i + 1) ** 2 * (1 + 50 * (t == 2))
+             for i, (k, v) in enumerate(params.items())}
+    updates, state = jax.jit(tx.update)(grads, state, params)
+    for k in params:
+      u, s = alone[k][0].update(grads[k], alone[k][1], params[k])
+      alone[k] = (tx, s)
+      assert updates[k].dtype == jnp.float64
+      np.testing.assert_allclose(updates[k], u, rtol=1e-12, atol=1e-15,
+                                 err_msg=f'{k} step {t}')
+    params = optax.apply_updates(params, updates)
 
 
 @pytest.mark.parametrize('kwargs, name', [
