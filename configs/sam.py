@@ -19,47 +19,23 @@ Smoke variant (seconds, for tests): ``--config=configs/sam.py:smoke``.
 
 import ml_collections
 
+from configs import adamp
 from configs import base
 
 
 def get_config(arg: str = None) -> ml_collections.ConfigDict:
-  c = base.get_config()
+  # The model, data, schedule and run length of configs/adamp.py (its smoke
+  # variant included); the optimizer block starts again from the base's.
+  if arg not in (None, 'smoke'):
+    raise ValueError(f'configs/sam.py: unknown variant {arg!r} (use "smoke")')
+  c = adamp.get_config(arg)
   c.name = 'sam'
-  c.num_steps = 600
-  c.log_every = 20
-  c.eval_every = 100
-  c.eval_batches = 4
-  c.model.name = 'cnn'
-  c.model.channels = (16, 32)
-  c.model.norm = 'batchnorm'
-  c.model.activation = 'relu'
-  c.data.name = 'digits'
-  c.data.batch_size = 64
+  c.optimizer = base.get_config().optimizer
   c.optimizer.name = 'momentum'
   c.optimizer.learning_rate = 0.05
   c.optimizer.momentum = 0.9
   c.optimizer.sam.rho = 0.05
   c.optimizer.sam.mask = 'all'
-  c.schedule.name = 'cosine'
-  c.schedule.warmup_steps = 30
-  c.checkpoint.every_steps = 200
   if arg == 'smoke':
-    smoke(c)
-  elif arg:
-    raise ValueError(f'configs/sam.py: unknown variant {arg!r} (use "smoke")')
-  return c
-
-
-def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Shrinks the config so the real code path runs in seconds."""
-  c.num_steps = 20
-  c.log_every = 5
-  c.eval_every = 10
-  c.eval_batches = 1
-  c.model.channels = (4, 8)
-  c.data.batch_size = 16
-  c.optimizer.sam.num_microbatches = 2  # exercises m-sharpness too
-  c.schedule.warmup_steps = 2
-  c.checkpoint.every_steps = 10
-  c.progress = False
+    c.optimizer.sam.num_microbatches = 2  # exercises m-sharpness too
   return c
