@@ -10,7 +10,6 @@ import dataclasses
 import functools
 import json
 import os
-import signal
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -24,6 +23,7 @@ import optax
 from dynamics import checkpoint as checkpoint_lib
 from dynamics import config_lib
 from dynamics import data as data_lib
+from dynamics import loop_utils
 from dynamics import losses
 from dynamics import metrics as metrics_lib
 from dynamics import models as models_lib
@@ -226,6 +226,18 @@ class Context:
                           self.options, train=False)[0]
     return fn
 
+  def model_fn(self, model_state: PyTree) -> Callable[[PyTree, Batch], jax.Array]:
+    """``(params, batch) -> outputs`` in inference mode: with `output_loss_fn`,
+    ``output_loss_fn(model_fn(p, b), b) == loss_fn(p, b)`` (for GGN products)."""
+    apply = self.apply_fn(model_state)
+    return lambda params, batch: apply(params, batch['inputs'])
+
+  def output_loss_fn(self) -> Callable[[jax.Array, Batch], jax.Array]:
+    """``(outputs, batch) -> loss``, the loss as a function of the outputs."""
+    def fn(outputs, batch):
+      return losses.loss_from_outputs(outputs, batch['targets'], self.options)[0]
+    return fn
+
   def apply_fn(self, model_state: PyTree) -> Callable[[PyTree, Any], jax.Array]:
     """``(params, inputs) -> outputs`` in inference mode."""
     def fn(params, inputs):
@@ -370,7 +382,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     _write_config(config, workdir)
   start_step = int(state.step)
   if is_main:
-    _announce(config, parts, state, workdir, resumed_from)
+    loop_utils.announce(config, parts, state, workdir, resumed_from)
   # A fresh start rewrites step 0 on: drop any lines of an earlier attempt
   # that died before its first checkpoint.
   writer = metrics_lib.MetricWriter(
@@ -430,10 +442,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       writer.write(0, m0)
     if 0 in keep:  # The initialization, for NTK-drift and Jacobian studies.
       ckpt.save(0, state, data_iter.state())
-  progress = _progress_bar(config, start_step, final)
-  stop = _SigtermFlag()
+  progress = loop_utils.progress_bar(config, start_step, final)
+  stop = loop_utils.SigtermFlag()
   stall: List[Tuple[int, float]] = []
-  t_last, examples = time.time(), _examples_per_step(config)
+  t_last, examples = time.time(), loop_utils.examples_per_step(config)
   try:
     for step in range(start_step + 1, final + 1):
       state, metrics = step_fn(state, put_batch(next(data_iter)))
@@ -474,88 +486,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   finally:
     stop.restore()
     if is_main and stall:
-      _write_stall(workdir, stall, config.checkpoint.async_save)
+      loop_utils.write_stall(workdir, stall, config.checkpoint.async_save)
     if progress is not None:
       progress.close()
     writer.close()
   ckpt.close()
   return state
-
-
-class _SigtermFlag:
-  """Turns SIGTERM (preemption notice) into a flag read at step boundaries.
-
-  With several processes they must all save at the same step: JAX's
-  preemption service (started by ``jax.distributed.initialize``) catches
-  SIGTERM on any host and agrees on a step, so no handler is installed here.
-  """
-
-  def __init__(self):
-    self.raised = False
-    self._multiprocess = jax.process_count() > 1
-    if self._multiprocess:
-      self._previous = None
-      return
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handler)
-    except ValueError:  # Not the main thread: leave signals alone.
-      self._previous = None
-
-  def _handler(self, signum, frame):
-    del signum, frame
-    self.raised = True
-
-  def reached(self, step: int) -> bool:
-    """True at the step boundary where every process should save and stop."""
-    if self._multiprocess:
-      from jax.experimental import multihost_utils
-      self.raised = (self.raised or
-                     multihost_utils.reached_preemption_sync_point(step))
-    return self.raised
-
-  def restore(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
-def _write_stall(workdir: str, stall: List[Tuple[int, float]],
-                 async_save: bool) -> None:
-  """Appends each checkpoint save's blocking time to checkpoint_stall.jsonl."""
-  with open(os.path.join(workdir, 'checkpoint_stall.jsonl'), 'a') as f:
-    for step, seconds in stall:
-      f.write(json.dumps({'step': step, 'stall_s': round(seconds, 6),
-                          'async': bool(async_save)}) + '\n')
-
-
-def _announce(config, parts: Parts, state: TrainState, workdir: str,
-              resumed_from: Optional[int]) -> None:
-  n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  floor = parts.dataset.info.loss_floor
-  where = (f'resuming from step {resumed_from}' if resumed_from is not None
-           else f'branching from {config.branch.from_workdir} step '
-           f'{config.branch.from_step}' if config.branch.from_workdir
-           else 'starting')
-  print(f'[{config.name}] {config.model.name} with {n_params:,} parameters on '
-        f'{config.data.name} data'
-        + (f' (entropy rate, the best achievable loss: {floor:.4f} nats)'
-           if floor is not None else '')
-        + f'; {config.optimizer.name} with a {config.schedule.name} schedule '
-        f'for {config.num_steps} steps; {where} in {workdir}', flush=True)
-
-
-def _examples_per_step(config) -> int:
-  """Tokens per step for language data, examples otherwise."""
-  if config.data.name in ('markov', 'bytes', 'huggingface'):
-    return config.data.batch_size * config.data.seq_len
-  return config.data.batch_size
-
-
-def _progress_bar(config, start: int, total: int):
-  if not config.progress or jax.process_index() != 0:
-    return None
-  try:
-    from tqdm import auto as tqdm
-  except ImportError:
-    return None
-  return tqdm.tqdm(total=total, initial=start, desc=config.name,
-                   dynamic_ncols=True, mininterval=1.0)
