@@ -21,6 +21,9 @@ Command (loads a checkpoint, writes ``hessian_<step>.json`` and a PNG plot)::
 
   python -m analysis.hessian --workdir=runs/wsd --step=3000 --k=10 --density
 
+(``--kind=ggn`` for the generalized Gauss-Newton matrix instead, ``--trace``
+for Hutchinson's trace, ``--block=attention`` for one block.)
+
 References:
   Pearlmutter, "Fast Exact Multiplication by the Hessian" (1994).
   Ghorbani, Krishnan & Xiao, "An Investigation into Neural Net Optimization
@@ -837,6 +840,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument('--workdir', required=True, help='run directory')
   parser.add_argument('--step', type=int, default=None,
                       help='checkpoint step (default: the latest)')
+  parser.add_argument('--kind', choices=('hessian', 'ggn'), default='hessian',
+                      help='the Hessian of the loss, or its generalized '
+                      'Gauss-Newton part J^T H_out J (positive semi-definite '
+                      'for cross-entropy and MSE)')
   parser.add_argument('--k', type=int, default=10, help='top eigenvalues')
   parser.add_argument('--num_iters', type=int, default=None,
                       help='max Lanczos HVPs for the top-k (default 3k+30)')
@@ -870,9 +877,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   ctx = train_lib.Context(config, parts.model, parts.dataset, parts.schedule,
                           parts.tx, parts.options)
   loss = ctx.loss_fn(state.model_state)
+  # The same matrix in every computation below: Hessian or GGN.
+  matrix = dict(kind=args.kind)
+  if args.kind == 'ggn':
+    matrix.update(model_fn=ctx.model_fn(state.model_state),
+                  output_loss_fn=ctx.output_loss_fn())
   batches = [parts.dataset.eval_batch(i) for i in range(args.num_batches)]
   num_params = sum(np.size(p) for p in jax.tree.leaves(state.params))
-  print(f'step {step}: {num_params:,} parameters, loss on '
+  print(f'step {step}: {num_params:,} parameters, {args.kind} of the loss on '
         f'{args.num_batches} held-out batches', flush=True)
 
   # Cost of one HVP relative to one gradient, on one batch.
@@ -880,11 +892,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   grad = jax.jit(jax.grad(loss))
   batch0 = jax.tree.map(jnp.asarray, batches[0])
   grad_s = _seconds_per_call(grad, state.params, batch0)
-  hvp = hvp_fn(loss, state.params, one)
+  hvp = hvp_fn(loss, state.params, one, **matrix)
   hvp_s = _seconds_per_call(hvp, state.params)
   result: dict[str, Any] = {
       'workdir': os.path.abspath(args.workdir), 'step': step,
       'num_params': int(num_params), 'num_batches': args.num_batches,
+      'kind': args.kind,
       'block': args.block, 'grad_seconds_per_batch': grad_s,
       'hvp_seconds_per_batch': hvp_s, 'hvp_cost_in_gradients': hvp_s / grad_s}
   print(f'one HVP costs {hvp_s / grad_s:.2f} gradients '
@@ -896,7 +909,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   vals, _, info = top_eigenpairs(loss, state.params, batches, k=args.k,
                                  num_iters=num_iters, tol=args.tol, key=key,
                                  mask=args.block, return_info=True,
-                                 progress=True)
+                                 progress=True, **matrix)
   result.update(eigenvalues=[float(v) for v in vals],
                 eigenvalue_residuals=[float(r) for r in info['residuals']],
                 eigen_hvps=info['num_hvps'],
@@ -909,7 +922,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     grid, density, dinfo = spectral_density(
         loss, state.params, batches, num_probes=args.num_probes,
         num_iters=args.density_iters, key=key, mask=args.block,
-        return_info=True, progress=True)
+        return_info=True, progress=True, **matrix)
     result['density'] = {
         'grid': grid.tolist(), 'values': density.tolist(),
         'sigma': dinfo['sigma'], 'num_probes': args.num_probes,
@@ -923,7 +936,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     estimate, stderr = trace(loss, state.params, batches,
                              num_probes=max(args.num_probes, 2), key=key,
-                             mask=args.block)
+                             mask=args.block, **matrix)
     result.update(trace=estimate, trace_stderr=stderr,
                   trace_seconds=time.perf_counter() - start)
     print(f'trace: {estimate:.5g} +- {stderr:.2g}', flush=True)

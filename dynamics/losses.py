@@ -125,13 +125,33 @@ def compute_loss(model: nn.Module, params: PyTree, model_state: PyTree,
     metrics.update(intermediate_metrics(new_model_state.pop('intermediates', {})))
     if not model_state:
       new_model_state = model_state
-  targets = batch['targets']
+  loss, loss_metrics = loss_from_outputs(outputs, batch['targets'], options,
+                                         log_z_metric=probes)
+  metrics.update(loss_metrics)
+  return loss, (new_model_state, metrics)
+
+
+def loss_from_outputs(outputs: jax.Array, targets: jax.Array,
+                      options: StepOptions, *, log_z_metric: bool = False
+                      ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+  """The loss of `compute_loss` as a function of the model's outputs.
+
+  ``compute_loss(...)[0] == loss_from_outputs(model(inputs), targets)[0]``:
+  the split a generalized Gauss-Newton matrix needs (the Hessian of this
+  function of the outputs, sandwiched between the model's Jacobians).
+
+  Returns:
+    ``(loss, metrics)``; metrics hold ``loss``, and for cross-entropy
+    ``accuracy`` (and ``output_log_z`` with ``log_z_metric``; ``z_loss`` and
+    ``cross_entropy`` when a z-loss is on).
+  """
+  metrics = {}
   if options.loss == 'cross_entropy':
     log_z, log_unnorm = log_normalizer(outputs, options.softmax)
     label_logits = jnp.take_along_axis(log_unnorm, targets[..., None], axis=-1)[..., 0]
     loss = jnp.mean(log_z - label_logits)
     metrics['accuracy'] = jnp.mean(jnp.argmax(outputs, -1) == targets)
-    if probes:
+    if log_z_metric:
       metrics['output_log_z'] = jnp.mean(log_z)
     if options.z_loss:
       z_term = options.z_loss * jnp.mean(log_z ** 2)
@@ -144,4 +164,4 @@ def compute_loss(model: nn.Module, params: PyTree, model_state: PyTree,
   else:
     raise ValueError(f'loss.name must be cross_entropy | mse, got {options.loss!r}')
   metrics['loss'] = loss
-  return loss, (new_model_state, metrics)
+  return loss, metrics

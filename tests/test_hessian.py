@@ -6,6 +6,7 @@ import os
 
 import flax.linen as nn
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -435,3 +436,28 @@ def test_eos_smoke_run_logs_sharpness_and_command_writes_spectrum(tmp_path,
   assert 'HVP costs' in capsys.readouterr().out
   with pytest.raises(SystemExit, match=r'available steps: \[10, 20, 30\]'):
     hs.main(['--workdir', str(tmp_path), '--step', '7'])
+
+  # --kind ggn: the top eigenvalues of J^T H_out J, against the dense matrix.
+  ggn = hs.main(['--workdir', str(tmp_path), '--step', '20', '--k', '3',
+                 '--kind', 'ggn', '--num_batches', '1', '--tol', '1e-6',
+                 '--out', str(tmp_path / 'ggn')])
+  assert ggn['kind'] == 'ggn'
+  from dynamics import checkpoint
+  config, state = checkpoint.load_checkpoint(str(tmp_path), 20)
+  parts = train.build(config)
+  ctx = train.Context(config, parts.model, parts.dataset, parts.schedule,
+                      parts.tx, parts.options)
+  batch = jax.tree.map(jnp.asarray, parts.dataset.eval_batch(0))
+  model_fn, out_loss = ctx.model_fn(state.model_state), ctx.output_loss_fn()
+  np.testing.assert_allclose(out_loss(model_fn(state.params, batch), batch),
+                             ctx.loss_fn(state.model_state)(state.params, batch),
+                             rtol=1e-6)
+  flat, unravel = jax.flatten_util.ravel_pytree(state.params)
+  outputs = model_fn(state.params, batch)
+  jac = jax.jacobian(lambda f: model_fn(unravel(f), batch).reshape(-1))(flat)
+  h_out = jax.hessian(lambda o: out_loss(o.reshape(outputs.shape), batch))(
+      outputs.reshape(-1))
+  dense = np.linalg.eigvalsh(np.asarray(jac.T @ h_out @ jac, np.float64))
+  np.testing.assert_allclose(ggn['eigenvalues'], dense[::-1][:3], rtol=2e-3)
+  assert dense[0] > -1e-5 * dense[-1]           # positive semi-definite
+  assert ggn['eigenvalues'][0] != pytest.approx(result['eigenvalues'][0], rel=1e-3)
