@@ -70,6 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   d.operation = 'add'              # modular: add | sub | mul | div
   d.train_fraction = 0.4           # modular: fraction of all pairs used for training.
   d.white_noise = False            # digits: replace images by white noise of the same shape.
+  d.num_eval = placeholder(int)    # digits: held-out images (None: 20%, i.e. 360 of 1,797).
   d.hf_name = placeholder(str)     # huggingface / tfds: dataset name (optional [data] extra).
   d.num_workers = 0                # Reserved for threaded prefetch (0: synchronous).
 

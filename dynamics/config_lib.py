@@ -123,6 +123,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1,
     _check(d.vocab_size >= 2, 'data.vocab_size', d.vocab_size, 'must be >= 2')
   if d.name == 'modular':
     _one_of('data.operation', d.operation, data_lib.MODULAR_OPS)
+  if d.name == 'digits' and d.num_eval is not None:
+    _check(0 < d.num_eval < 1797, 'data.num_eval', d.num_eval,
+           'must be in (0, 1797): the digits set has 1,797 images')
     _check(0 < d.train_fraction < 1, 'data.train_fraction', d.train_fraction,
            'must be in (0, 1)')
 

@@ -46,6 +46,14 @@ def test_invalid_values_name_the_field(field, value, message):
   assert message in str(err.value)
 
 
+def test_digits_holdout_size_is_checked():
+  from configs import jacobian
+  c = jacobian.get_config('smoke')
+  c.data.num_eval = 1797
+  with pytest.raises(config_lib.ConfigError, match=r'data.num_eval=1797: must be in'):
+    config_lib.validate(c)
+
+
 def test_batch_must_divide_over_devices():
   c = _smoke()
   c.data.batch_size = 6

@@ -119,6 +119,14 @@ def test_digits_and_white_noise_control():
   noise = data.get_dataset(_config('digits', white_noise=True))
   np.testing.assert_array_equal(noise.train['targets'], ds.train['targets'])
   assert not np.allclose(noise.train['inputs'], ds.train['inputs'])
+  split = data.get_dataset(_config('digits', num_eval=197))
+  assert split.num_train == 1600 and len(split.eval['targets']) == 197
+  # The held-out images are disjoint from the training ones.
+  train_rows = {r.tobytes() for r in split.train['inputs'].reshape(1600, -1)}
+  assert not any(r.tobytes() in train_rows for r in split.eval['inputs'].reshape(197, -1)
+                 if np.any(r))
+  with pytest.raises(ValueError, match='num_eval'):
+    data.get_dataset(_config('digits', num_eval=1797))
 
 
 @pytest.mark.skipif(importlib.util.find_spec('datasets') is not None,
