@@ -145,31 +145,15 @@ def test_config_jacobian_equals_jacfwd_of_a_hand_written_loop():
   """The config's dense Jacobian against the reference's own method.
 
   Belrose & Scherlis's released code takes ``jax.jacfwd`` of a plain
-  ``lax.scan`` of ``grad`` and ``optax.sgd`` with momentum; written here on the
-  same batches, schedule and initialization, it must give the same matrix.
+  ``lax.scan`` of ``grad`` and ``optax.sgd`` with momentum; the benchmark's
+  baseline writes it so, on the same batches, schedule and initialization, and
+  it must give the same matrix.
   """
-  import optax
-  from dynamics import schedules
   from dynamics import train as train_lib
+  from experiments.bench_ntk import reference_style_train_fn
   config = small_config()
   config.num_steps = 12
-  parts = train_lib.build(config)
-  batches = [parts.dataset.train_batch(i) for i in range(config.num_steps)]
-  xs = jnp.asarray(np.stack([b['inputs'] for b in batches]))
-  ys = jnp.asarray(np.stack([b['targets'] for b in batches]))
-  tx = optax.sgd(schedules.from_config(config), momentum=config.optimizer.momentum)
-
-  def loss(p, x, y):
-    logits = parts.model.apply({'params': p}, x, train=False)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-  def reference(p):
-    def step(carry, batch):
-      p, s = carry
-      updates, s = tx.update(jax.grad(loss)(p, *batch), s, p)
-      return (optax.apply_updates(p, updates), s), None
-    return jax.lax.scan(step, (p, tx.init(p)), (xs, ys))[0][0]
-
+  reference = reference_style_train_fn(config, train_lib.build(config))
   train_fn, p0 = jac_lib.make_train_fn(config)
   flat0, unravel = ravel_pytree(p0)
   ours = jac_lib.training_jacobian(train_fn, params_0=p0, chunk_size=100)
