@@ -58,7 +58,7 @@ def matmul_gflops(n: int = 2048) -> float:
 def reference_style_train_fn(config, parts):
   """The run of ``config`` written as the paper's released code writes it.
 
-  A plain ``lax.scan`` over the same batches of ``value_and_grad`` of the mean
+  A plain ``lax.scan`` over the same batches of ``grad`` of the mean
   cross-entropy and ``optax.sgd`` with momentum on the same schedule, from the
   same initialization: the baseline for the dense Jacobian (``jax.jacfwd`` of
   this function is the reference's method).
