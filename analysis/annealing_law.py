@@ -215,11 +215,15 @@ def load_curve(workdir: str, key: str = 'eval_loss', name: str | None = None,
 
 
 def _lrs_from_config(workdir: str, num_updates: int) -> np.ndarray | None:
+  """The rates of the run's recorded schedule, or None without config.json."""
   if not os.path.exists(os.path.join(workdir, 'config.json')):
     return None
   # pylint: disable=g-import-not-at-top
-  from dynamics import checkpoint, schedules
-  config = checkpoint.load_config(workdir)
+  from configs import base
+  from dynamics import runs, schedules
+  # With the defaults, a run recorded before a field existed still opens.
+  config = runs.config_from_record(runs.read_record(workdir),
+                                   defaults=base.get_config())
   return schedule_values(schedules.from_config(config), num_updates)
 
 
@@ -232,6 +236,8 @@ def plot_fit(params: LawParams, curves: Sequence[Curve],
              fitted: Sequence[str] = (), lam: float = DEFAULT_LAMBDA, ax=None):
   """Observed losses (dots) against the law's prediction (lines).
 
+  Drawn by `analysis.plots.loss_fit` (the plots live there).
+
   Args:
     params: fitted parameters.
     curves: runs to show.
@@ -242,19 +248,15 @@ def plot_fit(params: LawParams, curves: Sequence[Curve],
   Returns:
     The matplotlib axes.
   """
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  if ax is None:
-    _, ax = plt.subplots(figsize=(6, 4))
-  for i, c in enumerate(curves):
-    color = f'C{i % 10}'
-    ax.plot(c.steps, c.losses, '.', color=color, ms=3, alpha=0.6)
+  from analysis import plots  # pylint: disable=g-import-not-at-top
+  series = []
+  for c in curves:
     dense = np.arange(max(1, int(c.steps.min())), int(c.steps.max()) + 1)
-    ax.plot(dense, predict(params, c.lrs, dense, lam),
-            '-' if c.name in fitted else '--', color=color,
-            label=f'{c.name} ({"fit" if c.name in fitted else "predicted"})')
-  ax.set_xlabel('step')
-  ax.set_ylabel('loss')
-  ax.set_title(f'L0={params.L0:.3f} A={params.A:.3g} alpha={params.alpha:.3f} '
-               f'C={params.C:.3g}', fontsize=9)
-  ax.legend(fontsize=7)
-  return ax
+    series.append({
+        'steps': c.steps, 'losses': c.losses, 'predicted_steps': dense,
+        'predicted': predict(params, c.lrs, dense, lam),
+        'fitted': c.name in fitted,
+        'label': f'{c.name} ({"fit" if c.name in fitted else "predicted"})'})
+  title = (f'L0={params.L0:.3f} A={params.A:.3g} alpha={params.alpha:.3f} '
+           f'C={params.C:.3g}')
+  return plots.loss_fit(series, title, ax)

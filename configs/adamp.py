@@ -42,11 +42,7 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c.schedule.name = 'cosine'
   c.schedule.warmup_steps = 30
   c.checkpoint.every_steps = 200
-  if arg == 'smoke':
-    smoke(c)
-  elif arg:
-    raise ValueError(f'configs/adamp.py: unknown variant {arg!r} (use "smoke")')
-  return c
+  return base.apply_variants(c, arg, {'smoke': smoke}, 'configs/adamp.py')
 
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -1,16 +1,45 @@
 """Every configuration field of the project, with its default.
 
 Experiment configs import this module and change only what differs. A field set
-to ``None`` is "off". Never read an undeclared field with ``.get``: configs are
-locked, so every knob must be declared here to be settable from the command
-line (``--config.optimizer.learning_rate=1e-3``).
+to ``None`` is "off". The config is locked: a field not declared here cannot
+be set, neither by an experiment config nor from the command line
+(``--config.optimizer.learning_rate=1e-3``), and ml_collections rejects a
+value of the wrong type, naming the field.
 """
+
+from typing import Callable, Mapping, Optional
 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+Variant = Callable[..., None]
+
+
+def apply_variants(c: ml_collections.ConfigDict, arg: Optional[str],
+                   variants: Mapping[str, Variant], where: str
+                   ) -> ml_collections.ConfigDict:
+  """Applies the comma-separated variants of ``--config=FILE:ARG``.
+
+  Each part of ``arg`` is ``name`` or ``name=value``; ``variants[name]`` is
+  called as ``fn(c)`` or ``fn(c, value)``, in the order given.
+
+  Raises:
+    ValueError: an unknown variant, naming ``where`` and the known ones.
+  """
+  for part in filter(None, (arg or '').split(',')):
+    name, _, value = part.partition('=')
+    if name not in variants:
+      raise ValueError(f'{where}: unknown variant {name!r} (use '
+                       f'{" | ".join(variants)}, comma-separated)')
+    if value:
+      variants[name](c, value)
+    else:
+      variants[name](c)
+  return c
+
 
 def get_config() -> ml_collections.ConfigDict:
+  """Every field with its default, locked."""
   c = ml_collections.ConfigDict()
   c.name = 'base'                  # Experiment name; default workdir is runs/<name>.
   c.seed = 0                       # Seeds init, data order and per-step rngs.
@@ -122,6 +151,7 @@ def get_config() -> ml_collections.ConfigDict:
   ck.max_to_keep = 3               # Periodic checkpoints kept (latest ones).
   ck.keep_steps = ()               # Steps kept forever (for later analysis).
   ck.async_save = True             # Save asynchronously (orbax).
+  ck.log_stall = False             # Record each save's blocking time in checkpoint_stall.jsonl.
 
   c.ema = ml_collections.ConfigDict()
   c.ema.decay = placeholder(float) # EMA of parameters (e.g. 0.999); evaluated alongside.
@@ -149,4 +179,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1                 # Data-parallel axis size (-1: all remaining devices).
   c.mesh.fsdp = 1                  # FSDP axis size (parameters sharded over it).
   c.mesh.fsdp_min_size = 1024      # Arrays smaller than this stay replicated under FSDP.
+  c.lock()
   return c

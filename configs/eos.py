@@ -55,11 +55,7 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c.analysis.sharpness_batches = 1
   c.analysis.sharpness_data = 'train'  # The training loss is what sits at 2/eta.
   c.checkpoint.every_steps = 500
-  if arg == 'smoke':
-    smoke(c)
-  elif arg:
-    raise ValueError(f'configs/eos.py: unknown variant {arg!r} (use "smoke")')
-  return c
+  return base.apply_variants(c, arg, {'smoke': smoke}, 'configs/eos.py')
 
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -61,21 +61,29 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c.schedule.name = 'constant'
   c.schedule.warmup_steps = 10
   c.checkpoint.every_steps = 1000
-  variants = arg.split(',') if arg else []
-  for v in variants:
-    if v == 'nowd':
-      c.name, c.optimizer.weight_decay = 'grokking_nowd', 0.0
-    elif v == 'stablemax':
-      c.name, c.optimizer.weight_decay = 'grokking_stablemax', 0.0
-      c.model.softmax = 'stablemax'
-    elif v == 'orthograd':
-      c.name, c.optimizer.weight_decay = 'grokking_orthograd', 0.0
-      c.optimizer.orthograd = True
-    elif v == 'smoke':
-      c.num_steps, c.log_every, c.eval_every = 20, 5, 10
-      c.checkpoint.every_steps = 10
-      c.progress = False
-    else:
-      raise ValueError(f'configs/grokking.py: unknown variant {v!r} (use '
-                       'nowd | stablemax | orthograd | smoke, comma-separated)')
-  return c
+  return base.apply_variants(
+      c, arg, {'nowd': nowd, 'stablemax': stablemax, 'orthograd': orthograd,
+               'smoke': smoke}, 'configs/grokking.py')
+
+
+def nowd(c: ml_collections.ConfigDict) -> None:
+  """No weight decay: the delayed generalization of the original paper."""
+  c.name, c.optimizer.weight_decay = 'grokking_nowd', 0.0
+
+
+def stablemax(c: ml_collections.ConfigDict) -> None:
+  """StableMax instead of the softmax, no weight decay."""
+  c.name, c.optimizer.weight_decay = 'grokking_stablemax', 0.0
+  c.model.softmax = 'stablemax'
+
+
+def orthograd(c: ml_collections.ConfigDict) -> None:
+  """The perpendicular-gradient update, no weight decay."""
+  c.name, c.optimizer.weight_decay = 'grokking_orthograd', 0.0
+  c.optimizer.orthograd = True
+
+
+def smoke(c: ml_collections.ConfigDict) -> None:
+  c.num_steps, c.log_every, c.eval_every = 20, 5, 10
+  c.checkpoint.every_steps = 10
+  c.progress = False

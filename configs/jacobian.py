@@ -45,11 +45,7 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c.schedule.name = 'cosine'
   c.schedule.warmup_steps = 0
   c.schedule.final_value = 0.0
-  if arg == 'smoke':
-    smoke(c)
-  elif arg:
-    raise ValueError(f'configs/jacobian.py: unknown variant {arg!r} (use "smoke")')
-  return c
+  return base.apply_variants(c, arg, {'smoke': smoke}, 'configs/jacobian.py')
 
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

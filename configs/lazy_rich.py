@@ -33,16 +33,6 @@ BASE_LEARNING_RATE = 0.05   # Learning rate at alpha = 1; scaled by 1 / alpha^2.
 
 def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c = base.get_config()
-  alpha, smoke_run = 1.0, False
-  for part in (arg or '').split(','):
-    if part.startswith('alpha='):
-      alpha = float(part[len('alpha='):])
-    elif part == 'smoke':
-      smoke_run = True
-    elif part:
-      raise ValueError(f'configs/lazy_rich.py: unknown variant {part!r} '
-                       '(use "alpha=A", "smoke" or both, comma-separated)')
-  c.name = f'lazy_rich_alpha{alpha:g}'
   c.num_steps = 2000
   c.log_every = 50
   c.eval_every = 500
@@ -50,7 +40,6 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c.model.hidden_sizes = (512,)
   c.model.activation = 'relu'
   c.model.norm = 'none'
-  c.model.output_scale = alpha
   c.data.name = 'teacher_student'
   c.data.input_dim = 16
   c.data.teacher_width = 32
@@ -59,7 +48,6 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c.data.batch_size = 64
   c.loss.name = 'mse'
   c.optimizer.name = 'sgd'
-  c.optimizer.learning_rate = BASE_LEARNING_RATE / alpha ** 2
   c.optimizer.weight_decay = 0.0
   c.schedule.name = 'constant'
   c.schedule.warmup_steps = 0
@@ -67,12 +55,20 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c.checkpoint.keep_steps = (500, 1000, 2000)
   c.analysis.ntk_every = 100
   c.analysis.ntk_num_examples = 64
-  if smoke_run:
-    smoke(c)
-  return c
+  alpha(c, '1')
+  return base.apply_variants(c, arg, {'alpha': alpha, 'smoke': smoke},
+                             'configs/lazy_rich.py')
 
 
-def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def alpha(c: ml_collections.ConfigDict, value: str) -> None:
+  """Output scale ``alpha``; the learning rate scales by ``1 / alpha^2``."""
+  a = float(value)
+  c.name = f'lazy_rich_alpha{a:g}'
+  c.model.output_scale = a
+  c.optimizer.learning_rate = BASE_LEARNING_RATE / a ** 2
+
+
+def smoke(c: ml_collections.ConfigDict) -> None:
   """Shrinks the run so the real code path runs in seconds."""
   c.num_steps = 20
   c.log_every = 5

@@ -27,6 +27,7 @@ Smoke variant (seconds, for tests): ``--config=configs/lr_sensitivity.py:smoke``
 
 import ml_collections
 
+from configs import base
 from configs import wsd
 
 
@@ -46,10 +47,5 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c.schedule.name = 'cosine'
   c.schedule.warmup_steps = 50
   c.checkpoint.every_steps = 600
-  if arg == 'smoke':
-    wsd.smoke(c)
-    c.log_per_layer = True
-  elif arg:
-    raise ValueError(f'configs/lr_sensitivity.py: unknown variant {arg!r} '
-                     '(use "smoke")')
-  return c
+  return base.apply_variants(c, arg, {'smoke': wsd.smoke},
+                             'configs/lr_sensitivity.py')

@@ -28,6 +28,7 @@ them. Smoke variant (seconds): ``--config=configs/river_valley.py:smoke``.
 
 import ml_collections
 
+from configs import base
 from configs import wsd
 
 
@@ -50,12 +51,7 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c.merge.interval = 50
   c.merge.window = 300
   c.merge.shape = '1-sqrt'
-  if arg == 'smoke':
-    smoke(c)
-  elif arg:
-    raise ValueError(f'configs/river_valley.py: unknown variant {arg!r} '
-                     '(use "smoke")')
-  return c
+  return base.apply_variants(c, arg, {'smoke': smoke}, 'configs/river_valley.py')
 
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -26,9 +26,7 @@ from configs import base
 def get_config(arg: str = None) -> ml_collections.ConfigDict:
   # The model, data, schedule and run length of configs/adamp.py (its smoke
   # variant included); the optimizer block starts again from the base's.
-  if arg not in (None, 'smoke'):
-    raise ValueError(f'configs/sam.py: unknown variant {arg!r} (use "smoke")')
-  c = adamp.get_config(arg)
+  c = adamp.get_config()
   c.name = 'sam'
   c.optimizer = base.get_config().optimizer
   c.optimizer.name = 'momentum'
@@ -36,6 +34,9 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c.optimizer.momentum = 0.9
   c.optimizer.sam.rho = 0.05
   c.optimizer.sam.mask = 'all'
-  if arg == 'smoke':
-    c.optimizer.sam.num_microbatches = 2  # exercises m-sharpness too
-  return c
+  return base.apply_variants(c, arg, {'smoke': smoke}, 'configs/sam.py')
+
+
+def smoke(c: ml_collections.ConfigDict) -> None:
+  adamp.smoke(c)
+  c.optimizer.sam.num_microbatches = 2  # exercises m-sharpness too

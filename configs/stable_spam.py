@@ -17,6 +17,7 @@ Smoke variant (seconds, for tests): ``--config=configs/stable_spam.py:smoke``.
 
 import ml_collections
 
+from configs import base
 from configs import wsd
 
 
@@ -30,12 +31,7 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c.optimizer.clip_norm = None  # Stable-SPAM clips adaptively itself.
   c.optimizer.reset_interval = 500
   c.schedule.name = 'cosine'
-  if arg == 'smoke':
-    smoke(c)
-  elif arg:
-    raise ValueError(
-        f'configs/stable_spam.py: unknown variant {arg!r} (use "smoke")')
-  return c
+  return base.apply_variants(c, arg, {'smoke': smoke}, 'configs/stable_spam.py')
 
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -30,6 +30,7 @@ Smoke variant (seconds, for tests): ``:smoke`` (``:adam,smoke`` for Adam).
 
 import ml_collections
 
+from configs import base
 from configs import stable_spam
 
 
@@ -40,17 +41,19 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c.optimizer.clip_norm = None
   c.log_per_layer = False
   c.stop_on_nonfinite = False       # A diverging 4-bit Adam run is a result.
-  for v in (arg.split(',') if arg else []):
-    if v == 'adam':
-      c.name = 'stable_spam_4bit_adam'
-      c.optimizer.name = 'adamw'
-      c.optimizer.b2 = 0.999
-    elif v == 'fp4':
-      c.model.quantization = 'fp4'
-      c.name += '_fp4'
-    elif v == 'smoke':
-      stable_spam.smoke(c)
-    else:
-      raise ValueError(f'configs/stable_spam_4bit.py: unknown variant {v!r} '
-                       '(use adam | fp4 | smoke, comma-separated)')
-  return c
+  return base.apply_variants(
+      c, arg, {'adam': adam, 'fp4': fp4, 'smoke': stable_spam.smoke},
+      'configs/stable_spam_4bit.py')
+
+
+def adam(c: ml_collections.ConfigDict) -> None:
+  """The baseline: AdamW with the same quantization."""
+  c.name = 'stable_spam_4bit_adam'
+  c.optimizer.name = 'adamw'
+  c.optimizer.b2 = 0.999
+
+
+def fp4(c: ml_collections.ConfigDict) -> None:
+  """FP4 (NVFP4-style) instead of INT4."""
+  c.model.quantization = 'fp4'
+  c.name += '_fp4'

@@ -48,12 +48,12 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c.schedule.decay_fraction = 0.2
   c.schedule.decay_shape = 'linear'
   c.checkpoint.every_steps = 250
-  if arg == 'smoke':
-    smoke(c)
-    c.optimizer.learning_rate = 3e-3  # 40 steps of a tiny model: gentler.
-  elif arg:
-    raise ValueError(f'configs/wsd.py: unknown variant {arg!r} (use "smoke")')
-  return c
+  return base.apply_variants(c, arg, {'smoke': _smoke_run}, 'configs/wsd.py')
+
+
+def _smoke_run(c: ml_collections.ConfigDict) -> None:
+  smoke(c)
+  c.optimizer.learning_rate = 3e-3  # 40 steps of a tiny model: gentler.
 
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -1,35 +1,124 @@
-"""Checkpoints through orbax's ``CheckpointManager``.
+"""Checkpoints through orbax's ``CheckpointManager``: a thin wrapper.
 
-A checkpoint at step N holds the ``TrainState`` after N updates (params,
-optimizer state, model state, rng, EMA) and the data iterator's position, so a
-run resumed from it continues exactly where it stopped. Periodic checkpoints
-keep the latest ``max_to_keep``; the steps in ``keep_steps`` are kept forever.
+A checkpoint at step N holds three items:
+
+* ``state``: the pytree after N updates (for the trainer, a
+  `dynamics.step.TrainState`: params, optimizer and model state, rng, EMA);
+* ``data``: the data iterator's position (JSON), so a resumed run continues
+  exactly where it stopped;
+* ``callbacks`` (optional): the state of training-time probes (e.g. the
+  kernel at initialization of an NTK probe), so that a resumed run continues
+  the same series.
+
+Periodic checkpoints keep the latest ``max_to_keep``; the steps in
+``keep_steps`` are kept forever. This module knows nothing of the trainer or
+of configs: callers hand it pytrees and abstract pytrees
+(`dynamics.runs.Run` is the one that knows what a run's state looks like).
 """
 
-import json
 import logging
 import os
 import shutil
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional
 
 import jax
-import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-PyTree = Any
+from dynamics.types import PyTree, param_name
+
+_ITEMS = ('state', 'data', 'callbacks')
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint is intact but holds a differently shaped state (the run's
+  config changed); the message names the first differing parameters."""
+
+
+class Restored(NamedTuple):
+  """What `Checkpointer.restore` returns."""
+  step: int
+  state: PyTree
+  data: Dict[str, Any]
+  callbacks: Dict[str, Any]
 
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
+def available_steps(workdir: str) -> List[int]:
+  """Steps with a (finished) checkpoint in ``workdir``, ascending."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory)
+                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def _item_dir(workdir: str, step: int, item: str) -> str:
+  return os.path.join(checkpoint_dir(workdir), str(step), item)
+
+
+def _shapes(tree: PyTree) -> Dict[str, tuple]:
+  """``{param_name: (shape, dtype)}`` of a pytree of arrays or metadata."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if hasattr(leaf, 'shape'):
+      out[param_name(path)] = (tuple(leaf.shape), str(np.dtype(leaf.dtype))
+                               if getattr(leaf, 'dtype', None) is not None
+                               else None)
+  return out
+
+
+def state_mismatch(workdir: str, step: int, abstract_state: PyTree, *,
+                   partial: bool = False) -> Optional[str]:
+  """What differs between checkpoint ``step``'s stored state and
+  ``abstract_state`` (names, shapes, dtypes), or None when they agree.
+
+  Reads only the checkpoint's metadata. None also when the metadata cannot be
+  read (a damaged checkpoint is not a mismatch). With ``partial``, entries
+  stored but not asked for are not a difference.
+  """
+  try:
+    with ocp.PyTreeCheckpointer() as reader:
+      meta = reader.metadata(_item_dir(workdir, step, 'state'))
+    stored = _shapes(getattr(meta, 'item_metadata', meta).tree)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  wanted = _shapes(abstract_state)
+  # orbax stores keys of a dataclass state as a dict: compare by name only.
+  missing = sorted(set(wanted) - set(stored))
+  extra = [] if partial else sorted(set(stored) - set(wanted))
+  changed = sorted(k for k in set(wanted) & set(stored)
+                   if wanted[k][0] != stored[k][0]
+                   or (stored[k][1] is not None and wanted[k][1] != stored[k][1]))
+  if not (missing or extra or changed):
+    return None
+  parts = []
+  if changed:
+    parts.append('shape/dtype differs for ' + ', '.join(
+        f'{k} (checkpoint {stored[k][0]} {stored[k][1]}, now {wanted[k][0]} '
+        f'{wanted[k][1]})' for k in changed[:3])
+        + (f' and {len(changed) - 3} more' if len(changed) > 3 else ''))
+  if missing:
+    parts.append('not in the checkpoint: ' + ', '.join(missing[:3])
+                 + (f' and {len(missing) - 3} more' if len(missing) > 3 else ''))
+  if extra:
+    parts.append('only in the checkpoint: ' + ', '.join(extra[:3])
+                 + (f' and {len(extra) - 3} more' if len(extra) > 3 else ''))
+  return '; '.join(parts)
+
+
 class Checkpointer:
-  """Saves and restores ``(state, data_state)`` pairs under ``workdir``."""
+  """Saves and restores ``(state, data, callbacks)`` under ``workdir``."""
 
   def __init__(self, workdir: str, max_to_keep: int = 3,
                keep_steps: Iterable[int] = (), async_save: bool = True):
+    self.workdir = os.path.abspath(workdir)
     self.directory = checkpoint_dir(workdir)
+    self.async_save = async_save
     self._options = dict(max_to_keep=max_to_keep, keep_steps=tuple(keep_steps),
                          async_save=async_save)
     self._manager = self._make_manager()
@@ -43,51 +132,76 @@ class Checkpointer:
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
         enable_async_checkpointing=o['async_save'], create=True)
     return ocp.CheckpointManager(self.directory, options=options,
-                                 item_names=('state', 'data'))
+                                 item_names=_ITEMS)
 
   def all_steps(self) -> List[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state: PyTree, data_state: Dict[str, int]) -> None:
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
-        force=True)
+  def save(self, step: int, state: PyTree, data_state: Mapping[str, Any],
+           callbacks: Optional[Mapping[str, Any]] = None) -> None:
+    """Saves checkpoint ``step`` (asynchronously when so configured)."""
+    items = dict(state=ocp.args.StandardSave(state),
+                 data=ocp.args.JsonSave(dict(data_state)))
+    if callbacks:
+      items['callbacks'] = ocp.args.StandardSave(dict(callbacks))
+    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
-  def restore(self, step: int, abstract_state: PyTree
-              ) -> Tuple[PyTree, Dict[str, int]]:
-    out = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=ocp.args.JsonRestore()))
-    return out.state, out.data
+  def restore(self, step: int, abstract_state: PyTree) -> Restored:
+    """Checkpoint ``step`` restored into the layout of ``abstract_state``.
 
-  def restore_latest(self, abstract_state: PyTree
-                     ) -> Optional[Tuple[int, PyTree, Dict[str, int]]]:
+    Raises:
+      CheckpointMismatchError: the checkpoint is readable but its state has
+        other names or shapes than ``abstract_state``.
+    """
+    items = dict(state=ocp.args.StandardRestore(abstract_state),
+                 data=ocp.args.JsonRestore())
+    has_callbacks = os.path.isdir(_item_dir(self.workdir, step, 'callbacks'))
+    if has_callbacks:
+      items['callbacks'] = ocp.args.StandardRestore()
+    try:
+      out = self._manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:
+      mismatch = state_mismatch(self.workdir, step, abstract_state)
+      if mismatch is not None:
+        raise CheckpointMismatchError(
+            f'checkpoint {step} in {self.directory} holds a different state '
+            f'than the one asked for: {mismatch}') from e
+      raise
+    callbacks = dict(out.callbacks) if has_callbacks else {}
+    return Restored(step, out.state, out.data, callbacks)
+
+  def restore_latest(self, abstract_state: PyTree) -> Optional[Restored]:
     """The newest checkpoint that restores; corrupt ones are set aside.
 
-    A checkpoint that fails to restore (truncated or corrupt files) is moved
-    to ``workdir/corrupt_checkpoints/<step>`` with a warning, and the one
-    before it is tried.
+    A checkpoint that fails to restore because its files are damaged is moved
+    to ``workdir/corrupt_checkpoints/<step>`` with a one-line warning (the
+    details go to the log), and the one before it is tried. A checkpoint that
+    is intact but holds a differently shaped state is not corrupt: that raises
+    `CheckpointMismatchError` and nothing is moved.
     """
     for step in reversed(self.all_steps()):
       try:
-        state, data_state = self.restore(step, abstract_state)
-        return step, state, data_state
+        return self.restore(step, abstract_state)
+      except CheckpointMismatchError:
+        raise
       except Exception as e:  # orbax raises many types for a bad checkpoint.
         logging.warning('Checkpoint at step %d does not restore (%s: %s); '
                         'setting it aside and trying the previous one.',
                         step, type(e).__name__, e)
         print(f'WARNING: checkpoint {step} is corrupt ({type(e).__name__}); '
-              'resuming from the one before it.', flush=True)
+              f'moved to corrupt_checkpoints/{step}, resuming from the one '
+              'before it.', flush=True)
         self._set_aside(step)
     return None
 
   def _set_aside(self, step: int) -> None:
     if jax.process_index() == 0:
-      aside = os.path.join(os.path.dirname(self.directory),
-                           'corrupt_checkpoints')
+      aside = os.path.join(self.workdir, 'corrupt_checkpoints')
       os.makedirs(aside, exist_ok=True)
-      shutil.move(os.path.join(self.directory, str(step)),
-                  os.path.join(aside, str(step)))
+      target = os.path.join(aside, str(step))
+      if os.path.exists(target):
+        shutil.rmtree(target)
+      shutil.move(os.path.join(self.directory, str(step)), target)
     self._manager.close()
     self._manager = self._make_manager()
 
@@ -99,80 +213,61 @@ class Checkpointer:
     self._manager.close()
 
 
-def available_steps(workdir: str) -> List[int]:
-  """Steps with a checkpoint in ``workdir``."""
-  directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config a run recorded in ``workdir/config.json``."""
-  from configs import base
-  with open(os.path.join(workdir, 'config.json')) as f:
-    recorded = json.load(f)
-  recorded.pop('parent', None)
-  config = base.get_config()
-  _update(config, recorded)
-  return config
-
-
-def _update(config: ml_collections.ConfigDict, values: Dict[str, Any]) -> None:
-  for key, value in values.items():
-    if isinstance(value, dict) and key in config:
-      _update(config[key], value)
-    else:
-      with config.ignore_type():
-        config[key] = tuple(value) if isinstance(value, list) else value
-
-
-def load_checkpoint(workdir: str, step: Optional[int] = None
-                    ) -> Tuple[ml_collections.ConfigDict, Any]:
-  """Opens a run: ``(config, TrainState)`` at ``step`` (default: the latest).
-
-  Example (in a notebook):
-    >>> config, state = load_checkpoint('runs/wsd')            # doctest: +SKIP
-    >>> logits = model.apply({'params': state.params}, batch['inputs'])  # doctest: +SKIP
-  """
-  from dynamics import train  # Late import: train imports this module.
-  steps = available_steps(workdir)
-  if not steps:
-    raise FileNotFoundError(f'no checkpoints in {checkpoint_dir(workdir)}')
-  if step is None:
-    step = steps[-1]
-  if step not in steps:
-    raise ValueError(f'no checkpoint at step {step} in {workdir}; '
-                     f'available steps: {steps}')
-  config = load_config(workdir)
-  parts = train.build(config)
-  abstract = jax.eval_shape(lambda: train.init_state(config, parts))
-  ckpt = Checkpointer(workdir, async_save=False)
+def restore(workdir: str, step: int, abstract_state: PyTree) -> Restored:
+  """One checkpoint of ``workdir``, read synchronously (no retention)."""
+  ckpt = Checkpointer(workdir, max_to_keep=10**9, async_save=False)
   try:
-    state, _ = ckpt.restore(step, abstract)
+    return ckpt.restore(step, abstract_state)
   finally:
     ckpt.close()
-  return config, state
 
 
-def save_params(workdir: str, step: int, params: PyTree,
-                config: Optional[ml_collections.ConfigDict] = None) -> str:
-  """Writes ``params`` as the checkpoint ``step`` of ``workdir`` (e.g. a merge).
+def restore_subtree(workdir: str, step: int, abstract: Mapping[str, PyTree]
+                    ) -> Dict[str, PyTree]:
+  """Only some fields of checkpoint ``step``'s state (orbax partial restore).
 
-  The state's other fields are those of a fresh ``init_state`` (step set to
-  ``step``), so ``load_checkpoint`` opens it like any other checkpoint. Never
-  overwrites: an existing step raises ``FileExistsError``.
+  Args:
+    workdir: the run directory.
+    step: a checkpoint step.
+    abstract: ``{field: abstract pytree}`` for the wanted top-level fields of
+      the stored state, e.g. ``{'params': abstract_state.params}``.
+
+  Returns:
+    ``{field: pytree}`` of arrays; nothing else is read from disk.
   """
-  from dynamics import train
-  if step in available_steps(workdir):
-    raise FileExistsError(f'checkpoint {step} already exists in {workdir}')
-  config = config or load_config(workdir)
-  parts = train.build(config)
-  state = train.init_state(config, parts)
-  state = state.replace(params=params, step=jax.numpy.asarray(step, state.step.dtype))
-  ckpt = Checkpointer(workdir, max_to_keep=10**6, async_save=False)
+  def restore_args(x):
+    sharding = getattr(x, 'sharding', None) or jax.sharding.SingleDeviceSharding(
+        jax.local_devices()[0])
+    return ocp.ArrayRestoreArgs(sharding=sharding, dtype=x.dtype)
+
+  args = ocp.args.PyTreeRestore(
+      item=dict(abstract), restore_args=jax.tree.map(restore_args, dict(abstract)),
+      partial_restore=True)
+  path = _item_dir(workdir, step, 'state')
   try:
-    ckpt.save(step, state, {'position': step})
+    with ocp.PyTreeCheckpointer() as reader:
+      return dict(reader.restore(path, args=args))
+  except Exception as e:
+    mismatch = state_mismatch(workdir, step, dict(abstract), partial=True)
+    if mismatch is not None:
+      raise CheckpointMismatchError(
+          f'checkpoint {step} in {checkpoint_dir(workdir)}: {mismatch}') from e
+    raise
+
+
+def save(workdir: str, step: int, state: PyTree, data_state: Mapping[str, Any]
+         ) -> str:
+  """Writes one checkpoint synchronously; never overwrites one.
+
+  Raises:
+    FileExistsError: ``workdir`` already has a checkpoint at ``step``.
+  """
+  if step in available_steps(workdir):
+    raise FileExistsError(f'checkpoint {step} already exists in '
+                          f'{checkpoint_dir(workdir)}')
+  ckpt = Checkpointer(workdir, max_to_keep=10**9, async_save=False)
+  try:
+    ckpt.save(step, state, data_state)
   finally:
     ckpt.close()
   return os.path.join(checkpoint_dir(workdir), str(step))

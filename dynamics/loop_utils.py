@@ -4,12 +4,16 @@ Nothing here runs on the accelerator or enters a jitted function; the loop in
 ``dynamics.train`` calls these between steps.
 """
 
+import contextlib
 import json
 import os
 import signal
-from typing import List, Optional, Tuple
+import time
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import jax
+
+from dynamics import metrics as metrics_lib
 
 
 class SigtermFlag:
@@ -48,19 +52,59 @@ class SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def write_stall(workdir: str, stall: List[Tuple[int, float]],
-                 async_save: bool) -> None:
-  """Appends each checkpoint save's blocking time to checkpoint_stall.jsonl."""
-  with open(os.path.join(workdir, 'checkpoint_stall.jsonl'), 'a') as f:
-    for step, seconds in stall:
-      f.write(json.dumps({'step': step, 'stall_s': round(seconds, 6),
-                          'async': bool(async_save)}) + '\n')
+class Saver:
+  """Checkpoints the state, the data position and the probes' state.
+
+  With ``log_stall`` it records how long each save blocked the loop (async:
+  the device-to-host copy only) for ``checkpoint_stall.jsonl``.
+  """
+
+  def __init__(self, ckpt, data_iter, callbacks: Sequence[Any],
+               callback_states: Callable[[Sequence[Any]], Dict[str, Any]],
+               log_stall: bool = False):
+    self.ckpt, self.data_iter, self.callbacks = ckpt, data_iter, callbacks
+    self._callback_states = callback_states
+    self.log_stall, self.stall = log_stall, []
+
+  def save(self, step: int, state: Any) -> None:
+    start = time.perf_counter()
+    self.ckpt.save(step, state, self.data_iter.state(),
+                   self._callback_states(self.callbacks))
+    if self.log_stall:
+      self.stall.append((step, time.perf_counter() - start))
+
+  @contextlib.contextmanager
+  def guard(self):
+    """Turns a `NonFiniteError` into one naming the last good checkpoint."""
+    try:
+      yield
+    except metrics_lib.NonFiniteError as e:
+      self.ckpt.wait()
+      good = self.ckpt.all_steps()
+      raise metrics_lib.NonFiniteError(
+          f'{e}; training stopped. The last good checkpoint (step '
+          f'{good[-1] if good else None}) is untouched.') from None
+
+  def write_stall(self, workdir: str) -> None:
+    """Appends each save's blocking time to checkpoint_stall.jsonl."""
+    if not self.stall:
+      return
+    with open(os.path.join(workdir, 'checkpoint_stall.jsonl'), 'a') as f:
+      for step, seconds in self.stall:
+        f.write(json.dumps({'step': step, 'stall_s': round(seconds, 6),
+                            'async': bool(self.ckpt.async_save)})
+                + '\n')
+    self.stall = []
+
+  def close(self) -> None:
+    self.ckpt.close()
 
 
-def announce(config, parts, state, workdir: str,
-              resumed_from: Optional[int]) -> None:
+def announce(config, dataset, state, workdir: str,
+             resumed_from: Optional[int]) -> None:
+  """The run's first line: model, data, optimizer, and where it starts."""
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  floor = parts.dataset.info.loss_floor
+  floor = dataset.info.loss_floor
   where = (f'resuming from step {resumed_from}' if resumed_from is not None
            else f'branching from {config.branch.from_workdir} step '
            f'{config.branch.from_step}' if config.branch.from_workdir
@@ -80,12 +124,35 @@ def examples_per_step(config) -> int:
   return config.data.batch_size
 
 
-def progress_bar(config, start: int, total: int):
-  if not config.progress or jax.process_index() != 0:
-    return None
-  try:
-    from tqdm import auto as tqdm
-  except ImportError:
-    return None
-  return tqdm.tqdm(total=total, initial=start, desc=config.name,
-                   dynamic_ncols=True, mininterval=1.0)
+class Progress:
+  """A tqdm bar (process 0, ``config.progress``) with loss, lr and rate."""
+
+  def __init__(self, config, start: int, total: int):
+    self.log_every = config.log_every
+    self.per_step = examples_per_step(config)
+    self._bar, self._t_last = None, time.time()
+    if not config.progress or jax.process_index() != 0:
+      return
+    try:
+      from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      return
+    self._bar = tqdm.tqdm(total=total, initial=start, desc=config.name,
+                          dynamic_ncols=True, mininterval=1.0)
+
+  def update(self, step: int, last: Dict[str, float]) -> None:
+    if self._bar is None:
+      return
+    self._bar.update(1)
+    if step % self.log_every == 0:
+      now = time.time()
+      rate = self.per_step * self.log_every / max(now - self._t_last, 1e-9)
+      self._bar.set_postfix(
+          loss=f"{last.get('train_loss', float('nan')):.3f}",
+          lr=f"{last.get('learning_rate', 0.0):.2e}", rate=f'{rate:.4g}/s',
+          refresh=False)
+      self._t_last = now
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()

@@ -16,52 +16,26 @@ training instabilities", 2023) keeps ``log Z`` near 0 to stop output-logit
 divergence.
 """
 
-import dataclasses
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from dynamics import config_lib
-from dynamics import metrics as metrics_lib
+from dynamics.types import Batch, PyTree, param_name
 
-PyTree = object
-Batch = Dict[str, jax.Array]
+# ``options`` below is a `dynamics.step.StepOptions` (or anything with its
+# ``loss``, ``z_loss``, ``softmax`` and ``log_per_layer`` fields).
+Options = Any
 SOFTMAXES = ('softmax', 'stablemax')
 
 
-@dataclasses.dataclass(frozen=True)
-class StepOptions:
-  """Static (hashable) settings of the train step, read once from config."""
-  loss: str = 'cross_entropy'
-  z_loss: float = 0.0
-  sam_rho: Optional[float] = None
-  sam_adaptive: bool = False
-  sam_eta: float = 0.0
-  sam_mask: str = 'all'
-  sam_microbatches: int = 1
-  ema_decay: Optional[float] = None
-  log_per_layer: bool = False
-  softmax: str = 'softmax'
-  # Norms are measured only on logged steps (after update t+1 when
-  # (t+1) % log_every == 0, and the last step): the loop writes no others.
-  log_every: int = 1
-  num_steps: Optional[int] = None
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, task: str
-                  ) -> 'StepOptions':
-    s = config.optimizer.sam
-    return cls(loss=config_lib.loss_name(config, task),
-               z_loss=float(config.loss.z_loss),
-               sam_rho=None if s.rho is None else float(s.rho),
-               sam_adaptive=bool(s.adaptive), sam_eta=float(s.eta),
-               sam_mask=s.mask, sam_microbatches=int(s.num_microbatches),
-               ema_decay=config.ema.decay, log_per_layer=config.log_per_layer,
-               softmax=config.model.softmax, log_every=config.log_every,
-               num_steps=config.num_steps)
+def resolve_loss_name(name: str, task: str) -> str:
+  """``loss.name``, or for 'auto' the task's own: MSE for regression, else
+  cross-entropy."""
+  if name != 'auto':
+    return name
+  return 'mse' if task == 'regression' else 'cross_entropy'
 
 
 def stablemax_s(x: jax.Array) -> jax.Array:
@@ -89,14 +63,14 @@ def intermediate_metrics(intermediates: PyTree) -> Dict[str, jax.Array]:
   out = {}
   for path, value in jax.tree_util.tree_flatten_with_path(
       intermediates, is_leaf=lambda x: isinstance(x, tuple))[0]:
-    parts = metrics_lib.path_name(path).split('/')
+    parts = param_name(path).split('/')
     name, where = parts[-1], parts[0]
     out[f'layers/{name}/{where}'] = jnp.mean(jnp.stack(value))
   return out
 
 
 def compute_loss(model: nn.Module, params: PyTree, model_state: PyTree,
-                 batch: Batch, rng: Optional[jax.Array], options: StepOptions,
+                 batch: Batch, rng: Optional[jax.Array], options: Options,
                  train: bool) -> Tuple[jax.Array, Tuple[PyTree, Dict[str, jax.Array]]]:
   """Mean loss of ``batch`` and ``(new_model_state, metrics)``.
 
@@ -132,7 +106,7 @@ def compute_loss(model: nn.Module, params: PyTree, model_state: PyTree,
 
 
 def loss_from_outputs(outputs: jax.Array, targets: jax.Array,
-                      options: StepOptions, *, log_z_metric: bool = False
+                      options: Options, *, log_z_metric: bool = False
                       ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
   """The loss of `compute_loss` as a function of the model's outputs.
 

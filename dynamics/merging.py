@@ -27,13 +27,14 @@ References:
 """
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Literal
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-PyTree = Any
+from dynamics.types import PyTree
 MergeShape = Literal['uniform', 'linear', 'cosine', '1-sqrt']
 MERGE_SHAPES = ('uniform', 'linear', 'cosine', '1-sqrt')
 
@@ -176,6 +177,8 @@ def merge_params(params_stream: Iterable[PyTree],
     if accumulator is None:
       accumulator = jax.tree.map(lambda p: c * jnp.asarray(p), params)
     else:
+      # Checkpoints of one run: same names and shapes, or a clear error.
+      chex.assert_trees_all_equal_shapes(accumulator, params)
       accumulator = jax.tree.map(lambda a, p: a + c * jnp.asarray(p),
                                  accumulator, params)
     # Drop the loop's reference before the stream loads the next tree.
@@ -186,21 +189,16 @@ def merge_params(params_stream: Iterable[PyTree],
   return accumulator
 
 
-def _load_params(workdir: str, step: int) -> PyTree:
-  from dynamics import checkpoint  # pylint: disable=g-import-not-at-top
-  _, state = checkpoint.load_checkpoint(workdir, step=step)
-  return state.params
-
-
-def merge_checkpoints(workdir: str, steps: Sequence[int],
+def merge_checkpoints(run, steps: Sequence[int],
                       weights: Sequence[float]) -> PyTree:
-  """Weighted average of the parameters of ``workdir``'s checkpoints.
+  """Weighted average of the parameters of a run's checkpoints.
 
-  Streaming: checkpoints are loaded one at a time and folded into the
+  Streaming: only the parameters of one checkpoint at a time are read
+  (``run.params(step)``, an orbax partial restore) and folded into the
   accumulator (see :func:`merge_params`).
 
   Args:
-    workdir: run directory with the checkpoints (e.g. kept every
+    run: a `dynamics.runs.Run` with the checkpoints (e.g. kept every
       ``config.merge.interval`` steps).
     steps: checkpoint steps, in the order of ``weights``.
     weights: one non-negative weight per step, summing to 1 (e.g. from
@@ -215,15 +213,14 @@ def merge_checkpoints(workdir: str, steps: Sequence[int],
 
   Example:
     >>> steps = window_steps(final_step=3000, window=600, interval=100)
-    >>> params = merge_checkpoints('runs/wsm', steps,
+    >>> params = merge_checkpoints(Run.open('runs/wsm'), steps,
     ...                            merge_weights('1-sqrt', len(steps)))  # doctest: +SKIP
   """
-  from dynamics import checkpoint  # pylint: disable=g-import-not-at-top
   steps = [int(s) for s in steps]
   check_weights(weights, len(steps))
-  available = set(checkpoint.available_steps(workdir))
+  available = set(run.steps)
   for s in steps:
     if s not in available:
-      raise ValueError(f'no checkpoint at step {s} in {workdir}; available '
+      raise ValueError(f'no checkpoint at step {s} in {run.workdir}; available '
                        f'steps: {sorted(available)}')
-  return merge_params((_load_params(workdir, s) for s in steps), weights)
+  return merge_params((run.params(s) for s in steps), weights)

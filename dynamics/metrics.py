@@ -13,28 +13,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-PyTree = Any
+from dynamics.types import PyTree, param_name
 
 
 def global_norm(tree: PyTree) -> jax.Array:
   return optax.tree.norm(tree)
 
 
-def path_name(path) -> str:
-  """'block_0/attn/qkv/kernel' from a jax key path."""
-  parts = []
-  for key in path:
-    for attr in ('key', 'name', 'idx'):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-  return '/'.join(parts)
-
-
 def per_layer_norms(prefix: str, tree: PyTree) -> Dict[str, jax.Array]:
   """``{'<prefix>/<param path>': ||leaf||}`` for every leaf."""
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {f'{prefix}/{path_name(p)}': jnp.linalg.norm(jnp.ravel(x).astype(jnp.float32))
+  return {f'{prefix}/{param_name(p)}': jnp.linalg.norm(jnp.ravel(x).astype(jnp.float32))
           for p, x in flat}
 
 
@@ -59,6 +48,58 @@ def first_nonfinite(metrics: Mapping[str, Any]) -> Optional[str]:
     if isinstance(value, (int, float)) and not math.isfinite(value):
       return name
   return None
+
+
+class NonFiniteError(FloatingPointError):
+  """Training produced a NaN or Inf; the message names the step and metric."""
+
+
+class StepMetrics:
+  """The train step's metrics on their way from the device to the log.
+
+  ``push`` keeps each step's (device) metrics without waiting for them;
+  ``pop(upto)`` fetches those up to ``upto`` in one transfer, checks them for
+  NaN/Inf (every step, logged or not) and returns the lines to log: every
+  ``log_every`` steps and the last step. Popping one step late lets the
+  device run ahead of the host.
+  """
+
+  def __init__(self, log_every: int, final_step: int,
+               stop_on_nonfinite: bool = True):
+    self.log_every, self.final_step = log_every, final_step
+    self.stop_on_nonfinite = stop_on_nonfinite
+    self.last: Dict[str, float] = {}  # The latest logged values (progress bar).
+    self._pending = []
+
+  def push(self, step: int, metrics: Mapping[str, jax.Array]) -> None:
+    self._pending.append((step, metrics))
+
+  def pop(self, upto: int) -> Dict[int, Dict[str, float]]:
+    """``{step: metrics}`` to log among the pushed steps ``<= upto``.
+
+    Raises:
+      NonFiniteError: a metric of a popped step is NaN or infinite (with
+        ``stop_on_nonfinite``); the message names the step and the metric.
+    """
+    ready = [(s, m) for s, m in self._pending if s <= upto]
+    self._pending = [(s, m) for s, m in self._pending if s > upto]
+    lines = {}
+    for s, m in jax.device_get(ready):
+      m = {f'train_{k}' if k in ('loss', 'accuracy') else k: float(v)
+           for k, v in m.items()}
+      check_finite(m, s, self.stop_on_nonfinite)
+      if s % self.log_every == 0 or s == self.final_step:
+        lines[s] = m
+        self.last.update(m)
+    return lines
+
+
+def check_finite(metrics: Mapping[str, Any], step: int, stop: bool = True
+                 ) -> None:
+  """Raises `NonFiniteError` naming ``step`` and the first non-finite metric."""
+  bad = first_nonfinite(metrics)
+  if bad is not None and stop:
+    raise NonFiniteError(f'non-finite {bad}={metrics[bad]} at step {step}')
 
 
 class MetricWriter:
@@ -101,6 +142,10 @@ class MetricWriter:
       for k, v in record.items():
         if k != 'step' and isinstance(v, (int, float)):
           self._tb.add_scalar(k, v, step=step)
+
+  def write_nonempty(self, step: int, metrics: Mapping[str, float]) -> None:
+    if metrics:
+      self.write(step, metrics)
 
   def close(self) -> None:
     if self.enabled:

@@ -37,9 +37,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from dynamics import metrics as metrics_lib
+from dynamics.types import PyTree, param_name
 
-PyTree = Any
 Rules = Sequence[Tuple[str, float]]
 
 ADAM_LIKE = ('adam', 'adamw', 'adamp', 'stable_spam')
@@ -111,11 +110,11 @@ def optimizer_config(config: ml_collections.ConfigDict
 
 def multiplier_tree(params: PyTree, rules: Rules) -> PyTree:
   """The multiplier of each leaf: the first rule whose regex fully matches
-  its path (``metrics.path_name``), else 1."""
+  its path (`dynamics.types.param_name`), else 1."""
   compiled = [(re.compile(pattern), float(mult)) for pattern, mult in rules]
 
   def find(path, _):
-    name = metrics_lib.path_name(path)
+    name = param_name(path)
     for pattern, mult in compiled:
       if pattern.fullmatch(name):
         return mult
@@ -197,7 +196,7 @@ def rotation_metrics(params: PyTree, new_params: PyTree,
   flat_old = jax.tree_util.tree_flatten_with_path(params)[0]
   flat_new = jax.tree.leaves(new_params)
   for (path, w), w_new in zip(flat_old, flat_new):
-    name = metrics_lib.path_name(path)
+    name = param_name(path)
     if w.ndim < 2 or name.endswith('bias'):  # DenseGeneral biases are n-d.
       continue
     w = jnp.ravel(w).astype(jnp.float32)

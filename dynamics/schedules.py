@@ -80,8 +80,8 @@ def wsd(peak_value: float, total_steps: int, warmup_steps: int,
 
   Example:
     >>> sched = wsd(1e-3, total_steps=1000, warmup_steps=100, decay_fraction=0.2)
-    >>> float(sched(500))
-    0.001
+    >>> round(float(sched(500)), 8), round(float(sched(950)), 8)
+    (0.001, 0.00025)
 
   References:
     Hu et al., "MiniCPM: Unveiling the Potential of Small Language Models with

@@ -34,8 +34,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-PyTree = Any
-Batch = Dict[str, Any]
+from dynamics.types import Batch, PyTree
 
 AXES = ('data', 'fsdp')
 BATCH_AXES = ('data', 'fsdp')  # The example axis is split over every device.

@@ -40,23 +40,20 @@ def timed(fn, repeats=5):
 
 
 def setup(config):
-  from dynamics import train
-  parts = train.build(config)
-  state = train.init_state(config, parts)
-  ctx = train.Context(config, parts.model, parts.dataset, parts.schedule,
-                      parts.tx, parts.options)
-  return parts, state, ctx
+  """``(run, state)``: the config built once, and its initialization."""
+  from dynamics import runs
+  run = runs.Run(config)
+  return run, run.init_state()
 
 
 def trained(config, steps):
   """Parameters after ``steps`` training steps (curvature of a real run)."""
-  from dynamics import train
-  parts, state, ctx = setup(config)
-  step_fn = train.make_train_step(parts)
+  run, state = setup(config)
+  step_fn = run.train_step
   for t in range(steps):
     state, _ = step_fn(state, jax.tree.map(jnp.asarray,
-                                           parts.dataset.train_batch(t)))
-  return parts, state, ctx, step_fn
+                                           run.dataset.train_batch(t)))
+  return run, state, step_fn
 
 
 def hvp_cost(loss, params, batch):
@@ -113,20 +110,21 @@ def power_convergence(loss, params, batches, exact, max_iters=200):
 def main(argv):
   quick = '--quick' in argv
   from analysis import hessian as hs
+  from analysis import probes
   from configs import eos, wsd
   out = {'device': jax.devices()[0].device_kind, 'quick': quick}
 
   # 1. HVP cost relative to a gradient.
   tconfig = wsd.get_config('smoke')
-  tparts, tstate, tctx, tstep = trained(tconfig, 20 if quick else 200)
-  tloss = tctx.loss_fn(tstate.model_state)
-  tbatches = [tparts.dataset.eval_batch(i) for i in range(2)]
+  trun, tstate, tstep = trained(tconfig, 20 if quick else 200)
+  tloss = trun.loss_fn(tstate.model_state)
+  tbatches = [trun.dataset.eval_batch(i) for i in range(2)]
   out['hvp_cost'] = {'smoke_transformer': hvp_cost(tloss, tstate.params,
                                                    tbatches[0])}
   econfig = eos.get_config()
-  _, estate, ectx = setup(econfig)
-  eloss = ectx.loss_fn({})
-  efull = ectx.dataset.full_batch()
+  erun, estate = setup(econfig)
+  eloss = erun.loss_fn({})
+  efull = erun.dataset.full_batch()
   out['hvp_cost']['eos_mlp'] = hvp_cost(eloss, estate.params, efull)
   print('HVP / gradient cost:', {k: round(v['ratio'], 2)
                                  for k, v in out['hvp_cost'].items()},
@@ -154,9 +152,9 @@ def main(argv):
   mconfig.model.hidden_sizes = (32, 32)
   mconfig.data.num_train = 128
   mconfig.data.batch_size = 128
-  mparts, mstate, mctx, _ = trained(mconfig, 200)
-  mloss = mctx.loss_fn({})
-  mbatch = [mparts.dataset.full_batch()]
+  mrun, mstate, _ = trained(mconfig, 200)
+  mloss = mrun.loss_fn({})
+  mbatch = [mrun.dataset.full_batch()]
   from jax.flatten_util import ravel_pytree
   flat, unravel = ravel_pytree(mstate.params)
   dense = jax.jit(jax.hessian(lambda x: mloss(unravel(x), mbatch[0])))(flat)
@@ -200,24 +198,24 @@ def main(argv):
   # 5. Training-time probe overhead at one probe per 100 steps.
   pconfig = wsd.get_config('smoke')
   pconfig.analysis.sharpness_every = 100
-  probe = hs.SharpnessProbe(pconfig)
+  probe = probes.SharpnessProbe(pconfig)
   state = tstate
   step_s = timed(lambda: tstep(jax.tree.map(jnp.copy, state),
                                jax.tree.map(jnp.asarray,
-                                            tparts.dataset.train_batch(0)))[1])
+                                            trun.dataset.train_batch(0)))[1])
   hvps, probe_s, errors = [], [], []
-  probe(state, tctx)  # Compile.
+  probe(state, trun)  # Compile.
   for t in range(3 if quick else 6):
     for i in range(100):  # 100 real steps between probes.
       state, _ = tstep(state, jax.tree.map(
-          jnp.asarray, tparts.dataset.train_batch(1000 + 100 * t + i)))
+          jnp.asarray, trun.dataset.train_batch(1000 + 100 * t + i)))
     state = state.replace(step=jnp.asarray(100 * (t + 1), jnp.int32))
     t0 = time.perf_counter()
-    logged = probe(state, tctx)
+    logged = probe(state, trun)
     probe_s.append(time.perf_counter() - t0)
     hvps.append(logged['sharpness_hvps'])
-    converged, _ = hs.top_eigenpairs(tctx.loss_fn(state.model_state),
-                                     state.params, probe.batches(tctx), k=1,
+    converged, _ = hs.top_eigenpairs(trun.loss_fn(state.model_state),
+                                     state.params, probe.batches(trun), k=1,
                                      num_iters=60, tol=1e-7)
     errors.append(abs(logged['sharpness'] / float(converged[0]) - 1))
   out['probe_smoke_transformer'] = {

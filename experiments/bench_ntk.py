@@ -61,7 +61,8 @@ def reference_style_train_fn(config, parts):
   A plain ``lax.scan`` over the same batches of ``grad`` of the mean
   cross-entropy and ``optax.sgd`` with momentum on the same schedule, from the
   same initialization: the baseline for the dense Jacobian (``jax.jacfwd`` of
-  this function is the reference's method).
+  this function is the reference's method). ``parts``: the config's
+  `dynamics.runs.Run` (or its ``Parts``), for its dataset and model.
   """
   import optax
   from dynamics import schedules
@@ -97,17 +98,19 @@ def tangent_flops_per_step(train_fn_1, params_0) -> float:
 
 
 def model_of(config):
-  from dynamics import train
-  parts = train.build(config)
-  state = train.init_state(config, parts)
-  apply_fn = lambda p, x: parts.model.apply({'params': p, **state.model_state}, x, train=False)
-  return parts, state, apply_fn
+  """``(run, state, apply_fn)``: the config built once, its initialization,
+  and its inference-mode ``apply_fn``."""
+  from dynamics import runs
+  run = runs.Run(config)
+  state = run.init_state()
+  return run, state, run.apply_fn(state.model_state)
 
 
 def main(quick):
   from analysis import jacobian as jac_lib
   from configs import jacobian as jacobian_config
   from configs import wsd
+  from dynamics import runs
   from dynamics.models import MLP
   out = {'device': str(jax.devices()[0]), 'cpu_count': os.cpu_count()}
   # NTK on an MLP (digits-sized inputs) and on the smoke transformer.
@@ -117,18 +120,19 @@ def main(quick):
   sizes = (8, 32) if quick else (8, 32, 128)
   out['ntk_mlp_64_128_128_10'] = ntk_per_entry(lambda p, x: mlp.apply({'params': p}, x),
                                                params, x, sizes)
-  parts, state, apply_fn = model_of(wsd.get_config('smoke'))
-  tokens = jnp.asarray(np.concatenate([parts.dataset.eval_batch(i)['inputs'] for i in range(4)]))
+  trun, state, apply_fn = model_of(wsd.get_config('smoke'))
+  tokens = jnp.asarray(np.concatenate([trun.dataset.eval_batch(i)['inputs'] for i in range(4)]))
   out['ntk_smoke_transformer'] = ntk_per_entry(apply_fn, state.params, tokens,
                                                (4, 8) if quick else (4, 8, 16))
   # Training Jacobian: J v and J^T u against one training run.
   config = jacobian_config.get_config()
   if quick:
     config.num_steps = 100
-  train_fn, p0 = jac_lib.make_train_fn(config)
-  run = jax.jit(train_fn)
+  run = runs.Run(config)  # Built once for every use below.
+  train_fn, p0 = jac_lib.make_train_fn(run)
+  run_fn = jax.jit(train_fn)
   jvp, vjp = jac_lib.training_jacobian_fn(train_fn, params_0=p0)
-  t_run = timed(lambda: run(p0), 3)
+  t_run = timed(lambda: run_fn(p0), 3)
   t_jvp = timed(lambda: jvp(p0), 3)
   t_vjp = timed(lambda: vjp(p0), 3)
   out['training_jacobian'] = {'steps': config.num_steps, 'train_run_s': t_run,
@@ -140,15 +144,14 @@ def main(quick):
     t0 = time.perf_counter()
     jac = jax.block_until_ready(jac_lib.training_jacobian(train_fn, params_0=p0))
     ours = time.perf_counter() - t0
-    from dynamics import train as train_lib
-    reference = reference_style_train_fn(config, train_lib.build(config))
+    reference = reference_style_train_fn(config, run)
     flat0, unravel = ravel_pytree(p0)
     t0 = time.perf_counter()
     jac_ref = jax.block_until_ready(jax.jacfwd(
         lambda flat: ravel_pytree(reference(unravel(flat)))[0])(flat0))
     baseline = time.perf_counter() - t0
     gap = float(jnp.max(jnp.abs(jac - jac_ref)) / jnp.max(jnp.abs(jac_ref)))
-    train_fn_1, _ = jac_lib.make_train_fn(config, 1)
+    train_fn_1, _ = jac_lib.make_train_fn(run, 1)
     tangent = tangent_flops_per_step(train_fn_1, p0)
     # XLA's own count (its cost model may not count every op of the loop).
     total_flops = tangent * flat0.size * config.num_steps

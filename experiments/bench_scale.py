@@ -8,7 +8,7 @@ On a CPU (seconds; what tests and laptops run):
   python -m experiments.bench_scale --size=tiny
 
 For each optimizer (adamw, adamp, stable_spam, and SAM on top of adamw) it
-times ``dynamics.train.train_step`` -- the very function the training loop
+times ``dynamics.step.train_step`` -- the very function the training loop
 jits -- on random tokens and prints step time, tokens/s, model TFLOP/s and MFU;
 then the cost of one Hessian-vector product relative to one gradient, and
 how long an orbax checkpoint save blocks the loop (async vs sync).
@@ -69,8 +69,9 @@ def model_flops_per_token(params: Any, num_layers: int, d_model: int,
                           seq_len: int) -> float:
   """PaLM's 6N + 12 L d T (positional embeddings are not matmuls)."""
   import jax
-  n = sum(x.size for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
-          if 'pos_embed' not in jax.tree_util.keystr(path))
+  from dynamics.types import param_names
+  n = sum(x.size for name, x in zip(param_names(params), jax.tree.leaves(params))
+          if 'pos_embed' not in name)
   return 6.0 * n + 12.0 * num_layers * d_model * seq_len
 
 
@@ -109,12 +110,12 @@ def build_step(config):
   import jax
   import numpy as np
   from dynamics import data as data_lib
-  from dynamics import losses
   from dynamics import models as models_lib
   from dynamics import optim as optim_lib
+  from dynamics import runs
   from dynamics import schedules as schedules_lib
   from dynamics import sharding as sharding_lib
-  from dynamics import train
+  from dynamics import step as step_lib
 
   d = config.data
   info = data_lib.DatasetInfo(task='lm', num_outputs=d.vocab_size,
@@ -122,23 +123,23 @@ def build_step(config):
   model = models_lib.build_model(config.model, info)
   schedule = schedules_lib.from_config(config)
   tx = optim_lib.build_optimizer(config.optimizer, schedule)
-  options = losses.StepOptions.from_config(config, 'lm')
-  parts = train.Parts(None, model, schedule, tx, options)
+  options = step_lib.StepOptions.from_config(config, 'lm')
+  parts = runs.Parts(None, model, schedule, tx, options)
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, d.vocab_size, (d.batch_size, d.seq_len + 1))
   batch = {'inputs': tokens[:, :-1].astype(np.int32),
            'targets': tokens[:, 1:].astype(np.int32)}
   key = jax.random.PRNGKey(0)
   params = model.init(key, batch['inputs'][:1], train=False)['params']
-  state = train.TrainState(step=jax.numpy.zeros((), jax.numpy.int32),
-                           params=params, opt_state=tx.init(params),
-                           model_state={}, rng=key)
+  state = step_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32),
+                              params=params, opt_state=tx.init(params),
+                              model_state={}, rng=key)
   shardings = None
   if jax.device_count() > 1:
     shardings = sharding_lib.TrainShardings.create(
         sharding_lib.make_mesh(config.mesh), state, config.mesh.fsdp_min_size)
     state = shardings.put_state(state)
-  step_fn = train.make_train_step(parts, shardings)
+  step_fn = step_lib.make_train_step(model, tx, schedule, options, shardings)
   put = shardings.put_batch if shardings else (
       lambda b: jax.tree.map(jax.numpy.asarray, b))
   return parts, step_fn, state, put(batch), batch

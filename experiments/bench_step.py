@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from configs import wsd
-from dynamics import train
+from dynamics import runs
 
 _SIZE = flags.DEFINE_enum('size', 'smoke', ['smoke', 'wsd', 'gpt2'], 'Model size.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Steps per timed round.')
@@ -69,10 +69,11 @@ def time_rounds(run_round, repeats):
 def main(argv):
   del argv
   config = bench_config(_SIZE.value)
-  parts = train.build(config)
-  state = train.init_state(config, parts)
+  run = runs.Run(config)
+  parts = run.parts
+  state = run.init_state()
   batch = jax.tree.map(jnp.asarray, parts.dataset.train_batch(0))
-  ours = train.make_train_step(parts)
+  ours = run.train_step
   base = baseline_step(parts.model, parts.tx)
   params = jax.tree.map(jnp.copy, state.params)
   opt_state = parts.tx.init(params)
@@ -106,7 +107,7 @@ def main(argv):
         f'model: {n_params:,} params, {tokens} tokens/step')
   print(f'{"step":<34}{"ms/step":>10}{"tokens/s":>12}')
   print(f'{"optax.adamw hand-written":<34}{1e3 * per_base:>10.2f}{tokens / per_base:>12.4g}')
-  print(f'{"dynamics.train.train_step":<34}{1e3 * per_ours:>10.2f}{tokens / per_ours:>12.4g}')
+  print(f'{"dynamics.step.train_step":<34}{1e3 * per_ours:>10.2f}{tokens / per_ours:>12.4g}')
   print(f'ratio train_step / baseline: {per_ours / per_base:.3f} (target <= 1.05)')
   if _SIZE.value == 'gpt2':
     # 6 N per token for the matmuls plus attention (12 L T d per token).

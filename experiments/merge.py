@@ -14,16 +14,21 @@ loss next to the raw checkpoint's.
 import json
 import os
 
-from absl import app
 from absl import flags
 from absl import logging
 
+from dynamics import cli
 
 
 def merge_and_evaluate(workdir: str, window: int, shape: str,
                        interval: int | None = None, step: int | None = None,
                        output: str | None = None) -> dict:
   """Merges, saves and evaluates; returns the record written to ``merge.json``.
+
+  The run is opened once; the merged checkpoints are read parameters-only.
+  The merged model is saved as checkpoint ``step`` of ``output`` with the rest
+  of the raw checkpoint's state (optimizer and model state, rng), so it opens
+  and resumes like any other checkpoint.
 
   Raises:
     ValueError: a window longer than the run or not a multiple of the
@@ -32,13 +37,15 @@ def merge_and_evaluate(workdir: str, window: int, shape: str,
   """
   # pylint: disable=g-import-not-at-top
   import jax
-  from dynamics import checkpoint, merging, train
+  from configs import base
+  from dynamics import checkpoint, merging, runs
 
-  config = checkpoint.load_config(workdir)
+  run = runs.Run.open(workdir, defaults=base.get_config())
+  config = run.config
   interval = interval or config.merge.interval
   if interval is None:
     raise ValueError(f'{workdir} has no merge.interval; pass --interval')
-  available = checkpoint.available_steps(workdir)
+  available = run.steps
   if not available:
     raise ValueError(f'no checkpoints in {workdir}')
   step = available[-1] if step is None else step
@@ -48,17 +55,12 @@ def merge_and_evaluate(workdir: str, window: int, shape: str,
     raise FileExistsError(f'checkpoint {step} already exists in {output}; a '
                           'merge never overwrites one (pass another --output)')
   weights = merging.merge_weights(shape, len(steps))
-  params = merging.merge_checkpoints(workdir, steps, weights)
+  params = merging.merge_checkpoints(run, steps, weights)
+  raw = run.state(step)
   os.makedirs(output, exist_ok=True)
-  checkpoint.save_params(output, step, params, config)
-
-  parts = train.build(config)
-  eval_fn = train.make_eval_step(parts)
-  _, last = checkpoint.load_checkpoint(workdir, step)
-  merged_eval = train.evaluate(params, last.model_state, parts.dataset, eval_fn,
-                               config.eval_batches)
-  raw_eval = train.evaluate(last.params, last.model_state, parts.dataset,
-                            eval_fn, config.eval_batches)
+  checkpoint.save(output, step, raw.replace(params=params), {'position': step})
+  merged_eval = run.evaluate(params, raw.model_state)
+  raw_eval = run.evaluate(raw.params, raw.model_state)
   record = {
       'source': os.path.abspath(workdir), 'step': step, 'shape': shape,
       'window': window, 'interval': interval, 'steps': steps,
@@ -67,8 +69,7 @@ def merge_and_evaluate(workdir: str, window: int, shape: str,
   }
   with open(os.path.join(output, 'merge.json'), 'w') as f:
     json.dump(record, f, indent=2)
-  with open(os.path.join(output, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+  runs.write_config(config, output)
   with open(os.path.join(output, 'metrics.jsonl'), 'a') as f:
     f.write(json.dumps({'step': step, **{f'eval_{k}': float(v) for k, v in
                                          jax.device_get(merged_eval).items()}})
@@ -92,15 +93,14 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  del argv
   logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO.
+  f = flags.FLAGS
   try:
-    f = flags.FLAGS
     r = merge_and_evaluate(f.workdir, f.window, f.shape, f.interval, f.step,
                            f.output)
-  except (ValueError, FileExistsError) as e:
-    raise app.UsageError(str(e)) from e
+  except ValueError as e:
+    raise cli.UserError(str(e)) from e
   print(f"Merged {len(r['steps'])} checkpoints of {r['source']} (steps "
         f"{r['steps'][0]}..{r['steps'][-1]}, {r['shape']} weights) into "
         f"{r['output']} at step {r['step']}.\n"
@@ -110,5 +110,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  flags.mark_flags_as_required(['workdir', 'window'])
-  app.run(main)
+  cli.run(main, required=['workdir', 'window'])

@@ -101,6 +101,22 @@ def test_load_curve_from_metrics(tmp_path, curves):
     law.load_curve(str(tmp_path), key='nope')
 
 
+def test_load_curve_takes_the_rates_from_the_recorded_config(tmp_path):
+  from configs import wsd
+  from dynamics import runs
+  config = wsd.get_config('smoke')
+  runs.write_config(config, str(tmp_path))
+  with open(tmp_path / 'metrics.jsonl', 'w') as f:
+    for s in (5, 10, 15):
+      # A wrong logged rate: the recorded schedule must win.
+      f.write(json.dumps({'step': s, 'eval_loss': 1.0, 'learning_rate': 9.0})
+              + '\n')
+  curve = law.load_curve(str(tmp_path))
+  expected = law.schedule_values(schedules.from_config(config), 15)
+  np.testing.assert_array_equal(curve.lrs, expected)
+  assert expected.max() < 9.0
+
+
 def test_plot_fit_draws_every_curve(curves):
   ax = law.plot_fit(TRUE, list(curves.values()), fitted=('wsd',))
   labels = [line.get_label() for line in ax.get_lines()]

@@ -14,6 +14,7 @@ import pytest
 
 from configs import wsd as wsd_config
 from dynamics import checkpoint, config_lib, merging, metrics, train
+from dynamics.runs import Run
 from experiments import merge
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
@@ -97,8 +98,8 @@ def test_branch_records_parent_and_continues_optimizer_and_data(runs):
   assert recorded['parent'] == {'workdir': os.path.abspath(runs['parent']),
                                 'step': BRANCH_STEP}
   assert recorded['num_steps'] == BRANCH_STEP + DECAY
-  _, parent_state = checkpoint.load_checkpoint(runs['parent'], BRANCH_STEP)
-  _, branch_state = checkpoint.load_checkpoint(runs['branch'])
+  parent_state = Run.open(runs['parent']).state(BRANCH_STEP)
+  branch_state = Run.open(runs['branch']).state()
   # Adam's count continued from the parent (not restarted at 0).
   counts = [int(x) for x in jax.tree.leaves(branch_state.opt_state)
             if np.ndim(x) == 0 and np.issubdtype(np.asarray(x).dtype,
@@ -108,7 +109,7 @@ def test_branch_records_parent_and_continues_optimizer_and_data(runs):
       jax.tree.leaves(parent_state.params), jax.tree.leaves(branch_state.params)))
   data = checkpoint.Checkpointer(runs['branch'], async_save=False)
   try:
-    _, data_state = data.restore(BRANCH_STEP + DECAY, branch_state)
+    data_state = data.restore(BRANCH_STEP + DECAY, branch_state).data
   finally:
     data.close()
   assert data_state == {'position': BRANCH_STEP + DECAY}
@@ -125,8 +126,8 @@ def test_branch_from_a_step_without_checkpoint_names_it(runs, tmp_path):
 
 def test_ema_follows_incremental_update_and_is_evaluated(runs):
   workdir = runs['parent']
-  _, s10 = checkpoint.load_checkpoint(workdir, 10)
-  _, s11 = checkpoint.load_checkpoint(workdir, 11)
+  run = Run.open(workdir)
+  s10, s11 = run.state(10), run.state(11)
   expected = optax.incremental_update(s11.params, s10.ema_params,
                                       1.0 - EMA_DECAY)
   for got, want, raw in zip(jax.tree.leaves(s11.ema_params),
@@ -150,8 +151,9 @@ def test_merge_checkpoints_and_the_merge_command(runs, tmp_path):
   steps = merging.window_steps(PARENT_STEPS, 24, 8)
   assert steps == [8, 16, 24]
   weights = merging.merge_weights('cosine', 3)
-  merged = merging.merge_checkpoints(parent, steps, weights)
-  loaded = [checkpoint.load_checkpoint(parent, s)[1].params for s in steps]
+  run = Run.open(parent)
+  merged = merging.merge_checkpoints(run, steps, weights)
+  loaded = [run.state(s).params for s in steps]
   expected = jax.tree.map(
       lambda *xs: sum(float(c) * np.asarray(x) for c, x in zip(weights, xs)),
       *loaded)
@@ -159,16 +161,16 @@ def test_merge_checkpoints_and_the_merge_command(runs, tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
   with pytest.raises(ValueError, match=r'no checkpoint at step 18 in .*'
                      r'available steps: \[8, 10, 11, 16, 24\]'):
-    merging.merge_checkpoints(parent, [18, 24], [0.5, 0.5])
+    merging.merge_checkpoints(run, [18, 24], [0.5, 0.5])
   with pytest.raises(ValueError, match='sum to 1.*0.9'):
-    merging.merge_checkpoints(parent, [16, 24], [0.5, 0.4])
+    merging.merge_checkpoints(run, [16, 24], [0.5, 0.4])
 
   out = str(tmp_path / 'merged')
   record = merge.merge_and_evaluate(parent, window=24, shape='cosine',
                                     output=out)
   assert record['steps'] == steps and record['step'] == PARENT_STEPS
   np.testing.assert_allclose(record['weights'], weights, rtol=1e-15)
-  _, saved = checkpoint.load_checkpoint(out, PARENT_STEPS)
+  saved = Run.open(out).state(PARENT_STEPS)
   for got, want in zip(jax.tree.leaves(saved.params), jax.tree.leaves(merged)):
     np.testing.assert_array_equal(got, want)
   # The raw loss is the parent's own final eval; the merge is evaluated too.

@@ -7,10 +7,10 @@ import subprocess
 import sys
 import textwrap
 
-import jax
-import numpy as np
+import chex
 
 from dynamics import checkpoint
+from dynamics.runs import Run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,8 +26,7 @@ def _main(workdir, *overrides):
 
 
 def _params(workdir, step=None):
-  _, state = checkpoint.load_checkpoint(str(workdir), step)
-  return jax.tree.leaves(state.params)
+  return Run.open(str(workdir)).params(step)
 
 
 def _lines(workdir):
@@ -74,8 +73,7 @@ def test_main_command_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
   assert resumed.returncode == 0, resumed.stderr
   assert f'resuming from step {latest}' in resumed.stdout
 
-  for a, b in zip(_params(full), _params(killed)):
-    np.testing.assert_array_equal(a, b)  # Bit for bit.
+  chex.assert_trees_all_equal(_params(full), _params(killed))  # Bit for bit.
   full_lines, resumed_lines = _lines(full), _lines(killed)
   steps = [r['step'] for r in resumed_lines]
   assert steps == sorted(set(steps)), 'a step was written twice'
@@ -98,5 +96,4 @@ def test_corrupt_latest_checkpoint_is_skipped(tmp_path):
   assert 'checkpoint 40 is corrupt' in again.stdout + again.stderr
   assert 'resuming from step 30' in again.stdout
   assert os.path.isdir(workdir / 'corrupt_checkpoints' / '40')
-  for a, b in zip(reference, _params(workdir)):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(reference, _params(workdir))

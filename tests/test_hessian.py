@@ -1,8 +1,10 @@
-"""analysis/hessian.py against dense Hessians of small models (exact answers)."""
+"""analysis/hessian against dense Hessians of small models (exact answers)."""
 
 import functools
 import json
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -13,6 +15,8 @@ import optax
 import pytest
 
 from analysis import hessian as hs
+from analysis import probes
+from dynamics.types import param_names
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -291,7 +295,7 @@ def test_slq_density_integrates_to_one_and_matches_moments():
 def test_block_spectrum_is_that_of_the_dense_sub_block():
   with jax.enable_x64(True):
     (loss_fn, params, batches), h, _, _ = _exact('transformer')
-    paths = hs.param_paths(params)
+    paths = param_names(params)
     sizes = [np.size(p) for p in jax.tree.leaves(params)]
     selected = np.concatenate([np.full(s, 'attn' in p) for p, s in
                                zip(paths, sizes)])
@@ -347,8 +351,8 @@ def test_bad_input_gives_clear_errors():
 # Training-time probe and the command.
 
 
-class _FakeContext:
-  """The parts of dynamics.train.Context the probe uses."""
+class _FakeRun:
+  """The parts of dynamics.runs.Run the probe uses."""
 
   def __init__(self, loss_fn, batches):
     self._loss_fn, self._batches = loss_fn, batches
@@ -378,12 +382,12 @@ def test_sharpness_probe_warm_starts_and_logs_adaptive_and_trace():
   config.optimizer.b2, config.optimizer.eps = 0.99, 1e-8
   with jax.enable_x64(True):
     (loss_fn, params, batches), h, w, _ = _exact('mlp')
-    ctx = _FakeContext(loss_fn, batches)
-    probe = hs.SharpnessProbe(config, tol=1e-4)
+    run = _FakeRun(loss_fn, batches)
+    probe = probes.SharpnessProbe(config, tol=1e-4)
     assert probe.every == 5
     tx = optax.adam(1e-3, b2=0.99)
     opt_state = tx.init(params)
-    first = probe(_State(0, params, opt_state), ctx)
+    first = probe(_State(0, params, opt_state), run)
     # Before Adam's first update there is no preconditioner to speak of.
     assert set(first) == {'sharpness', 'sharpness_hvps', 'hessian_trace',
                           'hessian_trace_stderr'}
@@ -394,7 +398,7 @@ def test_sharpness_probe_warm_starts_and_logs_adaptive_and_trace():
     grads = jax.grad(loss_fn)(params, batches[0])
     updates, opt_state = tx.update(grads, opt_state, params)
     moved = optax.apply_updates(params, updates)
-    second = probe(_State(5, moved, opt_state), ctx)
+    second = probe(_State(5, moved, opt_state), run)
     assert second['sharpness_hvps'] < first['sharpness_hvps']
     assert second['sharpness_hvps'] <= config.analysis.sharpness_iters
     assert 'hessian_trace' not in second   # 5 is not a multiple of 10.
@@ -408,22 +412,36 @@ def test_sharpness_probe_warm_starts_and_logs_adaptive_and_trace():
                                rtol=1e-4)
 
 
+def _command(*args):
+  """Runs ``python -m <args>`` from the repository root; returns the process."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return subprocess.run([sys.executable, '-m', *map(str, args)], cwd=root,
+                        capture_output=True, text=True, timeout=600)
+
+
 def test_eos_smoke_run_logs_sharpness_and_command_writes_spectrum(tmp_path,
                                                                   capsys):
   from configs import eos
-  from dynamics import train
+  from dynamics import runs, train
   config = eos.get_config('smoke')
   train.train_and_evaluate(config, str(tmp_path),
-                           callbacks=[hs.SharpnessProbe(config)])
+                           callbacks=[probes.SharpnessProbe(config)])
   lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
   logged = [l for l in lines if 'sharpness' in l]
   assert [l['step'] for l in logged] == list(range(0, 31, 5))
   assert all(0 < l['sharpness'] < 100 and 1 <= l['sharpness_hvps'] <= 10
              for l in logged)
 
-  result = hs.main(['--workdir', str(tmp_path), '--step', '20', '--k', '3',
-                    '--density', '--num_probes', '2', '--density_iters', '10',
-                    '--trace', '--num_batches', '1'])
+  run = runs.Run.open(str(tmp_path))
+  result = hs.checkpoint_spectrum(run, 20, k=3, density=True, num_probes=2,
+                                  density_iters=10, trace=True, num_batches=1)
+  assert 'HVP costs' in capsys.readouterr().out
+  # The command computes the same spectrum and writes it, JSON and PNG.
+  proc = _command('analysis.hessian', f'--workdir={tmp_path}', '--step=20',
+                  '--k=3', '--density', '--num_probes=2', '--density_iters=10',
+                  '--trace', '--num_batches=1')
+  assert proc.returncode == 0, proc.stderr
+  assert 'HVP costs' in proc.stdout
   assert os.path.exists(tmp_path / 'hessian_20.png')
   written = json.load(open(tmp_path / 'hessian_20.json'))
   assert written['eigenvalues'] == result['eigenvalues']
@@ -433,27 +451,29 @@ def test_eos_smoke_run_logs_sharpness_and_command_writes_spectrum(tmp_path,
       written['density']['values'])
   np.testing.assert_allclose(np.trapezoid(density, grid), 1, atol=1e-3)
   assert written['hvp_cost_in_gradients'] > 0
-  assert 'HVP costs' in capsys.readouterr().out
-  with pytest.raises(SystemExit, match=r'available steps: \[10, 20, 30\]'):
-    hs.main(['--workdir', str(tmp_path), '--step', '7'])
+  with pytest.raises(runs.RunNotFoundError,
+                     match=r'available steps: \[10, 20, 30\]'):
+    hs.checkpoint_spectrum(run, 7)
+  # A user error: one line naming what is wrong, exit status 1.
+  proc = _command('analysis.hessian', f'--workdir={tmp_path}', '--step=7')
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines() == [
+      f'Error: no checkpoint at step 7 in {tmp_path}; available steps: '
+      '[10, 20, 30]']
 
-  # --kind ggn: the top eigenvalues of J^T H_out J, against the dense matrix.
-  ggn = hs.main(['--workdir', str(tmp_path), '--step', '20', '--k', '3',
-                 '--kind', 'ggn', '--num_batches', '1', '--tol', '1e-6',
-                 '--out', str(tmp_path / 'ggn')])
+  # kind='ggn': the top eigenvalues of J^T H_out J, against the dense matrix.
+  ggn = hs.checkpoint_spectrum(run, 20, k=3, kind='ggn', num_batches=1,
+                               tol=1e-6)
   assert ggn['kind'] == 'ggn'
-  from dynamics import checkpoint
-  config, state = checkpoint.load_checkpoint(str(tmp_path), 20)
-  parts = train.build(config)
-  ctx = train.Context(config, parts.model, parts.dataset, parts.schedule,
-                      parts.tx, parts.options)
-  batch = jax.tree.map(jnp.asarray, parts.dataset.eval_batch(0))
-  model_fn, out_loss = ctx.model_fn(state.model_state), ctx.output_loss_fn()
-  np.testing.assert_allclose(out_loss(model_fn(state.params, batch), batch),
-                             ctx.loss_fn(state.model_state)(state.params, batch),
+  restored = run.restore(20, ('params', 'model_state'))
+  params, model_state = restored['params'], restored['model_state']
+  batch = jax.tree.map(jnp.asarray, run.dataset.eval_batch(0))
+  model_fn, out_loss = run.model_fn(model_state), run.output_loss_fn()
+  np.testing.assert_allclose(out_loss(model_fn(params, batch), batch),
+                             run.loss_fn(model_state)(params, batch),
                              rtol=1e-6)
-  flat, unravel = jax.flatten_util.ravel_pytree(state.params)
-  outputs = model_fn(state.params, batch)
+  flat, unravel = jax.flatten_util.ravel_pytree(params)
+  outputs = model_fn(params, batch)
   jac = jax.jacobian(lambda f: model_fn(unravel(f), batch).reshape(-1))(flat)
   h_out = jax.hessian(lambda o: out_loss(o.reshape(outputs.shape), batch))(
       outputs.reshape(-1))

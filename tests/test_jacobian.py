@@ -1,4 +1,4 @@
-"""Tests of analysis/jacobian.py: exact Jacobians of known runs, and consistency."""
+"""Tests of analysis/jacobian: exact Jacobians of known runs, and consistency."""
 
 import jax
 import jax.numpy as jnp
@@ -117,16 +117,16 @@ def small_config():
 
 
 def test_config_form_unrolls_the_core_train_step():
-  from dynamics import train as train_lib
+  from dynamics import runs
   config = small_config()
   config.num_steps = 5
   train_fn, p0 = jac_lib.make_train_fn(config, checkpoint_every=2)
   # The unrolled run equals the core's own loop, step for step.
-  parts = train_lib.build(config)
-  state = train_lib.init_state(config, parts)
-  step = train_lib.make_train_step(parts)
+  run = runs.Run(config)
+  state = run.init_state()
   for i in range(5):
-    state, _ = step(state, jax.tree.map(jnp.asarray, parts.dataset.train_batch(i)))
+    state, _ = run.train_step(state, jax.tree.map(jnp.asarray,
+                                                  run.dataset.train_batch(i)))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                train_fn(p0), state.params)
   jvp, vjp = jac_lib.training_jacobian_fn(config, 5, checkpoint_every=2)
@@ -149,12 +149,13 @@ def test_config_jacobian_equals_jacfwd_of_a_hand_written_loop():
   baseline writes it so, on the same batches, schedule and initialization, and
   it must give the same matrix.
   """
-  from dynamics import train as train_lib
+  from dynamics import runs
   from experiments.bench_ntk import reference_style_train_fn
   config = small_config()
   config.num_steps = 12
-  reference = reference_style_train_fn(config, train_lib.build(config))
-  train_fn, p0 = jac_lib.make_train_fn(config)
+  run = runs.Run(config)
+  reference = reference_style_train_fn(config, run)
+  train_fn, p0 = jac_lib.make_train_fn(run)
   flat0, unravel = ravel_pytree(p0)
   ours = jac_lib.training_jacobian(train_fn, params_0=p0, chunk_size=100)
   theirs = jax.jacfwd(lambda f: ravel_pytree(reference(unravel(f)))[0])(flat0)
@@ -167,3 +168,23 @@ def test_spectrum_split_counts():
   split = jac_lib.spectrum_split([0.5, 0.995, 1.0, 1.009, 1.2, 3.0], bulk_tol=1e-2)
   assert (split['bulk'], split['amplified'], split['contracted']) == (3, 2, 1)
   assert split['bulk_fraction'] == 0.5
+
+
+def test_analyze_config_builds_once_and_splits_a_complete_basis(monkeypatch):
+  from dynamics import runs
+  built = []
+  build = runs.build
+  monkeypatch.setattr(runs, 'build', lambda c: built.append(c) or build(c))
+  config = small_config()
+  config.num_steps = 5
+  report = jac_lib.analyze_config(config, hessian_k=3)
+  assert len(built) == 1                     # One Run for everything.
+  assert report['dense'] and report['num_steps'] == 5
+  split = report['split']
+  assert split['num'] == report['num_params'] == len(report['singular_values'])
+  assert split['bulk'] + split['amplified'] + split['contracted'] == split['num']
+  # Dense: the three parts' left singular vectors span the whole space, so a
+  # unit Hessian eigenvector's overlaps with them add up to 1.
+  overlap = report['hessian']['overlap']
+  total = np.sum([overlap[k] for k in ('bulk', 'amplified', 'contracted')], 0)
+  np.testing.assert_allclose(total, np.ones(3), rtol=1e-5)

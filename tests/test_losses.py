@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynamics import losses
+from dynamics import step as step_lib
 from dynamics.models import Transformer, ResNet
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
@@ -24,7 +25,7 @@ class Fixed:
 def _loss(logits, targets, **opts):
   batch = {'inputs': jnp.zeros(1), 'targets': jnp.asarray(targets)}
   return losses.compute_loss(Fixed(logits), {}, {}, batch, None,
-                             losses.StepOptions(**opts), train=True)
+                             step_lib.StepOptions(**opts), train=True)
 
 
 def test_stablemax_matches_its_definition():
@@ -62,7 +63,7 @@ def test_transformer_probes_match_a_direct_computation():
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 8), 0, 11)
   params = model.init(jax.random.PRNGKey(1), tokens)['params']
   batch = {'inputs': tokens, 'targets': tokens}
-  opts = losses.StepOptions(log_per_layer=True)
+  opts = step_lib.StepOptions(log_per_layer=True)
   loss, (state, m) = losses.compute_loss(model, params, {}, batch, None, opts,
                                          train=True)
   assert state == {}
@@ -85,7 +86,7 @@ def test_transformer_probes_match_a_direct_computation():
                              np.mean(jax.nn.logsumexp(logits, -1)), rtol=1e-6)
   # Probes do not change the loss, and are off by default.
   loss0, (_, m0) = losses.compute_loss(model, params, {}, batch, None,
-                                       losses.StepOptions(), train=True)
+                                       step_lib.StepOptions(), train=True)
   assert float(loss0) == float(loss)
   assert not any(k.startswith('layers/') for k in m0)
 
@@ -98,5 +99,5 @@ def test_probes_keep_batchnorm_state_flowing():
   batch = {'inputs': x, 'targets': jnp.array([0, 1])}
   _, (new_state, _) = losses.compute_loss(
       model, params, state, batch, None,
-      losses.StepOptions(log_per_layer=True), train=True)
+      step_lib.StepOptions(log_per_layer=True), train=True)
   assert set(new_state) == {'batch_stats'}

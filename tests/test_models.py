@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import wsd
-from dynamics import config_lib, models, parametrization, train
+from dynamics import config_lib, models, parametrization, runs
 from dynamics.optim import build_optimizer
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
@@ -28,11 +28,12 @@ def _config(**overrides):
 def _train(c, steps=4):
   """``steps`` updates on one fixed batch; the metrics of each."""
   config_lib.validate(c)
-  parts = train.build(c)
+  parts = runs.build(c)
   parts = parts._replace(tx=build_optimizer(parametrization.optimizer_config(c),
                                             parts.schedule))
-  state = train.init_state(c, parts)
-  step = train.make_train_step(parts)
+  run = runs.Run(c, parts=parts)
+  state = run.init_state()
+  step = run.train_step
   out = []
   for _ in range(steps):
     state, metrics = step(state, jax.tree.map(jnp.asarray,
@@ -76,7 +77,7 @@ def test_every_knob_trains_the_smoke_model_without_nan(overrides):
 
 def test_default_knobs_leave_the_model_unchanged():
   c = _config()
-  model = models.build_model(c.model, train.build(c).dataset.info)
+  model = models.build_model(c.model, runs.build(c).dataset.info)
   ref = models.Transformer(vocab_size=32, d_model=16, num_layers=2,
                            num_heads=2, max_len=32)
   tokens = jnp.zeros((1, 8), jnp.int32)

@@ -1,7 +1,9 @@
-"""Tests of analysis/ntk.py: exact kernels, method agreement, the wide limit."""
+"""Tests of analysis/ntk: exact kernels, method agreement, the wide limit."""
 
 import json
 import os
+import subprocess
+import sys
 import types
 
 import flax.linen as nn
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 
 from analysis import ntk as ntk_lib
+from analysis import probes
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -188,36 +191,35 @@ def test_probe_remembers_init_and_previous_kernel():
   x = jax.random.normal(jax.random.key(7), (8, 5))
   y = jnp.arange(8) % 3
   params0 = module.init(jax.random.key(8), x)['params']
-  ctx = types.SimpleNamespace(
+  run = types.SimpleNamespace(
       dataset=types.SimpleNamespace(batch_size=4),
       probe_batches=lambda n: [{'inputs': x[4 * i:4 * i + 4], 'targets': y[4 * i:4 * i + 4]}
                                for i in range(n)],
       apply_fn=lambda ms: (lambda p, xx: module.apply({'params': p}, xx)))
   config = types.SimpleNamespace(analysis=types.SimpleNamespace(ntk_every=5, ntk_num_examples=6))
-  probe = ntk_lib.NTKProbe(config)
+  probe = probes.NTKProbe(config)
   assert probe.every == 5
   state = lambda p, s: types.SimpleNamespace(params=p, model_state={}, step=s)
-  m0 = probe(state(params0, 0), ctx)
+  m0 = probe(state(params0, 0), run)
   assert m0['ntk_distance_init'] == 0.0 and m0['ntk_velocity'] == 0.0
   k0 = ntk_lib.empirical_ntk(lambda p, xx: module.apply({'params': p}, xx), params0, x[:6])
   assert abs(m0['ntk_trace'] - float(jnp.trace(k0))) < 1e-4 * abs(m0['ntk_trace'])
   assert abs(m0['ntk_top_eig'] - float(ntk_lib.ntk_eigs(k0, 1)[0])) < 1e-4 * m0['ntk_top_eig']
   params1 = jax.tree.map(lambda a: a * 1.5 + 0.1, params0)
-  m1 = probe(state(params1, 5), ctx)
+  m1 = probe(state(params1, 5), run)
   k1 = ntk_lib.empirical_ntk(lambda p, xx: module.apply({'params': p}, xx), params1, x[:6])
   d01 = float(ntk_lib.kernel_distance(k0, k1))
   assert d01 > 1e-4
   assert abs(m1['ntk_distance_init'] - d01) < 1e-5
   assert abs(m1['ntk_velocity'] - d01 / 5) < 1e-5
   params2 = jax.tree.map(lambda a: a * 0.5, params1)
-  m2 = probe(state(params2, 15), ctx)
+  m2 = probe(state(params2, 15), run)
   k2 = ntk_lib.empirical_ntk(lambda p, xx: module.apply({'params': p}, xx), params2, x[:6])
   assert abs(m2['ntk_distance_init'] - float(ntk_lib.kernel_distance(k0, k2))) < 1e-5
   assert abs(m2['ntk_velocity'] - float(ntk_lib.kernel_distance(k1, k2)) / 10) < 1e-5
 
 
 def test_probe_logs_during_training(tmp_path):
-  from analysis import probes
   from configs import base
   from dynamics import train
   c = base.get_config()
@@ -235,3 +237,38 @@ def test_probe_logs_during_training(tmp_path):
   assert logged[0]['ntk_distance_init'] == 0.0
   assert logged[4]['ntk_distance_init'] > 0.0
   assert -1.0 <= logged[4]['ntk_alignment'] <= 1.0
+
+  # After training, the same statistics from the checkpoint (step 0 has none:
+  # it is rebuilt from the seed) on the same probe set.
+  report = ntk_lib.analyze_checkpoints(str(tmp_path), [0, 4], num_examples=20,
+                                       num_eigs=5)
+  first, last = report['per_step']
+  assert first['distance_from_first'] == 0.0
+  assert first['relative_param_change'] == 0.0
+  assert last['relative_param_change'] > 0.0
+  for rec in (first, last):
+    probe = logged[rec['step']]
+    np.testing.assert_allclose(rec['trace'], probe['ntk_trace'], rtol=1e-6)
+    np.testing.assert_allclose(rec['eigenvalues'][0], probe['ntk_top_eig'],
+                               rtol=1e-6)
+    np.testing.assert_allclose(rec['alignment'], probe['ntk_alignment'],
+                               rtol=1e-6)
+  np.testing.assert_allclose(last['distance_from_first'],
+                             logged[4]['ntk_distance_init'], rtol=1e-5)
+  assert report['distance_matrix'][0][1] == report['distance_matrix'][1][0]
+  from dynamics import runs
+  with pytest.raises(runs.RunNotFoundError, match=r'no checkpoints at steps \[3\].*'
+                     r'available steps: \[4\]'):
+    ntk_lib.analyze_checkpoints(str(tmp_path), [0, 3])
+
+  # The command writes the same report, JSON and PNG.
+  out = tmp_path / 'ntk_out'
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+      [sys.executable, '-m', 'analysis.ntk', f'--workdir={tmp_path}',
+       '--steps=0,4', '--num_examples=20', '--num_eigs=5',
+       f'--output_dir={out}'], cwd=root, capture_output=True, text=True,
+      timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  assert json.load(open(out / 'ntk.json'))['per_step'] == report['per_step']
+  assert os.path.getsize(out / 'ntk.png') > 0

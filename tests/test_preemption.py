@@ -16,7 +16,7 @@ import jax
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
-import numpy as np  # noqa: E402
+import chex  # noqa: E402
 import pytest  # noqa: E402
 
 from configs import wsd  # noqa: E402
@@ -27,8 +27,9 @@ NUM_STEPS = 8
 SIGTERM_AFTER = 3
 
 
-def small_config():
+def small_config(log_stall=False):
   c = wsd.get_config('smoke')
+  c.checkpoint.log_stall = log_stall
   c.num_steps = NUM_STEPS
   c.log_every = 1
   c.eval_every = NUM_STEPS
@@ -60,7 +61,8 @@ def _metrics(workdir):
 def runs(tmp_path_factory):
   root = str(tmp_path_factory.mktemp('preemption'))
   ref_dir = os.path.join(root, 'uninterrupted')
-  ref_state = jax.device_get(train.train_and_evaluate(small_config(), ref_dir))
+  ref_state = jax.device_get(train.train_and_evaluate(
+      small_config(log_stall=True), ref_dir))
   workdir = os.path.join(root, 'preempted')
   handler_before = signal.getsignal(signal.SIGTERM)
   with pytest.raises(train.Preempted) as info:
@@ -87,12 +89,13 @@ def test_sigterm_checkpoints_at_the_next_step_and_stops(runs):
 def test_resume_after_sigterm_equals_uninterrupted_run(runs):
   ref, resumed = runs['ref'], runs['resumed']
   assert int(resumed.step) == NUM_STEPS
-  for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(resumed)):
-    np.testing.assert_array_equal(a, b)  # Bit-for-bit.
+  chex.assert_trees_all_equal(ref, resumed)  # Bit-for-bit.
   assert _metrics(runs['workdir']) == _metrics(runs['ref_dir'])
 
 
-def test_checkpoint_stall_is_recorded_per_save(runs):
+def test_checkpoint_stall_is_recorded_per_save_only_when_asked(runs):
+  assert not os.path.exists(os.path.join(runs['workdir'],
+                                         'checkpoint_stall.jsonl'))
   with open(os.path.join(runs['ref_dir'], 'checkpoint_stall.jsonl')) as f:
     records = [json.loads(l) for l in f]
   assert [r['step'] for r in records] == [5, NUM_STEPS]

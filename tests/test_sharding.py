@@ -189,8 +189,9 @@ def _tree_rel_err(a, b):
 
 
 def _run_steps(parts, host_state, batches, shardings):
-  from dynamics import train
-  step_fn = train.make_train_step(parts, shardings)
+  from dynamics import step as step_lib
+  step_fn = step_lib.make_train_step(parts.model, parts.tx, parts.schedule,
+                                     parts.options, shardings)
   put = shardings.put_batch if shardings else (
       lambda b: jax.tree.map(jax.numpy.asarray, b))
   state = shardings.put_state(host_state) if shardings else jax.tree.map(
@@ -204,13 +205,13 @@ def _run_steps(parts, host_state, batches, shardings):
 
 def _child_main():
   """Runs in the 8-device subprocess; prints one JSON line of results."""
-  from dynamics import train
+  from dynamics import runs
   assert jax.device_count() == 8, jax.devices()
   out = {}
   for name, overrides in CASES.items():
     config = smoke_config(**overrides)
-    parts = train.build(config)
-    host = jax.device_get(train.init_state(config, parts))
+    parts = runs.build(config)
+    host = jax.device_get(runs.init_state(config, parts))
     batches = [parts.dataset.train_batch(i) for i in range(STEPS)]
     ref, ref_losses = _run_steps(parts, host, batches, None)
     ref = jax.device_get(ref)
@@ -243,14 +244,11 @@ def _child_hvp():
     from analysis import hessian
   except ImportError as e:
     return {'skipped': str(e)}
-  from dynamics import train
-  config = smoke_config()
-  parts = train.build(config)
-  state = jax.device_get(train.init_state(config, parts))
-  ctx = train.Context(config, parts.model, parts.dataset, parts.schedule,
-                      parts.tx, parts.options)
-  loss_fn = ctx.loss_fn(state.model_state)
-  batches = ctx.probe_batches(2)
+  from dynamics import runs
+  run = runs.Run(smoke_config())
+  state = jax.device_get(run.init_state())
+  loss_fn = run.loss_fn(state.model_state)
+  batches = run.probe_batches(2)
   v = jax.tree.map(lambda x: np.cos(np.arange(x.size, dtype=np.float32)
                                     ).reshape(x.shape), state.params)
   ref = jax.device_get(hessian.hvp_fn(loss_fn, state.params, batches)(v))
@@ -270,14 +268,11 @@ def _child_ntk():
     from analysis import ntk
   except ImportError as e:
     return {'skipped': str(e)}
-  from dynamics import train
-  config = smoke_config(**CASES['adamp'])  # The MLP.
-  parts = train.build(config)
-  state = jax.device_get(train.init_state(config, parts))
-  ctx = train.Context(config, parts.model, parts.dataset, parts.schedule,
-                      parts.tx, parts.options)
-  apply_fn = ctx.apply_fn(state.model_state)
-  x = np.asarray(parts.dataset.eval_batch(0)['inputs'][:8])
+  from dynamics import runs
+  run = runs.Run(smoke_config(**CASES['adamp']))  # The MLP.
+  state = jax.device_get(run.init_state())
+  apply_fn = run.apply_fn(state.model_state)
+  x = np.asarray(run.dataset.eval_batch(0)['inputs'][:8])
   ref = np.asarray(ntk.empirical_ntk(apply_fn, state.params, x))
   mesh = sharding_lib.make_mesh(mesh_config(2, 4))
   sh = sharding_lib.TrainShardings.create(mesh, state, MIN_SIZE)

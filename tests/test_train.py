@@ -10,7 +10,8 @@ import optax
 import pytest
 
 from configs import wsd
-from dynamics import losses, metrics, models, train
+from dynamics import losses, metrics, models, step as step_lib, train
+from dynamics.runs import Run
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -22,9 +23,9 @@ def _linear_state(lr):
   y = jnp.asarray(np.random.default_rng(1).standard_normal((8, 2)), jnp.float32)
   params = model.init(jax.random.PRNGKey(0), x)['params']
   tx = optax.sgd(lr)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                           opt_state=tx.init(params), model_state={},
-                           rng=jax.random.PRNGKey(1))
+  state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                              opt_state=tx.init(params), model_state={},
+                              rng=jax.random.PRNGKey(1))
   return model, tx, state, {'inputs': x, 'targets': y}
 
 
@@ -32,8 +33,8 @@ def test_one_step_of_sgd_on_a_linear_model_matches_the_formula():
   lr = 0.1
   model, tx, state, batch = _linear_state(lr)
   step = jax.jit(functools.partial(
-      train.train_step, model=model, tx=tx, schedule=optax.constant_schedule(lr),
-      options=losses.StepOptions(loss='mse')))
+      step_lib.train_step, model=model, tx=tx, schedule=optax.constant_schedule(lr),
+      options=step_lib.StepOptions(loss='mse')))
   w = np.asarray(state.params['head']['kernel'], np.float64)
   b = np.asarray(state.params['head']['bias'], np.float64)
   x, y = np.asarray(batch['inputs'], np.float64), np.asarray(batch['targets'], np.float64)
@@ -51,19 +52,23 @@ def test_one_step_of_sgd_on_a_linear_model_matches_the_formula():
   assert int(new_state.step) == 1
 
 
+def _device(batch):
+  return jax.tree.map(jnp.asarray, batch)
+
+
 def _smoke_parts():
   config = wsd.get_config('smoke')
-  parts = train.build(config)
-  return config, parts, train.init_state(config, parts)
+  run = Run(config)
+  return config, run, run.init_state()
 
 
 def test_golden_transformer_step():
   """Regression guard: one adamw step of the smoke transformer, fixed bits."""
-  config, parts, state = _smoke_parts()
-  step = train.make_train_step(parts)
-  batch = train._to_device(parts.dataset.train_batch(0))
+  config, run, state = _smoke_parts()
+  step = run.train_step
+  batch = _device(run.dataset.train_batch(0))
   state, m = step(state, batch)
-  state, m2 = step(state, train._to_device(parts.dataset.train_batch(1)))
+  state, m2 = step(state, _device(run.dataset.train_batch(1)))
   # Uniform prediction over 32 tokens: log(32) = 3.4657 at init.
   np.testing.assert_allclose(m['loss'], 3.4657, atol=0.02)
   np.testing.assert_allclose(m['loss'], GOLDEN_LOSS_0, rtol=1e-5)
@@ -77,12 +82,12 @@ GOLDEN_LOSS_1 = 3.4562675952911377
 
 
 def test_steps_replay_exactly():
-  _, parts, state = _smoke_parts()
-  step = train.make_train_step(parts)
-  batch = train._to_device(parts.dataset.train_batch(0))
+  _, run, state = _smoke_parts()
+  step = run.train_step
+  batch = _device(run.dataset.train_batch(0))
   s1, m1 = step(state, batch)
-  _, parts2, state2 = _smoke_parts()
-  s2, m2 = train.make_train_step(parts2)(state2, batch)
+  _, run2, state2 = _smoke_parts()
+  s2, m2 = run2.train_step(state2, batch)
   for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
     np.testing.assert_array_equal(a, b)
 
@@ -91,8 +96,8 @@ def test_ema_follows_incremental_update():
   decay = 0.9
   model, tx, state, batch = _linear_state(0.1)
   state = state.replace(ema_params=state.params)
-  options = losses.StepOptions(loss='mse', ema_decay=decay)
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
+  options = step_lib.StepOptions(loss='mse', ema_decay=decay)
+  step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx,
                                    schedule=optax.constant_schedule(0.1),
                                    options=options))
   ema = jax.tree.map(np.asarray, state.params)
@@ -107,8 +112,8 @@ def test_ema_follows_incremental_update():
 def test_per_layer_norms_cover_every_parameter():
   model, tx, state, batch = _linear_state(0.1)
   step = jax.jit(functools.partial(
-      train.train_step, model=model, tx=tx, schedule=optax.constant_schedule(0.1),
-      options=losses.StepOptions(loss='mse', log_per_layer=True)))
+      step_lib.train_step, model=model, tx=tx, schedule=optax.constant_schedule(0.1),
+      options=step_lib.StepOptions(loss='mse', log_per_layer=True)))
   _, m = step(state, batch)
   for name in ('param_norm', 'grad_norm', 'update_norm'):
     per = [m[f'layers/{name}/head/kernel'], m[f'layers/{name}/head/bias']]
@@ -123,7 +128,7 @@ def test_cross_entropy_and_z_loss():
     def __call__(self, x, train=False):
       return logits
 
-  opts = losses.StepOptions(loss='cross_entropy', z_loss=1e-2)
+  opts = step_lib.StepOptions(loss='cross_entropy', z_loss=1e-2)
   loss, (_, m) = losses.compute_loss(Fixed(), {}, {}, {'inputs': logits, 'targets': targets},
                                      None, opts, train=False)
   log_z = np.log(np.exp(np.asarray(logits)).sum(1))
@@ -151,7 +156,7 @@ def test_nonfinite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_pa
   bad_step = int(str(err.value).split(' at step ')[1].split(';')[0])
   steps = checkpoint.available_steps(str(tmp_path))
   assert steps and max(steps) == bad_step - 1
-  _, state = checkpoint.load_checkpoint(str(tmp_path))
+  state = Run.open(str(tmp_path)).state()
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
   with open(tmp_path / 'metrics.jsonl') as f:
     logged = [json.loads(line)['step'] for line in f]
@@ -171,9 +176,10 @@ def test_keep_step_zero_saves_the_initialization(tmp_path):
   config.checkpoint.async_save = False
   train.train_and_evaluate(config, str(tmp_path))
   assert checkpoint.available_steps(str(tmp_path))[0] == 0
-  _, state0 = checkpoint.load_checkpoint(str(tmp_path), step=0)
-  init = train.init_state(config, train.build(config))
+  run = Run.open(str(tmp_path))
+  state0 = run.state(0)
+  init = Run(config).init_state()
   for a, b in zip(jax.tree.leaves(state0.params), jax.tree.leaves(init.params)):
     np.testing.assert_array_equal(a, b)
-  with pytest.raises(ValueError, match=r'no checkpoint at step 3 .* available steps: \[0, 10\]'):
-    checkpoint.load_checkpoint(str(tmp_path), step=3)
+  with pytest.raises(FileNotFoundError, match=r'no checkpoint at step 3 .* available steps: \[0, 10\]'):
+    run.state(3)

@@ -35,8 +35,8 @@
 #    Gradient Descent", ICML 2023); we log $\mathrm{tr}\,H$ of the training
 #    loss along the run.
 #
-# GD and SGD steps are the core's jitted `dynamics.train.train_step` (via
-# `make_train_step`) on the config's model and data; SAM is a three-line
+# GD and SGD steps are the core's jitted `dynamics.step.train_step` (via
+# `Run.train_step`) on the config's model and data; SAM is a three-line
 # jitted update written below (the core's `sam_gradient` normalizes the
 # perturbation, whose threshold differs). Sharpness is
 # `analysis.hessian.top_eigenpairs` on the whole training set, warm-started
@@ -73,7 +73,7 @@ import numpy as np
 
 from analysis import hessian as hs
 from configs import eos
-from dynamics import train
+from dynamics.runs import Run
 
 base_config = eos.get_config('smoke' if SMOKE else None)
 print(f'SMOKE={SMOKE}: {base_config.data.num_train} examples, hidden '
@@ -83,10 +83,9 @@ print(f'SMOKE={SMOKE}: {base_config.data.num_train} examples, hidden '
 # %%
 # One loss function object for every run (same model, data and loss), so that
 # the Hessian-vector products and Lanczos compile once.
-_parts = train.build(base_config)
-LOSS = train.Context(base_config, _parts.model, _parts.dataset, _parts.schedule,
-                     _parts.tx, _parts.options).loss_fn({})
-FULL = jax.tree.map(jnp.asarray, _parts.dataset.full_batch())
+_base_run = Run(base_config)
+LOSS = _base_run.loss_fn({})
+FULL = jax.tree.map(jnp.asarray, _base_run.dataset.full_batch())
 
 
 def setup(learning_rate, batch_size=None):
@@ -95,8 +94,8 @@ def setup(learning_rate, batch_size=None):
   config.optimizer.learning_rate = learning_rate
   if batch_size is not None:
     config.data.batch_size = batch_size
-  parts = train.build(config)
-  return config, parts, train.init_state(config, parts)
+  run = Run(config)
+  return config, run, run.init_state()
 
 
 class Sharpness:
@@ -117,8 +116,8 @@ class Sharpness:
 
 def run_with_train_step(learning_rate, steps, batch_size=None, measure=None):
   """Runs the core's train_step; measures sharpness (or `measure`) as it goes."""
-  config, parts, state = setup(learning_rate, batch_size)
-  step_fn = train.make_train_step(parts)
+  config, run, state = setup(learning_rate, batch_size)
+  step_fn = run.train_step
   sharpness = Sharpness(LOSS, FULL)
   measure = measure or sharpness
   record = {'step': [], 'value': [], 'loss': []}
@@ -129,7 +128,7 @@ def run_with_train_step(learning_rate, steps, batch_size=None, measure=None):
       record['loss'].append(float(LOSS(state.params, FULL)))
     if t < steps:
       state, _ = step_fn(state, jax.tree.map(jnp.asarray,
-                                             parts.dataset.train_batch(t)))
+                                             run.dataset.train_batch(t)))
   record['hvps'] = sharpness.hvps
   return {k: np.asarray(v) for k, v in record.items()}
 

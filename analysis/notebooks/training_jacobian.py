@@ -53,7 +53,7 @@ from jax.flatten_util import ravel_pytree
 
 from analysis import jacobian as jac_lib
 from configs import jacobian as jacobian_config
-from dynamics import train as train_lib
+from dynamics.runs import Run
 
 
 def make_config(white_noise):
@@ -106,7 +106,7 @@ assert results['digits']['split']['bulk_fraction'] > results['white noise']['spl
 # %%
 r = results['digits']
 config, train_fn, params_0 = r['config'], r['train_fn'], r['params_0']
-parts = train_lib.build(config)
+parts = Run(config).parts
 flat0, unravel = ravel_pytree(params_0)
 x_eval = jnp.asarray(parts.dataset.eval_batch(0)['inputs'])
 outputs = jax.jit(lambda flat: parts.model.apply(

@@ -35,7 +35,7 @@ FIGURES = os.environ.get('DYNAMICS_FIGURES_DIR', 'docs/figures')
 #
 # **What we run.** The synthetic Markov language (entropy rate known), a tiny
 # transformer and AdamW, from `configs/river_valley.py`. Every method uses the
-# core's `dynamics.train.train_step` (the very update of
+# core's `dynamics.step.train_step` (the very update of
 # `train_and_evaluate`), run in a `lax.scan` whose learning rate is an input
 # table, so all methods share one compilation and the same data order. WSD
 # runs are branches of the constant run (what `--config.branch.*` does on the
@@ -55,7 +55,9 @@ sys.path.insert(0, os.path.abspath('.'))
 matplotlib.use('Agg')
 from analysis import annealing_law as law  # noqa: E402
 from configs import river_valley  # noqa: E402
-from dynamics import merging, optim, schedules, train  # noqa: E402
+from dynamics import merging, optim, schedules  # noqa: E402
+from dynamics import step as step_lib  # noqa: E402
+from dynamics.runs import Run  # noqa: E402
 
 config = river_valley.get_config('smoke' if SMOKE else None)
 BUDGETS = tuple(config.schedule.budgets)
@@ -64,7 +66,8 @@ PEAK, WARMUP = config.optimizer.learning_rate, config.schedule.warmup_steps
 FRACTION, EVERY = config.schedule.decay_fraction, config.eval_every
 INTERVAL, WINDOW_FRACTION = config.merge.interval, config.schedule.decay_fraction
 os.makedirs(FIGURES, exist_ok=True)
-parts = train.build(config)
+run_handle = Run(config)
+parts = run_handle.parts
 FLOOR = parts.dataset.info.loss_floor  # Entropy rate: the best possible loss.
 print(f'budgets {BUDGETS}, peak lr {PEAK}, eval every {EVERY} steps, '
       f'loss floor {FLOOR:.4f}')
@@ -76,7 +79,7 @@ inputs_TxBxL = jnp.asarray(np.stack([b['inputs'] for b in batches]))
 targets_TxBxL = jnp.asarray(np.stack([b['targets'] for b in batches]))
 eval_batches = [jax.tree.map(jnp.asarray, parts.dataset.eval_batch(i))
                 for i in range(config.eval_batches)]
-eval_fn = train.make_eval_step(parts)
+eval_fn = run_handle.eval_step
 
 
 def eval_loss(params, model_state):
@@ -92,8 +95,8 @@ def run_chunk(state, lr_table_T, start, length):
 
   def body(st, t):
     batch = {'inputs': inputs_TxBxL[t], 'targets': targets_TxBxL[t]}
-    st, _ = train.train_step(st, batch, model=parts.model, tx=tx,
-                             schedule=schedule, options=parts.options)
+    st, _ = step_lib.train_step(st, batch, model=parts.model, tx=tx,
+                                schedule=schedule, options=parts.options)
     return st, None
 
   state, _ = jax.lax.scan(body, state, start + jnp.arange(length))
@@ -117,7 +120,7 @@ def run(schedule, state, start, stop, keep=()):
   return np.array(steps), np.array(losses), state, kept
 
 
-state0 = train.init_state(config, parts)
+state0 = run_handle.init_state()
 decay_steps = {b: int(round(FRACTION * b)) for b in BUDGETS}
 
 # %%

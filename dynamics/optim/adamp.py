@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-PyTree = Any
+from dynamics.types import PyTree, param_name
 ScalarOrSchedule = Union[float, jax.Array, optax.Schedule]
 
 
@@ -62,7 +62,7 @@ def flax_projection_axes(path: tuple, leaf: jax.Array) -> Optional[ProjectionAxe
   """The default per-parameter rule for Flax Linen parameters (table above)."""
   if leaf.ndim <= 1:
     return None
-  names = [str(getattr(k, 'key', getattr(k, 'name', k))) for k in path]
+  names = param_name(path).split('/') if path else []
   last = names[-1] if names else ''
   if last == 'bias':  # DenseGeneral biases are N-D here but 1-D in PyTorch.
     return None

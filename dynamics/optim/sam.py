@@ -23,16 +23,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-PyTree = Any
+from dynamics.types import PyTree, param_name
+
 Mask = Union[None, PyTree, Callable[[PyTree], PyTree]]
 
 # Guards the normalization when the gradient is exactly zero (as in the
 # widely used PyTorch SAM, which adds 1e-12 to the norm).
 _NORM_EPS = 1e-12
-
-
-def _key_name(key) -> str:
-  return str(getattr(key, 'key', getattr(key, 'name', getattr(key, 'idx', key))))
 
 
 def norm_mask(params: PyTree) -> PyTree:
@@ -55,7 +52,8 @@ def norm_mask(params: PyTree) -> PyTree:
     {'dense': {'kernel': False}, 'norm_attn': {'scale': True}}
   """
   def is_norm(path, _):
-    return any('norm' in _key_name(k).lower() for k in path[:-1])
+    return any('norm' in part.lower()
+               for part in param_name(path).split('/')[:-1])
   return jax.tree_util.tree_map_with_path(is_norm, params)
 
 

@@ -37,7 +37,7 @@ import optax
 from dynamics.optim.adamp import (ScalarOrSchedule, check_learning_rate,
                                   check_nonnegative, check_unit_interval)
 
-PyTree = Any
+from dynamics.types import PyTree
 
 
 def _FLOAT():

@@ -1,17 +1,10 @@
-"""Lanczos, power iteration and stochastic Lanczos quadrature on pytree operators.
+"""Lanczos tridiagonalization on pytree operators, and its Ritz pairs.
 
-These are the matrix-free eigensolvers behind `analysis.hessian`. An operator
-is any symmetric linear map ``matvec(v) -> Av`` on pytrees shaped like some
-``params_like``. Each solver flattens the pytree once (inside its trace) and
-runs all of its iterations in one jitted ``lax.while_loop``, so a call costs
-one dispatch and the operator is traced once.
-
-To re-use a compiled solver across calls whose operator closes over new arrays
-(new parameters every probe during training), pass the operator as a
-`jax.tree_util.Partial`: its arrays are then traced arguments and only its
-function is part of the compilation key. `analysis.hessian.hvp_fn` returns
-such a ``Partial``; a plain Python function also works, compiled once per
-function object.
+An operator is any symmetric linear map ``matvec(v) -> Av`` on pytrees shaped
+like some ``params_like``. The solver flattens the pytree once (inside its
+trace) and runs all of its iterations in one jitted ``lax.while_loop``, so a
+call costs one dispatch and the operator is traced once (see the package
+docstring for passing operators as `jax.tree_util.Partial`).
 """
 
 from __future__ import annotations
@@ -25,7 +18,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.tree_util import Partial
 
-PyTree = Any
+from dynamics.types import PyTree
+
 Matvec = Callable[[PyTree], PyTree]
 
 
@@ -59,7 +53,7 @@ def as_operator(matvec: Matvec) -> Partial:
   return matvec if isinstance(matvec, Partial) else Partial(matvec)
 
 
-def _vector_dtype(params_like: PyTree, dtype: Any) -> np.dtype:
+def vector_dtype(params_like: PyTree, dtype: Any) -> np.dtype:
   """Lanczos vectors' dtype: ``dtype`` if given, else the parameters' (>= f32)."""
   if dtype is None:
     flat, _ = ravel_pytree(params_like)
@@ -72,7 +66,7 @@ def _vector_dtype(params_like: PyTree, dtype: Any) -> np.dtype:
   return dtype
 
 
-def _flat_matvec(op: Partial, params_like: PyTree, dtype: np.dtype):
+def flat_matvec(op: Partial, params_like: PyTree, dtype: np.dtype):
   """Returns (n, matvec on flat vectors of ``dtype``); flattens once per trace."""
   flat_like, unravel = ravel_pytree(params_like)
 
@@ -83,7 +77,7 @@ def _flat_matvec(op: Partial, params_like: PyTree, dtype: np.dtype):
   return flat_like.size, matvec
 
 
-def _orthogonalize(w: jax.Array, basis: jax.Array) -> jax.Array:
+def orthogonalize(w: jax.Array, basis: jax.Array) -> jax.Array:
   """Classical Gram-Schmidt, twice ("twice is enough"); zero rows are inert."""
   for _ in range(2):
     w = w - basis.T @ (basis @ w)
@@ -163,7 +157,7 @@ def _lanczos_jit(op, params_like, key, v0, tol, num_wanted, which, min_iters,
   operator with a given ``num_iters``.
   """
   dtype = np.dtype(dtype)
-  n, matvec = _flat_matvec(op, params_like, dtype)
+  n, matvec = flat_matvec(op, params_like, dtype)
   v0 = v0.astype(dtype)
   v0 = v0 / jnp.linalg.norm(v0)
   basis0 = jnp.zeros((num_iters if store_basis else 1, n), dtype)
@@ -183,7 +177,7 @@ def _lanczos_jit(op, params_like, key, v0, tol, num_wanted, which, min_iters,
     alpha = jnp.vdot(v, w)
     w = w - alpha * v - beta_prev * v_prev
     if reorthogonalize:
-      w = _orthogonalize(w, basis)
+      w = orthogonalize(w, basis)
     beta = jnp.linalg.norm(w)
     anorm = jnp.maximum(anorm, jnp.abs(alpha) + beta + beta_prev)
     # An invariant Krylov subspace (beta at rounding level; the recurrence
@@ -196,7 +190,7 @@ def _lanczos_jit(op, params_like, key, v0, tol, num_wanted, which, min_iters,
     def restart():
       r = jax.random.normal(restart_key, (n,), dtype)
       if store_basis:
-        r = _orthogonalize(r, basis)
+        r = orthogonalize(r, basis)
       return r / jnp.linalg.norm(r)
 
     v_next = jax.lax.cond(breakdown, restart, lambda: w / beta)
@@ -255,7 +249,7 @@ def run_lanczos(matvec: Matvec, params_like: PyTree, num_iters: int, *,
   """
   if which not in ('LA', 'SA', 'LM'):
     raise ValueError(f"which must be 'LA', 'SA' or 'LM', got {which!r}")
-  dtype = _vector_dtype(params_like, dtype)
+  dtype = vector_dtype(params_like, dtype)
   n = ravel_pytree(params_like)[0].size
   if n == 0:
     raise ValueError('the operator acts on an empty parameter set')
@@ -366,101 +360,3 @@ def tridiagonal_eigh(alphas: Any, betas: Any) -> tuple[np.ndarray, np.ndarray]:
 def ritz_vectors(basis: jax.Array, s: np.ndarray) -> jax.Array:
   """Ritz vectors ``Q_m^T s`` as rows ``(k, n)`` from a ``(m, k)`` block of s."""
   return jnp.asarray(s.T, basis.dtype) @ basis
-
-
-@functools.partial(jax.jit, static_argnames=('max_iters', 'tol', 'dtype'))
-def _power_jit(op, params_like, key, found, *, max_iters, tol, dtype):
-  """PyHessian's power iteration for one eigenpair, deflating ``found`` rows."""
-  dtype = np.dtype(dtype)
-  n, matvec = _flat_matvec(op, params_like, dtype)
-  v0 = jax.random.normal(key, (n,), dtype)
-
-  def cond(carry):
-    it, _, _, done, _ = carry
-    return (it < max_iters) & ~done
-
-  def body(carry):
-    it, v, eig, _, nonfinite_at = carry
-    v = _orthogonalize(v, found)
-    v = v / jnp.linalg.norm(v)
-    hv = matvec(v)
-    finite = jnp.all(jnp.isfinite(hv))
-    new_eig = jnp.vdot(hv, v)
-    converged = (it > 0) & (jnp.abs(eig - new_eig) / (jnp.abs(eig) + 1e-6) < tol)
-    v = hv / jnp.linalg.norm(hv)
-    nonfinite_at = jnp.where(finite, nonfinite_at, it)
-    return it + 1, v, new_eig, converged | ~finite, nonfinite_at
-
-  carry = (jnp.zeros((), jnp.int32), v0, jnp.zeros((), dtype),
-           jnp.zeros((), bool), -jnp.ones((), jnp.int32))
-  it, v, eig, _, nonfinite_at = jax.lax.while_loop(cond, body, carry)
-  return it, eig, v, nonfinite_at
-
-
-def run_power_iteration(matvec: Matvec, params_like: PyTree, k: int, *,
-                        key: jax.Array, max_iters: int = 100, tol: float = 1e-3,
-                        dtype: Any = None) -> tuple[np.ndarray, jax.Array, int]:
-  """Top-``k`` (by magnitude) eigenpairs by deflated power iteration.
-
-  This is PyHessian's ``eigenvalues`` routine: for each eigenpair, iterate
-  ``v <- A v / ||A v||`` keeping ``v`` orthogonal to the eigenvectors found so
-  far, until the Rayleigh quotient changes by less than ``tol`` relative.
-
-  Returns:
-    ``(eigvals (k,), eigvecs (k, n) flat rows, num_matvecs)`` in discovery
-    order (decreasing magnitude).
-  """
-  dtype = _vector_dtype(params_like, dtype)
-  n = ravel_pytree(params_like)[0].size
-  found = jnp.zeros((k, n), dtype)
-  eigvals, total = [], 0
-  for i, sub in enumerate(jax.random.split(key, k)):
-    it, eig, v, nonfinite_at = _power_jit(
-        as_operator(matvec), params_like, sub, found, max_iters=max_iters,
-        tol=tol, dtype=dtype.name)
-    if int(nonfinite_at) >= 0:
-      raise FloatingPointError(
-          f'non-finite operator (Hessian-vector) product at power iteration '
-          f'{int(nonfinite_at) + 1} for eigenvalue {i + 1}; stopping.')
-    total += int(it)
-    found = found.at[i].set(v)
-    eigvals.append(float(eig))
-  return np.asarray(eigvals), found, total
-
-
-def slq_nodes(matvec: Matvec, params_like: PyTree, *, num_probes: int,
-              num_iters: int, key: jax.Array, dtype: Any = None,
-              progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-  """Gauss quadrature nodes and weights of stochastic Lanczos quadrature.
-
-  For each Gaussian probe ``v`` (normalized), ``m`` Lanczos steps from ``v``
-  give ``T_m = S diag(theta) S^T``; then ``v^T f(A) v ~ sum_i tau_i f(theta_i)``
-  with ``tau_i = S[0, i]^2``, exact for polynomials of degree < 2m. Averaged
-  over probes, ``(theta, tau)`` is an estimate of the spectral measure
-  ``(1/n) sum_i delta(lambda_i)``.
-
-  Returns:
-    ``(nodes (num_probes, m), weights (num_probes, m))``; each row of weights
-    sums to 1.
-  """
-  nodes, weights = [], []
-  for sub in jax.random.split(key, num_probes):
-    run = run_lanczos(matvec, params_like, num_iters, key=sub, dtype=dtype,
-                      progress=progress)
-    theta, s = tridiagonal_eigh(run.alphas, run.betas)
-    m = len(theta)
-    # Pad to a common width with zero-weight nodes (a probe may stop early).
-    nodes.append(np.pad(theta, (0, num_iters - m), constant_values=theta[-1]))
-    weights.append(np.pad(s[0] ** 2, (0, num_iters - m)))
-  return np.stack(nodes), np.stack(weights)
-
-
-def gaussian_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray,
-                     sigma: float) -> np.ndarray:
-  """``phi(t) = mean_probes sum_i tau_i N(t; theta_i, sigma^2)`` on ``grid``."""
-  nodes = np.asarray(nodes, np.float64).reshape(-1)
-  weights = np.asarray(weights, np.float64).reshape(-1)
-  weights = weights / weights.sum()
-  grid = np.asarray(grid, np.float64)
-  z = (grid[:, None] - nodes[None, :]) / sigma
-  return (np.exp(-0.5 * z ** 2) / (sigma * np.sqrt(2 * np.pi))) @ weights

@@ -1,0 +1,126 @@
+r"""The preconditioned sharpness :math:`\lambda_{\max}(P^{-1}H)` of adaptive
+optimizers (Adam and the Adam-type optimizers of `dynamics.optim`)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+from jax.tree_util import Partial
+
+from analysis import lanczos as lz
+from analysis.hessian import operators
+from dynamics.types import Batch, LossFn, PyTree
+
+
+def find_second_moment(opt_state: Any) -> tuple[PyTree, Any]:
+  """The Adam-type second-moment estimate ``nu`` and its step ``count``.
+
+  Walks the (nested NamedTuple) optimizer state for the first state with a
+  ``nu`` field, as in `optax.scale_by_adam` and the optimizers of
+  `dynamics.optim` built from it.
+
+  Returns:
+    ``(nu, count)``, ``count`` None if that state has none.
+
+  Raises:
+    ValueError: if the state holds no ``nu`` (not an adaptive optimizer).
+
+  Example:
+    >>> import optax
+    >>> state = optax.adam(1e-3).init(jnp.zeros(2))
+    >>> nu, count = find_second_moment(state)
+    >>> nu, int(count)
+    (Array([0., 0.], dtype=float32), 0)
+  """
+  stack = [opt_state]
+  while stack:
+    node = stack.pop(0)
+    fields = getattr(node, '_fields', None)
+    if fields is not None and 'nu' in fields:
+      return node.nu, getattr(node, 'count', None)
+    if isinstance(node, dict):
+      stack.extend(node.values())
+    elif isinstance(node, (tuple, list)):
+      stack.extend(node)
+  raise ValueError(
+      'opt_state has no Adam-type second moment `nu`: preconditioned sharpness '
+      'is defined for adam, adamw, adamp and stable_spam states')
+
+
+def _scaled_apply(op, scale, v):
+  """``D H D v`` for a diagonal ``D`` given as a pytree ``scale``."""
+  hv = op(jax.tree.map(lambda s, x: s.astype(x.dtype) * x, scale, v))
+  return jax.tree.map(lambda s, x: s.astype(x.dtype) * x, scale, hv)
+
+
+def preconditioner_scale(opt_state: Any, *, b2: float | None = None,
+                         eps: float = 1e-8) -> tuple[PyTree, int | None]:
+  r"""``D = P^{-1/2}`` with ``P = diag(sqrt(nu_hat) + eps)`` from an Adam state.
+
+  ``nu_hat = nu / (1 - b2**count)`` (bias-corrected as in the update) when
+  ``b2`` is given, else ``nu``.
+
+  Returns:
+    ``(D, count)``.
+  """
+  nu, count = find_second_moment(opt_state)
+  correction = 1.0
+  if b2 is not None and count is not None and int(count) > 0:
+    correction = 1.0 - b2 ** int(count)
+  scale = jax.tree.map(lambda n: jax.lax.rsqrt(jnp.sqrt(n / correction) + eps),
+                       nu)
+  return scale, None if count is None else int(count)
+
+
+def preconditioned_sharpness(loss_fn: LossFn, params: PyTree,
+                             batches: Iterable[Batch], opt_state: Any, *,
+                             b2: float | None = None, eps: float = 1e-8,
+                             num_iters: int = 20, tol: float | None = 1e-4,
+                             key: jax.Array | None = None, dtype: Any = None,
+                             init_vector: PyTree | None = None,
+                             min_iters: int = 1, return_info: bool = False):
+  r"""Top eigenvalue of the preconditioned Hessian :math:`P^{-1} H`.
+
+  For an Adam-type update :math:`\theta \leftarrow \theta - \eta P^{-1} m`
+  with :math:`P = \mathrm{diag}(\sqrt{\hat\nu} + \epsilon)`, the stability
+  threshold of the preconditioned quadratic is
+  :math:`\lambda_1(P^{-1}H) < (2 + 2\beta_1)/((1 - \beta_1)\eta)` (38/η for
+  β1 = 0.9), at which adaptive methods hover ("Adaptive Edge of Stability").
+  :math:`P^{-1}H` is similar to the symmetric :math:`P^{-1/2} H P^{-1/2}`, so
+  Lanczos applies.
+
+  Args:
+    loss_fn, params, batches, key, dtype: as in `top_eigenpairs`.
+    opt_state: optimizer state holding a second moment ``nu`` (`optax.adam`,
+      `optax.adamw`, `dynamics.optim`'s Adam-type optimizers).
+    b2: the optimizer's second-moment decay, for bias correction (None: use
+      ``nu`` as is).
+    eps: the optimizer's epsilon.
+    num_iters: maximum HVPs.
+    tol: relative residual at which to stop.
+    init_vector: warm start (a previous eigenvector, in the symmetric basis).
+    min_iters: never stop before this many HVPs.
+    return_info: also return ``{'num_hvps', 'eigvec'}``.
+
+  Returns:
+    :math:`\lambda_{\max}(P^{-1}H)` as a float (plus ``info``).
+
+  References:
+    Cohen et al., "Adaptive Gradient Methods at the Edge of Stability" (2022).
+  """
+  scale, _ = preconditioner_scale(opt_state, b2=b2, eps=eps)
+  op = operators.hvp_fn(loss_fn, params, batches)
+  sym = Partial(_scaled_apply, op, scale)
+  run = lz.run_lanczos(sym, params, num_iters, key=operators.default_key(key),
+                       dtype=dtype, init_vector=init_vector, tol=tol,
+                       min_iters=min_iters)
+  theta, s = lz.tridiagonal_eigh(run.alphas, run.betas)
+  value = float(theta[0])
+  if not return_info:
+    return value
+  _, unravel = ravel_pytree(params)
+  eigvec = unravel(lz.ritz_vectors(run.basis, s[:, :1])[0])
+  return value, {'num_hvps': run.num_matvecs, 'eigvec': eigvec}

@@ -1,0 +1,96 @@
+"""The training Jacobian's spectrum of a config: what ``python -m
+analysis.jacobian`` reports (the plots are `analysis.plots.jacobian_spectrum`)."""
+
+import time
+from typing import Any, Dict
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from analysis import hessian
+from analysis.jacobian import products
+from analysis.jacobian import training
+
+
+def _subspace_overlaps(vectors: np.ndarray, basis_rows: np.ndarray) -> np.ndarray:
+  """``||B h||^2`` for each unit row ``h`` of ``vectors`` (rows of B orthonormal)."""
+  if basis_rows.shape[0] == 0:
+    return np.zeros(len(vectors))
+  return np.sum((vectors @ basis_rows.T) ** 2, axis=1)
+
+
+def analyze_config(config: ml_collections.ConfigDict, *, bulk_tol: float = 1e-2,
+                   hessian_k: int = 10, dense_max: int = 5000, svd_k: int = 20,
+                   chunk_size: int = 128) -> Dict[str, Any]:
+  """Singular values of the run's training Jacobian, their split, and the
+  top Hessian eigenvectors' overlap with each part.
+
+  The config is built once (`dynamics.runs.Run`). Models up to ``dense_max``
+  parameters get the dense Jacobian and its full SVD; larger ones the
+  ``svd_k`` largest and smallest singular triplets (Lanczos). The top
+  ``hessian_k`` Hessian eigenvectors of the training loss (4 training
+  batches) at :math:`\\theta_T` are projected on the left singular vectors
+  of the bulk (``|s - 1| <= bulk_tol``), amplified and contracted parts.
+
+  Args:
+    config: a config with a fixed seed (e.g. ``configs/jacobian.py``).
+    bulk_tol: half-width of the bulk around 1.
+    hessian_k: top Hessian eigenvectors compared.
+    dense_max: largest model for the dense Jacobian.
+    svd_k: singular triplets per end for larger models.
+    chunk_size: basis vectors per forward-mode pass (dense Jacobian).
+
+  Returns:
+    A JSON-able dict: ``singular_values``, ``split`` (`spectrum_split`),
+    ``hessian`` (``eigenvalues``, ``overlap`` per part), timings.
+
+  Example:
+    >>> from configs import jacobian
+    >>> analyze_config(jacobian.get_config('smoke'))['split']['bulk_fraction']  # doctest: +SKIP
+    0.36
+  """
+  train_fn, state0, run = training.train_fn_and_state(config)
+  params_0 = state0.params
+  flat0, _ = ravel_pytree(params_0)
+  p = int(flat0.size)
+  t0 = time.time()
+  report: Dict[str, Any] = {'config': config.name, 'num_params': p,
+                            'num_steps': int(config.num_steps)}
+  if p <= dense_max:
+    jac = np.asarray(products.training_jacobian(
+        train_fn, params_0=params_0, chunk_size=chunk_size), np.float64)
+    report['seconds_jacobian'] = time.time() - t0
+    u, s, _ = np.linalg.svd(jac)
+    report['dense'] = True
+  else:
+    svd = products.training_jacobian_svd(train_fn, svd_k, params_0=params_0)
+    report['seconds_jacobian'] = time.time() - t0
+    s = np.concatenate([np.asarray(svd.top), np.asarray(svd.bottom)[::-1]])
+    u = np.concatenate([np.asarray(svd.top_u), np.asarray(svd.bottom_u)[::-1]]).T
+    report['dense'] = False
+  report['singular_values'] = s.tolist()
+  report['split'] = products.spectrum_split(s, bulk_tol)
+  # Top Hessian eigenvectors of the training loss at theta_T, against the left
+  # singular subspaces (the final-parameter side of J).
+  params_t = train_fn(params_0)
+  loss_fn = run.loss_fn(state0.model_state)
+  batches = [jax.tree.map(jnp.asarray, run.dataset.train_batch(i))
+             for i in range(4)]
+  eigvals, eigvecs = hessian.top_eigenpairs(loss_fn, params_t, batches,
+                                            k=min(hessian_k, p))
+  h = np.stack([np.asarray(ravel_pytree(v)[0], np.float64) for v in eigvecs])
+  parts_mask = {'bulk': np.abs(s - 1) <= bulk_tol, 'amplified': s > 1 + bulk_tol,
+                'contracted': s < 1 - bulk_tol}
+  report['hessian'] = {
+      'eigenvalues': np.asarray(eigvals).tolist(),
+      'overlap': {name: _subspace_overlaps(h, u[:, mask].T).tolist()
+                  for name, mask in parts_mask.items()},
+      'note': ('overlap[name][i] = squared norm of Hessian eigenvector i '
+               'projected on the left singular vectors of that part'
+               + ('' if report['dense'] else
+                  ' (only the computed extreme singular vectors)')),
+  }
+  return report

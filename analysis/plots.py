@@ -1,0 +1,192 @@
+"""Every figure the analysis commands draw: the one module that uses matplotlib.
+
+Figures are drawn on matplotlib's Agg canvas directly (`matplotlib.figure.Figure`
+with a ``FigureCanvasAgg``), never through ``pyplot``: importing this module
+does not change the backend of a notebook, and no figure is left open in a
+global registry. A plot function takes the JSON-able report a command wrote
+and a path, so a figure can be redrawn from the JSON alone.
+
+Example:
+  >>> import os, tempfile
+  >>> fig, (ax,) = figure()
+  >>> _ = ax.plot([0, 1], [1, 0])
+  >>> path = save(fig, os.path.join(tempfile.mkdtemp(), 'line.png'))
+  >>> os.path.getsize(path) > 0
+  True
+"""
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def figure(ncols: int = 1, *, width: float = 5.5, height: float = 4.0
+           ) -> Tuple[Figure, List[Axes]]:
+  """A figure of ``ncols`` side-by-side axes, ``width`` x ``height`` each.
+
+  Returns:
+    ``(fig, axes)`` with ``axes`` a list of ``ncols`` axes.
+  """
+  fig = Figure(figsize=(width * ncols, height))
+  FigureCanvasAgg(fig)
+  return fig, [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+
+
+def save(fig: Figure, path: str, *, dpi: int = 120) -> str:
+  """Lays out ``fig`` and writes it to ``path`` (format from the suffix)."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
+  return path
+
+
+# ---------------------------------------------------------------------------
+# python -m analysis.hessian
+
+
+def hessian_spectrum(result: Dict[str, Any], path: str) -> str:
+  """Top eigenvalues (stem, symlog) and, if computed, the SLQ density.
+
+  Args:
+    result: what `analysis.hessian.checkpoint_spectrum` returns.
+    path: the PNG to write.
+
+  Example:
+    >>> import os, tempfile
+    >>> result = {'step': 3, 'eigenvalues': [4.0, 1.0, -0.5]}
+    >>> path = hessian_spectrum(result, os.path.join(tempfile.mkdtemp(), 'h.png'))
+  """
+  has_density = 'density' in result
+  fig, axes = figure(2 if has_density else 1)
+  eig = np.asarray(result['eigenvalues'])
+  ax = axes[0]
+  ax.stem(np.arange(1, len(eig) + 1), eig)
+  ax.set_yscale('symlog', linthresh=max(1e-3 * np.abs(eig).max(), 1e-12))
+  ax.set(xlabel='index i', ylabel=r'$\lambda_i$ (symlog)',
+         title=f"top-{len(eig)} Hessian eigenvalues, step {result['step']}")
+  if has_density:
+    d = result['density']
+    grid, values = np.asarray(d['grid']), np.asarray(d['values'])
+    ax = axes[1]
+    ax.plot(grid, np.maximum(values, 1e-12))
+    ax.set_xscale('symlog', linthresh=max(10 * d['sigma'], 1e-12))
+    ax.set_yscale('log')
+    ax.set_ylim(bottom=max(values.max() * 1e-8, 1e-12))
+    ax.set(xlabel=r'$\lambda$ (symlog)', ylabel='density',
+           title=f"SLQ density ({d['num_probes']} probes x "
+                 f"{d['num_iters']} Lanczos steps)")
+  return save(fig, path)
+
+
+# ---------------------------------------------------------------------------
+# python -m analysis.ntk
+
+
+def ntk_report(report: Dict[str, Any], path: str) -> str:
+  """Spectrum per step, alignment and distance over training, and the
+  distance matrix between steps, side by side.
+
+  Args:
+    report: what `analysis.ntk.analyze_checkpoints` returns.
+    path: the PNG to write.
+  """
+  fig, axes = figure(3, width=5.0, height=4.2)
+  cmap = matplotlib.colormaps['viridis']
+  n = len(report['steps'])
+  for i, rec in enumerate(report['per_step']):
+    eig = np.clip(np.asarray(rec['eigenvalues']), 1e-12, None)
+    axes[0].loglog(np.arange(1, len(eig) + 1), eig,
+                   color=cmap(i / max(n - 1, 1)), label=f"step {rec['step']}")
+  axes[0].set(xlabel='rank', ylabel='eigenvalue', title='NTK spectrum')
+  axes[0].legend(fontsize=7)
+  steps = [r['step'] for r in report['per_step']]
+  axes[1].plot(steps, [r['alignment'] for r in report['per_step']], 'o-',
+               label='label alignment')
+  axes[1].plot(steps, [r['distance_from_first'] for r in report['per_step']],
+               's--', label='distance from first')
+  axes[1].set(xlabel='step', title='alignment and kernel distance')
+  axes[1].legend()
+  im = axes[2].imshow(np.asarray(report['distance_matrix']), cmap='magma')
+  axes[2].set_xticks(range(n), steps, rotation=45)
+  axes[2].set_yticks(range(n), steps)
+  axes[2].set_title('kernel distance between steps')
+  fig.colorbar(im, ax=axes[2])
+  return save(fig, path)
+
+
+# ---------------------------------------------------------------------------
+# python -m analysis.jacobian
+
+
+def jacobian_spectrum(report: Dict[str, Any], path: str) -> str:
+  """Sorted singular values with the bulk band, and the overlaps of the top
+  Hessian eigenvectors with the bulk / amplified / contracted subspaces.
+
+  Args:
+    report: what `analysis.jacobian.analyze_config` returns.
+    path: the PNG to write.
+  """
+  s = np.sort(np.asarray(report['singular_values']))[::-1]
+  tol = report['split']['bulk_tol']
+  fig, axes = figure(2)
+  axes[0].semilogy(s, lw=1.5)
+  axes[0].axhspan(1 - tol, 1 + tol, color='tab:green', alpha=0.3,
+                  label=f"bulk |s-1|<={tol:g}: "
+                        f"{report['split']['bulk_fraction']:.1%}")
+  axes[0].set(xlabel='index', ylabel='singular value',
+              title=f"training Jacobian ({report['num_params']} params)")
+  axes[0].legend()
+  ov = report['hessian']['overlap']
+  idx = np.arange(len(report['hessian']['eigenvalues']))
+  bottom = np.zeros(len(idx))
+  for name, color in (('contracted', 'tab:blue'), ('bulk', 'tab:green'),
+                      ('amplified', 'tab:red')):
+    axes[1].bar(idx, ov[name], bottom=bottom, color=color, label=name)
+    bottom += np.asarray(ov[name])
+  axes[1].set(xlabel='Hessian eigenvector (by eigenvalue)', ylabel='overlap',
+              title='top Hessian eigenvectors at the end')
+  axes[1].legend()
+  return save(fig, path)
+
+
+# ---------------------------------------------------------------------------
+# analysis.annealing_law
+
+
+def loss_fit(series: Sequence[Dict[str, Any]], title: str = '',
+             ax: Optional[Axes] = None) -> Axes:
+  """Observed losses (dots) against a law's predictions (lines), one color
+  per run (`analysis.annealing_law.plot_fit` draws its fits with it).
+
+  Args:
+    series: per run, a dict with ``steps`` and ``losses`` (observed),
+      ``predicted_steps`` and ``predicted``, a ``label``, and ``fitted``
+      (True: drawn solid, a run the law was fitted on; else dashed).
+    title: the axes' title.
+    ax: matplotlib axes (default: those of a new figure).
+
+  Returns:
+    The axes.
+
+  Example:
+    >>> ax = loss_fit([{'steps': [1, 2], 'losses': [1.0, 0.5],
+    ...                 'predicted_steps': [1, 2], 'predicted': [1.0, 0.5],
+    ...                 'label': 'run (fit)', 'fitted': True}])
+    >>> [line.get_label() for line in ax.get_lines()][-1]
+    'run (fit)'
+  """
+  if ax is None:
+    _, (ax,) = figure(width=6.0)
+  for i, run in enumerate(series):
+    color = f'C{i % 10}'
+    ax.plot(run['steps'], run['losses'], '.', color=color, ms=3, alpha=0.6)
+    ax.plot(run['predicted_steps'], run['predicted'],
+            '-' if run['fitted'] else '--', color=color, label=run['label'])
+  ax.set_xlabel('step')
+  ax.set_ylabel('loss')
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7)
+  return ax
