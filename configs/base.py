@@ -76,14 +76,22 @@ def get_config() -> ml_collections.ConfigDict:
   m.parametrization = 'standard'   # standard | ntk | mup
   m.base_width = placeholder(int)  # muP reference width (required for mup).
   m.output_scale = 1.0             # alpha multiplying the model output (lazy vs rich).
+  m.antisymmetric_init = False     # MLP: paired last-layer units, opposite readouts: output 0 at init (lazy training).
   m.quantization = placeholder(str) # None | int4 | fp4 (fake-quantized training).
   m.softmax = 'softmax'            # softmax | stablemax (output nonlinearity in the loss).
   m.dtype = 'float32'              # Compute dtype: float32 | bfloat16.
   m.attention_impl = placeholder(str) # None (XLA picks) | xla | cudnn.
+  m.position = 'learned'           # learned (GPT-2 table of max_len rows) | rope (rotary, LLaMA).
+  m.rope_theta = 10_000.0          # RoPE base period theta.
+  m.mlp = 'gelu'                   # gelu (fc_out(activation(fc_in x))) | swiglu (LLaMA's gated MLP, silu).
+  m.mlp_hidden = placeholder(int)  # MLP hidden size (None: mlp_ratio * d_model; swiglu: 8d/3 rounded up to 256).
+  m.use_bias = True                # Biases in the transformer's linear layers and LayerNorms (LLaMA: False).
+  m.vocab_size = placeholder(int)  # Embedding rows (None: the data's vocabulary; larger pads it, e.g. 50,304).
+  m.remat = 'none'                 # none | full | dots: rematerialize each block (dots keeps matmul outputs).
 
   # Data. All defaults need no network.
   c.data = d = ml_collections.ConfigDict()
-  d.name = 'markov'                # markov | bytes | teacher_student | modular | digits | tfds | huggingface
+  d.name = 'markov'                # markov | bytes | tokens | teacher_student | modular | digits | tfds | huggingface
   d.batch_size = 32                # Global batch size.
   d.seq_len = 64                   # Tokens per sequence (language data).
   d.vocab_size = 64                # Markov language: number of states.
@@ -101,7 +109,7 @@ def get_config() -> ml_collections.ConfigDict:
   d.white_noise = False            # digits: replace images by white noise of the same shape.
   d.num_eval = placeholder(int)    # digits: held-out images (None: 20%, i.e. 360 of 1,797).
   d.hf_name = placeholder(str)     # huggingface / tfds: dataset name (optional [data] extra).
-  d.num_workers = 0                # Reserved for threaded prefetch (0: synchronous).
+  d.path = placeholder(str)        # tokens: directory of token shards (python -m experiments.prepare_text).
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = 'auto'             # auto (from the dataset) | cross_entropy | mse
@@ -130,10 +138,13 @@ def get_config() -> ml_collections.ConfigDict:
   o.beta1_decay_min = 0.5          # stable_spam: final b1 of that decay.
   o.lr_multipliers = None          # Set by parametrizations (muP); leave None.
   o.orthograd = False              # ⊥Grad: drop the gradient's component along each weight.
+  o.grad_accum_steps = 1           # Micro-batches per update (gradient accumulation, memory of one).
   o.sam = s = ml_collections.ConfigDict()
   s.rho = placeholder(float)       # SAM radius (None: plain gradients).
   s.adaptive = False               # ASAM: element-wise adaptive perturbation.
-  s.eta = 0.0                      # ASAM: the eta in |w| + eta.
+  s.eta = 0.01                     # ASAM: the eta in |w| + eta (0.01: the official code's default).
+  s.all_leaves = False             # ASAM: scale every leaf (default: kernels, embeddings, norm scales; biases T_w=1, as the official code).
+  s.normalize = True               # False: unnormalized SAM, eps = rho * grad (Andriushchenko & Flammarion 2022).
   s.mask = 'all'                   # all | norm (SAM-ON: only normalization parameters)
   s.num_microbatches = 1           # m-sharpness: perturb per micro-batch.
 
@@ -174,6 +185,9 @@ def get_config() -> ml_collections.ConfigDict:
   a.trace_every = placeholder(int) # Log Hutchinson's Hessian trace every N steps.
   a.ntk_every = placeholder(int)   # Log NTK statistics on a probe set every N steps.
   a.ntk_num_examples = 64          # NTK probe-set size.
+
+  c.throughput = ml_collections.ConfigDict()
+  c.throughput.peak_flops = placeholder(float) # Peak FLOP/s per device for MFU (None: device table; CPU: no MFU).
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                 # Data-parallel axis size (-1: all remaining devices).

@@ -16,9 +16,9 @@ of configs: callers hand it pytrees and abstract pytrees
 (`dynamics.runs.Run` is the one that knows what a run's state looks like).
 """
 
-import logging
 import os
 import shutil
+import traceback
 from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional
 
 import jax
@@ -49,12 +49,16 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def available_steps(workdir: str) -> List[int]:
-  """Steps with a (finished) checkpoint in ``workdir``, ascending."""
+  """Steps with a checkpoint in ``workdir``, ascending.
+
+  A step directory without its ``state`` item (an empty or half-deleted
+  directory) is not a checkpoint; training sets such a directory aside.
+  """
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     return []
   return sorted(int(n) for n in os.listdir(directory)
-                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+                if n.isdigit() and os.path.isdir(os.path.join(directory, n, 'state')))
 
 
 def _item_dir(workdir: str, step: int, item: str) -> str:
@@ -153,20 +157,19 @@ class Checkpointer:
       CheckpointMismatchError: the checkpoint is readable but its state has
         other names or shapes than ``abstract_state``.
     """
+    # Checked first, from the metadata alone: orbax's reads would fail on
+    # the shapes anyway, but noisily and after starting their I/O.
+    mismatch = state_mismatch(self.workdir, step, abstract_state)
+    if mismatch is not None:
+      raise CheckpointMismatchError(
+          f'checkpoint {step} in {self.directory} holds a different state '
+          f'than the one asked for (was the config changed?): {mismatch}')
     items = dict(state=ocp.args.StandardRestore(abstract_state),
                  data=ocp.args.JsonRestore())
     has_callbacks = os.path.isdir(_item_dir(self.workdir, step, 'callbacks'))
     if has_callbacks:
       items['callbacks'] = ocp.args.StandardRestore()
-    try:
-      out = self._manager.restore(step, args=ocp.args.Composite(**items))
-    except Exception as e:
-      mismatch = state_mismatch(self.workdir, step, abstract_state)
-      if mismatch is not None:
-        raise CheckpointMismatchError(
-            f'checkpoint {step} in {self.directory} holds a different state '
-            f'than the one asked for: {mismatch}') from e
-      raise
+    out = self._manager.restore(step, args=ocp.args.Composite(**items))
     callbacks = dict(out.callbacks) if has_callbacks else {}
     return Restored(step, out.state, out.data, callbacks)
 
@@ -185,16 +188,14 @@ class Checkpointer:
       except CheckpointMismatchError:
         raise
       except Exception as e:  # orbax raises many types for a bad checkpoint.
-        logging.warning('Checkpoint at step %d does not restore (%s: %s); '
-                        'setting it aside and trying the previous one.',
-                        step, type(e).__name__, e)
+        self._set_aside(step, e)
         print(f'WARNING: checkpoint {step} is corrupt ({type(e).__name__}); '
-              f'moved to corrupt_checkpoints/{step}, resuming from the one '
+              f'moved to corrupt_checkpoints/{step} (details in '
+              f'corrupt_checkpoints/{step}.error.txt); resuming from the one '
               'before it.', flush=True)
-        self._set_aside(step)
     return None
 
-  def _set_aside(self, step: int) -> None:
+  def _set_aside(self, step: int, error: BaseException) -> None:
     if jax.process_index() == 0:
       aside = os.path.join(self.workdir, 'corrupt_checkpoints')
       os.makedirs(aside, exist_ok=True)
@@ -202,6 +203,8 @@ class Checkpointer:
       if os.path.exists(target):
         shutil.rmtree(target)
       shutil.move(os.path.join(self.directory, str(step)), target)
+      with open(target + '.error.txt', 'w') as f:
+        f.write(''.join(traceback.format_exception(error)))
     self._manager.close()
     self._manager = self._make_manager()
 
@@ -209,8 +212,17 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for pending saves and closes (idempotent)."""
+    if self._manager is not None:
+      self._manager.wait_until_finished()
+      self._manager.close()
+      self._manager = None
+
+  def __enter__(self) -> 'Checkpointer':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
 
 
 def restore(workdir: str, step: int, abstract_state: PyTree) -> Restored:
@@ -243,16 +255,12 @@ def restore_subtree(workdir: str, step: int, abstract: Mapping[str, PyTree]
   args = ocp.args.PyTreeRestore(
       item=dict(abstract), restore_args=jax.tree.map(restore_args, dict(abstract)),
       partial_restore=True)
-  path = _item_dir(workdir, step, 'state')
-  try:
-    with ocp.PyTreeCheckpointer() as reader:
-      return dict(reader.restore(path, args=args))
-  except Exception as e:
-    mismatch = state_mismatch(workdir, step, dict(abstract), partial=True)
-    if mismatch is not None:
-      raise CheckpointMismatchError(
-          f'checkpoint {step} in {checkpoint_dir(workdir)}: {mismatch}') from e
-    raise
+  mismatch = state_mismatch(workdir, step, dict(abstract), partial=True)
+  if mismatch is not None:
+    raise CheckpointMismatchError(
+        f'checkpoint {step} in {checkpoint_dir(workdir)}: {mismatch}')
+  with ocp.PyTreeCheckpointer() as reader:
+    return dict(reader.restore(_item_dir(workdir, step, 'state'), args=args))
 
 
 def save(workdir: str, step: int, state: PyTree, data_state: Mapping[str, Any]

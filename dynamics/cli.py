@@ -15,6 +15,7 @@ from absl import app
 from absl import flags
 
 EXIT_USER_ERROR = 1
+EXIT_PREEMPTED = 75      # SIGTERM: checkpointed, resume me (EX_TEMPFAIL).
 EXIT_INTERRUPTED = 130   # Ctrl-C, as shells report SIGINT.
 
 
@@ -25,10 +26,12 @@ class UserError(Exception):
 def user_errors() -> Tuple[Type[BaseException], ...]:
   """Exception types that are the user's to fix, not bugs."""
   # pylint: disable=g-import-not-at-top
-  from dynamics import checkpoint, config_lib, runs, sharding
+  from dynamics import checkpoint, config_lib, runs, sharding, workdir
   return (UserError, config_lib.ConfigError, runs.RunNotFoundError,
           checkpoint.CheckpointMismatchError, sharding.DistributedEnvError,
-          FileExistsError, NotADirectoryError, PermissionError)
+          workdir.WorkdirError, workdir.WorkdirBusyError,
+          workdir.ResumeMismatchError, FileExistsError, NotADirectoryError,
+          PermissionError)
 
 
 def _first_line(text: str) -> str:
@@ -138,12 +141,13 @@ def parse_flags(argv: List[str]) -> List[str]:
 
 
 def run(main: Callable[[List[str]], Optional[int]],
-        required: Sequence[str] = ()) -> None:
+        required: Sequence[str] = (), allow_args: int = 0) -> None:
   """``absl.app.run(main)`` with one-line user errors.
 
   Args:
     main: the command's ``main(argv)``.
     required: flags that must be given (checked with one-line errors).
+    allow_args: positional arguments the command takes (more are an error).
   """
   def checked_main(argv):
     missing = [name for name in required if flags.FLAGS[name].value is None]
@@ -151,8 +155,8 @@ def run(main: Callable[[List[str]], Optional[int]],
       print(f'Flag error: --{missing[0]} is required (see --help)',
             file=sys.stderr)
       sys.exit(EXIT_USER_ERROR)
-    if len(argv) > 1:
-      print(f'Flag error: unexpected arguments {argv[1:]} (flags are '
+    if len(argv) > 1 + allow_args:
+      print(f'Flag error: unexpected arguments {argv[1 + allow_args:]} (flags are '
             '--name=value; see --help)', file=sys.stderr)
       sys.exit(EXIT_USER_ERROR)
     from dynamics import config_lib  # pylint: disable=g-import-not-at-top

@@ -1,5 +1,6 @@
 """Config validation: every bad field fails here, before anything compiles."""
 
+import os
 from typing import Any, Iterable
 
 import ml_collections
@@ -41,6 +42,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
   _check(c.num_steps > 0, 'num_steps', c.num_steps, 'must be > 0')
   for field in ('log_every', 'eval_every', 'eval_batches'):
     _check(c[field] > 0, field, c[field], 'must be > 0')
+  _validate_sizes(c)
 
   m = c.model
   _one_of('model.name', m.name, models_lib.MODELS)
@@ -66,17 +68,20 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
     _check(m.norm_position == 'pre', 'model.norm_position', m.norm_position,
            f'applies only to model.name=transformer, not {m.name!r}')
   _validate_model_knobs(c)
+  _validate_llm(c, device_count)
 
   d = c.data
   _one_of('data.name', d.name, data_lib.DATASETS)
   _check(d.batch_size > 0, 'data.batch_size', d.batch_size, 'must be > 0')
   _check_mesh(c, device_count)
-  language = d.name in ('markov', 'bytes', 'huggingface')
+  language = d.name in ('markov', 'bytes', 'tokens', 'huggingface')
   if m.name == 'transformer':
     _check(language, 'data.name', d.name,
-           'model.name=transformer needs language data (markov | bytes)')
-    _check(d.seq_len <= m.max_len, 'data.seq_len', d.seq_len,
-           f'must be <= model.max_len={m.max_len}')
+           'model.name=transformer needs language data (markov | bytes | '
+           'tokens)')
+    if m.position == 'learned':
+      _check(d.seq_len <= m.max_len, 'data.seq_len', d.seq_len,
+             f'must be <= model.max_len={m.max_len}')
   else:
     _check(not language, 'data.name', d.name,
            f'model.name={m.name} needs non-language data '
@@ -119,6 +124,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
   _check(s.rho is None or s.rho >= 0, 'optimizer.sam.rho', s.rho,
          'must be >= 0 or None')
   _one_of('optimizer.sam.mask', s.mask, ('all', 'norm'))
+  _check(s.eta >= 0, 'optimizer.sam.eta', s.eta, 'must be >= 0')
   _check(s.num_microbatches >= 1, 'optimizer.sam.num_microbatches',
          s.num_microbatches, 'must be >= 1')
   _check(d.batch_size % s.num_microbatches == 0, 'optimizer.sam.num_microbatches',
@@ -218,6 +224,11 @@ def _validate_model_knobs(c: ml_collections.ConfigDict) -> None:
            'none (use transformer or resnet)')
   _one_of('model.parametrization', m.parametrization,
           models_lib.PARAMETRIZATIONS)
+  if m.antisymmetric_init:
+    _check(m.name == 'mlp' and len(m.hidden_sizes) > 0
+           and m.hidden_sizes[-1] % 2 == 0, 'model.antisymmetric_init',
+           m.antisymmetric_init, 'needs model.name=mlp with an even last '
+           f'hidden width, not {m.name!r} with hidden_sizes={m.hidden_sizes}')
   if m.parametrization == 'mup':
     _check(m.base_width is not None and m.base_width > 0, 'model.base_width',
            m.base_width, 'must be a positive width when '
@@ -243,3 +254,96 @@ def _validate_model_knobs(c: ml_collections.ConfigDict) -> None:
              and float(rule[1]) > 0 for rule in o.lr_multipliers)
     _check(ok, 'optimizer.lr_multipliers', o.lr_multipliers,
            'must be None or ((regex, multiplier > 0), ...) pairs')
+
+
+def _is_int(x: Any) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _positive_ints(field: str, values: Any, minimum: int = 1) -> None:
+  ok = isinstance(values, (tuple, list)) and all(
+      _is_int(v) and v >= minimum for v in values)
+  _check(ok, field, values, f'must be a tuple of integers >= {minimum}')
+
+
+def _validate_sizes(c: ml_collections.ConfigDict) -> None:
+  """Sizes, counts and paths: positive where a zero would only fail later
+  (a division by zero, an empty sequence, a NaN loss) or outside a config
+  error."""
+  _check(_is_int(c.seed) and c.seed >= 0, 'seed', c.seed,
+         'must be an integer >= 0')
+  m, d = c.model, c.data
+  for field in ('d_model', 'num_layers', 'num_heads', 'mlp_ratio', 'max_len',
+                'blocks_per_stage'):
+    _check(_is_int(m[field]) and m[field] > 0, f'model.{field}', m[field],
+           'must be an integer > 0')
+  _positive_ints('model.hidden_sizes', m.hidden_sizes, minimum=0 if
+                 not m.hidden_sizes else 1)
+  _positive_ints('model.channels', m.channels)
+  for field in ('seq_len', 'max_bytes', 'input_dim', 'teacher_width',
+                'output_dim', 'num_train', 'modulus'):
+    _check(_is_int(d[field]) and d[field] > 0, f'data.{field}', d[field],
+           'must be an integer > 0')
+  _check(d.noise_std >= 0, 'data.noise_std', d.noise_std, 'must be >= 0')
+  if d.name == 'bytes' and d.text_dir is not None:
+    _check(os.path.isdir(d.text_dir), 'data.text_dir', d.text_dir,
+           'is not a directory')
+  if d.name == 'modular':
+    _check(d.modulus >= 2, 'data.modulus', d.modulus, 'must be >= 2')
+    _check(0 < d.train_fraction < 1, 'data.train_fraction', d.train_fraction,
+           'must be in (0, 1)')
+  _positive_ints('checkpoint.keep_steps', c.checkpoint.keep_steps, minimum=0)
+  if c.schedule.budgets is not None:
+    _positive_ints('schedule.budgets', c.schedule.budgets)
+
+
+def _validate_llm(c: ml_collections.ConfigDict, device_count: int) -> None:
+  """LLaMA-style model options, token files, gradient accumulation."""
+  m, d, o = c.model, c.data, c.optimizer
+  _one_of('model.position', m.position, models_lib.POSITIONS)
+  _one_of('model.mlp', m.mlp, models_lib.MLPS)
+  _one_of('model.remat', m.remat, tuple(models_lib.REMAT_POLICIES))
+  _check(m.rope_theta > 0, 'model.rope_theta', m.rope_theta, 'must be > 0')
+  _check(m.mlp_hidden is None or m.mlp_hidden > 0, 'model.mlp_hidden',
+         m.mlp_hidden, 'must be > 0 or None')
+  _check(isinstance(m.use_bias, bool), 'model.use_bias', m.use_bias,
+         'must be True or False')
+  if m.name == 'transformer':
+    head_dim = m.d_model // m.num_heads
+    _check(m.position != 'rope' or head_dim % 2 == 0, 'model.position',
+           m.position, f'rope needs an even head dimension, not d_model / '
+           f'num_heads = {head_dim}')
+  else:
+    for field, default in (('position', 'learned'), ('mlp', 'gelu'),
+                           ('remat', 'none'), ('use_bias', True)):
+      _check(m[field] == default, f'model.{field}', m[field],
+             f'applies only to model.name=transformer, not {m.name!r}')
+  data_vocab = {'markov': d.vocab_size, 'bytes': 256}.get(d.name)
+  if m.vocab_size is not None:
+    _check(m.name == 'transformer', 'model.vocab_size', m.vocab_size,
+           f'applies only to model.name=transformer, not {m.name!r}')
+    _check(data_vocab is None or m.vocab_size >= data_vocab,
+           'model.vocab_size', m.vocab_size, f'must be >= the vocabulary of '
+           f'data.name={d.name} ({data_vocab}) or None')
+  k = o.grad_accum_steps
+  _check(isinstance(k, int) and k >= 1, 'optimizer.grad_accum_steps', k,
+         'must be an integer >= 1')
+  _check(d.batch_size % k == 0, 'optimizer.grad_accum_steps', k,
+         f'must divide data.batch_size={d.batch_size}')
+  micro = d.batch_size // k
+  # k = 1: the batch itself is checked against the devices (_check_mesh).
+  _check(k == 1 or micro % device_count == 0, 'optimizer.grad_accum_steps', k,
+         f'leaves micro-batches of {micro} examples, which do not split over '
+         f'the {device_count} devices (of all processes) the batch is '
+         'split over')
+  _check(micro % o.sam.num_microbatches == 0, 'optimizer.sam.num_microbatches',
+         o.sam.num_microbatches, f'must divide the micro-batch of {micro} '
+         f'examples (data.batch_size / optimizer.grad_accum_steps)')
+  peak = c.throughput.peak_flops
+  _check(peak is None or peak > 0, 'throughput.peak_flops', peak,
+         'must be > 0 or None')
+  if d.name == 'tokens':
+    try:
+      data_lib.tokens.check(d.path, d.seq_len, m.vocab_size)
+    except data_lib.TokenDataError as e:
+      raise ConfigError(f'config.data.path={d.path!r}: {e}') from None

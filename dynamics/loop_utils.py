@@ -12,8 +12,10 @@ import time
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 
 from dynamics import metrics as metrics_lib
+from dynamics import throughput as throughput_lib
 
 
 class SigtermFlag:
@@ -50,6 +52,13 @@ class SigtermFlag:
   def restore(self):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+  def __enter__(self) -> 'SigtermFlag':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.restore()
 
 
 class Saver:
@@ -61,12 +70,22 @@ class Saver:
 
   def __init__(self, ckpt, data_iter, callbacks: Sequence[Any],
                callback_states: Callable[[Sequence[Any]], Dict[str, Any]],
-               log_stall: bool = False):
+               log_stall: bool = False, check_finite: bool = True):
     self.ckpt, self.data_iter, self.callbacks = ckpt, data_iter, callbacks
     self._callback_states = callback_states
     self.log_stall, self.stall = log_stall, []
+    self.check_finite = check_finite
 
   def save(self, step: int, state: Any) -> None:
+    """Checkpoints ``state``; refuses non-finite parameters (`NonFiniteError`).
+
+    Norms are measured on logged steps only, so a diverged update can reach
+    a checkpoint step before any logged metric shows it: the parameters are
+    checked here, once per save.
+    """
+    if self.check_finite and not bool(_all_finite(state.params)):
+      raise metrics_lib.NonFiniteError(
+          f'non-finite parameters after step {step}')
     start = time.perf_counter()
     self.ckpt.save(step, state, self.data_iter.state(),
                    self._callback_states(self.callbacks))
@@ -100,6 +119,13 @@ class Saver:
     self.ckpt.close()
 
 
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
 def announce(config, dataset, state, workdir: str,
              resumed_from: Optional[int]) -> None:
   """The run's first line: model, data, optimizer, and where it starts."""
@@ -117,20 +143,20 @@ def announce(config, dataset, state, workdir: str,
         f'for {config.num_steps} steps; {where} in {workdir}', flush=True)
 
 
-def examples_per_step(config) -> int:
-  """Tokens per step for language data, examples otherwise."""
-  if config.data.name in ('markov', 'bytes', 'huggingface'):
-    return config.data.batch_size * config.data.seq_len
-  return config.data.batch_size
-
-
 class Progress:
-  """A tqdm bar (process 0, ``config.progress``) with loss, lr and rate."""
+  """A tqdm bar (process 0, ``config.progress``) with loss, lr, tokens/s and
+  MFU, and the throughput of each logged step for ``metrics.jsonl``.
 
-  def __init__(self, config, start: int, total: int):
+  The loop calls ``mark(step)`` once per step after syncing on the previous
+  step's metrics and adds ``rates(step)`` (`dynamics.throughput.Meter`) to
+  the line of each logged step.
+  """
+
+  def __init__(self, config, start: int, total: int, params=None):
     self.log_every = config.log_every
-    self.per_step = examples_per_step(config)
-    self._bar, self._t_last = None, time.time()
+    self.meter = throughput_lib.Meter(config, params,
+                                      num_devices=jax.device_count())
+    self._bar, self._shown = None, {}
     if not config.progress or jax.process_index() != 0:
       return
     try:
@@ -140,19 +166,39 @@ class Progress:
     self._bar = tqdm.tqdm(total=total, initial=start, desc=config.name,
                           dynamic_ncols=True, mininterval=1.0)
 
+  def mark(self, step: int) -> None:
+    """Step ``step``'s time (after the host synced on the previous step)."""
+    self.meter.mark(step)
+
+  def rates(self, step: int) -> Dict[str, float]:
+    """Throughput since the previous logged step, for ``step``'s line."""
+    out = self.meter.rates(step)
+    if out:
+      self._shown = out
+    return out
+
   def update(self, step: int, last: Dict[str, float]) -> None:
     if self._bar is None:
       return
     self._bar.update(1)
     if step % self.log_every == 0:
-      now = time.time()
-      rate = self.per_step * self.log_every / max(now - self._t_last, 1e-9)
+      extra = {}
+      rate = self._shown.get(self.meter.key)
+      if rate is not None:
+        extra['rate'] = f'{rate:.4g}/s'
+      if 'mfu' in self._shown:
+        extra['mfu'] = f"{100 * self._shown['mfu']:.1f}%"
       self._bar.set_postfix(
           loss=f"{last.get('train_loss', float('nan')):.3f}",
-          lr=f"{last.get('learning_rate', 0.0):.2e}", rate=f'{rate:.4g}/s',
-          refresh=False)
-      self._t_last = now
+          lr=f"{last.get('learning_rate', 0.0):.2e}", **extra, refresh=False)
 
   def close(self) -> None:
     if self._bar is not None:
       self._bar.close()
+      self._bar = None
+
+  def __enter__(self) -> 'Progress':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

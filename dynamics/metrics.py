@@ -7,6 +7,7 @@ step late so that reading metrics never stalls the device.
 import json
 import math
 import os
+import shutil
 from typing import Any, Dict, Iterable, Mapping, Optional
 
 import jax
@@ -108,16 +109,19 @@ class MetricWriter:
   On opening, lines of steps after ``resume_step`` (written by an interrupted
   run after its last checkpoint) are dropped, so a resumed run never writes a
   step twice. TensorBoard event files are written too when the ``tensorboard``
-  package is installed. Only the process that owns the writer writes.
+  package is installed; ``metrics.jsonl`` is their source of truth, so on a
+  resume they are rewritten from the lines kept (TensorBoard files cannot be
+  truncated). Only the process that owns the writer writes.
   """
 
   def __init__(self, workdir: str, resume_step: int = 0, enabled: bool = True,
                tensorboard: bool = True):
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self.enabled = enabled
-    self._tb = None
+    self._tb, self._file = None, None
     if not enabled:
       return
+    kept = []
     if os.path.exists(self.path):
       with open(self.path) as f:
         kept = [line for line in f
@@ -126,11 +130,21 @@ class MetricWriter:
         f.writelines(kept)
     self._file = open(self.path, 'a')
     if tensorboard:
+      tb_dir = os.path.join(workdir, 'tensorboard')
       try:
-        from tensorboard.summary import Writer
-        self._tb = Writer(os.path.join(workdir, 'tensorboard'))
+        from tensorboard.summary import Writer  # pylint: disable=g-import-not-at-top
       except ImportError:
-        self._tb = None
+        return
+      if os.path.isdir(tb_dir):
+        shutil.rmtree(tb_dir)
+      self._tb = Writer(tb_dir)
+      for line in kept:
+        self._add_scalars(json.loads(line))
+
+  def _add_scalars(self, record: Mapping[str, Any]) -> None:
+    for k, v in record.items():
+      if k != 'step' and isinstance(v, (int, float)):
+        self._tb.add_scalar(k, v, step=record['step'])
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -139,19 +153,25 @@ class MetricWriter:
     self._file.write(json.dumps(record) + '\n')
     self._file.flush()
     if self._tb is not None:
-      for k, v in record.items():
-        if k != 'step' and isinstance(v, (int, float)):
-          self._tb.add_scalar(k, v, step=step)
+      self._add_scalars(record)
 
   def write_nonempty(self, step: int, metrics: Mapping[str, float]) -> None:
     if metrics:
       self.write(step, metrics)
 
   def close(self) -> None:
-    if self.enabled:
+    if self._file is not None:
       self._file.close()
-      if self._tb is not None:
-        self._tb.close()
+      self._file = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+  def __enter__(self) -> 'MetricWriter':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
 
 
 def _to_python(value):

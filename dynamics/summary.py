@@ -23,9 +23,26 @@ def summarize(workdir: str, state) -> str:
       f'Done: {int(state.step)} steps, {n_params:,} parameters.',
       f'  final train loss {fmt("train_loss")}, eval loss {fmt("eval_loss")}'
       + (f', eval loss (EMA) {fmt("eval_loss_ema")}' if 'eval_loss_ema' in last else ''),
+      _throughput(records),
       f'  workdir      {os.path.abspath(workdir)}',
       f'  metrics      {os.path.join(os.path.abspath(workdir), "metrics.jsonl")}',
       f'  checkpoints  {checkpoint_lib.checkpoint_dir(workdir)} '
       f'(steps {checkpoint_lib.available_steps(workdir)})',
   ]
-  return '\n'.join(lines)
+  return '\n'.join(line for line in lines if line)
+
+
+def _throughput(records) -> str:
+  """Median tokens/s (examples/s) and MFU over the logged intervals."""
+  for key, unit in (('tokens_per_s', 'tokens/s'), ('examples_per_s',
+                                                   'examples/s')):
+    rates = sorted(r[key] for r in records if key in r)
+    if rates:
+      break
+  else:
+    return ''
+  mfus = sorted(r['mfu'] for r in records if 'mfu' in r)
+  mfu = (f'MFU {100 * mfus[len(mfus) // 2]:.2f}%' if mfus else
+         'MFU n/a: no peak FLOP/s known for this device (set '
+         '--config.throughput.peak_flops)')
+  return f'  throughput   {rates[len(rates) // 2]:,.0f} {unit} (median), {mfu}'

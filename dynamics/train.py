@@ -6,6 +6,7 @@ train_step -> checkpoints + metrics``. The step itself lives in
 evaluate, call the probes, log, checkpoint, stop.
 """
 
+import contextlib
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -21,6 +22,7 @@ from dynamics import metrics as metrics_lib
 from dynamics import runs
 from dynamics import sharding as sharding_lib
 from dynamics import step as step_lib
+from dynamics import workdir as workdir_lib
 
 NonFiniteError = metrics_lib.NonFiniteError
 TrainState = step_lib.TrainState
@@ -105,6 +107,30 @@ def _resume(run: runs.Run, ckpt: checkpoint_lib.Checkpointer, state: TrainState,
   return restored.state, restored.step
 
 
+def _config_changes(config: ml_collections.ConfigDict, workdir: str
+                    ) -> Dict[str, Tuple[Any, Any]]:
+  """The allowed config changes of a resume (see `dynamics.workdir`)."""
+  if not os.path.isfile(os.path.join(workdir, runs.CONFIG_FILE)):
+    return {}
+  return workdir_lib.check_resume(runs.read_record(workdir),
+                                  runs.config_record(config), workdir)
+
+
+def _record_config(config: ml_collections.ConfigDict, workdir: str,
+                   resumed_from: Optional[int],
+                   changes: Dict[str, Tuple[Any, Any]]) -> None:
+  """Writes config.json for a new run; records a resume's allowed changes."""
+  if resumed_from is None:
+    b = config.branch
+    runs.write_config(config, workdir, parent=None if b.from_workdir is None
+                      else {'workdir': os.path.abspath(b.from_workdir),
+                            'step': b.from_step})
+  elif changes:
+    workdir_lib.record_resume(workdir, resumed_from, changes)
+    runs.write_config(config, workdir,
+                      parent=runs.read_record(workdir).get('parent'))
+
+
 def _host_metrics(step: int, state: TrainState, run: runs.Run, eval_fn, put,
                   callbacks: Sequence[Any]) -> Dict[str, float]:
   """Eval and callback results due at ``step`` (after ``step`` updates)."""
@@ -161,44 +187,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   config_lib.validate(config, device_count=jax.device_count())
   config = resolve_branch(config)
   is_main, workdir = jax.process_index() == 0, os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  run = runs.Run(config, workdir)
-  state, shardings, put_batch, put_eval = _placement(run, run.init_state())
-  ckpt = checkpoint_lib.Checkpointer(workdir, config.checkpoint.max_to_keep,
-                                     keep_steps(config),
-                                     config.checkpoint.async_save)
-  data_iter = data_lib.DataIterator(run.dataset, process_index=jax.process_index(),
-                                    process_count=jax.process_count())
-  state, resumed_from = _resume(run, ckpt, state, data_iter, callbacks)
-  if is_main and resumed_from is None:
-    b = config.branch
-    runs.write_config(config, workdir, parent=None if b.from_workdir is None
-                      else {'workdir': os.path.abspath(b.from_workdir),
-                            'step': b.from_step})
-  start, final, keep = int(state.step), config.num_steps, set(keep_steps(config))
-  if is_main:
-    loop_utils.announce(config, run.dataset, state, workdir, resumed_from)
-  # A fresh start rewrites step 0 on: drop lines of an attempt that died early.
-  writer = metrics_lib.MetricWriter(
-      workdir, resume_step=start if resumed_from is not None else -1,
-      enabled=is_main)
-  p = run.parts
-  step_fn = step_lib.make_train_step(p.model, p.tx, p.schedule, p.options,
-                                     shardings)
-  eval_fn = step_lib.make_eval_step(p.model, p.options, shardings)
-  pipeline = metrics_lib.StepMetrics(config.log_every, final,
-                                     config.stop_on_nonfinite)
-  saver = loop_utils.Saver(ckpt, data_iter, callbacks, _callback_states,
-                           config.checkpoint.log_stall and is_main)
-  progress = loop_utils.Progress(config, start, final)
-  stop = loop_utils.SigtermFlag()
-  try:
+  with contextlib.ExitStack() as cleanup:  # Closes the checkpointer, unlocks.
+    if is_main:  # One writer per workdir; under jax.distributed, process 0.
+      cleanup.enter_context(workdir_lib.open_for_writing(workdir))
+    stop = cleanup.enter_context(loop_utils.SigtermFlag())  # Saves, then stops.
+    changes = _config_changes(config, workdir)
+    run = runs.Run(config, workdir)
+    state, shardings, put_batch, put_eval = _placement(run, run.init_state())
+    ckpt = cleanup.enter_context(checkpoint_lib.Checkpointer(
+        workdir, config.checkpoint.max_to_keep, keep_steps(config),
+        config.checkpoint.async_save))
+    data_iter = data_lib.DataIterator(run.dataset, process_index=jax.process_index(),
+                                      process_count=jax.process_count())
+    state, resumed_from = _resume(run, ckpt, state, data_iter, callbacks)
+    if is_main:
+      _record_config(config, workdir, resumed_from, changes)
+      loop_utils.announce(config, run.dataset, state, workdir, resumed_from)
+    start, final, keep = int(state.step), config.num_steps, set(keep_steps(config))
+    # A fresh start rewrites step 0 on: drop lines of an attempt that died early.
+    writer = cleanup.enter_context(metrics_lib.MetricWriter(
+        workdir, resume_step=start if resumed_from is not None else -1,
+        enabled=is_main))
+    p = run.parts
+    step_fn = step_lib.make_train_step(p.model, p.tx, p.schedule, p.options,
+                                       shardings)
+    eval_fn = step_lib.make_eval_step(p.model, p.options, shardings)
+    pipeline = metrics_lib.StepMetrics(config.log_every, final,
+                                       config.stop_on_nonfinite)
+    saver = loop_utils.Saver(ckpt, data_iter, callbacks, _callback_states,
+                             config.checkpoint.log_stall and is_main,
+                             config.stop_on_nonfinite)
+    cleanup.callback(saver.write_stall, workdir)
+    progress = cleanup.enter_context(loop_utils.Progress(config, start, final,
+                                                       state.params))
     if start == 0:
       with saver.guard():
         writer.write_nonempty(0, _host_metrics(0, state, run, eval_fn, put_eval,
                                                callbacks))
-      if 0 in keep:  # The initialization, for NTK-drift and Jacobian studies.
-        saver.save(0, state)
+        if 0 in keep:  # The initialization, for NTK-drift and Jacobian studies.
+          saver.save(0, state)
     for step in range(start + 1, final + 1):
       state, metrics = step_fn(state, put_batch(next(data_iter)))
       pipeline.push(step, metrics)
@@ -207,23 +234,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       with saver.guard():  # A NaN names the last good checkpoint.
         # Synchronous before a save or a measurement, else one step late.
         lines = pipeline.pop(step if save or measure or preempted else step - 1)
+        progress.mark(step)  # Synced on step - 1 (or step): its time.
         extra = _host_metrics(step, state, run, eval_fn, put_eval,
                               callbacks) if measure else {}
         if extra:
           lines.setdefault(step, {}).update(extra)
-      for s in sorted(lines):
-        writer.write(s, lines[s])
-      if save or preempted:
-        saver.save(step, state)
+        for s in sorted(lines):
+          writer.write(s, {**lines[s], **progress.rates(s)})
+        if save or preempted:
+          saver.save(step, state)  # Refuses non-finite parameters.
       progress.update(step, pipeline.last)
       if preempted and step != final:
-        saver.close()
         raise Preempted(f'SIGTERM: saved step {step} in {workdir}; re-run the '
                         'same command to resume.')
-  finally:
-    stop.restore()
-    progress.close()
-    writer.close()
-    saver.write_stall(workdir)
-  saver.close()
   return state

@@ -6,8 +6,11 @@ Flags:
   --workdir=DIR             results (default: runs/<config.name>); an existing
                             run there is resumed from its latest checkpoint
 
-A wrong field or value prints one line naming it and exits 1, before anything
-compiles.
+Exit codes: 0 done; 1 a user error (one line naming the field, file or run,
+before anything compiles) or a NaN/Inf stop (naming the step and metric; the
+last good checkpoint is kept); 75 preempted (SIGTERM: the state was
+checkpointed at the next step, re-run the same command to resume; job
+scripts requeue on it); 130 interrupted (Ctrl-C).
 """
 
 import os
@@ -29,19 +32,27 @@ def main(argv):
   del argv
   # Imported here so that --help answers before JAX starts.
   from analysis import probes  # pylint: disable=g-import-not-at-top
-  from dynamics import summary, train  # pylint: disable=g-import-not-at-top
+  from dynamics import checkpoint, summary, train  # pylint: disable=g-import-not-at-top
 
-  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
+  logging.set_verbosity(logging.ERROR)  # orbax logs every save at INFO.
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join('runs', config.name)
   try:
     state = train.train_and_evaluate(config, workdir,
                                      callbacks=probes.from_config(config))
   except train.NonFiniteError as e:
-    sys.exit(f'Training stopped: {e}')
+    print(f'Training stopped: {e}', file=sys.stderr)
+    sys.exit(cli.EXIT_USER_ERROR)
   except train.Preempted as e:
     print(e)
-    return
+    sys.exit(cli.EXIT_PREEMPTED)
+  except KeyboardInterrupt:
+    steps = checkpoint.available_steps(workdir)
+    where = (f'the latest checkpoint in {os.path.abspath(workdir)} is step '
+             f'{steps[-1]}' if steps else f'no checkpoint yet in {workdir}')
+    print(f'\nInterrupted (Ctrl-C); {where}. Re-run the same command to '
+          'resume.', file=sys.stderr)
+    sys.exit(cli.EXIT_INTERRUPTED)
   print(summary.summarize(workdir, state))
 
 

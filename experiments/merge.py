@@ -1,14 +1,19 @@
 r"""WSM: merge a constant-rate run's checkpoints into the model for a budget.
 
-  python -m experiments.merge --workdir=runs/wsm --window=600 --shape=1-sqrt
+  python -m experiments.merge --workdir=runs/wsm [--window=600] [--shape=1-sqrt]
 
-Averages the checkpoints kept every ``--interval`` steps (default: the run's
-``merge.interval``) over the last ``--window`` steps before ``--step``
-(default: the run's latest checkpoint) with the weights that emulate a
-``--shape`` decay (``dynamics.merging.merge_weights``), writes the merged model
-as checkpoint ``step`` of a new workdir (default
-``<workdir>/merged/<shape>-w<window>``; never overwrites) and prints its eval
-loss next to the raw checkpoint's.
+Averages the checkpoints kept every ``--interval`` steps over the last
+``--window`` steps before ``--step`` (default: the run's latest checkpoint)
+with the weights that emulate a ``--shape`` decay
+(``dynamics.merging.merge_weights``). The interval, window and shape default
+to the run's own ``merge.interval``, ``merge.window`` and ``merge.shape``.
+Writes the merged model as checkpoint ``step`` of ``--output`` (default
+``<workdir>/merged/<shape>-w<window>``) and prints its eval loss next to the
+raw checkpoint's.
+
+A merge never overwrites a checkpoint and never writes into another run: the
+output is a new directory, an earlier merge output of the same run, or the
+run itself.
 """
 
 import json
@@ -20,45 +25,66 @@ from absl import logging
 from dynamics import cli
 
 
-def merge_and_evaluate(workdir: str, window: int, shape: str,
-                       interval: int | None = None, step: int | None = None,
+def _check_output(output: str, source: str) -> None:
+  """Refuses an output directory that holds another run."""
+  from dynamics import workdir  # pylint: disable=g-import-not-at-top
+  output, source = os.path.abspath(output), os.path.abspath(source)
+  if output == source or not workdir.holds_run(output):
+    return
+  if workdir.source_of(output) == source:
+    return
+  raise cli.UserError(
+      f'--output={output} holds another run; a merge writes only into a new '
+      f'directory, an earlier merge of {source}, or {source} itself')
+
+
+def merge_and_evaluate(workdir: str, window: int | None = None,
+                       shape: str | None = None, interval: int | None = None,
+                       step: int | None = None,
                        output: str | None = None) -> dict:
   """Merges, saves and evaluates; returns the record written to ``merge.json``.
 
   The run is opened once; the merged checkpoints are read parameters-only.
   The merged model is saved as checkpoint ``step`` of ``output`` with the rest
   of the raw checkpoint's state (optimizer and model state, rng), so it opens
-  and resumes like any other checkpoint.
+  and resumes like any other checkpoint. ``window``, ``shape`` and
+  ``interval`` default to the run's ``merge.*`` fields.
 
   Raises:
     ValueError: a window longer than the run or not a multiple of the
-      interval, or a missing checkpoint (the message names the value).
+      interval, a missing checkpoint or setting (the message names it).
     FileExistsError: ``output`` already holds a checkpoint at ``step``.
+    cli.UserError: ``output`` holds another run.
   """
   # pylint: disable=g-import-not-at-top
   import jax
   from configs import base
   from dynamics import checkpoint, merging, runs
+  from dynamics import workdir as workdir_lib
 
   run = runs.Run.open(workdir, defaults=base.get_config())
-  config = run.config
-  interval = interval or config.merge.interval
-  if interval is None:
-    raise ValueError(f'{workdir} has no merge.interval; pass --interval')
+  m = run.config.merge
+  interval = interval or m.interval
+  window = window or m.window
+  shape = shape or m.shape
+  for name, value in (('interval', interval), ('window', window)):
+    if value is None:
+      raise ValueError(f'{workdir} has no merge.{name} in its config; pass '
+                       f'--{name}')
   available = run.steps
   if not available:
     raise ValueError(f'no checkpoints in {workdir}')
   step = available[-1] if step is None else step
   steps = merging.window_steps(step, window, interval)
-  output = output or os.path.join(workdir, 'merged', f'{shape}-w{window}')
+  output = os.path.abspath(output or os.path.join(workdir, 'merged',
+                                                  f'{shape}-w{window}'))
+  _check_output(output, workdir)
   if step in checkpoint.available_steps(output):
     raise FileExistsError(f'checkpoint {step} already exists in {output}; a '
                           'merge never overwrites one (pass another --output)')
   weights = merging.merge_weights(shape, len(steps))
   params = merging.merge_checkpoints(run, steps, weights)
   raw = run.state(step)
-  os.makedirs(output, exist_ok=True)
-  checkpoint.save(output, step, raw.replace(params=params), {'position': step})
   merged_eval = run.evaluate(params, raw.model_state)
   raw_eval = run.evaluate(raw.params, raw.model_state)
   record = {
@@ -67,14 +93,19 @@ def merge_and_evaluate(workdir: str, window: int, shape: str,
       'weights': [float(w) for w in weights],
       'eval_loss': merged_eval['loss'], 'eval_loss_raw': raw_eval['loss'],
   }
-  with open(os.path.join(output, 'merge.json'), 'w') as f:
-    json.dump(record, f, indent=2)
-  runs.write_config(config, output)
-  with open(os.path.join(output, 'metrics.jsonl'), 'a') as f:
-    f.write(json.dumps({'step': step, **{f'eval_{k}': float(v) for k, v in
-                                         jax.device_get(merged_eval).items()}})
-            + '\n')
-  record['output'] = os.path.abspath(output)
+  is_source = output == os.path.abspath(workdir)
+  with workdir_lib.open_for_writing(output):  # No concurrent writer.
+    checkpoint.save(output, step, raw.replace(params=params),
+                    {'position': step})
+    if not is_source:  # The source keeps its own config and metrics.
+      with open(os.path.join(output, 'merge.json'), 'w') as f:
+        json.dump(record, f, indent=2)
+      runs.write_config(run.config, output)
+      with open(os.path.join(output, 'metrics.jsonl'), 'a') as f:
+        f.write(json.dumps({'step': step, **{
+            f'eval_{k}': float(v)
+            for k, v in jax.device_get(merged_eval).items()}}) + '\n')
+  record['output'] = output
   return record
 
 
@@ -82,11 +113,12 @@ def define_flags() -> None:
   """The command's flags, defined only when it runs as a command: tests and
   notebooks import ``merge_and_evaluate`` beside other commands' flags."""
   flags.DEFINE_string('workdir', None, 'The constant-rate run.')
-  flags.DEFINE_integer('window', None, 'Steps covered by the merge.')
-  flags.DEFINE_enum('shape', 'linear', ['uniform', 'linear', 'cosine', '1-sqrt'],
-                    'Emulated decay shape.')
+  flags.DEFINE_integer('window', None, 'Steps covered by the merge '
+                       '(default: the run\'s merge.window).')
+  flags.DEFINE_enum('shape', None, ['uniform', 'linear', 'cosine', '1-sqrt'],
+                    'Emulated decay shape (default: the run\'s merge.shape).')
   flags.DEFINE_integer('interval', None, 'Steps between merged checkpoints '
-                       '(default: config.merge.interval).')
+                       '(default: the run\'s merge.interval).')
   flags.DEFINE_integer('step', None, 'Budget: last merged step '
                        '(default: the latest checkpoint).')
   flags.DEFINE_string('output', None, 'Workdir of the merged model.')
@@ -94,7 +126,7 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO.
+  logging.set_verbosity(logging.ERROR)  # Orbax is chatty at INFO.
   f = flags.FLAGS
   try:
     r = merge_and_evaluate(f.workdir, f.window, f.shape, f.interval, f.step,
@@ -110,4 +142,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  cli.run(main, required=['workdir', 'window'])
+  cli.run(main, required=['workdir'])

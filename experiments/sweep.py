@@ -20,17 +20,20 @@ Batch jobs: ``--emit=slurm`` or ``--emit=tpu`` runs nothing and writes
   GPUs --, ``--slurm_gpus_per_node``, ``--slurm_time``, ``--slurm_partition``),
   launching every task with ``srun``; ``--signal=TERM@120`` makes SLURM send
   the preemption notice two minutes before the time limit, so the run
-  checkpoints and exits, and ``--requeue`` restarts it, resuming.
+  checkpoints and exits with code 75 (``dynamics.cli.EXIT_PREEMPTED``); the
+  script then requeues its own job (``scontrol requeue``), which resumes.
   ``submit_all.sh`` submits each script with ``sbatch``.
 * tpu: a script per point that runs the same command on every worker of the
   TPU VM slice ``--tpu_name`` in ``--tpu_zone`` (``gcloud compute tpus tpu-vm
   ssh --worker=all``); JAX finds the other hosts by itself.
   ``submit_all.sh`` runs the points one after another (a slice runs one job at
-  a time). The workdir must be on a file system every worker sees (e.g. a
+  a time); a point that exits with code 75 (preempted, checkpointed) is
+  started again and resumes. The workdir must be on a file system every worker sees (e.g. a
   Filestore or gcsfuse mount): orbax writes checkpoints collectively.
 
 Either way the repository must be at ``--repo_dir`` (default: here) on the
-machines that run the jobs.
+machines that run the jobs. The command exits 1 when a point of a local sweep
+did not finish.
 """
 
 import csv
@@ -45,9 +48,13 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from dynamics import cli
+from experiments import jobs
+
+emit = jobs.emit  # The job scripts live in experiments/jobs.py.
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (configs/*.py[:variant]).', lock_config=True)
@@ -263,78 +270,6 @@ def write_summary(points: Sequence[Point], root: str) -> Tuple[str, str]:
   return csv_path, png_path
 
 
-def _slurm_script(p: Point, repo: str, python: str, nodes: int, tasks: int,
-                  gpus: int, time_limit: str, partition: Optional[str]) -> str:
-  args = list(p.args)
-  if nodes * tasks > 1:  # SLURM's environment also says so; explicit is clearer.
-    args.insert(-1, '--config.distributed=True')
-  lines = [
-      '#!/bin/bash',
-      f"#SBATCH --job-name={re.sub(r'[^A-Za-z0-9._-]', '_', p.name)[:64]}",
-      f'#SBATCH --nodes={nodes}',
-      f'#SBATCH --ntasks-per-node={tasks}',
-      f'#SBATCH --gpus-per-node={gpus}',
-      f'#SBATCH --time={time_limit}',
-      f'#SBATCH --output={p.workdir}/slurm-%j.out',
-      '#SBATCH --open-mode=append',
-      '# Preemption notice 2 minutes before the time limit: the run saves a',
-      '# checkpoint at the next step and exits; --requeue restarts it, resuming.',
-      '#SBATCH --signal=TERM@120',
-      '#SBATCH --requeue',
-  ]
-  if partition:
-    lines.append(f'#SBATCH --partition={partition}')
-  lines += ['set -euo pipefail', f'mkdir -p {shlex.quote(p.workdir)}',
-            f'cd {shlex.quote(repo)}', 'srun ' + shlex.join([python] + args), '']
-  return '\n'.join(lines)
-
-
-def _tpu_script(p: Point, repo: str, python: str, tpu: str, zone: str) -> str:
-  args = list(p.args)
-  args.insert(-1, '--config.distributed=True')  # JAX reads the slice's hosts.
-  remote = f'cd {shlex.quote(repo)} && ' + shlex.join([python] + args)
-  return '\n'.join([
-      '#!/bin/bash',
-      f'# Sweep point {p.name} on every worker of TPU VM slice {tpu} ({zone}).',
-      '# Each worker runs the same command; JAX finds the other hosts itself.',
-      'set -euo pipefail',
-      shlex.join(['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', tpu,
-                  f'--zone={zone}', '--worker=all', f'--command={remote}']),
-      ''])
-
-
-def emit(kind: str, points: Sequence[Point], root: str, *, repo: str,
-         python: str = 'python', **opts) -> List[str]:
-  """Writes ``root/jobs/<point>.sh`` and ``submit_all.sh``; returns the paths.
-
-  Args:
-    kind: 'slurm' or 'tpu'.
-    points: from ``plan``.
-    root: the sweep directory.
-    repo: the repository path on the job machines.
-    python: the interpreter there.
-    **opts: slurm: nodes, tasks, gpus, time_limit, partition; tpu: tpu, zone.
-  """
-  jobs = os.path.join(root, 'jobs')
-  os.makedirs(jobs, exist_ok=True)
-  paths = []
-  for p in points:
-    text = (_slurm_script(p, repo, python, **opts) if kind == 'slurm'
-            else _tpu_script(p, repo, python, **opts))
-    path = os.path.join(jobs, f'{p.name}.sh')
-    with open(path, 'w') as f:
-      f.write(text)
-    os.chmod(path, 0o755)
-    paths.append(path)
-  launcher = 'sbatch' if kind == 'slurm' else 'bash'
-  submit = os.path.join(jobs, 'submit_all.sh')
-  with open(submit, 'w') as f:
-    f.write('#!/bin/bash\n# Submits every point of the sweep.\nset -euo pipefail\n'
-            + ''.join(f'{launcher} {shlex.quote(path)}\n' for path in paths))
-  os.chmod(submit, 0o755)
-  return paths + [submit]
-
-
 def _config_args(argv: Sequence[str]) -> Tuple[str, List[str]]:
   """The raw ``--config=`` value and ``--config.FIELD=`` overrides."""
   config_arg, overrides = None, []
@@ -344,7 +279,7 @@ def _config_args(argv: Sequence[str]) -> Tuple[str, List[str]]:
     elif arg.startswith('--config.'):
       overrides.append(arg)
   if config_arg is None:
-    raise app.UsageError('give the config as --config=PATH[:VARIANT]')
+    raise cli.UserError('give the config as --config=PATH[:VARIANT]')
   path, sep, variant = config_arg.partition(':')
   if os.path.exists(path):  # Points run from the repository root.
     config_arg = os.path.relpath(os.path.abspath(path), REPO_ROOT) + sep + variant
@@ -352,8 +287,7 @@ def _config_args(argv: Sequence[str]) -> Tuple[str, List[str]]:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  del argv
   config = _CONFIG.value
   config_arg, overrides = _config_args(sys.argv[1:])
   root = os.path.abspath(_WORKDIR.value or
@@ -361,14 +295,14 @@ def main(argv):
   try:
     points = plan(config, config_arg, overrides, _SWEEP.value, root)
   except SweepError as e:
-    sys.exit(f'Sweep error: {e}')
+    raise cli.UserError(f'sweep: {e}') from None
   if _EMIT.value:
     repo = os.path.abspath(_REPO_DIR.value or os.getcwd())
     opts = (dict(nodes=_SLURM_NODES.value, tasks=_SLURM_TASKS.value,
                  gpus=_SLURM_GPUS.value, time_limit=_SLURM_TIME.value,
                  partition=_SLURM_PARTITION.value) if _EMIT.value == 'slurm'
             else dict(tpu=_TPU_NAME.value, zone=_TPU_ZONE.value))
-    paths = emit(_EMIT.value, points, root, repo=repo, python=_PYTHON.value,
+    paths = jobs.emit(_EMIT.value, points, root, repo=repo, python=_PYTHON.value,
                  **opts)
     print(f'{len(points)} job scripts in {os.path.dirname(paths[0])}; '
           f'submit them all with {paths[-1]}')
@@ -378,8 +312,12 @@ def main(argv):
   with open(csv_path) as f:
     print(f.read().rstrip())
   print(f'summary: {csv_path}\nplot:    {png_path}')
+  unfinished = [p.name for p in points if not is_finished(p.workdir)]
+  if unfinished:
+    print(f'{len(unfinished)} of {len(points)} points did not finish: '
+          f'{", ".join(unfinished)} (see their sweep.log)', file=sys.stderr)
+    sys.exit(cli.EXIT_USER_ERROR)
 
 
 if __name__ == '__main__':
-  flags.mark_flag_as_required('config')
-  app.run(main)
+  cli.run(main, required=['config'])

@@ -9,7 +9,7 @@ import textwrap
 
 import chex
 
-from dynamics import checkpoint
+from dynamics import checkpoint, throughput
 from dynamics.runs import Run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,8 +30,10 @@ def _params(workdir, step=None):
 
 
 def _lines(workdir):
+  """metrics.jsonl without the wall-clock throughput (not bitwise)."""
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
+    return [{k: v for k, v in json.loads(line).items()
+             if k not in throughput.KEYS} for line in f]
 
 
 _KILL_SCRIPT = textwrap.dedent('''

@@ -272,3 +272,41 @@ def test_probe_logs_during_training(tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert json.load(open(out / 'ntk.json'))['per_step'] == report['per_step']
   assert os.path.getsize(out / 'ntk.png') > 0
+
+
+class WideActivations(nn.Module):
+  """Few parameters, large activations: the Jacobian-only plan underestimates."""
+
+  @nn.compact
+  def __call__(self, x):
+    a = self.param('a', nn.initializers.ones, ())
+    grid = jnp.linspace(-1.0, 1.0, 2048)[None, None]
+    h = jnp.mean(jnp.tanh(a * x[:, :, None] * grid), axis=-1)  # (N, 5) via (N, 5, 2048)
+    return nn.Dense(4)(h)                                       # 25 parameters
+
+
+def test_activations_count_in_the_memory_fit(monkeypatch):
+  """XLA's memory analysis of the compiled block shrinks the block (the
+  kernel unchanged) or refuses, naming the estimate."""
+  module = WideActivations()
+  x = jax.random.normal(jax.random.key(0), (32, 5))
+  params = module.init(jax.random.key(1), x)['params']
+  apply_fn = lambda p, xx: module.apply({'params': p}, xx)
+  reference = ntk_lib.empirical_ntk(apply_fn, params, x, method='jacobian')
+  # The Jacobians of a block of 32 take ~26 kB: the plan alone takes one
+  # block; its activations (~1.3 MB by XLA's analysis) do not fit.
+  limit = 250_000
+  assert ntk_lib.plan(apply_fn, params, 32, 32, x, method='jacobian',
+                      memory_limit=limit) == ('jacobian', 32)
+  from analysis.ntk import kernel
+  blocks, measure = [], kernel._memory_of
+  monkeypatch.setattr(kernel, '_memory_of', lambda fn, p, xb: (
+      blocks.append(xb.shape[0]), measure(fn, p, xb))[1])
+  fitted = ntk_lib.empirical_ntk(apply_fn, params, x, method='jacobian',
+                                 memory_limit=limit)
+  np.testing.assert_allclose(fitted, reference, rtol=1e-5, atol=1e-6)
+  assert blocks[0] == 32 and 1 <= blocks[-1] < 8, blocks  # Shrunk to fit.
+  with pytest.raises(ntk_lib.NTKMemoryError, match=r'needs [\d.]+ GiB for even '
+                     r'one example per block .* memory analysis'):
+    ntk_lib.empirical_ntk(apply_fn, params, x, method='jacobian',
+                          memory_limit=30_000)

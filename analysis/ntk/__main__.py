@@ -6,7 +6,10 @@ Flags:
   --workdir=DIR          the run (required)
   --steps=0,500,2000     checkpoint steps (default: all; 0 without a
                          checkpoint is the initialization)
-  --num_examples=512     held-out probe examples
+  --num_examples=128     held-out probe examples
+  --outputs=last         the kernel over the last position's logits (sequence
+                         models; 'all' takes every position: T times dearer)
+  --memory_gib=G         memory allowed (default: half of what is free)
   --num_eigs=50          eigenvalues kept per step
   --method=auto          jacobian | ntvp | auto
   --batch_size=N         examples per block (default: what fits in memory)
@@ -28,7 +31,7 @@ from dynamics import cli
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (with checkpoints).')
 _STEPS = flags.DEFINE_list('steps', [],
                            'Comma-separated checkpoint steps (default: all).')
-_NUM_EXAMPLES = flags.DEFINE_integer('num_examples', 512,
+_NUM_EXAMPLES = flags.DEFINE_integer('num_examples', 128,
                                      'Held-out probe examples.', lower_bound=1)
 _NUM_EIGS = flags.DEFINE_integer('num_eigs', 50, 'Eigenvalues kept per step.',
                                  lower_bound=1)
@@ -38,6 +41,12 @@ _BATCH_SIZE = flags.DEFINE_integer(
     'batch_size', None, 'Examples per block (default: what fits).',
     lower_bound=1)
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Default: WORKDIR/ntk.')
+_OUTPUTS = flags.DEFINE_enum(
+    'outputs', 'last', ['last', 'all'], "Sequence models: the last position's "
+    "logits, or every position's (T times dearer).")
+_MEMORY = flags.DEFINE_float('memory_gib', None, 'Memory allowed, in GiB '
+                             '(default: half of the free memory).',
+                             lower_bound=0.0)
 
 
 def _steps(values):
@@ -62,7 +71,10 @@ def main(argv):
   try:
     report = ntk.analyze_checkpoints(
         run, steps, num_examples=_NUM_EXAMPLES.value, num_eigs=_NUM_EIGS.value,
-        method=_METHOD.value, batch_size=_BATCH_SIZE.value)
+        method=_METHOD.value, batch_size=_BATCH_SIZE.value,
+        outputs=_OUTPUTS.value, progress=True,
+        memory_limit=None if _MEMORY.value is None else int(
+            _MEMORY.value * 2 ** 30))
   except ntk.NTKMemoryError as e:
     raise cli.UserError(str(e)) from None
   out = _OUTPUT_DIR.value or os.path.join(run.workdir, 'ntk')

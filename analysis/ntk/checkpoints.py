@@ -13,11 +13,25 @@ from analysis.ntk import stats
 from dynamics import runs
 
 
+def _select_outputs(apply_fn, outputs: str):
+  """``apply_fn`` restricted to the outputs the kernel is taken over."""
+  if outputs == 'all':
+    return apply_fn
+  if outputs != 'last':
+    raise ValueError(f"outputs must be 'all' or 'last', got {outputs!r}")
+
+  def last(params, inputs):
+    out = apply_fn(params, inputs)
+    return out[:, -1] if out.ndim == 3 else out
+  return last
+
+
 def analyze_checkpoints(workdir: Union[str, runs.Run],
                         steps: Optional[Sequence[int]] = None, *,
-                        num_examples: int = 512, num_eigs: int = 50,
-                        method: str = 'auto', batch_size: Optional[int] = None
-                        ) -> Dict[str, Any]:
+                        num_examples: int = 128, num_eigs: int = 50,
+                        method: str = 'auto', batch_size: Optional[int] = None,
+                        outputs: str = 'all', memory_limit: Optional[int] = None,
+                        progress: bool = False) -> Dict[str, Any]:
   """NTK statistics of ``workdir``'s checkpoints on a fixed held-out probe set.
 
   The run is opened once (`dynamics.runs.Run.open`); each step restores only
@@ -29,7 +43,11 @@ def analyze_checkpoints(workdir: Union[str, runs.Run],
     steps: checkpoint steps (default: all of them).
     num_examples: probe examples (``Run.probe_batches``: held out).
     num_eigs: eigenvalues kept per step.
-    method, batch_size: see `empirical_ntk`.
+    method, batch_size, memory_limit, progress: see `empirical_ntk`.
+    outputs: 'all' outputs, or for sequence models (outputs ``(batch, T,
+      V)``) only the 'last' position's ``V`` logits (``K = V`` instead of
+      ``T V``: the kernel of next-token prediction at the end of the
+      context, ``T`` times cheaper).
 
   Returns:
     A JSON-able dict: ``steps``; per step the top ``num_eigs`` eigenvalues,
@@ -72,10 +90,11 @@ def analyze_checkpoints(workdir: Union[str, runs.Run],
       state = {'params': init.params, 'model_state': init.model_state}
     if apply_fn is None or state['model_state']:
       # A stateless model keeps one apply_fn, hence one compilation.
-      apply_fn = run.apply_fn(state['model_state'])
+      apply_fn = _select_outputs(run.apply_fn(state['model_state']), outputs)
     kernel = np.asarray(kernel_lib.empirical_ntk(
         apply_fn, state['params'], inputs, method=method,
-        batch_size=batch_size), np.float64)
+        batch_size=batch_size, memory_limit=memory_limit, progress=progress),
+        np.float64)
     k_out = memory.output_size(apply_fn, state['params'], inputs[:1])
     kernels.append(kernel)
     params.append(state['params'])
@@ -91,5 +110,6 @@ def analyze_checkpoints(workdir: Union[str, runs.Run],
     })
   dist = [[stats.kernel_distance_np(a, b) for b in kernels] for a in kernels]
   return {'workdir': run.workdir, 'num_examples': num_examples,
+          'outputs': outputs,
           'steps': [int(s) for s in steps], 'per_step': records,
           'distance_matrix': dist}

@@ -16,6 +16,7 @@ from typing import Any, List, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from analysis.ntk import memory
 from dynamics.types import ApplyFn, PyTree
@@ -94,6 +95,82 @@ def _ntvp_block_fn(apply_fn, trace_logits):
   return jax.jit(block)
 
 
+def _fit_jacobian_block(apply_fn, params, x, b, n1, n2, trace_logits, limit,
+                        may_switch):
+  """The largest block size ``<= b`` whose Jacobians fit ``limit``, or 0.
+
+  Measures the block function compiled for ``b`` examples with XLA's memory
+  analysis (Jacobian outputs and temporaries, activations included); while it
+  does not fit, shrinks ``b`` in proportion and measures again. Returns 0
+  when not even one example fits and ``may_switch`` (the caller then uses
+  NTK-vector products), else raises `memory.NTKMemoryError`. The block is
+  then computed by the jitted function (any layout or sharding); the
+  measurement is cached, so a probe pays it once.
+  """
+  key = (apply_fn, trace_logits, b, n1, n2, limit, may_switch,
+         jax.tree.structure(params),
+         tuple((np.shape(v), np.dtype(v.dtype)) for v in jax.tree.leaves(params)),
+         x.shape[1:], np.dtype(x.dtype))
+  if key in _FITTED:
+    return _FITTED[key]
+  jac_fn, _ = _jacobian_block_fns(apply_fn, trace_logits)
+  k = memory.output_size(apply_fn, params, x)
+  kernel_bytes = n1 * n2 * (1 if trace_logits else k * k) * memory.itemsize(params)
+  while True:
+    stats = _memory_of(jac_fn, params, _pad_blocks(x[:b], b)[0])
+    per_block = (stats.output_size_in_bytes + stats.temp_size_in_bytes
+                 if stats is not None else 0)
+    # Two blocks of Jacobians are alive at once (rows and columns).
+    need = kernel_bytes + per_block + (stats.output_size_in_bytes
+                                       if stats is not None else 0)
+    if need <= limit:
+      break
+    if b == 1:
+      if not may_switch:
+        raise memory.NTKMemoryError(
+            f"empirical_ntk(method='jacobian') needs {memory.gib(need)} for "
+            'even one example per block (Jacobians and activations, by '
+            f"XLA's memory analysis), over the limit of {memory.gib(limit)}; "
+            "use method='ntvp' or fewer outputs")
+      b = 0
+      break
+    b = max(1, min(b - 1, int(b * 0.9 * (limit - kernel_bytes) / max(
+        need - kernel_bytes, 1))))
+  if len(_FITTED) > 256:
+    _FITTED.clear()
+  _FITTED[key] = b
+  return b
+
+
+_FITTED = {}
+
+
+def _memory_of(fn, *args):
+  """XLA's memory analysis of ``fn`` compiled for ``args`` (host-side, one
+  device: the block's own needs)."""
+  args = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), args)
+  return fn.lower(*args).compile().memory_analysis()
+
+
+class _NoBar:
+  def update(self, n: int = 1) -> None:
+    del n
+
+  def close(self) -> None:
+    pass
+
+
+def _progress(total: int, enabled: bool, desc: str):
+  """A tqdm bar over ``total`` blocks (a no-op when disabled or one block)."""
+  if not enabled or total <= 1:
+    return _NoBar()
+  try:
+    from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return _NoBar()
+  return tqdm.tqdm(total=total, desc=desc, mininterval=1.0)
+
+
 def _pad_blocks(x: jax.Array, b: int) -> List[jax.Array]:
   """Blocks of ``b`` rows; the last is padded (with copies of row 0) so one
   compiled block function serves them all."""
@@ -107,7 +184,8 @@ def _pad_blocks(x: jax.Array, b: int) -> List[jax.Array]:
 def empirical_ntk(apply_fn: ApplyFn, params: PyTree, x1: jax.Array,
                   x2: Optional[jax.Array] = None, *, method: str = 'auto',
                   trace_logits: bool = True, batch_size: Optional[int] = None,
-                  memory_limit: Optional[int] = None) -> jax.Array:
+                  memory_limit: Optional[int] = None,
+                  progress: bool = False) -> jax.Array:
   r"""The empirical NTK :math:`\Theta(x_1, x_2) = J(x_1) J(x_2)^\top`.
 
   .. math::
@@ -131,7 +209,10 @@ def empirical_ntk(apply_fn: ApplyFn, params: PyTree, x1: jax.Array,
       (``N1 x N2 x K x K``).
     batch_size: examples per block (None: as many as fit; for an explicit
       method, all of them).
-    memory_limit: bytes allowed (None: ``default_memory_limit()``).
+    memory_limit: bytes allowed (None: ``default_memory_limit()``): the
+      kernel, two blocks of Jacobians and the activations of computing them,
+      as XLA's memory analysis of the compiled block reports them.
+    progress: show a progress bar over the kernel's blocks.
 
   Returns:
     The kernel, in the dtype of ``params``.
@@ -152,11 +233,24 @@ def empirical_ntk(apply_fn: ApplyFn, params: PyTree, x1: jax.Array,
   symmetric = x2 is None
   x2 = x1 if symmetric else jnp.asarray(x2)
   n1, n2 = x1.shape[0], x2.shape[0]
+  limit = (memory.default_memory_limit() if memory_limit is None
+           else int(memory_limit))
+  requested = method
   method, b = memory.plan(apply_fn, params, n1, n2, x1, method=method,
                           trace_logits=trace_logits, batch_size=batch_size,
-                          memory_limit=memory_limit)
+                          memory_limit=limit)
+  if method == 'jacobian':
+    # The plan counts Jacobians, not activations: ask XLA what the compiled
+    # block really needs and shrink the block (or switch method) to fit.
+    b = _fit_jacobian_block(apply_fn, params, x1, b, n1, n2, trace_logits,
+                            limit, may_switch=requested == 'auto')
+    if b == 0:
+      method, b = memory.plan(apply_fn, params, n1, n2, x1, method='ntvp',
+                              trace_logits=trace_logits, memory_limit=limit)
   b1, b2 = min(b, n1), min(b, n2)
   blocks1, blocks2 = _pad_blocks(x1, b1), _pad_blocks(x2, b2)
+  bar = _progress(len(blocks1) * len(blocks2), progress,
+                  f'NTK {n1}x{n2} ({method}, blocks of {b})')
   rows = []
   if method == 'jacobian':
     jac_fn, contract = _jacobian_block_fns(apply_fn, trace_logits)
@@ -175,12 +269,17 @@ def empirical_ntk(apply_fn: ApplyFn, params: PyTree, x1: jax.Array,
         else:
           j2 = jac_fn(params, xb2)   # Recomputed: bounded memory (see docs).
         row.append(contract(j1, j2))
+        bar.update(1 + (i if symmetric and j == i else 0))
       rows.append(row)
   else:
     block_fn = _ntvp_block_fn(apply_fn, trace_logits)
     for i, xb1 in enumerate(blocks1):
-      rows.append([None if symmetric and j < i else block_fn(params, xb1, xb2)
-                   for j, xb2 in enumerate(blocks2)])
+      row = []
+      for j, xb2 in enumerate(blocks2):
+        row.append(None if symmetric and j < i else block_fn(params, xb1, xb2))
+        bar.update(1)
+      rows.append(row)
+  bar.close()
   if symmetric:
     swap = (1, 0) if trace_logits else (1, 0, 3, 2)
     for i in range(len(rows)):

@@ -30,7 +30,8 @@ def output_size(apply_fn: ApplyFn, params: PyTree, x: jax.Array) -> int:
   return int(np.prod(out.shape[1:], dtype=np.int64))
 
 
-def _itemsize(params: PyTree) -> int:
+def itemsize(params: PyTree) -> int:
+  """Bytes per number of the widest parameter dtype."""
   return max(np.dtype(x.dtype).itemsize for x in jax.tree.leaves(params))
 
 
@@ -39,8 +40,8 @@ def memory_estimate(num_params: int, num_outputs: int, n1: int, n2: int, *,
                     itemsize: int = 4) -> int:
   """Bytes ``empirical_ntk`` needs (the kernel plus per-block buffers).
 
-  Activations are not counted: for the models here they are small next to
-  ``K P`` Jacobian rows.
+  Activations are not counted here: `empirical_ntk` asks XLA's memory
+  analysis of the compiled block for them and shrinks the block to fit.
 
   Example:
     >>> memory_estimate(1000, 10, 64, 64, method='jacobian', batch_size=8)
@@ -69,7 +70,7 @@ def default_memory_limit() -> int:
   return int(0.5 * free)
 
 
-def _gib(n: float) -> str:
+def gib(n: float) -> str:
   return f'{n / 2 ** 30:.2f} GiB'
 
 
@@ -111,7 +112,7 @@ def plan(apply_fn: ApplyFn, params: PyTree, n1: int, n2: int, x: jax.Array, *,
     raise ValueError(f'method must be one of {METHODS}, got {method!r}')
   limit = default_memory_limit() if memory_limit is None else int(memory_limit)
   p, k = _num_params(params), output_size(apply_fn, params, x)
-  item = _itemsize(params)
+  item = itemsize(params)
   n = max(n1, n2)
   est = lambda m, b: memory_estimate(p, k, n1, n2, method=m, batch_size=b,
                                      trace_logits=trace_logits, itemsize=item)
@@ -119,8 +120,8 @@ def plan(apply_fn: ApplyFn, params: PyTree, n1: int, n2: int, x: jax.Array, *,
   if kernel_only > limit:
     raise NTKMemoryError(
         f'the {"traced" if trace_logits else "full"} NTK of {n1}x{n2} examples'
-        f' with K={k} outputs alone needs {_gib(kernel_only)}, over the memory'
-        f' limit of {_gib(limit)}; use fewer examples'
+        f' with K={k} outputs alone needs {gib(kernel_only)}, over the memory'
+        f' limit of {gib(limit)}; use fewer examples'
         + ('' if trace_logits else ' or trace_logits=True'))
   if method == 'auto':
     if batch_size is not None:
@@ -141,14 +142,14 @@ def plan(apply_fn: ApplyFn, params: PyTree, n1: int, n2: int, x: jax.Array, *,
   if need > limit:
     fit = _largest_fitting_batch(method, limit, p, k, n1, n2, trace_logits,
                                  item, n)
-    hint = (f'pass batch_size={fit} (estimated {_gib(est(method, fit))})'
+    hint = (f'pass batch_size={fit} (estimated {gib(est(method, fit))})'
             if fit >= 1 else
             "even batch_size=1 does not fit: use method='ntvp'"
             if method == 'jacobian' else 'use fewer examples')
     raise NTKMemoryError(
         f"empirical_ntk(method={method!r}) of {n1}x{n2} examples of a model "
         f'with P={p:,} parameters and K={k} outputs needs an estimated '
-        f'{_gib(need)} with batch_size={b} (Jacobian blocks of batch_size x K x'
-        f' P numbers plus the kernel), over the memory limit of {_gib(limit)};'
+        f'{gib(need)} with batch_size={b} (Jacobian blocks of batch_size x K x'
+        f' P numbers plus the kernel), over the memory limit of {gib(limit)};'
         f' {hint}.')
   return method, b

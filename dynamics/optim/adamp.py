@@ -78,9 +78,17 @@ def flax_projection_axes(path: tuple, leaf: jax.Array) -> Optional[ProjectionAxe
 
 
 def check_learning_rate(learning_rate: ScalarOrSchedule) -> None:
-  """Raises ValueError when ``learning_rate`` (or the schedule at 0) is < 0."""
+  """Raises ValueError when ``learning_rate`` (or the schedule at 0) is < 0.
+
+  A traced value (e.g. under ``optax.inject_hyperparams`` inside ``jit``)
+  cannot be checked here and is let through.
+  """
   value = learning_rate(0) if callable(learning_rate) else learning_rate
-  if float(value) < 0:
+  try:
+    value = float(value)
+  except (TypeError, jax.errors.ConcretizationTypeError):
+    return
+  if value < 0:
     raise ValueError(f'learning_rate must be >= 0, got {value}')
 
 
