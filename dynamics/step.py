@@ -56,25 +56,30 @@ class StepOptions:
     loss: 'cross_entropy' or 'mse'.
     z_loss: coefficient of the ``log^2 Z`` auxiliary loss.
     softmax: 'softmax' or 'stablemax' (see `dynamics.losses`).
-    sam_rho, sam_adaptive, sam_eta, sam_mask, sam_microbatches, sam_all_leaves:
-      the SAM gradient estimator (``sam_rho=None``: plain gradients).
+    sam_rho, sam_adaptive, sam_eta, sam_mask, sam_microbatches, sam_normalize,
+      sam_all_leaves: the SAM gradient estimator (``sam_rho=None``: plain
+      gradients; see `dynamics.optim.sam.sam_gradient`).
     ema_decay: decay of the parameters' EMA (None: off).
     log_per_layer: also measure per-parameter norms and the sown probes.
     log_every, num_steps: norms are measured only on the steps the loop logs
       (after update ``t + 1`` when ``(t + 1) % log_every == 0``, and the last).
+    grad_accum_steps: micro-batches per update (`accumulated_gradient`).
   """
   loss: str = 'cross_entropy'
   z_loss: float = 0.0
   softmax: str = 'softmax'
   sam_rho: Optional[float] = None
   sam_adaptive: bool = False
-  sam_eta: float = 0.0
+  sam_eta: float = 0.01
   sam_mask: str = 'all'
   sam_microbatches: int = 1
+  sam_normalize: bool = True
+  sam_all_leaves: bool = False
   ema_decay: Optional[float] = None
   log_per_layer: bool = False
   log_every: int = 1
   num_steps: Optional[int] = None
+  grad_accum_steps: int = 1
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, task: str
@@ -85,8 +90,11 @@ class StepOptions:
                sam_rho=None if s.rho is None else float(s.rho),
                sam_adaptive=bool(s.adaptive), sam_eta=float(s.eta),
                sam_mask=s.mask, sam_microbatches=int(s.num_microbatches),
+               sam_normalize=bool(s.normalize),
+               sam_all_leaves=bool(s.all_leaves),
                ema_decay=config.ema.decay, log_per_layer=config.log_per_layer,
-               log_every=config.log_every, num_steps=config.num_steps)
+               log_every=config.log_every, num_steps=config.num_steps,
+               grad_accum_steps=int(config.optimizer.grad_accum_steps))
 
 
 def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
@@ -107,20 +115,9 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
     ``options.log_per_layer``) on logged steps.
   """
   rng = jax.random.fold_in(state.rng, state.step)
-
-  def loss_fn(params, b):
-    return losses.compute_loss(model, params, state.model_state, b, rng,
-                               options, train=True)
-
-  if options.sam_rho is None:
-    (_, (model_state, metrics)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params, batch)
-  else:
-    (_, (model_state, metrics)), grads = optim_lib.sam_gradient(
-        loss_fn, state.params, batch, rho=options.sam_rho,
-        adaptive=options.sam_adaptive, eta=options.sam_eta,
-        mask=optim_lib.sam_mask(options.sam_mask),
-        num_microbatches=options.sam_microbatches, has_aux=True)
+  model_state, metrics, grads = accumulated_gradient(
+      state.params, state.model_state, batch, rng, model=model,
+      options=options)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics)
@@ -143,6 +140,105 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
                             opt_state=opt_state, model_state=model_state,
                             ema_params=ema_params)
   return new_state, metrics
+
+
+def _gradient(params: PyTree, model_state: PyTree, batch: Batch,
+              rng: jax.Array, model: nn.Module, options: StepOptions
+              ) -> Tuple[PyTree, Metrics, PyTree]:
+  """``(new_model_state, metrics, gradient)`` of one (micro-)batch: plain, or
+  SAM's when ``options.sam_rho`` is set."""
+
+  def loss_fn(p, b):
+    return losses.compute_loss(model, p, model_state, b, rng, options,
+                               train=True)
+
+  if options.sam_rho is None:
+    (_, (model_state, metrics)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(params, batch)
+  else:
+    (_, (model_state, metrics)), grads = optim_lib.sam_gradient(
+        loss_fn, params, batch, rho=options.sam_rho,
+        adaptive=options.sam_adaptive, eta=options.sam_eta,
+        mask=optim_lib.sam_mask(options.sam_mask),
+        num_microbatches=options.sam_microbatches, has_aux=True,
+        normalize=options.sam_normalize, all_leaves=options.sam_all_leaves)
+  return model_state, metrics, grads
+
+
+def accumulated_gradient(params: PyTree, model_state: PyTree, batch: Batch,
+                         rng: jax.Array, *, model: nn.Module,
+                         options: StepOptions
+                         ) -> Tuple[PyTree, Metrics, PyTree]:
+  r"""The batch's gradient, accumulated over ``k = options.grad_accum_steps``
+  micro-batches with the memory of one.
+
+  .. math:: g = \frac{1}{k} \sum_{j=0}^{k-1} \nabla L_{B_j}(w),
+     \qquad B_j = \{\text{rows } r : r \bmod k = j\},
+
+  equal to the whole batch's gradient (each loss is a mean over equally many
+  examples and tokens) up to float summation order. A ``lax.scan`` runs the
+  micro-batches one after the other, so the activations of only one are
+  alive. Micro-batch ``j`` takes every ``k``-th row, so on a mesh each device
+  keeps its own rows (no data moves). The metrics (loss, accuracy, per-layer
+  probes) are means over the micro-batches; model state (BatchNorm
+  statistics) is threaded through them in order; dropout draws from
+  ``fold_in(rng, j)`` in micro-batch ``j``. With ``k = 1`` this is the plain
+  gradient, bit for bit.
+
+  What accumulation means for the gradient estimators and optimizers:
+
+  * SAM: each micro-batch is perturbed along its own gradient, so the update
+    is m-sharpness with ``m`` = the micro-batch (split further by
+    ``sam_microbatches``), not SAM on the whole batch.
+  * Stable-SPAM (and every optimizer): the optimizer runs once per update on
+    the accumulated gradient, so its spike clipping and gradient-norm
+    statistics see one (mean) gradient per update, as without accumulation.
+
+  Args:
+    params, model_state: the state's parameters and other collections.
+    batch: ``{'inputs', 'targets'}`` whose leading axis ``k`` divides.
+    rng: this step's key.
+    model, options: the static parts of the step.
+
+  Returns:
+    ``(new_model_state, metrics, gradient)``.
+
+  Example:
+    >>> from dynamics.models import MLP
+    >>> model = MLP(hidden_sizes=(3,), num_outputs=1)
+    >>> params = model.init(jax.random.PRNGKey(0), jnp.ones((1, 2)))['params']
+    >>> batch = {'inputs': jnp.arange(8.).reshape(4, 2),
+    ...          'targets': jnp.arange(4.).reshape(4, 1)}
+    >>> g1, g4 = (accumulated_gradient(
+    ...     params, {}, batch, jax.random.PRNGKey(1), model=model,
+    ...     options=StepOptions(loss='mse', grad_accum_steps=k))[2]
+    ...     for k in (1, 4))
+    >>> jax.tree.all(jax.tree.map(
+    ...     lambda a, b: bool(jnp.allclose(a, b, rtol=1e-5, atol=1e-7)), g1, g4))
+    True
+  """
+  k = options.grad_accum_steps
+  if k == 1:
+    return _gradient(params, model_state, batch, rng, model, options)
+
+  def split(x):  # (B, ...) -> (k, B / k, ...); micro-batch j is rows j::k.
+    x = jnp.asarray(x)
+    return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
+
+  def body(carry, xs):
+    model_state, total = carry
+    micro, j = xs
+    model_state, metrics, grads = _gradient(
+        params, model_state, micro, jax.random.fold_in(rng, j), model,
+        options)
+    return (model_state, jax.tree.map(jnp.add, total, grads)), metrics
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  (model_state, total), metrics = jax.lax.scan(
+      body, (model_state, zeros), (jax.tree.map(split, batch), jnp.arange(k)))
+  grads = jax.tree.map(lambda g: g / k, total)
+  return (model_state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics),
+          grads)
 
 
 def _on_logged_steps(measure: Callable[[], Metrics], step: jax.Array,

@@ -2,6 +2,14 @@ r"""Benchmark: the project's ``train_step`` against a hand-written optax step.
 
   python -m experiments.bench_step                 # CPU smoke transformer
   python -m experiments.bench_step --size=gpt2     # ~124M params, bf16 (GPU)
+  python -m experiments.bench_step --size=llama60m --batch_size=4 --baseline=false
+
+``--size=llama60m|llama130m|llama350m|llama1b`` times the LLaMA-C4 shapes of
+``configs/llama_c4.py`` (bf16, sequence 256, synthetic token shards; on a CPU
+use a small ``--batch_size``: the time of the configs' 512-sequence step is
+extrapolated linearly and printed too), with tokens/s and model-FLOPs
+utilization (`dynamics.throughput`; ``--peak_flops`` for devices without a
+table entry, such as CPUs).
 
 Both steps train the same model on the same batch with ``optax.adamw`` and the
 same schedule; the baseline is the minimal ``jax.jit(value_and_grad + update +
@@ -12,6 +20,7 @@ compiling and warming both), takes the median of ``--repeats`` rounds of
 
 import functools
 import statistics
+import tempfile
 import time
 
 from absl import app
@@ -20,22 +29,39 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from configs import wsd
-from dynamics import runs
+from configs import llama_c4, wsd
+from dynamics import runs, throughput
+from dynamics.data import tokens as tokens_lib
 
-_SIZE = flags.DEFINE_enum('size', 'smoke', ['smoke', 'wsd', 'gpt2'], 'Model size.')
+LLAMA = ('llama60m', 'llama130m', 'llama350m', 'llama1b')
+_SIZE = flags.DEFINE_enum('size', 'smoke', ['smoke', 'wsd', 'gpt2', *LLAMA],
+                          'Model size.')
+_BATCH = flags.DEFINE_integer('batch_size', None, 'Sequences per step '
+                              '(default: the size\'s own).')
+_DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'],
+                           'Compute dtype (default: the size\'s own).')
+_BASELINE = flags.DEFINE_bool('baseline', True, 'Also time the hand-written '
+                              'optax step.')
+_PEAK = flags.DEFINE_float('peak_flops', None, 'Peak FLOP/s per device for '
+                           'MFU (default: dynamics.throughput.PEAK_FLOPS).')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Steps per timed round.')
 _REPEATS = flags.DEFINE_integer('repeats', 7, 'Timed rounds per step function.')
 
 
-def bench_config(size: str):
+def bench_config(size: str, token_dir: str = None):
+  if size in LLAMA:
+    c = llama_c4.get_config(size[len('llama'):])
+    c.data.path = token_dir
+    c.model.vocab_size = 32_000
+    return c
   c = wsd.get_config('smoke' if size == 'smoke' else None)
   c.optimizer.clip_norm = None
   c.optimizer.weight_decay_mask = 'all'
-  if size == 'gpt2':
+  if size == 'gpt2':  # Token files: a Markov chain over 50k states is 20 GB.
     c.model.d_model, c.model.num_layers, c.model.num_heads = 768, 12, 12
     c.model.max_len = c.data.seq_len = 1024
-    c.data.vocab_size, c.data.batch_size = 50304, 16
+    c.data.name, c.data.path, c.data.batch_size = 'tokens', token_dir, 16
+    c.model.vocab_size = 50304
     c.model.dtype = 'bfloat16'
   return c
 
@@ -68,8 +94,18 @@ def time_rounds(run_round, repeats):
 
 def main(argv):
   del argv
-  config = bench_config(_SIZE.value)
-  run = runs.Run(config)
+  with tempfile.TemporaryDirectory() as tmp:
+    token_dir = None
+    if _SIZE.value in LLAMA + ('gpt2',):
+      token_dir = tokens_lib.write_synthetic(
+          tmp, 2_000_000, vocab=50_257 if _SIZE.value == 'gpt2' else 32_000)
+    config = bench_config(_SIZE.value, token_dir)
+    if _BATCH.value:
+      config.data.batch_size = _BATCH.value
+    if _DTYPE.value:
+      config.model.dtype = _DTYPE.value
+    run = runs.Run(config)
+  full_batch = bench_config(_SIZE.value, token_dir).data.batch_size
   parts = run.parts
   state = run.init_state()
   batch = jax.tree.map(jnp.asarray, parts.dataset.train_batch(0))
@@ -93,27 +129,40 @@ def main(argv):
     jax.block_until_ready(loss)
     holder['params'], holder['opt'] = p, o
 
-  for fn in (round_ours, round_base):  # Compile and warm up.
+  rounds = (round_ours, round_base) if _BASELINE.value else (round_ours,)
+  for fn in rounds:  # Compile and warm up.
     fn()
   t_ours, t_base = [], []
   for _ in range(_REPEATS.value):     # Interleaved, so drift hits both.
     t_ours += time_rounds(round_ours, 1)
-    t_base += time_rounds(round_base, 1)
+    if _BASELINE.value:
+      t_base += time_rounds(round_base, 1)
   per_ours = statistics.median(t_ours) / _STEPS.value
-  per_base = statistics.median(t_base) / _STEPS.value
   n_params = sum(x.size for x in jax.tree.leaves(params))
   tokens = config.data.batch_size * config.data.seq_len
-  print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()}; '
-        f'model: {n_params:,} params, {tokens} tokens/step')
+  kind = jax.devices()[0].device_kind
+  print(f'device: {kind} x{jax.device_count()}; model: {n_params:,} params, '
+        f'{config.model.dtype}, {tokens} tokens/step')
   print(f'{"step":<34}{"ms/step":>10}{"tokens/s":>12}')
-  print(f'{"optax.adamw hand-written":<34}{1e3 * per_base:>10.2f}{tokens / per_base:>12.4g}')
-  print(f'{"dynamics.step.train_step":<34}{1e3 * per_ours:>10.2f}{tokens / per_ours:>12.4g}')
-  print(f'ratio train_step / baseline: {per_ours / per_base:.3f} (target <= 1.05)')
-  if _SIZE.value == 'gpt2':
-    # 6 N per token for the matmuls plus attention (12 L T d per token).
-    flops = tokens * (6 * n_params + 12 * config.model.num_layers
-                      * config.data.seq_len * config.model.d_model)
-    print(f'model FLOPs/s: {flops / per_ours / 1e12:.1f} TFLOP/s')
+  if _BASELINE.value:
+    per_base = statistics.median(t_base) / _STEPS.value
+    print(f'{"optax.adamw hand-written":<34}{1e3 * per_base:>10.2f}'
+          f'{tokens / per_base:>12.4g}')
+  print(f'{"dynamics.step.train_step":<34}{1e3 * per_ours:>10.2f}'
+        f'{tokens / per_ours:>12.4g}')
+  if _BASELINE.value:
+    print(f'ratio train_step / baseline: {per_ours / per_base:.3f} '
+          '(target <= 1.05)')
+  flops = throughput.flops_per_token(params, config)
+  print(f'model FLOPs: {flops / 1e6:,.1f} MFLOP/token (6N + 12LTd), '
+        f'{tokens * flops / per_ours / 1e9:,.1f} GFLOP/s achieved')
+  peak = throughput.peak_flops(kind, _PEAK.value)
+  if peak:
+    print(f'MFU: {100 * tokens * flops / per_ours / peak:.2f}% of '
+          f'{peak / 1e12:g} TFLOP/s per device')
+  if config.data.batch_size != full_batch:
+    print(f'the config\'s {full_batch}-sequence step, extrapolated: '
+          f'{per_ours * full_batch / config.data.batch_size:,.1f} s')
 
 
 if __name__ == '__main__':

@@ -42,16 +42,20 @@ def _train(c, steps=4):
   return out
 
 
-# Each value of every knob appears at least once; combined to keep compiles few.
+# Each value of every knob appears at least once; combined to keep compiles few
+# (the LLaMA options with the norm placements, qk-norm, parametrizations,
+# quantization and bf16).
 KNOBS = [
     {'model.norm': 'rmsnorm', 'model.norm_position': 'post',
-     'model.init': 'he', 'model.quantization': 'int4'},
+     'model.init': 'he', 'model.quantization': 'int4', 'model.mlp': 'swiglu',
+     'model.mlp_hidden': 24, 'model.remat': 'dots', 'model.dtype': 'bfloat16'},
     {'model.norm': 'dyt', 'model.norm_position': 'peri', 'model.qk_norm': True,
      'model.init': 'orthogonal', 'model.parametrization': 'mup',
-     'model.base_width': 8},
+     'model.base_width': 8, 'model.position': 'rope', 'model.remat': 'full'},
     {'model.norm': 'none', 'model.norm_position': 'mix', 'model.mix_ln_split': 1,
      'model.init': 'fixup', 'model.quantization': 'fp4',
-     'model.tie_embeddings': False},
+     'model.tie_embeddings': False, 'model.use_bias': False,
+     'optimizer.grad_accum_steps': 2},
     {'model.norm_position': 'deepnorm', 'model.layernorm_scaling': True,
      'model.init': 'zero', 'model.init_scale': 0.5,
      'model.parametrization': 'ntk', 'model.softmax': 'stablemax',
@@ -104,6 +108,16 @@ def test_default_knobs_leave_the_model_unchanged():
      'model.layernorm_scaling'),
     ({'model.quantization': 'int8'}, 'model.quantization'),
     ({'model.softmax': 'sparsemax'}, 'model.softmax'),
+    ({'model.position': 'alibi'}, 'model.position'),
+    ({'model.position': 'rope', 'model.d_model': 18}, 'model.position'),
+    ({'model.mlp': 'geglu'}, 'model.mlp'),
+    ({'model.name': 'mlp', 'data.name': 'modular', 'model.mlp': 'swiglu'},
+     'model.mlp'),
+    ({'model.remat': 'everything'}, 'model.remat'),
+    ({'model.vocab_size': 16}, 'model.vocab_size'),
+    ({'optimizer.grad_accum_steps': 3}, 'optimizer.grad_accum_steps'),
+    ({'optimizer.grad_accum_steps': 0}, 'optimizer.grad_accum_steps'),
+    ({'throughput.peak_flops': 0.0}, 'throughput.peak_flops'),
 ])
 def test_bad_knobs_name_the_field(overrides, field):
   with pytest.raises(config_lib.ConfigError, match=f'config.{field}='):

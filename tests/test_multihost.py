@@ -11,6 +11,11 @@ process collectives on CPU go through gloo (JAX's default CPU collectives).
 The second test sends SIGTERM to process 1 only, mid-run: JAX's preemption
 service makes both processes checkpoint at the same step and stop; the re-run
 resumes and ends where the uninterrupted run ends.
+
+The last test runs the workers on token files (``--tokens-worker``): each
+process reads only its own rows of a global batch, and
+``jax.make_array_from_process_local_data`` assembles the batch a single
+process reads.
 """
 
 import functools
@@ -35,12 +40,6 @@ TIMEOUT = 420
 
 
 @functools.lru_cache(maxsize=None)
-def _cache_dir() -> str:
-  """Workers compile the same programs run after run: they share a
-  compilation cache (fresh per test session), so only the first run pays."""
-  return tempfile.mkdtemp(prefix='multihost_jax_cache_')
-
-
 def small_config():
   from configs import wsd
   c = wsd.get_config('smoke')
@@ -112,21 +111,47 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(workdir, num_processes, devices_per_process, sigterm_at=0):
+def _tokens_worker(token_dir: str) -> None:
+  """Reads this process's rows of batch 3 of ``token_dir`` and assembles the
+  global batch on the 2 x 2 mesh."""
+  import jax
+  from jax.experimental import multihost_utils
+  from dynamics import data as data_lib
+  from dynamics import sharding
+
+  config = small_config()
+  config.data.name, config.data.path = 'tokens', token_dir
+  sharding.maybe_initialize_distributed(config)
+  dataset = data_lib.get_dataset(config)
+  local = next(data_lib.DataIterator(dataset, 3, jax.process_index(),
+                                     jax.process_count()))
+  mesh = sharding.make_mesh(config.mesh)
+  batch = sharding.global_batch_from_local(local,
+                                           sharding.batch_sharding(mesh))
+  assembled = multihost_utils.process_allgather(batch['inputs'], tiled=True)
+  print('RESULT ' + json.dumps({
+      'process_index': jax.process_index(),
+      'windows': dataset.read_windows.tolist(),
+      'local_inputs': local['inputs'].tolist(),
+      'global_shape': list(batch['inputs'].shape),
+      'assembled': assembled.tolist()}), flush=True)
+
+
+def _launch(workdir, num_processes, devices_per_process, sigterm_at=0,
+            mode='--worker'):
   """Starts the workers; returns their Popen objects."""
   port = _free_port()
   procs = []
   for pid in range(num_processes):
     env = dict(os.environ, JAX_PLATFORMS='cpu',
-               JAX_COMPILATION_CACHE_DIR=_cache_dir(),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-               XLA_FLAGS='--xla_force_host_platform_device_count='
-               f'{devices_per_process}')
+               XLA_FLAGS=os.environ.get('XLA_FLAGS', '') +
+               f' --xla_force_host_platform_device_count={devices_per_process}')
     if num_processes > 1:
       env.update(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
                  JAX_NUM_PROCESSES=str(num_processes), JAX_PROCESS_ID=str(pid))
     procs.append(subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), '--worker', workdir,
+        [sys.executable, os.path.abspath(__file__), mode, workdir,
          str(sigterm_at)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True))
   return procs
@@ -219,5 +244,33 @@ def test_sigterm_to_one_process_checkpoints_both_and_resume_matches():
   assert max(abs(losses[s] - ref[s]) for s in ref) < 1e-6
 
 
+def test_each_process_reads_its_own_rows_of_token_files(tmp_path):
+  import numpy as np
+  from dynamics import data as data_lib
+  from experiments import prepare_text
+  token_dir = str(tmp_path / 'tokens')
+  prepare_text.prepare(prepare_text.input_files(
+      os.path.join(data_lib.default_text_dir(), 'json')), token_dir, 'bytes',
+                       eval_tokens=2000, progress=False)
+  workers = _collect(_launch(token_dir, 2, 2, mode='--tokens-worker'))
+  config = small_config()
+  single = data_lib.TokenFiles(token_dir, config.data.seq_len,
+                               config.data.batch_size, config.seed)
+  expected = single.train_batch(3)['inputs']
+  assert [w['process_index'] for w in workers] == [0, 1]
+  # Disjoint rows (windows) that together are the single-process batch's.
+  first, second = (set(w['windows']) for w in workers)
+  assert len(first) == len(second) == 4 and not first & second
+  assert workers[0]['windows'] + workers[1]['windows'] == \
+      single.read_windows.tolist()
+  np.testing.assert_array_equal(
+      np.concatenate([w['local_inputs'] for w in workers]), expected)
+  for w in workers:  # The assembled global array, seen from each process.
+    assert w['global_shape'] == [8, 16]
+    np.testing.assert_array_equal(w['assembled'], expected)
+
+
 if __name__ == '__main__' and sys.argv[1:2] == ['--worker']:
   _worker(sys.argv[2], int(sys.argv[3]))
+if __name__ == '__main__' and sys.argv[1:2] == ['--tokens-worker']:
+  _tokens_worker(sys.argv[2])

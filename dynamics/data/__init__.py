@@ -10,6 +10,8 @@ Datasets that need no download:
   * ``markov``: a synthetic Markov (bigram) language with tunable entropy.
   * ``bytes``: byte-level text from a local directory (default: the Python
     standard library's own source files).
+  * ``tokens``: pre-tokenized text in memory-mapped shards (``data.path``,
+    written by ``python -m experiments.prepare_text``; see `tokens`).
   * ``teacher_student``: regression on the outputs of a random teacher MLP.
   * ``modular``: ``(a op b) mod p`` for grokking studies.
   * ``digits``: scikit-learn's bundled 8x8 digits (needs scikit-learn).
@@ -18,8 +20,6 @@ Optional loaders (``tfds``, ``huggingface``) need the ``[data]`` extra.
 
 from typing import Any, Dict
 
-import numpy as np
-
 from dynamics.data.arrays import ArrayDataset, digits
 from dynamics.data.base import Dataset, DatasetInfo
 from dynamics.data.synthetic import (MODULAR_OPS, MarkovLanguage,
@@ -27,15 +27,17 @@ from dynamics.data.synthetic import (MODULAR_OPS, MarkovLanguage,
                                      teacher_student)
 from dynamics.data.text import (ByteText, default_text_dir, huggingface_text,
                                 tfds_text)
+from dynamics.data.tokens import TokenDataError, TokenFiles
 from dynamics.types import Batch
 
 __all__ = ['ArrayDataset', 'ByteText', 'DATASETS', 'DataIterator', 'Dataset',
            'DatasetInfo', 'MODULAR_OPS', 'MarkovLanguage', 'default_text_dir',
            'digits', 'get_dataset', 'huggingface_text', 'modular_arithmetic',
-           'pow_mod_inverse', 'teacher_student', 'tfds_text']
+           'pow_mod_inverse', 'teacher_student', 'tfds_text', 'TokenDataError',
+           'TokenFiles']
 
-DATASETS = ('markov', 'bytes', 'teacher_student', 'modular', 'digits', 'tfds',
-            'huggingface')
+DATASETS = ('markov', 'bytes', 'tokens', 'teacher_student', 'modular', 'digits',
+            'tfds', 'huggingface')
 
 
 def get_dataset(config: Any) -> Dataset:
@@ -46,6 +48,9 @@ def get_dataset(config: Any) -> Dataset:
   if d.name == 'bytes':
     return ByteText.from_directory(d.text_dir, d.seq_len, d.batch_size,
                                    d.max_bytes, seed)
+  if d.name == 'tokens':
+    return TokenFiles(d.path, d.seq_len, d.batch_size, seed,
+                      config.model.vocab_size)
   if d.name == 'teacher_student':
     return teacher_student(d.input_dim, d.teacher_width, d.output_dim,
                            d.num_train, d.noise_std, d.batch_size, seed)
@@ -66,8 +71,9 @@ class DataIterator:
   """Iterates ``dataset.train_batch(position)``; the position is its whole state.
 
   In a multi-process run each process keeps only its slice of the global
-  batch (``process_index`` of ``process_count`` equal slices), so all processes
-  together see exactly the batches of a single-process run.
+  batch (``process_index`` of ``process_count`` equal slices,
+  ``dataset.train_slice``; token files read only those rows), so all
+  processes together see exactly the batches of a single-process run.
   """
 
   def __init__(self, dataset: Dataset, position: int = 0,
@@ -79,12 +85,13 @@ class DataIterator:
     return self
 
   def __next__(self) -> Batch:
-    batch = self.dataset.train_batch(self.position)
-    self.position += 1
     if self.process_count == 1:
-      return batch
-    return {k: np.array_split(v, self.process_count)[self.process_index]
-            for k, v in batch.items()}
+      batch = self.dataset.train_batch(self.position)
+    else:
+      batch = self.dataset.train_slice(self.position, self.process_index,
+                                       self.process_count)
+    self.position += 1
+    return batch
 
   def state(self) -> Dict[str, int]:
     return {'position': self.position}

@@ -42,6 +42,13 @@ class Dataset:
   def eval_batch(self, index: int) -> Batch:
     raise NotImplementedError
 
+  def train_slice(self, index: int, part: int, num_parts: int) -> Batch:
+    """Part ``part`` of ``num_parts`` contiguous parts of ``train_batch(index)``
+    (``np.array_split``): a process's rows. Datasets that can read only
+    those rows (token files) override it."""
+    return {k: np.array_split(v, num_parts)[part]
+            for k, v in self.train_batch(index).items()}
+
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
   return np.random.default_rng([seed, *keys])

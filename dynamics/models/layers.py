@@ -8,7 +8,7 @@ kernels, ``lax.dot_general``), so default models are bit-for-bit unchanged.
 
 import dataclasses
 import math
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -19,6 +19,17 @@ from dynamics import quantization
 
 NORMS = ('layernorm', 'rmsnorm', 'batchnorm', 'none', 'dyt')
 NORM_POSITIONS = ('pre', 'post', 'peri', 'mix', 'deepnorm')
+POSITIONS = ('learned', 'rope')
+MLPS = ('gelu', 'swiglu')
+# What a rematerialized block keeps for the backward pass (``jax.checkpoint``
+# policies): 'full' keeps only its input and recomputes everything; 'dots'
+# also keeps the outputs of matmuls against weights (no batch dimensions), so
+# only attention and elementwise ops are recomputed.
+REMAT_POLICIES = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 INITS = ('default', 'lecun', 'he', 'orthogonal', 'fixup', 'zero')
 PARAMETRIZATIONS = ('standard', 'ntk', 'mup')
 ACTIVATIONS = {
@@ -67,14 +78,18 @@ class Identity(nn.Module):
 
 
 def make_norm(kind: str, name: str, *, train: bool = False,
-              dtype=jnp.float32, zero_scale: bool = False) -> nn.Module:
+              dtype=jnp.float32, zero_scale: bool = False,
+              use_bias: bool = True) -> nn.Module:
   """A normalization module; every name contains 'norm' (SAM-ON masks on it).
 
   ``zero_scale`` starts its learnable scale at 0 (the output is then its bias,
   0): how Fixup / ZerO zero a residual branch that ends in a norm.
+  ``use_bias=False`` drops LayerNorm's bias (RMSNorm has none).
   """
   extra = {'scale_init': nn.initializers.zeros} if zero_scale else {}
   if kind == 'layernorm':
+    if not use_bias:
+      extra['use_bias'] = False
     return nn.LayerNorm(name=name, dtype=dtype, **extra)
   if kind == 'rmsnorm':
     return nn.RMSNorm(name=name, dtype=dtype, **extra)
@@ -99,6 +114,65 @@ def scaled(y: jax.Array, factor: float) -> jax.Array:
   # Multiplying by exactly 1.0 is the identity, but skipping it keeps the
   # default graph untouched.
   return y if factor == 1.0 else y * jnp.asarray(factor, y.dtype)
+
+
+def swiglu_hidden(d_model: int, multiple_of: int = 256) -> int:
+  """LLaMA's SwiGLU hidden size: ``int(2/3 * 4 d)`` rounded up to a multiple
+  of ``multiple_of``, which keeps the gated MLP's parameter count near a
+  ``4 d`` GELU MLP's (Touvron et al., "LLaMA", 2023, reference code).
+
+  Example:
+    >>> swiglu_hidden(4096), swiglu_hidden(512)
+    (11008, 1536)
+  """
+  hidden = int(2 * 4 * d_model / 3)
+  return multiple_of * -(-hidden // multiple_of)
+
+
+def rope_angles(seq_len: int, head_dim: int, theta: float
+                ) -> Tuple[jax.Array, jax.Array]:
+  """``(cos, sin)`` of RoPE's angles ``t * theta^(-2i / head_dim)``, each of
+  shape ``(seq_len, head_dim // 2)`` (float32)."""
+  inv_freq = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32)
+                       / head_dim)
+  angles = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, theta: float = 10_000.0) -> jax.Array:
+  r"""Rotary position embedding of queries or keys ``x`` of shape ``(B, T, H, D)``.
+
+  Channel ``i < D/2`` and channel ``i + D/2`` of position ``t`` form a pair
+  rotated by the angle :math:`t\,\theta^{-2i/D}` (the "rotate-half" layout
+  of GPT-NeoX and Hugging Face LLaMA, a fixed permutation of the paper's
+  interleaved pairs). Rotations compose, so
+  :math:`\langle R_s q, R_t k\rangle = \langle q, R_{t-s} k\rangle`: the
+  attention score depends on the positions only through ``t - s``.
+
+  Args:
+    x: ``(batch, seq, heads, head_dim)`` with an even ``head_dim``.
+    theta: the base period (10,000 in RoFormer and LLaMA).
+
+  Returns:
+    The rotated array, same shape and dtype (computed in float32).
+
+  Example:
+    >>> x = jnp.ones((1, 2, 1, 2))    # head_dim 2: one pair, angle t
+    >>> [round(float(v), 4) for v in apply_rope(x)[0, 1, 0]]  # t = 1
+    [-0.3012, 1.3818]
+
+  References:
+    Su et al., "RoFormer: Enhanced Transformer with Rotary Position
+    Embedding", 2021. https://arxiv.org/abs/2104.09864
+  """
+  _, seq_len, _, head_dim = x.shape
+  if head_dim % 2:
+    raise ValueError(f'RoPE needs an even head dimension, got {head_dim}')
+  cos, sin = rope_angles(seq_len, head_dim, theta)
+  cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -202,15 +276,17 @@ class Knobs:
     # Forward multiplier and the matching init factor: NTK stores N(0, sigma^2)
     # weights and divides by sqrt(fan_in) in the forward pass (same function at
     # init, different gradient scale); muP's readout is multiplied by 1/r and
-    # its stored weights by sqrt(r), so its effective init variance is
-    # 1 / (fan_in * r) (Yang et al., Tensor Programs V, Table 3).
+    # initialized at zero (Yang et al., Tensor Programs V, Table 3 allows 0 or
+    # variance 1/fan_in^2; App. D.2 recommends 0): a nonzero init's share of
+    # the output shrinks with width, which tilts the readout's coordinate
+    # check at finite width (experiments/reproductions/mup_coordinate_check).
     multiplier, factor = 1.0, self.init_scale * extra_scale
+    mup_readout = self.parametrization == 'mup' and role == 'output'
     if self.parametrization == 'ntk':
       multiplier, factor = 1.0 / math.sqrt(fan_in), factor * math.sqrt(fan_in)
-    elif self.parametrization == 'mup' and role == 'output':
+    elif mup_readout:
       multiplier = 1.0 / self.width_mult
-      factor = factor * math.sqrt(self.width_mult)
-    if self.init in ('fixup', 'zero') and branch_last:
+    if (self.init in ('fixup', 'zero') and branch_last) or mup_readout:
       kernel_init = nn.initializers.zeros
     elif self.init == 'zero' and (branch_first or shortcut):
       kernel_init = _scaled_init(identity_init, self.init_scale * extra_scale,

@@ -24,6 +24,20 @@ Models", 2025) multiplies every norm output inside block ``l`` (1-based) by
 ``1 / sqrt(l)``. ``qk_norm`` normalizes queries and keys per head (Dehghani
 et al., 2023; Wortsman et al., 2023).
 
+LLaMA-style options (Touvron et al., "LLaMA: Open and Efficient Foundation
+Language Models", 2023), each independent of the others and of the options
+above: ``position='rope'`` rotates queries and keys (after qk-norm, as
+OLMo 2 does) instead of adding learned positions (`layers.apply_rope`);
+``mlp='swiglu'`` is the gated ``W_out (silu(x W_gate) * x W_up)`` (Shazeer,
+"GLU Variants Improve Transformer", 2020), its gate and up projections fused
+in one ``fc_in`` kernel ``(d, 2 * hidden)`` so that every rule matching
+``mlp/fc_in`` (muP, AdamP, per-layer metrics) applies unchanged;
+``use_bias=False`` drops the biases of the linear layers and LayerNorms;
+``remat`` rematerializes each block in the backward pass
+(`layers.REMAT_POLICIES`). The GaLore / Stable-SPAM LLaMA is
+``norm='rmsnorm', position='rope', mlp='swiglu', use_bias=False,
+tie_embeddings=False``.
+
 With ``Transformer.apply(..., mutable=['intermediates'])`` each block sows
 the variance of the residual stream after it (``resid_var``) and the largest
 causal attention logit ``max q.k * scale`` (``attn_logit_max``): the
@@ -51,6 +65,8 @@ class Attention(nn.Module):
   num_branches: int = 1
   beta: float = 1.0
   scale: Optional[float] = None
+  rope_theta: Optional[float] = None
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -60,7 +76,7 @@ class Attention(nn.Module):
     # DeepNet scales only the value third of the fused qkv projection.
     columns = (2.0 / 3.0, self.beta) if self.beta != 1.0 else None
     qkv = nn.DenseGeneral((3, self.num_heads, head_dim), dtype=self.dtype,
-                          name='qkv',
+                          name='qkv', use_bias=self.use_bias,
                           **k_.linear('hidden', d_model, branch_first=True,
                                       num_branches=self.num_branches,
                                       column_factors=columns))(x)
@@ -69,6 +85,9 @@ class Attention(nn.Module):
       qk_kind = 'rmsnorm' if self.norm in ('none', 'batchnorm') else self.norm
       q = layers.make_norm(qk_kind, 'q_norm', dtype=self.dtype)(q)
       k = layers.make_norm(qk_kind, 'k_norm', dtype=self.dtype)(k)
+    if self.rope_theta is not None:
+      q = layers.apply_rope(q, self.rope_theta)
+      k = layers.apply_rope(k, self.rope_theta)
     if self.is_mutable_collection('intermediates'):
       self.sow('intermediates', 'attn_logit_max',
                max_causal_logit(q, k, self.scale))
@@ -77,7 +96,7 @@ class Attention(nn.Module):
                                      implementation=self.attention_impl,
                                      **extra)
     return nn.DenseGeneral(d_model, axis=(-2, -1), dtype=self.dtype,
-                           name='out',
+                           name='out', use_bias=self.use_bias,
                            **k_.linear('hidden', d_model, branch_last=True,
                                        extra_scale=self.beta))(y)
 
@@ -95,22 +114,32 @@ def max_causal_logit(q: jax.Array, k: jax.Array,
 
 
 class MlpBlock(nn.Module):
+  """``fc_out(act(fc_in x))``; ``gated``: ``fc_out(act(x W_gate) * x W_up)``
+  with ``[W_gate | W_up]`` the ``(d, 2 * hidden)`` kernel of ``fc_in``."""
   hidden: int
   activation: str = 'gelu'
   dtype: jnp.dtype = jnp.float32
   knobs: layers.Knobs = layers.Knobs()
   num_branches: int = 1
   beta: float = 1.0
+  gated: bool = False
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x):
     d_model = x.shape[-1]
-    h = nn.Dense(self.hidden, dtype=self.dtype, name='fc_in',
+    width = 2 * self.hidden if self.gated else self.hidden
+    h = nn.Dense(width, dtype=self.dtype, name='fc_in', use_bias=self.use_bias,
                  **self.knobs.linear('hidden', d_model, branch_first=True,
                                      num_branches=self.num_branches,
                                      extra_scale=self.beta))(x)
-    h = layers.activation(self.activation)(h)
+    if self.gated:
+      gate, up = jnp.split(h, 2, axis=-1)
+      h = layers.activation(self.activation)(gate) * up
+    else:
+      h = layers.activation(self.activation)(h)
     return nn.Dense(d_model, dtype=self.dtype, name='fc_out',
+                    use_bias=self.use_bias,
                     **self.knobs.linear('hidden', self.hidden,
                                         branch_last=True,
                                         extra_scale=self.beta))(h)
@@ -138,18 +167,24 @@ class Block(nn.Module):
   alpha: float = 1.0
   beta: float = 1.0
   attn_scale: Optional[float] = None
+  rope_theta: Optional[float] = None
+  gated_mlp: bool = False
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     attn = Attention(self.num_heads, self.qk_norm, self.norm,
                      self.attention_impl, self.dtype, self.knobs,
-                     self.num_branches, self.beta, self.attn_scale, name='attn')
+                     self.num_branches, self.beta, self.attn_scale,
+                     self.rope_theta, self.use_bias, name='attn')
     mlp = MlpBlock(self.mlp_hidden, self.activation, self.dtype, self.knobs,
-                   self.num_branches, self.beta, name='mlp')
+                   self.num_branches, self.beta, self.gated_mlp, self.use_bias,
+                   name='mlp')
     drop = nn.Dropout(self.dropout, deterministic=not train)
 
     def norm(name):
-      module = layers.make_norm(self.norm, name, dtype=self.dtype)
+      module = layers.make_norm(self.norm, name, dtype=self.dtype,
+                                use_bias=self.use_bias)
       return lambda h: layers.scaled(module(h), self.norm_scale)
 
     norm_attn, norm_mlp = norm('norm_attn'), norm('norm_mlp')
@@ -181,6 +216,14 @@ class Transformer(nn.Module):
     vocab_size: number of tokens.
     d_model, num_layers, num_heads, mlp_ratio: the usual sizes.
     max_len: maximum sequence length (learned position embeddings).
+    position: 'learned' (a ``(max_len, d)`` table) | 'rope' (rotary).
+    rope_theta: RoPE's base period.
+    mlp: 'gelu' (``fc_out(act(fc_in x))`` with ``activation``) | 'swiglu'.
+    mlp_hidden: the MLP's hidden size (None: ``mlp_ratio * d_model``, or
+      `layers.swiglu_hidden` for SwiGLU).
+    use_bias: biases in the linear layers and LayerNorms.
+    remat: 'none' | 'full' | 'dots': rematerialize each block
+      (`layers.REMAT_POLICIES`).
     norm: 'layernorm' | 'rmsnorm' | 'dyt' | 'none'.
     norm_position: 'pre' | 'post' | 'peri' | 'mix' | 'deepnorm' (module doc).
     mix_ln_split: Mix-LN's number of leading Post-LN blocks (None:
@@ -212,6 +255,20 @@ class Transformer(nn.Module):
   mix_ln_split: Optional[int] = None
   layernorm_scaling: bool = False
   knobs: layers.Knobs = layers.Knobs()
+  position: str = 'learned'
+  rope_theta: float = 10_000.0
+  mlp: str = 'gelu'
+  mlp_hidden: Optional[int] = None
+  use_bias: bool = True
+  remat: str = 'none'
+
+  def hidden_size(self) -> int:
+    """The MLP's hidden size (see ``mlp_hidden``)."""
+    if self.mlp_hidden is not None:
+      return self.mlp_hidden
+    if self.mlp == 'swiglu':
+      return layers.swiglu_hidden(self.d_model)
+    return self.mlp_ratio * self.d_model
 
   def block_positions(self):
     """Each block's norm placement ('mix' resolved into 'post' then 'pre')."""
@@ -227,9 +284,14 @@ class Transformer(nn.Module):
     embed = nn.Embed(self.vocab_size, self.d_model,
                      embedding_init=nn.initializers.normal(0.02),
                      name='embed')
-    pos = self.param('pos_embed', nn.initializers.normal(0.02),
-                     (self.max_len, self.d_model))
-    x = embed(tokens) + pos[None, :seq_len]
+    x = embed(tokens)
+    if self.position == 'learned':
+      pos = self.param('pos_embed', nn.initializers.normal(0.02),
+                       (self.max_len, self.d_model))
+      x = x + pos[None, :seq_len]
+    elif self.position != 'rope':
+      raise ValueError(f'model.position must be one of {layers.POSITIONS}, '
+                       f'got {self.position!r}')
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = x.astype(self.dtype)
     positions = self.block_positions()
@@ -242,20 +304,33 @@ class Transformer(nn.Module):
       head_dim = self.d_model // self.num_heads
       extra['attn_scale'] = (math.sqrt(head_dim / self.knobs.width_mult)
                              / head_dim)
+    if self.position == 'rope':
+      extra['rope_theta'] = self.rope_theta
+    if self.mlp not in layers.MLPS:
+      raise ValueError(f'model.mlp must be one of {layers.MLPS}, '
+                       f'got {self.mlp!r}')
+    gated = self.mlp == 'swiglu'
+    block = Block
+    if self.remat != 'none':  # ``train`` (argument 2, self is 0) is static.
+      block = nn.remat(Block, policy=layers.REMAT_POLICIES[self.remat],
+                       static_argnums=(2,))
     for i in range(self.num_layers):
-      x = Block(self.num_heads, self.mlp_ratio * self.d_model, self.norm,
+      x = block(self.num_heads, self.hidden_size(), self.norm,
                 positions[i], self.qk_norm, self.dropout,
-                self.activation, self.attention_impl, self.dtype,
-                self.knobs, 2 * self.num_layers,
+                'silu' if gated else self.activation, self.attention_impl,
+                self.dtype, self.knobs, 2 * self.num_layers,
                 layers.depth_scale(self.layernorm_scaling, i + 1),
-                name=f'block_{i}', **extra)(x, train=train)
+                gated_mlp=gated, use_bias=self.use_bias,
+                name=f'block_{i}', **extra)(x, train)
     if positions[-1] in ('pre', 'peri'):
-      x = layers.make_norm(self.norm, 'norm_final', dtype=self.dtype)(x)
+      x = layers.make_norm(self.norm, 'norm_final', dtype=self.dtype,
+                           use_bias=self.use_bias)(x)
     if self.tie_embeddings:
       logits = embed.attend(x.astype(jnp.float32))
       if mup:
         logits = logits / self.knobs.width_mult
     else:
       logits = nn.Dense(self.vocab_size, dtype=self.dtype, name='head',
+                        use_bias=self.use_bias,
                         **self.knobs.linear('output', self.d_model))(x)
     return self.output_scale * logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
