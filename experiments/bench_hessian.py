@@ -1,31 +1,63 @@
-r"""Benchmarks of analysis/hessian.py (one run each, ratios).
+r"""Benchmarks of analysis.hessian against what a user would otherwise run.
 
-Command: ``python -m experiments.bench_hessian [--quick]``
+Command: ``python -m experiments.bench_hessian [--quick] [--out=PATH]``
 
-Prints and writes ``runs/bench_hessian.json``:
-  * HVP cost relative to one gradient on the same batch (target <= 3x), on the
-    smoke transformer (``configs/wsd.py:smoke``) and on the ``configs/eos.py``
-    MLP;
-  * HVPs Lanczos needs for the top eigenvalue to 1e-3 (and 1e-6) relative on
-    the smoke transformer (target <= 30), next to power iteration's;
-  * PyHessian's comparison on a small MLP: top-5 eigenvalues by deflated power
-    iteration (PyHessian's defaults: tol 1e-3, <= 100 HVPs each) vs Lanczos
-    with full reorthogonalization in 30 HVPs, errors against a dense
-    ``eigh``;
-  * wall time of the top eigenvalue (Lanczos vs power iteration) and of the
-    SLQ density, on the smoke transformer;
-  * the training-time probe: HVPs per probe and overhead at one probe per 100
-    steps on the smoke transformer (target <= 20 HVPs, <= 10%).
+One run, ratios measured in it, written to ``results/bench_hessian.json``
+with the machine and versions (``--quick``: fewer seeds, no PyHessian, written
+to ``results/bench_hessian.quick.json`` so that the README's figures stay). The model is the issue's: a 64-64-10 tanh MLP
+on 512 digits (4,810 parameters, cross-entropy, float32), trained with the
+config's SGD for ``TRAIN_STEPS`` steps; the reference is a dense ``eigh`` of
+its Hessian.
+
+Rows:
+  * top-5 eigenvalues with the defaults: error, HVPs, converged;
+  * the first call in a fresh Python process (compilation included), ours
+    against PyHessian 0.1 (PyPI, torch CPU; its defaults: deflated power
+    iteration, tol 1e-3, at most 100 HVPs per eigenvalue), each in its own
+    subprocess, alternating, medians of ``REPEATS``;
+  * warm calls against a plain jitted Lanczos with full reorthogonalization
+    (a ``lax.fori_loop``, matfree's ``tridiag_sym`` + ``eigh_partial``
+    written inline) at the same number of HVPs;
+  * the trace: PyHessian's Hutchinson (its defaults) against ours;
+  * the spread of trace estimates (over seeds) at 30 and 100 HVPs: Hutchinson,
+    Hutch++, XTrace; of the diagonal: Hutchinson, XDiag;
+  * SLQ: 10 probes batched (vmap) against one after another;
+  * a per-layer block report; the HVP cost relative to a gradient.
 """
 
 import json
 import os
+import platform
+import subprocess
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from experiments.bench_curvature_baselines import (CountingHVP, plain_lanczos,
+                                                   torch_mlp)
+from experiments.bench_hessian_table import readme_rows
+
+TRAIN_STEPS = 600
+REPEATS = 3
+
+
+def mlp_problem():
+  """``(run, params, loss_fn, batch)``: the issue's MLP after training."""
+  from configs import jacobian
+  from dynamics.runs import Run
+  config = jacobian.get_config()
+  config.model.activation = 'tanh'
+  config.data.batch_size = 512
+  run = Run(config)
+  state = run.init_state()
+  for t in range(TRAIN_STEPS):
+    state, _ = run.train_step(state, jax.tree.map(jnp.asarray,
+                                                  run.dataset.train_batch(t)))
+  return run, state.params, run.loss_fn(state.model_state), \
+      run.dataset.train_batch(0)
 
 
 def timed(fn, repeats=5):
@@ -39,197 +71,225 @@ def timed(fn, repeats=5):
   return float(np.median(times))
 
 
-def setup(config):
-  """``(run, state)``: the config built once, and its initialization."""
-  from dynamics import runs
-  run = runs.Run(config)
-  return run, run.init_state()
+def child(which, path):
+  """One first call in this (fresh) process on the problem saved at
+  ``path``; prints ``RESULT {json}``."""
+  from configs import jacobian
+  from dynamics.runs import Run
+  config = jacobian.get_config()
+  config.model.activation = 'tanh'
+  config.data.batch_size = 512
+  run = Run(config)
+  saved = np.load(path)
+  params = {layer: {name: jnp.asarray(saved[f'{layer}/{name}'])
+                    for name in ('bias', 'kernel')}
+            for layer in ('dense_0', 'head')}
+  batch = {'inputs': saved['inputs'], 'targets': saved['targets']}
+  loss = run.loss_fn({})
+  if which == 'ours':
+    from analysis import hessian as hs
+    t0 = time.perf_counter()
+    vals, _, info = hs.top_eigenpairs(loss, params, [batch], k=5,
+                                      return_info=True)
+    seconds = time.perf_counter() - t0
+    out = {'seconds': seconds, 'eigenvalues': np.asarray(vals).tolist(),
+           'hvps': info['num_hvps']}
+  else:
+    import importlib
+    import torch
+    pyh_module = importlib.import_module('pyhessian.hessian')
+    model, x, y = torch_mlp(params, batch)
+    with CountingHVP(pyh_module) as counter:
+      t0 = time.perf_counter()
+      h = pyh_module.hessian(model, torch.nn.CrossEntropyLoss(), data=(x, y),
+                             cuda=False)
+      vals, _ = h.eigenvalues(top_n=5)
+      seconds = time.perf_counter() - t0
+    out = {'seconds': seconds, 'eigenvalues': vals, 'hvps': counter.count}
+  print('RESULT ' + json.dumps(out), flush=True)
 
 
-def trained(config, steps):
-  """Parameters after ``steps`` training steps (curvature of a real run)."""
-  run, state = setup(config)
-  step_fn = run.train_step
-  for t in range(steps):
-    state, _ = step_fn(state, jax.tree.map(jnp.asarray,
-                                           run.dataset.train_batch(t)))
-  return run, state, step_fn
+def first_calls(params, batch):
+  """Alternating fresh-process first calls: ours, PyHessian."""
+  import tempfile
+  path = os.path.join(tempfile.mkdtemp(), 'problem.npz')
+  np.savez(path, inputs=batch['inputs'], targets=batch['targets'],
+           **{f'{layer}/{name}': np.asarray(x) for layer, leaves in
+              params.items() for name, x in leaves.items()})
+  results = {'ours': [], 'pyhessian': []}
+  for _ in range(REPEATS):
+    for which in results:
+      proc = subprocess.run(
+          [sys.executable, '-m', 'experiments.bench_hessian',
+           f'--child={which}', f'--problem={path}'], capture_output=True,
+          text=True, timeout=900)
+      line = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
+      if not line:
+        raise RuntimeError(proc.stderr[-2000:])
+      results[which].append(json.loads(line[-1][len('RESULT '):]))
+  return results
 
 
-def hvp_cost(loss, params, batch):
-  from analysis import hessian as hs
-  grad = jax.jit(jax.grad(loss))
-  batch_j = jax.tree.map(jnp.asarray, batch)
-  g_s = timed(lambda: grad(params, batch_j))
-  hvp = hs.hvp_fn(loss, params, [batch])
-  h_s = timed(lambda: hvp(params))
-  return {'grad_ms': 1e3 * g_s, 'hvp_ms': 1e3 * h_s, 'ratio': h_s / g_s}
+def rel_errors(got, exact):
+  return (np.abs(np.asarray(got, np.float64) - exact) / np.abs(exact)).tolist()
 
 
-def lanczos_convergence(loss, params, batches, exact, num_iters=60):
-  """Relative error of the top Ritz value after j HVPs, j = 1..num_iters.
-
-  The Ritz values of the leading j x j block of T_m are exactly those of a
-  j-step run from the same start vector, so one run gives the whole curve.
-  """
-  from analysis import hessian as hs
-  from analysis import lanczos as lz
-  op = hs.hvp_fn(loss, params, batches)
-  run = lz.run_lanczos(op, params, num_iters, key=jax.random.PRNGKey(0))
-  errors = []
-  for j in range(1, run.num_matvecs + 1):
-    theta, _ = lz.tridiagonal_eigh(run.alphas[:j], run.betas[:j - 1])
-    errors.append(abs(theta[0] - exact) / abs(exact))
-  return np.asarray(errors)
-
-
-def first_below(errors, tol):
-  hits = np.flatnonzero(np.asarray(errors) < tol)
-  return int(hits[0]) + 1 if hits.size else None
-
-
-def power_convergence(loss, params, batches, exact, max_iters=200):
-  """Relative error of power iteration's Rayleigh quotient after j HVPs."""
+def main(argv, out_path=None):
   from analysis import hessian as hs
   from jax.flatten_util import ravel_pytree
-  op = hs.hvp_fn(loss, params, batches)
-  flat, unravel = ravel_pytree(params)
-
-  @jax.jit
-  def history(v):
-    def step(v, _):
-      v = v / jnp.linalg.norm(v)
-      hv = ravel_pytree(op(unravel(v)))[0]
-      return hv, jnp.vdot(v, hv)
-    return jax.lax.scan(step, v, None, length=max_iters)[1]
-
-  rq = np.asarray(history(jax.random.normal(jax.random.PRNGKey(0), flat.shape)))
-  return np.abs(rq - exact) / abs(exact)
-
-
-def main(argv):
   quick = '--quick' in argv
-  from analysis import hessian as hs
-  from analysis import probes
-  from configs import eos, wsd
-  out = {'device': jax.devices()[0].device_kind, 'quick': quick}
-
-  # 1. HVP cost relative to a gradient.
-  tconfig = wsd.get_config('smoke')
-  trun, tstate, tstep = trained(tconfig, 20 if quick else 200)
-  tloss = trun.loss_fn(tstate.model_state)
-  tbatches = [trun.dataset.eval_batch(i) for i in range(2)]
-  out['hvp_cost'] = {'smoke_transformer': hvp_cost(tloss, tstate.params,
-                                                   tbatches[0])}
-  econfig = eos.get_config()
-  erun, estate = setup(econfig)
-  eloss = erun.loss_fn({})
-  efull = erun.dataset.full_batch()
-  out['hvp_cost']['eos_mlp'] = hvp_cost(eloss, estate.params, efull)
-  print('HVP / gradient cost:', {k: round(v['ratio'], 2)
-                                 for k, v in out['hvp_cost'].items()},
-        flush=True)
-
-  # 2. HVPs to the top eigenvalue (smoke transformer), Lanczos vs power.
-  ref, _ = hs.top_eigenpairs(tloss, tstate.params, tbatches, k=1,
-                             num_iters=100, tol=1e-7)
-  exact = float(ref[0])
-  lerr = lanczos_convergence(tloss, tstate.params, tbatches, exact)
-  perr = power_convergence(tloss, tstate.params, tbatches, exact)
-  out['top_eigenvalue_smoke_transformer'] = {
-      'lambda_max': exact,
-      'lanczos_hvps_to_1e-3': first_below(lerr, 1e-3),
-      'lanczos_hvps_to_1e-6': first_below(lerr, 1e-6),
-      'power_hvps_to_1e-3': first_below(perr, 1e-3),
-      'power_hvps_to_1e-6': first_below(perr, 1e-6),
-      'lanczos_error_after_20': float(lerr[19]),
-      'power_error_after_20': float(perr[19])}
-  print('top eigenvalue (smoke transformer):',
-        out['top_eigenvalue_smoke_transformer'], flush=True)
-
-  # 3. PyHessian's comparison, top-5 of a small MLP against dense eigh.
-  mconfig = eos.get_config('smoke')
-  mconfig.model.hidden_sizes = (32, 32)
-  mconfig.data.num_train = 128
-  mconfig.data.batch_size = 128
-  mrun, mstate, _ = trained(mconfig, 200)
-  mloss = mrun.loss_fn({})
-  mbatch = [mrun.dataset.full_batch()]
-  from jax.flatten_util import ravel_pytree
-  flat, unravel = ravel_pytree(mstate.params)
-  dense = jax.jit(jax.hessian(lambda x: mloss(unravel(x), mbatch[0])))(flat)
+  out = {'machine': {'platform': platform.platform(),
+                     'processor': platform.processor(),
+                     'cpu_count': os.cpu_count(),
+                     'device': jax.devices()[0].device_kind,
+                     'load_average_at_start': os.getloadavg()},
+         'versions': {'jax': jax.__version__, 'numpy': np.__version__}}
+  try:
+    import pyhessian  # noqa: F401  pylint: disable=unused-import
+    import torch
+    out['versions'].update(torch=torch.__version__, pyhessian='0.1')
+  except ImportError:
+    out['versions']['pyhessian'] = None
+  run, params, loss, batch = mlp_problem()
+  flat, unravel = ravel_pytree(params)
+  batch_j = jax.tree.map(jnp.asarray, batch)
+  dense = jax.jit(jax.hessian(lambda x: loss(unravel(x), batch_j)))(flat)
   w = np.linalg.eigvalsh(np.asarray(dense, np.float64))[::-1]
-  top5 = w[np.argsort(-np.abs(w))[:5]]  # Power iteration finds |lambda|.
-  top5 = np.sort(top5)[::-1]
-  pv, _, pinfo = hs.power_iteration(mloss, mstate.params, mbatch, k=5,
+  exact_trace = float(np.trace(np.asarray(dense, np.float64)))
+  exact_diag = np.diag(np.asarray(dense, np.float64))
+  out['model'] = {'num_params': int(flat.size), 'examples': 512,
+                  'train_steps': TRAIN_STEPS, 'top6': w[:6].tolist(),
+                  'gap_4_5_relative': float((w[3] - w[4]) / w[0]),
+                  'trace': exact_trace}
+  print('model:', out['model'], flush=True)
+
+  # Defaults: converged top-5.
+  vals, _, info = hs.top_eigenpairs(loss, params, [batch], k=5,
                                     return_info=True)
-  lv, _, linfo = hs.top_eigenpairs(mloss, mstate.params, mbatch, k=5,
-                                   num_iters=30, tol=None, return_info=True)
-  out['pyhessian_comparison_mlp'] = {
-      'num_params': int(flat.size), 'exact_top5': top5.tolist(),
-      'power_hvps': pinfo['num_hvps'],
-      'power_rel_errors': (np.abs(np.asarray(pv) - top5) / np.abs(top5)).tolist(),
-      'lanczos_hvps': linfo['num_hvps'],
-      'lanczos_rel_errors': (np.abs(np.asarray(lv) - w[:5]) / np.abs(w[:5])).tolist()}
-  print('PyHessian comparison (MLP):', out['pyhessian_comparison_mlp'],
-        flush=True)
+  hvps = info['num_hvps']
+  out['top5_defaults'] = {'rel_errors': rel_errors(vals, w[:5]),
+                          'hvps': hvps, 'converged': info['converged'],
+                          'tol': info['tol']}
+  print('top-5 with the defaults:', out['top5_defaults'], flush=True)
 
-  # 4. Wall time on the smoke transformer (compiled, second call).
-  def wall(fn):
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-  out['wall_seconds_smoke_transformer'] = {
-      'top_eigenvalue_lanczos': wall(lambda: hs.top_eigenpairs(
-          tloss, tstate.params, tbatches, k=1, num_iters=40, tol=1e-4)),
-      'top_eigenvalue_power': wall(lambda: hs.power_iteration(
-          tloss, tstate.params, tbatches, k=1, max_iters=100, tol=1e-4)),
-      'top5_lanczos': wall(lambda: hs.top_eigenpairs(
-          tloss, tstate.params, tbatches, k=5, num_iters=40, tol=1e-4)),
-      'top5_power': wall(lambda: hs.power_iteration(
-          tloss, tstate.params, tbatches, k=5, max_iters=100, tol=1e-4)),
-      'density_slq_10x40': wall(lambda: hs.spectral_density(
-          tloss, tstate.params, tbatches, num_probes=10, num_iters=40)),
-  }
-  print('wall seconds (smoke transformer):',
-        out['wall_seconds_smoke_transformer'], flush=True)
+  # Warm calls: ours against a plain jitted Lanczos at the same HVPs.
+  op = hs.hvp_fn(loss, params, [batch])
+  ours = timed(lambda: hs.top_eigenpairs(loss, params, [batch], k=5)[0])
+  plain = plain_lanczos(op, params, hvps)
+  plain_vals = np.asarray(plain())
+  baseline = timed(plain)
+  out['warm'] = {'ours_seconds': ours, 'plain_lanczos_seconds': baseline,
+                 'ratio': ours / baseline, 'hvps': hvps,
+                 'plain_rel_errors': rel_errors(plain_vals, w[:5]),
+                 'hvp_seconds': timed(lambda: op(params))}
+  # The same at 100 HVPs (tol=0: no early stop), where the loop dominates.
+  ours100 = timed(lambda: hs.top_eigenpairs(loss, params, [batch], k=5,
+                                            num_iters=100, tol=0.0)[0])
+  base100 = timed(plain_lanczos(op, params, 100))
+  out['warm'].update(ours_100_seconds=ours100, plain_100_seconds=base100,
+                     ratio_100=ours100 / base100)
+  print('warm calls:', out['warm'], flush=True)
 
-  # 5. Training-time probe overhead at one probe per 100 steps.
-  pconfig = wsd.get_config('smoke')
-  pconfig.analysis.sharpness_every = 100
-  probe = probes.SharpnessProbe(pconfig)
-  state = tstate
-  step_s = timed(lambda: tstep(jax.tree.map(jnp.copy, state),
-                               jax.tree.map(jnp.asarray,
-                                            trun.dataset.train_batch(0)))[1])
-  hvps, probe_s, errors = [], [], []
-  probe(state, trun)  # Compile.
-  for t in range(3 if quick else 6):
-    for i in range(100):  # 100 real steps between probes.
-      state, _ = tstep(state, jax.tree.map(
-          jnp.asarray, trun.dataset.train_batch(1000 + 100 * t + i)))
-    state = state.replace(step=jnp.asarray(100 * (t + 1), jnp.int32))
-    t0 = time.perf_counter()
-    logged = probe(state, trun)
-    probe_s.append(time.perf_counter() - t0)
-    hvps.append(logged['sharpness_hvps'])
-    converged, _ = hs.top_eigenpairs(trun.loss_fn(state.model_state),
-                                     state.params, probe.batches(trun), k=1,
-                                     num_iters=60, tol=1e-7)
-    errors.append(abs(logged['sharpness'] / float(converged[0]) - 1))
-  out['probe_smoke_transformer'] = {
-      'hvps_per_probe': hvps, 'probe_ms': 1e3 * float(np.median(probe_s)),
-      'relative_error_vs_converged': errors,
-      'train_step_ms': 1e3 * step_s,
-      'overhead_at_1_per_100_steps': float(np.median(probe_s)) / (100 * step_s)}
-  print('probe:', out['probe_smoke_transformer'], flush=True)
+  # First calls in fresh processes, against PyHessian.
+  if out['versions']['pyhessian'] and not quick:
+    firsts = first_calls(params, batch)
+    ours_s = float(np.median([r['seconds'] for r in firsts['ours']]))
+    pyh_s = float(np.median([r['seconds'] for r in firsts['pyhessian']]))
+    pyh = firsts['pyhessian'][0]
+    top_by_magnitude = np.sort(w[np.argsort(-np.abs(w))[:5]])[::-1]
+    out['first_call'] = {
+        'ours_seconds': [r['seconds'] for r in firsts['ours']],
+        'pyhessian_seconds': [r['seconds'] for r in firsts['pyhessian']],
+        'ratio_median': ours_s / pyh_s,
+        'ours_rel_errors': rel_errors(firsts['ours'][0]['eigenvalues'], w[:5]),
+        'ours_hvps': firsts['ours'][0]['hvps'],
+        'pyhessian_rel_errors': rel_errors(np.sort(pyh['eigenvalues'])[::-1],
+                                           top_by_magnitude),
+        'pyhessian_hvps': pyh['hvps']}
+    print('first call:', out['first_call'], flush=True)
 
-  os.makedirs('runs', exist_ok=True)
-  with open(os.path.join('runs', 'bench_hessian.json'), 'w') as f:
+    # PyHessian's trace (its defaults) against ours.
+    import importlib
+    import torch
+    pyh_module = importlib.import_module('pyhessian.hessian')
+    model, x, y = torch_mlp(params, batch)
+    with CountingHVP(pyh_module) as counter:
+      t0 = time.perf_counter()
+      vhv = pyh_module.hessian(model, torch.nn.CrossEntropyLoss(),
+                               data=(x, y), cuda=False).trace()
+      pyh_seconds = time.perf_counter() - t0
+    row = {'exact': exact_trace, 'pyhessian': float(np.mean(vhv)),
+           'pyhessian_rel_error': float(abs(np.mean(vhv) / exact_trace - 1)),
+           'pyhessian_hvps': counter.count, 'pyhessian_seconds': pyh_seconds}
+    for name, kwargs in (('ours_default', {}),
+                         ('ours_xtrace_100', dict(method='xtrace',
+                                                  num_hvps=100))):
+      estimate, stderr, tinfo = hs.trace(loss, params, [batch],
+                                         return_info=True, **kwargs)
+      row[name] = {'estimate': estimate, 'stderr': stderr,
+                   'rel_error': abs(estimate / exact_trace - 1),
+                   'hvps': tinfo['num_hvps'],
+                   'seconds_warm': timed(lambda kwargs=kwargs: hs.trace(
+                       loss, params, [batch], **kwargs)[0], repeats=3)}
+    out['trace_vs_pyhessian'] = row
+    print('trace vs PyHessian:', out['trace_vs_pyhessian'], flush=True)
+
+  # Standard error of the trace and the diagonal at equal budgets.
+  seeds = range(5 if quick else 20)
+  spread = {}
+  for budget in (30, 100):
+    for method in ('hutchinson', 'hutch++', 'xtrace'):
+      ests = [hs.trace(loss, params, [batch], method=method, num_hvps=budget,
+                       key=jax.random.PRNGKey(s))[0] for s in seeds]
+      spread[f'{method}@{budget}'] = float(np.std(ests) / abs(exact_trace))
+    for method in ('hutchinson', 'xdiag'):
+      errs = [np.linalg.norm(ravel_pytree(hs.diagonal(
+          loss, params, [batch], method=method, num_hvps=budget,
+          key=jax.random.PRNGKey(s)))[0] - exact_diag) for s in seeds]
+      spread[f'diag_{method}@{budget}'] = float(
+          np.mean(errs) / np.linalg.norm(exact_diag))
+  for budget in (30, 100):
+    spread[f'hutchinson_over_xtrace@{budget}'] = (
+        spread[f'hutchinson@{budget}'] / spread[f'xtrace@{budget}'])
+    spread[f'hutchinson_over_hutch++@{budget}'] = (
+        spread[f'hutchinson@{budget}'] / spread[f'hutch++@{budget}'])
+  out['estimator_spread'] = spread
+  print('relative spread of estimates:', spread, flush=True)
+
+  # SLQ: batched probes against one after another.
+  slq = {}
+  for name, size in (('batched', None), ('sequential', 1)):
+    slq[name] = timed(lambda size=size: hs.spectral_density(
+        loss, params, [batch], num_probes=10, num_iters=80, tol=None,
+        batch_size=size)[1], repeats=3)
+  slq['speedup'] = slq['sequential'] / slq['batched']
+  out['slq_10x80_seconds'] = slq
+  print('SLQ:', slq, flush=True)
+
+  # Per-layer report, and the cost of an HVP.
+  t0 = time.perf_counter()
+  report = hs.block_report(loss, params, [batch], blocks='layers')
+  out['block_report'] = {'seconds_first_call': time.perf_counter() - t0,
+                         'rows': report['blocks'] + [report['whole']]}
+  grad = jax.jit(jax.grad(loss))
+  out['hvp_cost_in_gradients'] = (out['warm']['hvp_seconds']
+                                  / timed(lambda: grad(params, batch_j)))
+  print('block report:', [(r['name'], round(r['top_eigenvalue'], 4),
+                           round(r['trace'], 4)) for r in out['block_report'][
+                               'rows']], flush=True)
+  # A --quick run never replaces the full figures the README quotes.
+  path = out_path or os.path.join(
+      'results', 'bench_hessian.quick.json' if quick else 'bench_hessian.json')
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  with open(path, 'w') as f:
     json.dump(out, f, indent=2)
-  print('wrote runs/bench_hessian.json')
+  print('wrote', path)
+  print(readme_rows(out))
 
 
 if __name__ == '__main__':
-  main(sys.argv)
+  options = dict(a[2:].split('=', 1) for a in sys.argv[1:] if '=' in a)
+  if 'child' in options:
+    child(options['child'], options['problem'])
+  else:
+    main(sys.argv, options.get('out'))

@@ -1,23 +1,29 @@
-r"""Hessian spectrum of one checkpoint: ``python -m analysis.hessian``.
+r"""Curvature of one checkpoint: ``python -m analysis.hessian``.
 
   python -m analysis.hessian --workdir=runs/wsd --step=3000 --k=10 --density
+  python -m analysis.hessian --workdir=runs/wsd --step=3000 --blocks=layers
 
 Flags:
   --workdir=DIR       the run (required)
   --step=N            checkpoint step (default: the latest)
-  --kind=hessian|ggn  the Hessian of the loss, or its Gauss-Newton part
-  --k=10              top eigenvalues (Lanczos; --num_iters, --tol)
-  --density           also the SLQ spectral density (--num_probes probes of
-                      --density_iters Lanczos steps)
-  --trace             also Hutchinson's trace (--num_probes probes)
+  --kind=KIND         hessian | ggn | fisher | empirical_fisher
+  --k=10              top eigenvalues (Lanczos, converged to --tol or said)
+  --density           also the SLQ spectral density (--num_probes probes)
+  --trace             also the trace (--trace_method, to 1% standard error)
   --block=NAME|REGEX  one diagonal block (attention, mlp, norm, embedding, or
                       a regular expression on parameter names)
+  --blocks=layers     instead: a per-block table (layers, tensors, or a block
+                      and the rest) of top eigenvalue, trace and Frobenius norm
+  --noise_std=SIGMA   the Gaussian noise model of an MSE loss (Fisher kinds)
   --num_batches=4     held-out batches in the loss
   --seed=0            seed of the start and probe vectors
   --out=DIR           output directory (default: the workdir)
 
-Writes ``hessian_<step>.json`` (see `analysis.hessian.checkpoint_spectrum`)
-and ``hessian_<step>.png`` (the top eigenvalues and the density).
+Writes ``hessian_<step>_<kind>_k<k>[_<block>].json`` and ``.png`` (see
+`analysis.hessian.checkpoint_spectrum`), or with ``--blocks``
+``hessian_<step>_<kind>_blocks-<by>.json`` and ``.png`` (see
+`analysis.hessian.checkpoint_blocks`); a file of the same arguments is
+replaced, and the command says so.
 """
 
 import json
@@ -33,33 +39,105 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.')
 _STEP = flags.DEFINE_integer('step', None,
                              'Checkpoint step (default: the latest).')
 _KIND = flags.DEFINE_enum(
-    'kind', 'hessian', ['hessian', 'ggn'],
-    'The Hessian of the loss, or its generalized Gauss-Newton part '
-    'J^T H_out J (positive semi-definite for cross-entropy and MSE).')
+    'kind', 'hessian', ['hessian', 'ggn', 'fisher', 'empirical_fisher'],
+    'The Hessian of the loss, its generalized Gauss-Newton part J^T H_out J, '
+    'the Fisher (labels sampled from the model) or the empirical Fisher.')
 _K = flags.DEFINE_integer('k', 10, 'Top eigenvalues.', lower_bound=1)
 _NUM_ITERS = flags.DEFINE_integer(
-    'num_iters', None, 'Max Lanczos HVPs for the top-k (default 3k+30).',
+    'num_iters', None, 'Cap on Lanczos HVPs (default: 40 + 20k + 10 log2 n).',
     lower_bound=1)
-_TOL = flags.DEFINE_float('tol', 1e-4, 'Relative Ritz residual to stop at.',
-                          lower_bound=0.0)
+_TOL = flags.DEFINE_float(
+    'tol', None, 'Relative residual to stop at (default: 1e-5 in float32, '
+    '1e-9 in float64).', lower_bound=0.0)
 _DENSITY = flags.DEFINE_boolean('density', False,
                                 'Also the SLQ spectral density.')
 _NUM_PROBES = flags.DEFINE_integer(
-    'num_probes', 10, 'Probe vectors of the density and the trace.',
-    lower_bound=1)
+    'num_probes', 10, 'Probe vectors of the density.', lower_bound=1)
 _DENSITY_ITERS = flags.DEFINE_integer(
-    'density_iters', 80, 'Lanczos steps per density probe.', lower_bound=1)
-_TRACE = flags.DEFINE_boolean(
-    'trace', False, "Also Hutchinson's trace (--num_probes probes, >= 2).")
+    'density_iters', None, 'Cap on Lanczos steps per density probe.',
+    lower_bound=1)
+_TRACE = flags.DEFINE_boolean('trace', False, 'Also the trace.')
+_TRACE_METHOD = flags.DEFINE_enum(
+    'trace_method', 'xtrace', ['hutchinson', 'hutch++', 'xtrace'],
+    'Trace estimator.')
 _NUM_BATCHES = flags.DEFINE_integer('num_batches', 4,
                                     'Held-out batches in the loss.',
                                     lower_bound=1)
 _BLOCK = flags.DEFINE_string(
     'block', None, 'Restrict to a parameter block: attention, mlp, norm, '
     'embedding, or a regular expression on parameter names.')
+_BLOCKS = flags.DEFINE_string(
+    'blocks', None, 'Per-block report instead of the spectrum: layers, '
+    'tensors, or a block name / regular expression (that block and the rest).')
+_BLOCK_PROBES = flags.DEFINE_integer(
+    'block_probes', 100, 'Probes per block trace and Frobenius norm (exact '
+    'for blocks no larger).', lower_bound=2)
+_NOISE_STD = flags.DEFINE_float(
+    'noise_std', None, 'Noise model of an MSE loss for the Fisher kinds: the '
+    'standard deviation of the Gaussian likelihood.', lower_bound=0.0)
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the start and probe vectors.')
 _OUT = flags.DEFINE_string('out', None,
                            'Output directory (default: the workdir).')
+
+
+def _slug(text: str) -> str:
+  return re.sub(r'[^A-Za-z0-9_.-]+', '-', text).strip('-') or 'block'
+
+
+def _check(run, hessian):
+  """Every argument, checked before anything is restored or compiled."""
+  import jax  # pylint: disable=g-import-not-at-top
+  params = run.abstract_state.params  # Shapes only: nothing is compiled.
+  count = sum(int(x.size) for x in jax.tree.leaves(params))
+  if _BLOCK.value is not None and _BLOCKS.value is not None:
+    raise cli.UserError('--block and --blocks exclude each other: --block is '
+                        'one block\'s spectrum, --blocks a per-block table')
+  if _BLOCK.value is not None:
+    try:
+      _, count = hessian.blocks.mask_weights(params, _BLOCK.value)
+    except (ValueError, re.error) as e:
+      raise cli.UserError(f'--block={_BLOCK.value}: {e}') from None
+  if _BLOCKS.value is not None:
+    try:
+      hessian.layer_blocks(params, _BLOCKS.value)
+    except (ValueError, re.error) as e:
+      raise cli.UserError(f'--blocks={_BLOCKS.value}: {e}') from None
+  elif _K.value > count:
+    where = f'block {_BLOCK.value!r}' if _BLOCK.value else 'the model'
+    raise cli.UserError(f'--k={_K.value} exceeds the {count:,} parameters of '
+                        f'{where}')
+  if (_KIND.value in ('fisher', 'empirical_fisher') and
+      run.options.loss == 'mse' and _NOISE_STD.value is None):
+    raise cli.UserError(
+        f'--kind={_KIND.value} of an MSE loss needs a noise model: pass '
+        '--noise_std=SIGMA (Gaussian likelihood N(f(x), SIGMA^2); 1 matches '
+        'the loss 0.5 |f - y|^2)')
+  if _NOISE_STD.value is not None and _NOISE_STD.value <= 0:
+    raise cli.UserError(f'--noise_std={_NOISE_STD.value}: must be > 0')
+  return run.resolve_step(_STEP.value)
+
+
+def plot_blocks(report, path):
+  """Bar charts of the per-block top eigenvalue, trace and Frobenius norm."""
+  from analysis import plots  # pylint: disable=g-import-not-at-top
+  rows = report['blocks']
+  names = [r['name'] for r in rows]
+  fig, axes = plots.figure(3, width=max(4.0, 0.45 * len(rows) + 2), height=4)
+  for ax, field, label in zip(axes, ('top_eigenvalue', 'trace', 'frobenius'),
+                              (r'$\lambda_{\max}$', 'trace', 'Frobenius norm')):
+    values = [r[field] for r in rows]
+    errors = [r.get(f'{field}_stderr', 0.0) for r in rows]
+    ax.bar(range(len(rows)), values, yerr=errors if any(errors) else None)
+    ax.axhline(report['whole'][field], color='k', ls='--', lw=1,
+               label='whole model')
+    ax.set_xticks(range(len(rows)), names, rotation=60, ha='right',
+                  fontsize=7)
+    ax.set_yscale('symlog', linthresh=max(1e-3 * max(map(abs, values + [
+        report['whole'][field]])), 1e-12))
+    ax.set(title=f"{label} per block ({report['kind']}, step "
+                 f"{report['step']})")
+    ax.legend(fontsize=7)
+  return plots.save(fig, path)
 
 
 def main(argv):
@@ -72,27 +150,40 @@ def main(argv):
   from dynamics import runs  # pylint: disable=g-import-not-at-top
 
   run = runs.Run.open(_WORKDIR.value, defaults=base.get_config())
-  if _BLOCK.value is not None:
-    try:
-      hessian.block_mask(run.abstract_state.params, _BLOCK.value)
-    except (ValueError, re.error) as e:
-      raise cli.UserError(f'--block={_BLOCK.value}: {e}') from None
-  result = hessian.checkpoint_spectrum(
-      run, _STEP.value, kind=_KIND.value, k=_K.value,
-      num_iters=_NUM_ITERS.value, tol=_TOL.value, density=_DENSITY.value,
-      num_probes=_NUM_PROBES.value, density_iters=_DENSITY_ITERS.value,
-      trace=_TRACE.value, num_batches=_NUM_BATCHES.value, block=_BLOCK.value,
-      seed=_SEED.value)
+  step = _check(run, hessian)
   out = _OUT.value or run.workdir
   os.makedirs(out, exist_ok=True)
-  json_path = os.path.join(out, f"hessian_{result['step']}.json")
-  png_path = os.path.join(out, f"hessian_{result['step']}.png")
+  if _BLOCKS.value is not None:
+    stem = f'hessian_{step}_{_KIND.value}_blocks-{_slug(_BLOCKS.value)}'
+    result = hessian.checkpoint_blocks(
+        run, step, blocks=_BLOCKS.value, kind=_KIND.value,
+        num_probes=_BLOCK_PROBES.value, tol=_TOL.value,
+        num_batches=_NUM_BATCHES.value, noise_std=_NOISE_STD.value,
+        seed=_SEED.value)
+  else:
+    stem = f'hessian_{step}_{_KIND.value}_k{_K.value}' + (
+        f'_{_slug(_BLOCK.value)}' if _BLOCK.value else '')
+    result = hessian.checkpoint_spectrum(
+        run, step, kind=_KIND.value, k=_K.value, num_iters=_NUM_ITERS.value,
+        tol=_TOL.value, density=_DENSITY.value, num_probes=_NUM_PROBES.value,
+        density_iters=_DENSITY_ITERS.value, trace=_TRACE.value,
+        trace_method=_TRACE_METHOD.value, num_batches=_NUM_BATCHES.value,
+        block=_BLOCK.value, noise_std=_NOISE_STD.value, seed=_SEED.value)
+  json_path, png_path = (os.path.join(out, stem + ext)
+                         for ext in ('.json', '.png'))
   replaced = os.path.exists(json_path)
   with open(json_path, 'w') as f:
     json.dump(result, f)
-  plots.hessian_spectrum(result, png_path)
+  if _BLOCKS.value is not None:
+    plot_blocks(result, png_path)
+  else:
+    plots.hessian_spectrum(result, png_path)
   print(f'wrote {json_path} and {png_path}'
-        + (' (replacing the previous ones)' if replaced else ''))
+        + (' (replacing the previous ones, of the same arguments)'
+           if replaced else ''))
+  if _BLOCKS.value is None and not result['converged']:
+    print('WARNING: not every eigenvalue converged (see above); raise '
+          '--num_iters or loosen --tol')
 
 
 if __name__ == '__main__':

@@ -7,7 +7,6 @@ from typing import Any, Iterable
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 from jax.tree_util import Partial
 
 from analysis import lanczos as lz
@@ -78,7 +77,8 @@ def preconditioner_scale(opt_state: Any, *, b2: float | None = None,
 def preconditioned_sharpness(loss_fn: LossFn, params: PyTree,
                              batches: Iterable[Batch], opt_state: Any, *,
                              b2: float | None = None, eps: float = 1e-8,
-                             num_iters: int = 20, tol: float | None = 1e-4,
+                             num_iters: int | None = None,
+                             tol: float | None = None,
                              key: jax.Array | None = None, dtype: Any = None,
                              init_vector: PyTree | None = None,
                              min_iters: int = 1, return_info: bool = False):
@@ -99,11 +99,11 @@ def preconditioned_sharpness(loss_fn: LossFn, params: PyTree,
     b2: the optimizer's second-moment decay, for bias correction (None: use
       ``nu`` as is).
     eps: the optimizer's epsilon.
-    num_iters: maximum HVPs.
-    tol: relative residual at which to stop.
+    num_iters: maximum HVPs (None: `analysis.lanczos.default_max_matvecs`).
+    tol: relative residual at which to stop (None: the dtype's default).
     init_vector: warm start (a previous eigenvector, in the symmetric basis).
     min_iters: never stop before this many HVPs.
-    return_info: also return ``{'num_hvps', 'eigvec'}``.
+    return_info: also return ``{'num_hvps', 'eigvec', 'converged'}``.
 
   Returns:
     :math:`\lambda_{\max}(P^{-1}H)` as a float (plus ``info``).
@@ -114,13 +114,12 @@ def preconditioned_sharpness(loss_fn: LossFn, params: PyTree,
   scale, _ = preconditioner_scale(opt_state, b2=b2, eps=eps)
   op = operators.hvp_fn(loss_fn, params, batches)
   sym = Partial(_scaled_apply, op, scale)
-  run = lz.run_lanczos(sym, params, num_iters, key=operators.default_key(key),
-                       dtype=dtype, init_vector=init_vector, tol=tol,
-                       min_iters=min_iters)
-  theta, s = lz.tridiagonal_eigh(run.alphas, run.betas)
-  value = float(theta[0])
+  out = lz.eigsh(sym, params, 1, key=operators.default_key(key), tol=tol,
+                 max_matvecs=num_iters, dtype=dtype, init_vector=init_vector,
+                 min_iters=min_iters, name='preconditioned_sharpness',
+                 unit='HVPs')
+  value = float(out.eigvals[0])
   if not return_info:
     return value
-  _, unravel = ravel_pytree(params)
-  eigvec = unravel(lz.ritz_vectors(run.basis, s[:, :1])[0])
-  return value, {'num_hvps': run.num_matvecs, 'eigvec': eigvec}
+  return value, {'num_hvps': out.num_matvecs, 'eigvec': out.eigvecs[0],
+                 'converged': out.converged}

@@ -1,75 +1,117 @@
-"""Deflated power iteration (PyHessian's method), for comparison with Lanczos."""
+"""Deflated power iteration (PyHessian's method), with a residual test."""
 
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
-from analysis.lanczos.core import (Matvec, as_operator, flat_matvec,
-                                   orthogonalize, vector_dtype)
+from analysis.lanczos import core, space as space_lib, trees
+from analysis.lanczos.eigsh import (ConvergenceWarning, default_max_matvecs,
+                                    default_tol)
 from dynamics.types import PyTree
 
 
-@functools.partial(jax.jit, static_argnames=('max_iters', 'tol', 'dtype'))
-def _power_jit(op, params_like, key, found, *, max_iters, tol, dtype):
-  """PyHessian's power iteration for one eigenpair, deflating ``found`` rows."""
-  dtype = np.dtype(dtype)
-  n, matvec = flat_matvec(op, params_like, dtype)
-  v0 = jax.random.normal(key, (n,), dtype)
+@functools.partial(jax.jit, static_argnames=('param_dtypes',),
+                   donate_argnums=(2,))
+def _power(op, key, found, num_found, max_iters, tol, mask, use_mask, *,
+           param_dtypes):
+  """One eigenpair, deflating the first ``num_found`` rows of ``found``;
+  stores it in row ``num_found``. Every bound is traced: compiled once."""
+  rows = jax.tree.leaves(found)[0].shape[0]
+  like = jax.tree.map(lambda f: f[0], found)
+  dtype = jax.tree.leaves(like)[0].dtype
+  treedef = jax.tree.structure(like)
 
-  def cond(carry):
-    it, _, _, done, _ = carry
-    return (it < max_iters) & ~done
+  def deflate(x):
+    return core.orthogonalize(found, x, num_found, rows)[1]
 
-  def body(carry):
-    it, v, eig, _, nonfinite_at = carry
-    v = orthogonalize(v, found)
-    v = v / jnp.linalg.norm(v)
-    hv = matvec(v)
-    finite = jnp.all(jnp.isfinite(hv))
-    new_eig = jnp.vdot(hv, v)
-    converged = (it > 0) & (jnp.abs(eig - new_eig) / (jnp.abs(eig) + 1e-6) < tol)
-    v = hv / jnp.linalg.norm(hv)
-    nonfinite_at = jnp.where(finite, nonfinite_at, it)
-    return it + 1, v, new_eig, converged | ~finite, nonfinite_at
+  def apply(v):
+    arg = jax.tree.unflatten(treedef, [x.astype(d) for x, d in
+                                       zip(jax.tree.leaves(v), param_dtypes)])
+    return trees.cast(op(arg), dtype)
 
-  carry = (jnp.zeros((), jnp.int32), v0, jnp.zeros((), dtype),
-           jnp.zeros((), bool), -jnp.ones((), jnp.int32))
-  it, v, eig, _, nonfinite_at = jax.lax.while_loop(cond, body, carry)
-  return it, eig, v, nonfinite_at
+  def cond(c):
+    it, _, _, res, bad = c[0], c[1], c[2], c[3], c[4]
+    return (it < max_iters) & (res > 0) & (bad < 0)
+
+  def body(c):
+    it, v, _, _, bad = c
+    v = deflate(v)
+    v = trees.scale(1 / trees.norm(v), v)
+    hv = deflate(apply(v))
+    theta = trees.dot(v, hv)
+    r = trees.norm(trees.axpy(-theta, v, hv))
+    res = jnp.where(r <= tol * jnp.abs(theta), 0.0, r)
+    bad = jnp.where(jnp.isfinite(r), bad, it)
+    return it + 1, trees.scale(1 / trees.norm(hv), hv), theta, res, bad
+
+  v0 = jax.tree.map(lambda x, m: x * jnp.where(use_mask, m.astype(dtype), 1),
+                    trees.hashed_signs(trees.key_seed(key, num_found), like, dtype),
+                    mask)
+  one = jnp.ones((), dtype)
+  it, v, theta, res, bad = jax.lax.while_loop(
+      cond, body, (jnp.int32(0), v0, one, one, jnp.int32(-1)))
+  # The last Rayleigh quotient's vector (before the final product): re-deflate.
+  v = deflate(v)
+  v = trees.scale(1 / trees.norm(v), v)
+  found = jax.tree.map(lambda f, x: f.at[num_found].set(x), found, v)
+  return found, it, theta, res == 0, bad
 
 
-def run_power_iteration(matvec: Matvec, params_like: PyTree, k: int, *,
-                        key: jax.Array, max_iters: int = 100, tol: float = 1e-3,
-                        dtype: Any = None) -> tuple[np.ndarray, jax.Array, int]:
+def run_power_iteration(matvec: core.Matvec, params_like: PyTree, k: int, *,
+                        key: jax.Array, max_iters: int | None = None,
+                        tol: float | None = None, dtype: Any = None,
+                        mask: PyTree | None = None,
+                        name: str = 'power_iteration'):
   """Top-``k`` (by magnitude) eigenpairs by deflated power iteration.
 
-  This is PyHessian's ``eigenvalues`` routine: for each eigenpair, iterate
-  ``v <- A v / ||A v||`` keeping ``v`` orthogonal to the eigenvectors found so
-  far, until the Rayleigh quotient changes by less than ``tol`` relative.
+  PyHessian's ``eigenvalues`` routine, stopped on the residual instead of the
+  change of the eigenvalue: for each eigenpair, ``v <- P A v / ||P A v||``
+  with ``P`` projecting out the eigenvectors found so far, until
+  ``||P A v - theta v|| <= tol |theta|`` (`default_tol` of the dtype) or
+  ``max_iters`` products (default ``10 x default_max_matvecs(1, dim)``); warns
+  (`ConvergenceWarning`) when an eigenpair hits the cap.
+
+  ``mask`` (a 0/1 pytree) restricts the start vectors to a block.
 
   Returns:
-    ``(eigvals (k,), eigvecs (k, n) flat rows, num_matvecs)`` in discovery
-    order (decreasing magnitude).
+    ``(eigvals (k,), eigvecs (list of k pytrees), num_matvecs, converged
+    (k,))``
+    in discovery order (decreasing magnitude).
   """
-  dtype = vector_dtype(params_like, dtype)
-  n = ravel_pytree(params_like)[0].size
-  found = jnp.zeros((k, n), dtype)
-  eigvals, total = [], 0
-  for i, sub in enumerate(jax.random.split(key, k)):
-    it, eig, v, nonfinite_at = _power_jit(
-        as_operator(matvec), params_like, sub, found, max_iters=max_iters,
-        tol=tol, dtype=dtype.name)
-    if int(nonfinite_at) >= 0:
+  dtype = trees.vector_dtype(params_like, dtype)
+  n = trees.size(params_like)
+  tol = default_tol(dtype) if tol is None else float(tol)
+  if max_iters is None:
+    max_iters = 10 * default_max_matvecs(1, n)
+  rows = core.basis_rows(k, n)
+  space = space_lib.make_space(matvec, params_like, dtype, mask)
+  found = trees.zeros_stack(rows, space.like, dtype)
+  eigvals, converged, total = [], [], 0
+  for i in range(k):
+    found, it, theta, ok, bad = _power(
+        space.op, key, found, np.int32(i), np.int32(max_iters),
+        np.asarray(tol, dtype), space.like if mask is None else space.mask,
+        np.bool_(mask is not None), param_dtypes=space.param_dtypes)
+    if int(bad) >= 0:
       raise FloatingPointError(
           f'non-finite operator (Hessian-vector) product at power iteration '
-          f'{int(nonfinite_at) + 1} for eigenvalue {i + 1}; stopping.')
+          f'{int(bad) + 1} for eigenvalue {i + 1}; stopping.')
     total += int(it)
-    found = found.at[i].set(v)
-    eigvals.append(float(eig))
-  return np.asarray(eigvals), found, total
+    eigvals.append(float(theta))
+    converged.append(bool(ok))
+  if tol > 0 and not all(converged):
+    warnings.warn(
+        f'{name} did not converge: eigenpairs '
+        f'{[i + 1 for i, c in enumerate(converged) if not c]} hit the cap of '
+        f'{max_iters} products each (relative residual > tol={tol:g}); '
+        f'{total} products in all. Lanczos (top_eigenpairs) converges in far '
+        'fewer.', ConvergenceWarning, stacklevel=3)
+  vectors = [space_lib.to_params(space, jax.tree.map(lambda f, i=i: f[i],
+                                                     found)) for i in range(k)]
+  return np.asarray(eigvals), vectors, total, np.asarray(converged)

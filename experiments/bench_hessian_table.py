@@ -1,0 +1,63 @@
+"""The README rows of ``experiments.bench_hessian``, formatted from its JSON."""
+
+import numpy as np
+
+
+def readme_rows(out) -> str:
+  """The README's benchmark rows, formatted from the JSON of one run."""
+  t, w, f = out['top5_defaults'], out['warm'], out.get('first_call')
+  sp, slq = out['estimator_spread'], out['slq_10x80_seconds']
+  rows = []
+  if f:
+    rows.append(
+        f"| top-5 eigenvalues, 4,810-param tanh MLP (512 digits, float32) vs "
+        f"dense `eigh`, defaults: ours (Lanczos), PyHessian 0.1 (power "
+        f"iteration) | ours {max(t['rel_errors']):.1e} max error, "
+        f"{t['hvps']} HVPs, converged; PyHessian "
+        f"{min(f['pyhessian_rel_errors']):.1e} to "
+        f"{max(f['pyhessian_rel_errors']):.1e}, {f['pyhessian_hvps']} HVPs "
+        f"| <= 1e-4 |")
+    rows.append(
+        f"| first call in a fresh process (compilation included), ours / "
+        f"PyHessian, same MLP | {np.median(f['ours_seconds']):.2f} s / "
+        f"{np.median(f['pyhessian_seconds']):.2f} s (median of "
+        f"{len(f['ours_seconds'])}, *loaded*) = {f['ratio_median']:.2f}x "
+        f"| <= 1.5x |")
+  rows.append(
+      f"| warm top-5 / plain jitted full-reorthogonalization Lanczos at equal "
+      f"HVPs ({w['hvps']}; 100) | {w['ratio']:.2f}x "
+      f"({1e3 * w['ours_seconds']:.1f} ms vs "
+      f"{1e3 * w['plain_lanczos_seconds']:.1f} ms); {w['ratio_100']:.2f}x "
+      f"| <= 1x |")
+  tr = out.get('trace_vs_pyhessian')
+  if tr:
+    x = tr['ours_xtrace_100']
+    rows.append(
+        f"| trace of the same Hessian: PyHessian (defaults), ours (XTrace, "
+        f"100 HVPs) | PyHessian {tr['pyhessian_rel_error']:.1e} error "
+        f"({tr['pyhessian_hvps']} HVPs, no error estimate); ours "
+        f"{x['rel_error']:.1e} error, s.e. {x['stderr'] / tr['exact']:.1e} "
+        f"relative | |")
+  rows.append(
+      f"| relative spread of trace estimates over seeds at 30 / 100 HVPs: "
+      f"Hutchinson, Hutch++, XTrace | {sp['hutchinson@30']:.1e}, "
+      f"{sp['hutch++@30']:.1e}, {sp['xtrace@30']:.1e} / "
+      f"{sp['hutchinson@100']:.1e}, {sp['hutch++@100']:.1e}, "
+      f"{sp['xtrace@100']:.1e} (Hutchinson / XTrace "
+      f"{sp['hutchinson_over_xtrace@30']:.1f}x, "
+      f"{sp['hutchinson_over_xtrace@100']:.1f}x) | >= 3x |")
+  rows.append(
+      f"| diagonal error at 30 / 100 HVPs: Hutchinson, XDiag | "
+      f"{sp['diag_hutchinson@30']:.2f}, {sp['diag_xdiag@30']:.2f} / "
+      f"{sp['diag_hutchinson@100']:.2f}, {sp['diag_xdiag@100']:.2f} | |")
+  rows.append(
+      f"| SLQ density, 10 probes x 80 steps: batched (vmap) / one by one | "
+      f"{slq['batched']:.2f} s / {slq['sequential']:.2f} s "
+      f"(one by one is the CPU default) | faster one |")
+  rows.append(
+      f"| per-layer report (top eigenvalue, trace, Frobenius per layer + "
+      f"whole), first call | {out['block_report']['seconds_first_call']:.1f}"
+      f" s | |")
+  rows.append(f"| HVP cost / gradient, same MLP | "
+              f"{out['hvp_cost_in_gradients']:.2f}x | <= 3 |")
+  return '\n'.join(rows)
