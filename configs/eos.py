@@ -11,9 +11,12 @@ warm-started Lanczos, 3-10 HVPs each): it starts at 5.0, rises
 (progressive sharpening), overshoots to ~12.8 around step 150, then hovers at
 2/eta = 10 (9.5-10.4) from step 300 on, while the training loss keeps falling,
 non-monotonically, to ~1e-4. Try ``--config.optimizer.learning_rate=
-0.1`` (hovers at 20) or ``0.3`` (6.7); the notebook
-``analysis/notebooks/edge_of_stability.ipynb`` puts three rates on one plot,
-adds SAM and small-batch SGD.
+0.1`` (hovers at 20) or ``0.3`` (6.7); unnormalized SAM with
+``--config.optimizer.sam.rho=0.02 --config.optimizer.sam.normalize=False``
+settles lower, where eta * lambda * (1 + rho * lambda) = 2.
+``python -m experiments.reproduce edge_of_stability`` runs three rates, SAM
+and small-batch SGD over three seeds (``results/edge_of_stability.json``, the
+figures of ``analysis/notebooks/edge_of_stability.ipynb``).
 
 Smoke variant (seconds, for tests): ``--config=configs/eos.py:smoke``.
 

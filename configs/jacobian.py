@@ -14,7 +14,9 @@ What you should see (2 CPU cores, about 4 minutes, most of it the dense
 36% of them within 1e-2 of 1 (the bulk; about 3% with
 ``--config.data.white_noise=True``; published re-runs: ~38% and ~3%), and how
 much of the top Hessian eigenvectors at the end of training lies in the bulk
-(little).
+(little). ``python -m experiments.reproduce training_jacobian`` compares
+digits with white noise over several seeds and retrains from initializations
+moved along bulk, top and random directions (``results/training_jacobian.json``).
 
 Smoke variant (seconds, for tests): ``--config=configs/jacobian.py:smoke``
 (hidden width 8, 20 steps).

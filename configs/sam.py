@@ -8,8 +8,10 @@ forward-backward passes): a conv net with BatchNorm learns scikit-learn's 8x8
 digits (no download). Eval loss falls from ~2.31 to ~0.07 and eval accuracy
 reaches ~98% (train loss ~0.025). ``--config.optimizer.sam.rho=0.0`` gives
 plain momentum's gradients (at SAM's cost) for comparison. BatchNorm running
-statistics are updated once per step, from the unperturbed pass. Variants by flag: ASAM ``--config.optimizer.sam.adaptive=True
---config.optimizer.sam.rho=0.5 --config.optimizer.sam.eta=0.01``; SAM-ON
+statistics are updated once per step, from the unperturbed pass. Variants
+by flag: ASAM ``--config.optimizer.sam.adaptive=True
+--config.optimizer.sam.rho=0.5`` (eta 0.01 and kernels/scales only, as the
+official ASAM code); unnormalized SAM ``--config.optimizer.sam.normalize=False``; SAM-ON
 (perturb only normalization parameters) ``--config.optimizer.sam.mask=norm``;
 m-sharpness ``--config.optimizer.sam.num_microbatches=4``. Results go to
 ``runs/sam``.

@@ -3,10 +3,11 @@
 muP (the maximal-update parametrization, Yang et al., "Tensor Programs V:
 Tuning Large Neural Networks via Zero-Shot Hyperparameter Transfer", 2021)
 has two halves. The model half -- init variances, the ``1/width_mult``
-readout multiplier and ``1/d_head`` attention -- lives in
-``dynamics.models.layers.Knobs``. The optimizer half is a per-layer
-learning-rate multiplier, following the ``mup`` package's ``MuAdam`` /
-``MuSGD`` with ``r = width / base_width``:
+readout multiplier on a readout initialized at zero (Table 3 allows zero or
+variance ``1/fan_in^2``; zero is the paper's recommendation, App. D.2) and
+``1/d_head`` attention -- lives in ``dynamics.models.layers.Knobs``. The
+optimizer half is a per-layer learning-rate multiplier, following the ``mup``
+package's ``MuAdam`` / ``MuSGD`` with ``r = width / base_width``:
 
 ==========================  ===============  ==========================
 parameter                   Adam-type LR     SGD-type LR
@@ -18,9 +19,10 @@ size-fixed (head bias,      ``lr``           ``lr``
 DyT's alpha)
 ==========================  ===============  ==========================
 
-At ``r = 1`` every multiplier is 1 and muP is the standard parametrization.
-The multipliers scale the optimizer's whole update, decoupled weight decay
-included (``mup`` instead keeps ``lr * weight_decay`` fixed).
+At ``r = 1`` every multiplier is 1 and muP is the standard parametrization
+with a zero readout. The multipliers scale the optimizer's whole update,
+decoupled weight decay included (``mup`` instead keeps ``lr * weight_decay``
+fixed).
 
 ``config.optimizer.lr_multipliers`` holds them as ``((regex, multiplier),
 ...)`` pairs matched against parameter paths such as

@@ -63,8 +63,11 @@ def _grad_fn(name):
   if rho is None:
     return lambda loss_fn, params: jax.value_and_grad(loss_fn)(params)
   adaptive = name.startswith('asam')
+  # The parameters here are named 'w' and 'b', not 'kernel': scale every leaf
+  # (the official convention would leave both unscaled, i.e. plain SAM).
   return lambda loss_fn, params: sam_gradient(loss_fn, params, None, rho=rho,
-                                              adaptive=adaptive, eta=0.01)
+                                              adaptive=adaptive, eta=0.01,
+                                              all_leaves=adaptive)
 
 
 def _make_step(name, tx, loss_fn):

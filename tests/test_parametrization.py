@@ -1,5 +1,5 @@
 """Init and parametrization knobs: identity-style init, Fixup, NTK, muP's
-coordinate check, per-layer LR multipliers and the rotation probes."""
+readout, per-layer LR multipliers and the rotation probes."""
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +12,6 @@ from dynamics import models, parametrization
 from dynamics.models import Knobs
 from dynamics.models.cnn import ResidualBlock
 from dynamics.models.transformer import Block
-from dynamics.optim import build_optimizer
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -92,56 +91,27 @@ def test_ntk_is_the_same_function_at_init_with_scaled_gradients():
                              rtol=1e-4, atol=1e-7)
 
 
-def _coordinate_sizes(parametrization_name: str, width: int, steps: int = 3):
-  """RMS change of each layer's output on the training batch after a few Adam
-  steps (Yang et al.'s coordinate check)."""
-  c = base.get_config()
-  c.model.name = 'mlp'
-  c.model.hidden_sizes = (width, width)
-  c.model.activation = 'relu'
-  c.model.parametrization = parametrization_name
-  if parametrization_name == 'mup':
-    c.model.base_width = 64
-  c.optimizer.name = 'adam'
-  lr = 1e-2
-  info = ml_collections.ConfigDict({'num_outputs': 4})
-  model = models.build_model(c.model, info)
-  tx = build_optimizer(parametrization.optimizer_config(c), lambda step: lr)
-  kx, ky, kp = jax.random.split(jax.random.PRNGKey(0), 3)
-  # A small batch keeps the updates low-rank, as in the infinite-width limit.
-  x, y = jax.random.normal(kx, (4, 16)), jax.random.normal(ky, (4, 4))
-  params = model.init(kp, x)['params']
-
-  def layer_outputs(p):
-    _, st = model.apply({'params': p}, x, capture_intermediates=True,
-                        mutable=['intermediates'])
-    return [st['intermediates'][n]['__call__'][0]
-            for n in ('dense_0', 'dense_1', 'head')]
-
-  @jax.jit
-  def step(p, opt):
-    g = jax.grad(lambda p: jnp.mean((model.apply({'params': p}, x) - y) ** 2))(p)
-    u, opt = tx.update(g, opt, p)
-    return optax.apply_updates(p, u), opt
-
-  before, opt = layer_outputs(params), tx.init(params)
-  for _ in range(steps):
-    params, opt = step(params, opt)
-  return [float(jnp.sqrt(jnp.mean((b - a) ** 2)))
-          for a, b in zip(before, layer_outputs(params))]
-
-
-def test_mup_coordinate_check():
-  widths = np.array([64, 256, 1024])
-  base_sizes = _coordinate_sizes('standard', 64)  # muP == SP at base width.
-  sizes = {p: np.array([base_sizes] + [_coordinate_sizes(p, w)
-                                       for w in widths[1:]])
-           for p in ('mup', 'standard')}
-  slope = lambda s, layer: np.polyfit(np.log(widths), np.log(s[:, layer]), 1)[0]
-  for layer in (0, 1):  # The hidden layers' outputs.
-    assert abs(slope(sizes['mup'], layer)) <= 0.1, sizes['mup']
-  # Standard parametrization with Adam: the hidden update grows ~ width.
-  assert slope(sizes['standard'], 1) > 0.5, sizes['standard']
+def test_mup_readout_starts_at_zero_and_is_scaled_by_one_over_width_mult():
+  # Tensor Programs V, Table 3 (readout initialized at zero, App. D.2) with
+  # the mup package's 1 / width_mult output multiplier; muP's coordinate
+  # check itself: tests/test_reproduce_mup_coordinate_check.py.
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 8))
+  sp = models.MLP(hidden_sizes=(256, 256), num_outputs=2)
+  mup = models.MLP(hidden_sizes=(256, 256), num_outputs=2,
+                   knobs=Knobs(parametrization='mup', width_mult=4.0))
+  p_sp = sp.init(jax.random.PRNGKey(1), x)['params']
+  p_mup = mup.init(jax.random.PRNGKey(1), x)['params']
+  np.testing.assert_array_equal(p_mup['head']['kernel'], 0.0)
+  for name in ('dense_0', 'dense_1'):  # Input and hidden layers: as SP.
+    np.testing.assert_array_equal(p_mup[name]['kernel'], p_sp[name]['kernel'])
+  # With the same (nonzero) readout weights, muP's output is SP's logits
+  # before the bias, divided by width_mult = 4.
+  p_mup['head'] = p_sp['head'] = {
+      'kernel': jax.random.normal(jax.random.PRNGKey(2), (256, 2)),
+      'bias': jnp.array([0.5, -1.0])}
+  logits = lambda m, p: m.apply({'params': p}, x) - p['head']['bias'][None]
+  np.testing.assert_allclose(logits(mup, p_mup), logits(sp, p_sp) / 4,
+                             rtol=1e-5, atol=1e-6)
 
 
 def test_mup_multipliers_follow_the_optimizer_family():

@@ -2,13 +2,20 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import base, eos
+from dynamics import config_lib
 from dynamics.models import CNN, MLP, ResNet, Transformer
-from dynamics.optim.sam import norm_mask, sam_gradient, sam_mask, sam_perturbation
+from dynamics.optim.sam import (asam_scaled, norm_mask, sam_gradient, sam_mask,
+                                sam_perturbation)
+from dynamics.runs import Run
+from dynamics.step import StepOptions
+from dynamics.types import param_names
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -61,7 +68,10 @@ def test_asam_perturbation_norm_property():
     g = jax.grad(loss_fn)(params, batch)
     rho, eta = 0.2, 0.01
     e = sam_perturbation(g, params, rho=rho, adaptive=True, eta=eta)
-    scale = jax.tree.map(lambda w: jnp.abs(w) + eta, params)
+    # The official convention: kernels and scales by |w| + eta, biases by 1.
+    scale = {'dense': {'kernel': jnp.abs(params['dense']['kernel']) + eta,
+                       'bias': jnp.ones(2)},
+             'norm': {'scale': jnp.abs(params['norm']['scale']) + eta}}
     # ||T_w^{-1} eps|| = rho, and eps is T_w^2 g up to a positive factor.
     inv = jax.tree.map(lambda x, t: x / t, e, scale)
     norm = np.sqrt(sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(inv)))
@@ -75,6 +85,143 @@ def test_asam_perturbation_norm_property():
     inv_sam = jax.tree.map(lambda x, t: x / t, e_sam, scale)
     norm_sam = np.sqrt(sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(inv_sam)))
     assert abs(norm_sam - rho) > 1e-3
+
+
+class _BiasLayerNormMLP(nn.Module):
+  """Dense -> LayerNorm -> tanh -> Dense: kernels, biases, a scale, an offset."""
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.tanh(nn.LayerNorm(name='norm')(nn.Dense(4, name='dense_0')(x)))
+    return nn.Dense(2, name='head')(h)
+
+
+def _asam_by_hand(grad_fn, params, batch, rho, eta, scaled):
+  """The official ASAM ascent step (SamsungLabs/ASAM, asam.py), written out."""
+  g = grad_fn(params, batch)
+  names = param_names(params)
+  g_leaves, treedef = jax.tree.flatten(g)
+  w_leaves = jax.tree.leaves(params)
+  t = [jnp.abs(w) + eta if scaled(n) else jnp.ones_like(w)
+       for n, w in zip(names, w_leaves)]
+  norm = np.sqrt(sum(float(jnp.sum((ti * gi) ** 2))
+                     for ti, gi in zip(t, g_leaves)))
+  eps = [rho * ti * ti * gi / norm for ti, gi in zip(t, g_leaves)]
+  perturbed = treedef.unflatten([w + e for w, e in zip(w_leaves, eps)])
+  return dict(zip(names, eps)), grad_fn(perturbed, batch)
+
+
+def test_asam_follows_the_official_code_on_biases_and_layernorm():
+  with jax.enable_x64(True):
+    model = _BiasLayerNormMLP()
+    rng = np.random.default_rng(6)
+    batch = {'x': jnp.asarray(rng.normal(size=(8, 3))),
+             'y': jnp.asarray(rng.normal(size=(8, 2)))}
+    params = model.init(jax.random.PRNGKey(0), batch['x'])['params']
+    params = jax.tree.map(lambda w: w.astype(jnp.float64), params)
+    assert sorted(param_names(params)) == [
+        'dense_0/bias', 'dense_0/kernel', 'head/bias', 'head/kernel',
+        'norm/bias', 'norm/scale']
+    # Flax initializes biases and LayerNorm offsets at exactly 0.
+    assert float(jnp.abs(params['dense_0']['bias']).max()) == 0.0
+
+    def loss_fn(p, b):
+      return jnp.mean((model.apply({'params': p}, b['x']) - b['y']) ** 2)
+
+    grad_fn = jax.jit(jax.grad(loss_fn))
+    rho = 0.3
+    weights = lambda name: name.split('/')[-1] in ('kernel', 'scale')
+    eps_hand, expected = _asam_by_hand(grad_fn, params, batch, rho, 0.01,
+                                       weights)
+    _, g_asam = jax.jit(functools.partial(sam_gradient, loss_fn, rho=rho,
+                                          adaptive=True))(params, batch)
+    for a, b in zip(jax.tree.leaves(g_asam), jax.tree.leaves(expected)):
+      np.testing.assert_allclose(a, b, rtol=1e-10)
+    eps = sam_perturbation(grad_fn(params, batch), params, rho=rho,
+                           adaptive=True)
+    for name, e in zip(param_names(eps), jax.tree.leaves(eps)):
+      np.testing.assert_allclose(e, eps_hand[name], rtol=1e-10, atol=1e-15)
+    # Zero-initialized biases and offsets are perturbed (T_w = 1 there).
+    assert float(jnp.abs(eps['dense_0']['bias']).min()) > 0
+    assert float(jnp.abs(eps['norm']['bias']).min()) > 0
+    # The mask the convention uses, by name.
+    assert param_names(params) == param_names(asam_scaled(params))
+    assert [n for n, m in zip(param_names(params),
+                              jax.tree.leaves(asam_scaled(params))) if m] == [
+                                  n for n in param_names(params) if weights(n)]
+    # The all-leaves variant is the same rule with every T_w = |w| + eta, and
+    # differs from the default.
+    eps_all, expected_all = _asam_by_hand(grad_fn, params, batch, rho, 0.01,
+                                          lambda name: True)
+    _, g_all = jax.jit(functools.partial(sam_gradient, loss_fn, rho=rho,
+                                         adaptive=True, all_leaves=True))(
+                                             params, batch)
+    for a, b in zip(jax.tree.leaves(g_all), jax.tree.leaves(expected_all)):
+      np.testing.assert_allclose(a, b, rtol=1e-10)
+    assert not np.allclose(g_all['head']['bias'], g_asam['head']['bias'])
+
+
+def test_asam_eta_defaults_to_the_official_value():
+  params, batch, loss_fn = _problem(7)
+  g = jax.grad(loss_fn)(params, batch)
+  default = sam_perturbation(g, params, rho=0.1, adaptive=True)
+  explicit = sam_perturbation(g, params, rho=0.1, adaptive=True, eta=0.01)
+  zero = sam_perturbation(g, params, rho=0.1, adaptive=True, eta=0.0)
+  for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(explicit)):
+    np.testing.assert_array_equal(a, b)
+  assert not np.allclose(default['dense']['kernel'], zero['dense']['kernel'])
+  assert base.get_config().optimizer.sam.eta == 0.01
+  assert StepOptions().sam_eta == 0.01
+
+
+def test_unnormalized_sam_is_gradient_at_w_plus_rho_g():
+  with jax.enable_x64(True):
+    params, batch, loss_fn = _problem(8)
+    rho = 0.05
+    _, g_usam = jax.jit(functools.partial(sam_gradient, loss_fn, rho=rho,
+                                          normalize=False))(params, batch)
+    g = jax.grad(loss_fn)(params, batch)
+    expected = jax.grad(loss_fn)(
+        jax.tree.map(lambda w, gg: w + rho * gg, params, g), batch)
+    for a, b in zip(jax.tree.leaves(g_usam), jax.tree.leaves(expected)):
+      np.testing.assert_allclose(a, b, rtol=1e-10)
+    _, g_sam = sam_gradient(loss_fn, params, batch, rho=rho)
+    assert not np.allclose(g_sam['dense']['kernel'], g_usam['dense']['kernel'])
+
+
+@pytest.mark.parametrize('factor, stable', [(0.98, True), (1.02, False)])
+def test_unnormalized_sam_edge_of_stability_on_a_quadratic(factor, stable):
+  # L = lam/2 w^2: GD on the unnormalized SAM gradient multiplies w by
+  # 1 - lr lam (1 + rho lam) per step, stable iff lr lam (1 + rho lam) < 2.
+  lam, rho = 10.0, 0.05
+  lr = factor * 2 / (lam * (1 + rho * lam))
+  loss_fn = lambda w, b: 0.5 * lam * jnp.sum(w ** 2)
+
+  def step(w, _):
+    _, g = sam_gradient(loss_fn, w, None, rho=rho, normalize=False)
+    return w - lr * g, None
+  w = jax.lax.scan(step, jnp.ones(1), None, length=200)[0]
+  assert (abs(float(w[0])) < 0.5) == stable
+
+
+def test_train_step_reads_unnormalized_sam_and_asam_leaves_from_config():
+  config = eos.get_config('smoke')
+  config.optimizer.sam.rho = 0.05
+  config.optimizer.sam.normalize = False
+  run = Run(config)
+  assert not run.options.sam_normalize and not run.options.sam_all_leaves
+  state = run.init_state()
+  params = state.params
+  batch = jax.tree.map(jnp.asarray, run.dataset.train_batch(0))
+  loss_fn = run.loss_fn(state.model_state)
+  g = jax.grad(loss_fn)(params, batch)
+  g_sam = jax.grad(loss_fn)(jax.tree.map(lambda w, gg: w + 0.05 * gg, params,
+                                         g), batch)
+  lr = config.optimizer.learning_rate
+  expected = jax.tree.map(lambda w, gg: w - lr * gg, params, g_sam)
+  new_state, _ = run.train_step(state, batch)
+  for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
 
 
 def test_sam_on_changes_only_masked_leaves():
@@ -232,3 +379,10 @@ def test_bad_arguments_raise(kwargs, name):
   params, batch, loss_fn = _problem()
   with pytest.raises(ValueError, match=name):
     sam_gradient(loss_fn, params, batch, **kwargs)
+
+
+def test_config_rejects_a_negative_asam_eta():
+  config = eos.get_config('smoke')
+  config.optimizer.sam.eta = -0.01
+  with pytest.raises(config_lib.ConfigError, match=r'optimizer\.sam\.eta=-0\.01'):
+    config_lib.validate(config)

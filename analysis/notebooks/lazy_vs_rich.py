@@ -22,165 +22,71 @@
 # linearization); small $\alpha$ gives *rich* training (features, hence the
 # kernel, change and the kernel aligns with the labels). Kumar et al.
 # ("Grokking as the Transition from Lazy to Rich Training Dynamics", 2024) use
-# the same knob. Here, on the teacher-student regression of
-# `configs/lazy_rich.py`:
+# the same knob. At fixed $\alpha$, wider networks are lazier (Jacot et al.,
+# 2018; Lee et al., 2019).
 #
-# 1. kernel distance from init and relative parameter change shrink as
-#    $\alpha$ grows, and the kernel's label alignment rises only for small
-#    $\alpha$;
-# 2. at fixed $\alpha=1$, the kernel moves less as the width grows, in the
-#    standard and in the NTK parametrization.
-#
-# The centering $g(x;\theta) - g(x;\theta_0)$ and the $1/\alpha^2$ loss are done in
-# the small training loop below (the core's `output_scale` only multiplies).
+# **What ran.** `python -m experiments.reproduce lazy_vs_rich` (module
+# `experiments/reproductions/lazy_vs_rich.py`): the teacher-student regression
+# and ReLU MLP of `configs/lazy_rich.py`, trained by
+# `dynamics.train.train_and_evaluate` with the library's knobs:
+# `model.output_scale` ($\alpha$), `model.antisymmetric_init` (their
+# symmetrized init, output 0 at init, so $\alpha g$ is the centered model), the
+# SGD rate divided by $\alpha^2$, `model.parametrization`; the NTK probe
+# (`analysis.probes.NTKProbe`) measures the kernel at the first and last step.
+# This notebook trains nothing: it reads `results/lazy_vs_rich.json`, draws the
+# figures with the module's `plot` and prints what the numbers say.
 
 # %%
 import os
 import sys
-import time
 
 ROOT = os.path.abspath(os.getcwd())
 while not os.path.isdir(os.path.join(ROOT, 'dynamics')) and ROOT != '/':
   ROOT = os.path.dirname(ROOT)
 sys.path.insert(0, ROOT)
-SMOKE = bool(os.environ.get('DYNAMICS_NOTEBOOK_SMOKE'))
-ALPHAS = (0.03, 0.3, 3.0, 30.0)
-WIDTH = 64 if SMOKE else 512
-WIDTHS = (16, 64) if SMOKE else (64, 256, 1024, 4096)
-STEPS = 60 if SMOKE else 2000
-NUM_TRAIN = 64 if SMOKE else 256
-LEARNING_RATE = 0.5
 FIGURES = os.environ.get('DYNAMICS_FIGURES_DIR') or os.path.join(ROOT, 'docs', 'figures')
-os.makedirs(FIGURES, exist_ok=True)
 
-import jax
-import jax.numpy as jnp
-import matplotlib
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt
-import numpy as np
+from experiments.reproductions import common  # noqa: E402
+from experiments.reproductions import lazy_vs_rich as lvr  # noqa: E402
 
-from analysis import ntk as ntk_lib
-from configs import lazy_rich
-from dynamics import data as data_lib
-
-config = lazy_rich.get_config()
-config.data.num_train = NUM_TRAIN
-dataset = data_lib.get_dataset(config)
-x_train = jnp.asarray(dataset.full_batch()['inputs'])
-y_train = jnp.asarray(dataset.full_batch()['targets']).reshape(NUM_TRAIN, -1)
-y_train = y_train / jnp.std(y_train)
-print(x_train.shape, y_train.shape)
-
+record = common.read_result('lazy_vs_rich')
+numbers = record['numbers']
+print(f"{record['command']} ({record['size']}, seeds {record['seeds']}, "
+      f"{record['wall_seconds'] / 60:.0f} min on {record['machine']['cpu_count']} "
+      f"CPUs, {record['date']}); {numbers['num_steps']} SGD steps per run")
+paths = lvr.plot(numbers, FIGURES)
 
 # %% [markdown]
-# A one-hidden-layer ReLU network in the standard parametrization
-# ($W \sim \mathcal N(0, 1/\text{fan-in})$) or the NTK parametrization
-# ($W \sim \mathcal N(0, 1)$, activations divided by $\sqrt{\text{fan-in}}$),
-# trained by full-batch gradient descent.
+# ## 1. The $\alpha$ sweep (mean ± std over the seeds)
 
 # %%
-def init(key, width, param='ntk', d=x_train.shape[1]):
-  k1, k2 = jax.random.split(key)
-  std1, std2 = (1.0, 1.0) if param == 'ntk' else (1 / np.sqrt(d), 1 / np.sqrt(width))
-  return {'w1': std1 * jax.random.normal(k1, (d, width)),
-          'w2': std2 * jax.random.normal(k2, (width, 1))}
-
-
-def g(params, x, param='ntk'):
-  d, width = params['w1'].shape
-  s1, s2 = (1 / np.sqrt(d), 1 / np.sqrt(width)) if param == 'ntk' else (1.0, 1.0)
-  return s2 * jax.nn.relu(s1 * x @ params['w1']) @ params['w2']
-
-
-def train(alpha, width, param='ntk', steps=STEPS, lr=LEARNING_RATE, seed=0):
-  """GD on (1/alpha^2) * 0.5 * mean (alpha (g - g_0) - y)^2; NTK stats at start/end."""
-  params0 = init(jax.random.key(seed), width, param)
-  g0 = g(params0, x_train, param)
-  apply_fn = lambda p, x: g(p, x, param)
-
-  def loss(p):
-    f = alpha * (g(p, x_train, param) - g0)
-    return 0.5 * jnp.mean((f - y_train) ** 2) / alpha ** 2
-
-  @jax.jit
-  def run(p):
-    return jax.lax.fori_loop(0, steps, lambda i, p: jax.tree.map(
-        lambda a, b: a - lr * b, p, jax.grad(loss)(p)), p)
-
-  params = run(params0)
-  k0 = ntk_lib.empirical_ntk(apply_fn, params0, x_train)
-  kt = ntk_lib.empirical_ntk(apply_fn, params, x_train)
-  return {
-      'alpha': alpha, 'width': width, 'param': param,
-      'final_loss': float(loss(params) * alpha ** 2),
-      'kernel_distance': float(ntk_lib.kernel_distance(k0, kt)),
-      'param_change': float(ntk_lib.relative_param_change(params0, params)),
-      'alignment_init': float(ntk_lib.kernel_alignment(k0, y_train)),
-      'alignment_final': float(ntk_lib.kernel_alignment(kt, y_train)),
-  }
-
+a = numbers['alpha']
+print(f"width {a['width']}, standard parametrization")
+for i, alpha in enumerate(a['alphas']):
+  print(f"alpha={alpha:>6g}: eval loss {common.fmt_mean_std(a['eval_loss'][i], 4)}"
+        f"  kernel distance {a['kernel_distance'][i]['mean']:.2e}"
+        f" ± {a['kernel_distance'][i]['std']:.1e}"
+        f"  param change {a['param_change'][i]['mean']:.2e}"
+        f"  alignment {a['alignment_init'][i]['mean']:.3f} -> "
+        f"{a['alignment_final'][i]['mean']:.3f}"
+        f" (gain {common.fmt_mean_std(a['alignment_gain'][i], 3)})")
 
 # %% [markdown]
-# ## 1. The $\alpha$ sweep
+# ## 2. Width: does the kernel move less in wider networks?
 
 # %%
-t0 = time.time()
-rows = [train(a, WIDTH) for a in ALPHAS]
-for r in rows:
-  print(f"alpha={r['alpha']:>6}: loss {r['final_loss']:.3f}  kernel distance "
-        f"{r['kernel_distance']:.2e}  param change {r['param_change']:.2e}  "
-        f"alignment {r['alignment_init']:.3f} -> {r['alignment_final']:.3f}")
-print(f'{time.time() - t0:.1f}s')
-
-# %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-a = [r['alpha'] for r in rows]
-axes[0].loglog(a, [r['kernel_distance'] for r in rows], 'o-', label='kernel distance from init')
-axes[0].loglog(a, [r['param_change'] for r in rows], 's--', label='relative parameter change')
-axes[0].set(xlabel='alpha (output scale)', title='lazy as alpha grows')
-axes[0].legend()
-axes[1].semilogx(a, [r['alignment_init'] for r in rows], 'o-', label='at init')
-axes[1].semilogx(a, [r['alignment_final'] for r in rows], 's-', label='after training')
-axes[1].set(xlabel='alpha', ylabel='centered kernel-label alignment',
-            title='alignment rises only when rich')
-axes[1].legend()
-fig.tight_layout()
-fig.savefig(os.path.join(FIGURES, 'lazy_vs_rich_alpha.png'), dpi=120)
-
-# %%
-# The claims of this notebook, checked: the kernel and the parameters move
-# less as alpha grows, and only the richest run gains alignment.
-dist = [r['kernel_distance'] for r in rows]
-change = [r['param_change'] for r in rows]
-assert all(x > y for x, y in zip(dist, dist[1:])), dist
-assert all(x > y for x, y in zip(change, change[1:])), change
-gain = [r['alignment_final'] - r['alignment_init'] for r in rows]
-assert gain[0] > 10 * abs(gain[-1]), gain
+for p in [p for p in lvr.PARAMETRIZATIONS if p in numbers['width']]:
+  w = numbers['width'][p]
+  for i, width in enumerate(w['widths']):
+    print(f"{p:>8s} width {width:>5d} (alpha {w['alpha']:g}): kernel distance "
+          f"{w['kernel_distance'][i]['mean']:.2e} ± {w['kernel_distance'][i]['std']:.1e}"
+          f"  param change {w['param_change'][i]['mean']:.2e}"
+          f"  eval loss {common.fmt_mean_std(w['eval_loss'][i], 4)}")
 
 # %% [markdown]
-# ## 2. Width: the kernel moves less in wider networks ($\alpha = 1$)
+# ## Does this reproduction agree?
+# Each claim checked on the numbers above (`lazy_vs_rich.claims`).
 
 # %%
-# The standard parametrization's NTK grows like the width, so its stable
-# learning rate shrinks like 1/width; the NTK parametrization keeps one rate.
-lr_for = lambda param, w: 8.0 / w if param == 'standard' else LEARNING_RATE
-wrows = [train(1.0, w, param, lr=lr_for(param, w))
-         for param in ('standard', 'ntk') for w in WIDTHS]
-for r in wrows:
-  print(f"{r['param']:>8} width {r['width']:>5}: kernel distance "
-        f"{r['kernel_distance']:.2e}  param change {r['param_change']:.2e}  "
-        f"loss {r['final_loss']:.3f}")
-
-fig, ax = plt.subplots(figsize=(5, 3.8))
-for param, marker in (('standard', 'o-'), ('ntk', 's--')):
-  sel = [r for r in wrows if r['param'] == param]
-  ax.loglog([r['width'] for r in sel], [r['kernel_distance'] for r in sel], marker,
-            label=f'{param} parametrization')
-ax.set(xlabel='width', ylabel='kernel distance from init', title='alpha = 1')
-ax.legend()
-fig.tight_layout()
-fig.savefig(os.path.join(FIGURES, 'lazy_vs_rich_width.png'), dpi=120)
-for param in ('standard', 'ntk'):
-  d = [r['kernel_distance'] for r in wrows if r['param'] == param]
-  assert d[-1] < d[0], (param, d)
+for claim, holds in lvr.claims(numbers).items():
+  print(f"{'reproduced' if holds else 'NOT reproduced'}: {claim}")

@@ -1,4 +1,4 @@
-"""Sharpness-aware gradients: SAM, ASAM, SAM-ON and m-sharpness.
+"""Sharpness-aware gradients: SAM, ASAM, SAM-ON, m-sharpness, unnormalized SAM.
 
 SAM replaces the gradient at :math:`w` by the gradient at an adversarially
 perturbed point :math:`w + \\hat\\epsilon(w)`. Here it is a *gradient estimator*
@@ -15,6 +15,14 @@ metrics) of the unperturbed pass. Neither offers ASAM, masks (SAM-ON) or
 m-sharpness. As an estimator, SAM leaves the optimizer state, the schedule and
 the checkpoint layout exactly those of the base optimizer, costs exactly two
 forward-backward passes, and takes aux from the first pass only.
+
+ASAM follows its authors' released code (SamsungLabs/ASAM, ``asam.py``), the
+convention its published results were run with: only the parameters PyTorch
+names ``weight`` are scaled by :math:`T_w = |w| + \\eta` -- in Flax, kernels,
+embedding tables and normalization scales (`asam_scaled`) -- while biases and
+normalization offsets keep :math:`T_w = 1` (still inside the norm), and
+:math:`\\eta = 0.01` by default (with :math:`\\eta = 0` a weight at exactly 0
+would never be perturbed). ``all_leaves=True`` scales every leaf instead.
 """
 
 from typing import Any, Callable, Union
@@ -30,6 +38,12 @@ Mask = Union[None, PyTree, Callable[[PyTree], PyTree]]
 # Guards the normalization when the gradient is exactly zero (as in the
 # widely used PyTorch SAM, which adds 1e-12 to the norm).
 _NORM_EPS = 1e-12
+
+# The leaves the official ASAM code scales: PyTorch's ``weight`` parameters
+# (Linear / Conv kernels, Embedding tables, BatchNorm / LayerNorm scales) under
+# their Flax names; ``pos_embed`` is a learned position table (the
+# ``wpe.weight`` of PyTorch GPT implementations).
+ASAM_SCALED_NAMES = ('kernel', 'embedding', 'pos_embed', 'scale')
 
 
 def norm_mask(params: PyTree) -> PyTree:
@@ -55,6 +69,31 @@ def norm_mask(params: PyTree) -> PyTree:
     return any('norm' in part.lower()
                for part in param_name(path).split('/')[:-1])
   return jax.tree_util.tree_map_with_path(is_norm, params)
+
+
+def asam_scaled(params: PyTree) -> PyTree:
+  """ASAM's scaled leaves: True where the official code uses :math:`|w| + \\eta`.
+
+  A leaf is scaled when its own name (the last entry of its `param_name`) is
+  one of `ASAM_SCALED_NAMES` -- kernels, embeddings and normalization scales,
+  the parameters PyTorch calls ``weight``; biases, normalization offsets and
+  anything else (DyT's ``alpha``) are not.
+
+  Args:
+    params: a parameter pytree.
+
+  Returns:
+    A pytree of Python bools with the structure of ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> asam_scaled({'dense': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)},
+    ...              'LayerNorm_0': {'scale': jnp.ones(2), 'bias': jnp.ones(2)}})
+    {'LayerNorm_0': {'bias': False, 'scale': True}, 'dense': {'bias': False, 'kernel': True}}
+  """
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: param_name(path).split('/')[-1] in ASAM_SCALED_NAMES,
+      params)
 
 
 def sam_mask(name: str) -> Mask:
@@ -84,26 +123,34 @@ def _validate(rho: float, eta: float, num_microbatches: int) -> None:
 
 
 def sam_perturbation(grads: PyTree, params: PyTree, *, rho: float,
-                     adaptive: bool = False, eta: float = 0.0,
-                     mask: Mask = None) -> PyTree:
+                     adaptive: bool = False, eta: float = 0.01,
+                     mask: Mask = None, normalize: bool = True,
+                     all_leaves: bool = False) -> PyTree:
   r"""The SAM / ASAM ascent step :math:`\hat\epsilon`, zero outside ``mask``.
 
   .. math::
-    \hat\epsilon = \rho\,\frac{T_w^2\, g}{\|T_w\, g\|_2},\qquad
-    T_w = \begin{cases} |w| + \eta & \text{adaptive (ASAM)}\\
-                        1 & \text{otherwise (SAM),}\end{cases}
+    \hat\epsilon = \rho\,\frac{T_w^2\, g}{\|T_w\, g\|_2}
+    \ \text{(normalized)}\quad\text{or}\quad
+    \hat\epsilon = \rho\, T_w^2\, g\ \text{(}\texttt{normalize=False}\text{)},
 
-  with the norm over the masked leaves only (SAM-ON normalizes the
-  normalization-layer gradient on its own). ASAM's step satisfies
+  with :math:`T_w = |w| + \eta` (ASAM) on the leaves `asam_scaled` selects
+  (every leaf with ``all_leaves``) and :math:`T_w = 1` elsewhere (all leaves
+  for SAM). The norm runs over the masked leaves only (SAM-ON normalizes the
+  normalization-layer gradient on its own), scaled and unscaled leaves alike,
+  as in the official ASAM code. Normalized ASAM's step satisfies
   :math:`\|T_w^{-1}\hat\epsilon\|_2 = \rho`.
 
   Args:
     grads: gradient at ``params``.
     params: the point :math:`w`.
-    rho: radius :math:`\rho \ge 0`.
+    rho: radius :math:`\rho \ge 0` (unnormalized: the step multiplier).
     adaptive: ASAM's element-wise scale.
-    eta: ASAM's :math:`\eta \ge 0`.
+    eta: ASAM's :math:`\eta \ge 0` (0.01, the official code's default).
     mask: ``None`` (all leaves), a pytree of bools, or ``params -> pytree``.
+    normalize: divide by :math:`\|T_w g\|` (SAM); ``False`` gives
+      unnormalized SAM, :math:`\hat\epsilon = \rho\,g`.
+    all_leaves: ASAM scales every leaf, biases and normalization offsets
+      included (not the official convention).
 
   Returns:
     :math:`\hat\epsilon`, a pytree like ``params``.
@@ -114,24 +161,36 @@ def sam_perturbation(grads: PyTree, params: PyTree, *, rho: float,
     ...                      rho=0.5)
     >>> [round(float(x), 4) for x in e['w']]
     [0.3, 0.4]
+    >>> e = sam_perturbation({'w': jnp.array([3., 4.])}, {'w': jnp.zeros(2)},
+    ...                      rho=0.5, normalize=False)
+    >>> [round(float(x), 4) for x in e['w']]
+    [1.5, 2.0]
 
   References:
     Foret et al., "Sharpness-Aware Minimization for Efficiently Improving
     Generalization", ICLR 2021; Kwon et al., "ASAM: Adaptive Sharpness-Aware
     Minimization for Scale-Invariant Learning of Deep Neural Networks",
-    ICML 2021.
+    ICML 2021 (and its code, github.com/SamsungLabs/ASAM); unnormalized SAM:
+    Andriushchenko & Flammarion, "Towards Understanding Sharpness-Aware
+    Minimization", ICML 2022.
   """
   _validate(rho, eta, 1)
   g_leaves, treedef = jax.tree.flatten(grads)
   p_leaves = treedef.flatten_up_to(params)
   on = _resolve_mask(mask, params)
   if adaptive:
-    scales = [jnp.abs(p) + eta for p in p_leaves]
+    scaled_leaves = ([True] * len(p_leaves) if all_leaves else
+                     treedef.flatten_up_to(asam_scaled(params)))
+    scales = [jnp.abs(p) + eta if s else None
+              for p, s in zip(p_leaves, scaled_leaves)]
   else:
     scales = [None] * len(p_leaves)
   scaled = [g if t is None else t * g for g, t in zip(g_leaves, scales)]
-  norm = optax.tree.norm([s for s, m in zip(scaled, on) if m])
-  factor = rho / (norm + _NORM_EPS)
+  if normalize:
+    norm = optax.tree.norm([s for s, m in zip(scaled, on) if m])
+    factor = rho / (norm + _NORM_EPS)
+  else:
+    factor = rho
   out = []
   for s, t, m in zip(scaled, scales, on):
     if not m:
@@ -167,9 +226,10 @@ def _average_aux(aux: PyTree) -> PyTree:
 
 
 def sam_gradient(loss_fn: Callable[..., Any], params: PyTree, batch: PyTree, *,
-                 rho: float, adaptive: bool = False, eta: float = 0.0,
+                 rho: float, adaptive: bool = False, eta: float = 0.01,
                  mask: Mask = None, num_microbatches: int = 1,
-                 has_aux: bool = False) -> tuple[Any, PyTree]:
+                 has_aux: bool = False, normalize: bool = True,
+                 all_leaves: bool = False) -> tuple[Any, PyTree]:
   r"""The loss at ``params`` and the sharpness-aware gradient there.
 
   For each of the :math:`m` micro-batches :math:`B_i` (m-sharpness):
@@ -180,7 +240,13 @@ def sam_gradient(loss_fn: Callable[..., Any], params: PyTree, batch: PyTree, *,
     g^{\mathrm{SAM}} = \frac{1}{m}\sum_i \nabla L_{B_i}(w + \hat\epsilon_i),
 
   with :math:`T_w` as in :func:`sam_perturbation` (SAM: 1; ASAM:
-  :math:`|w| + \eta`; SAM-ON: ``mask=norm_mask``). The returned loss is the
+  :math:`|w| + \eta` on kernels, embeddings and normalization scales, 1 on
+  biases and offsets, as in the official code; SAM-ON: ``mask=norm_mask``).
+  With ``normalize=False`` (unnormalized SAM) :math:`\hat\epsilon_i = \rho\,
+  T_w^2 g_i`. On a quadratic of curvature :math:`\lambda`, gradient descent at
+  learning rate :math:`\eta` with plain unnormalized SAM multiplies the error
+  by :math:`1 - \eta\lambda(1 + \rho\lambda)` per step, so it is stable
+  while :math:`\eta\lambda(1 + \rho\lambda) < 2`. The returned loss is the
   unperturbed :math:`\frac1m\sum_i L_{B_i}(w)`.
 
   Cost: two forward-backward passes per step (micro-batches are vectorized, not
@@ -198,11 +264,13 @@ def sam_gradient(loss_fn: Callable[..., Any], params: PyTree, batch: PyTree, *,
     batch: pytree of arrays sharing a leading batch axis.
     rho: radius :math:`\rho \ge 0`; ``0`` returns the plain gradient.
     adaptive: ASAM.
-    eta: ASAM's :math:`\eta \ge 0`.
+    eta: ASAM's :math:`\eta \ge 0` (0.01, the official code's default).
     mask: ``None`` (all), a pytree of bools like ``params``, or a function
       ``params -> pytree of bools`` (e.g. :func:`norm_mask`).
     num_microbatches: :math:`m`; must divide the leading axis of the batch.
     has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
+    normalize: ``False``: unnormalized SAM (:math:`\hat\epsilon = \rho g`).
+    all_leaves: ASAM scales every leaf (see :func:`sam_perturbation`).
 
   Returns:
     ``(loss, grads)``, or ``((loss, aux), grads)`` with ``has_aux``.
@@ -219,7 +287,11 @@ def sam_gradient(loss_fn: Callable[..., Any], params: PyTree, batch: PyTree, *,
     Foret et al., "Sharpness-Aware Minimization for Efficiently Improving
     Generalization", ICLR 2021. Kwon et al., "ASAM", ICML 2021. Mueller et al.,
     "Normalization Layers Are All That Sharpness-Aware Minimization Needs",
-    NeurIPS 2023.
+    NeurIPS 2023. Unnormalized SAM: Andriushchenko & Flammarion, "Towards
+    Understanding Sharpness-Aware Minimization", ICML 2022; its edge of
+    stability :math:`\eta\lambda(1 + \rho\lambda) = 2`: Agarwala & Dauphin,
+    "SAM operates far from home: eigenvalue regularization as a dynamical
+    phenomenon", ICML 2023.
   """
   _validate(rho, eta, num_microbatches)
   if mask is not None and not callable(mask):
@@ -233,7 +305,8 @@ def sam_gradient(loss_fn: Callable[..., Any], params: PyTree, batch: PyTree, *,
 
   def one(p, b):
     (loss, aux), g = grad_fn(p, b)
-    e = sam_perturbation(g, p, rho=rho, adaptive=adaptive, eta=eta, mask=mask)
+    e = sam_perturbation(g, p, rho=rho, adaptive=adaptive, eta=eta, mask=mask,
+                         normalize=normalize, all_leaves=all_leaves)
     perturbed = jax.tree.map(lambda w, d: w + d, p, e)
     # Only the gradient of the second pass is used; XLA drops its aux.
     _, g_sam = grad_fn(perturbed, b)
@@ -250,4 +323,5 @@ def sam_gradient(loss_fn: Callable[..., Any], params: PyTree, batch: PyTree, *,
   return ((loss, aux), grads) if has_aux else (loss, grads)
 
 
-__all__ = ['norm_mask', 'sam_gradient', 'sam_mask', 'sam_perturbation']
+__all__ = ['ASAM_SCALED_NAMES', 'asam_scaled', 'norm_mask', 'sam_gradient',
+           'sam_mask', 'sam_perturbation']

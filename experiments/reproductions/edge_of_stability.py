@@ -1,0 +1,388 @@
+r"""The edge of stability: full-batch GD, unnormalized SAM, small-batch SGD.
+
+  python -m experiments.reproduce edge_of_stability [--size=smoke|full] [--seeds=0,1,2]
+
+Claims. Cohen et al. ("Gradient Descent on Neural Networks Typically Occurs
+at the Edge of Stability", ICLR 2021): full-batch GD at learning rate
+:math:`\eta` drives the sharpness :math:`\lambda_{\max}` of the training loss
+up until it reaches :math:`2/\eta`, then hovers there. Unnormalized SAM
+(:math:`w \leftarrow w - \eta\nabla L(w + \rho\nabla L(w))`, Andriushchenko &
+Flammarion 2022) is stable on a quadratic while :math:`\eta\lambda(1 +
+\rho\lambda) < 2` (Agarwala & Dauphin 2023), so its sharpness should settle at
+the root :math:`\lambda^* = (\sqrt{1 + 8\rho/\eta} - 1)/(2\rho)`, below GD's.
+Small-batch SGD: Wu & Su ("The Implicit Regularization of Dynamical Stability
+in SGD", ICML 2023) show that a global minimum linearly stable for SGD has
+:math:`\mathrm{tr}\,H \le 2/\eta` (GD's stability bounds only
+:math:`\lambda_{\max}`); we measure the trace along SGD and GD and say where
+it ends relative to that bound.
+
+What runs, per seed (init and data): `configs/eos.py` (a 16-64-64-1 tanh
+MLP, MSE on 256 noisy teacher-student examples) through
+`dynamics.train.train_and_evaluate`: GD at each rate; SAM through the
+library's `dynamics.optim.sam_gradient` (``optimizer.sam.rho``,
+``optimizer.sam.normalize=False``); SGD with ``data.batch_size`` small. A
+training-loop callback (`TrainingSetCurvature`) measures the sharpness
+(`analysis.hessian.top_eigenpairs`, warm-started Lanczos) and the Hessian
+trace (`analysis.hessian.trace`, Hutchinson) of the loss on the whole
+training set at the periods ``config.analysis`` declares, the same for every
+optimizer. "Last third" is the mean over the last third of the run.
+"""
+
+import math
+import tempfile
+from typing import Any, Dict, List, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from analysis import hessian
+from configs import eos as eos_config
+from dynamics import metrics as metrics_lib
+from dynamics import runs
+from dynamics import train as train_lib
+from experiments.reproductions import common
+from experiments.reproductions import eos_figures
+
+FIGURES = ('eos_gd_sharpness.png', 'eos_sam_sharpness.png', 'eos_sgd_trace.png')
+DEFAULT_SEEDS = (0, 1, 2)
+
+# What runs at each size (SAM's and SGD's rates are among GD's, whose runs
+# are their baselines). Smoke: two GD rates, two rhos and SGD at the larger
+# rate 0.2 (2/eta is reached within ~150 steps there), 600 steps, one seed.
+SIZES = {
+    'full': dict(steps=3000, gd_rates=(0.1, 0.2, 0.3), sam_rate=0.1,
+                 sam_rhos=(0.01, 0.02, 0.05), sgd_rate=0.1, sgd_batch=8,
+                 every=20, trace_every=100, trace_probes=20),
+    'smoke': dict(steps=600, gd_rates=(0.2, 0.3), sam_rate=0.2,
+                  sam_rhos=(0.02, 0.05), sgd_rate=0.2, sgd_batch=8,
+                  every=20, trace_every=100, trace_probes=10),
+}
+GD_TOLERANCE = 0.10    # GD's last-third sharpness within 10% of 2/eta.
+SAM_TOLERANCE = 0.05   # SAM's within 5% of the root of eta*l*(1+rho*l) = 2.
+SGD_TRACE_RATIO = 0.8  # SGD's final trace at most 0.8x GD's.
+
+
+def sam_prediction(rate: float, rho: float) -> float:
+  r"""The root :math:`\lambda` of :math:`\eta\lambda(1 + \rho\lambda) = 2`.
+
+  Example:
+    >>> round(sam_prediction(0.1, 0.05), 3)
+    12.361
+  """
+  return (math.sqrt(1 + 8 * rho / rate) - 1) / (2 * rho)
+
+
+def config(size: str, seed: int, rate: float, rho: float = None,
+           batch_size: int = None):
+  """`configs/eos.py` with the reproduction's steps, rate and measurements.
+
+  Full-batch GD by default; ``rho``: unnormalized SAM; ``batch_size``: SGD.
+  """
+  s = SIZES[size]
+  c = eos_config.get_config()
+  c.seed = int(seed)
+  c.num_steps = s['steps']
+  c.optimizer.learning_rate = float(rate)
+  c.log_every = s['every']
+  c.eval_every = s['steps']
+  c.progress = False
+  c.checkpoint.every_steps = s['steps']
+  c.checkpoint.async_save = False
+  c.analysis.sharpness_every = s['every']
+  c.analysis.trace_every = s['trace_every']
+  c.analysis.sharpness_data = 'train'
+  if rho is not None:
+    c.optimizer.sam.rho = float(rho)
+    c.optimizer.sam.normalize = False
+  if batch_size is not None:
+    c.data.batch_size = int(batch_size)
+  # The probe's batches are one epoch: the whole training set.
+  c.analysis.sharpness_batches = c.data.num_train // c.data.batch_size
+  return c
+
+
+def run_configs(size: str, seed: int) -> Dict[str, Any]:
+  """Label -> config of every run of one seed."""
+  s = SIZES[size]
+  out = {f'gd eta={r:g}': config(size, seed, r) for r in s['gd_rates']}
+  out.update({f'sam eta={s["sam_rate"]:g} rho={rho:g}':
+              config(size, seed, s['sam_rate'], rho=rho)
+              for rho in s['sam_rhos']})
+  out[f'sgd eta={s["sgd_rate"]:g} batch={s["sgd_batch"]}'] = config(
+      size, seed, s['sgd_rate'], batch_size=s['sgd_batch'])
+  return out
+
+
+def configs(size: str) -> Dict[str, Any]:
+  return {label: common.config_record(c)
+          for label, c in run_configs(size, DEFAULT_SEEDS[0]).items()}
+
+
+class TrainingSetCurvature:
+  """A training-loop callback: sharpness and Hessian trace of the training loss.
+
+  At multiples of ``config.analysis.sharpness_every`` it logs ``sharpness``
+  (top Hessian eigenvalue, Lanczos warm-started from the previous top
+  eigenvector plus 10% noise, stopping at a 3e-3 relative residual, at most
+  ``config.analysis.sharpness_iters`` HVPs), ``sharpness_hvps`` and
+  ``train_set_loss``; at multiples of ``config.analysis.trace_every``,
+  ``hessian_trace`` and its standard error (Hutchinson,
+  ``trace_probes`` probes). Everything is on the whole training set, for every
+  optimizer, with one loss function shared by all runs of the same model (so
+  Lanczos and Hutchinson compile once, not once per run).
+  """
+
+  def __init__(self, config, loss_fn, trace_probes: int):
+    a = config.analysis
+    self.sharpness_every, self.trace_every = a.sharpness_every, a.trace_every
+    self.every = math.gcd(a.sharpness_every, a.trace_every)
+    self.num_iters, self.trace_probes = int(a.sharpness_iters), trace_probes
+    self.loss_fn, self._key = loss_fn, jax.random.PRNGKey(config.seed)
+    self._previous, self._batch = None, None
+
+  def state_dict(self) -> Dict[str, Any]:
+    return {} if self._previous is None else {'previous': self._previous}
+
+  def load_state_dict(self, saved: Mapping[str, Any]) -> None:
+    self._previous = jnp.asarray(saved['previous'])
+
+  def __call__(self, state, run: runs.Run) -> Dict[str, float]:
+    if self._batch is None:
+      self._batch = [jax.tree.map(jnp.asarray, run.dataset.full_batch())]
+    step, out = int(state.step), {}
+    key = jax.random.fold_in(self._key, step)
+    if step % self.sharpness_every == 0:
+      flat, unravel = ravel_pytree(state.params)
+      noise = jax.random.normal(key, flat.shape, flat.dtype)
+      start = noise / jnp.linalg.norm(noise)
+      if self._previous is not None:
+        start = self._previous + 0.1 * start
+      vals, vecs, info = hessian.top_eigenpairs(
+          self.loss_fn, state.params, self._batch, k=1,
+          num_iters=self.num_iters, tol=3e-3, min_iters=3,
+          init_vector=unravel(start), return_info=True)
+      self._previous = ravel_pytree(vecs[0])[0]
+      out.update(sharpness=float(vals[0]), sharpness_hvps=info['num_hvps'],
+                 train_set_loss=float(self.loss_fn(state.params,
+                                                   self._batch[0])))
+    if step % self.trace_every == 0:
+      estimate, stderr = hessian.trace(self.loss_fn, state.params, self._batch,
+                                       num_probes=self.trace_probes, key=key)
+      out.update(hessian_trace=estimate, hessian_trace_stderr=stderr)
+    return out
+
+
+def _train(c, loss_fn, trace_probes: int) -> Dict[str, List[float]]:
+  """Trains ``c`` in a scratch workdir; the callback's series."""
+  with tempfile.TemporaryDirectory() as workdir:
+    train_lib.train_and_evaluate(
+        c, workdir, callbacks=[TrainingSetCurvature(c, loss_fn, trace_probes)])
+    records = metrics_lib.read_metrics(workdir)
+  curve = {'step': [], 'sharpness': [], 'loss': [], 'trace_step': [],
+           'trace': []}
+  for r in records:
+    if 'sharpness' in r:
+      curve['step'].append(int(r['step']))
+      curve['sharpness'].append(round(float(r['sharpness']), 4))
+      curve['loss'].append(float(f"{r['train_set_loss']:.4g}"))
+    if 'hessian_trace' in r:
+      curve['trace_step'].append(int(r['step']))
+      curve['trace'].append(round(float(r['hessian_trace']), 2))
+  return curve
+
+
+def last_third(values: Sequence[float]) -> float:
+  """Mean of the last third of ``values``."""
+  v = np.asarray(values, np.float64)
+  return float(v[-max(1, len(v) // 3):].mean())
+
+
+def run(size: str, seeds: Sequence[int], log=print) -> Dict[str, Any]:
+  s = SIZES[size]
+  loss_fn = None
+  curves: Dict[str, Dict[str, List[float]]] = {}
+  for seed in seeds:
+    for label, c in run_configs(size, seed).items():
+      if loss_fn is None:  # One loss for all runs: the model never changes.
+        loss_fn = runs.Run(c).loss_fn({})
+      log(f'seed {seed}: {label}')
+      curves[f'{label} seed={seed}'] = _train(c, loss_fn, s['trace_probes'])
+  c0 = config(size, seeds[0], s['gd_rates'][0])
+  num_params = sum(int(np.size(x)) for x in jax.tree.leaves(
+      runs.Run(c0).abstract_state.params))
+  return summarize(size, seeds, curves, num_params)
+
+
+def summarize(size: str, seeds: Sequence[int], curves: Mapping[str, Any],
+              num_params: int) -> Dict[str, Any]:
+  """The numbers of the results file, from the runs' curves."""
+  s = SIZES[size]
+  values = lambda label, fn: [fn(curves[f'{label} seed={x}']) for x in seeds]
+  stats = lambda label, fn: common.mean_std(values(label, fn))
+  sharp = lambda c: last_third(c['sharpness'])
+  trace = lambda c: last_third(c['trace'])
+  final_loss = lambda c: c['loss'][-1]
+  gd = {}
+  for rate in s['gd_rates']:
+    label = f'gd eta={rate:g}'
+    gd[f'{rate:g}'] = {
+        'two_over_eta': 2 / rate, 'last_third': stats(label, sharp),
+        'relative_error': stats(label, lambda c, r=rate: sharp(c) * r / 2 - 1),
+        'initial': stats(label, lambda c: c['sharpness'][0]),
+        'peak': stats(label, lambda c: max(c['sharpness'])),
+        'final_loss': stats(label, final_loss)}
+  gd_sam = values(f'gd eta={s["sam_rate"]:g}', sharp)
+  sam = {}
+  for rho in s['sam_rhos']:
+    label, predicted = (f'sam eta={s["sam_rate"]:g} rho={rho:g}',
+                        sam_prediction(s['sam_rate'], rho))
+    sam[f'{rho:g}'] = {
+        'predicted': predicted, 'last_third': stats(label, sharp),
+        'relative_error': stats(label, lambda c, p=predicted: sharp(c) / p - 1),
+        'vs_gd': common.compare(values(label, sharp), gd_sam)}
+  sgd_label = f'sgd eta={s["sgd_rate"]:g} batch={s["sgd_batch"]}'
+  gd_label = f'gd eta={s["sgd_rate"]:g}'
+  sgd_trace, gd_trace = values(sgd_label, trace), values(gd_label, trace)
+  sgd = {'two_over_eta': 2 / s['sgd_rate'],
+         'trace': common.compare(sgd_trace, gd_trace),
+         'trace_ratio': common.mean_std(np.divide(sgd_trace, gd_trace)),
+         'sharpness': stats(sgd_label, sharp),
+         'gd_sharpness': stats(gd_label, sharp),
+         'final_loss': stats(sgd_label, final_loss)}
+  return {'size': size, 'settings': dict(s), 'num_params': num_params,
+          'seeds': [int(x) for x in seeds], 'gd': gd,
+          'sam': {'rate': s['sam_rate'], 'gd_last_third': common.mean_std(gd_sam),
+                  'rhos': sam},
+          'sgd': sgd, 'curves': dict(curves)}
+
+
+def _every_seed(stats: Mapping[str, Any], ok) -> bool:
+  return all(ok(v) for v in stats['values'])
+
+
+def claims(numbers: Mapping[str, Any]) -> Dict[str, bool]:
+  gd = list(numbers['gd'].values())
+  sam = numbers['sam']['rhos'].values()
+  sgd = numbers['sgd']
+  return {
+      'GD starts below 2/eta (every rate and seed)': all(
+          _every_seed(g['initial'], lambda v, g=g: v < g['two_over_eta'])
+          for g in gd),
+      f'GD sharpness over the last third within {GD_TOLERANCE:.0%} of 2/eta '
+      '(every rate and seed)': all(
+          _every_seed(g['relative_error'], lambda v: abs(v) <= GD_TOLERANCE)
+          for g in gd),
+      f'unnormalized SAM sharpness within {SAM_TOLERANCE:.0%} of the root of '
+      'eta*lambda*(1 + rho*lambda) = 2 (every rho and seed)': all(
+          _every_seed(r['relative_error'], lambda v: abs(v) <= SAM_TOLERANCE)
+          for r in sam),
+      'SAM settles below GD at the same eta (every rho and seed)': all(
+          max(r['last_third']['values'])
+          < min(numbers['sam']['gd_last_third']['values']) for r in sam),
+      f'small-batch SGD ends with a Hessian trace at most {SGD_TRACE_RATIO}x '
+      "GD's (every seed)": _every_seed(sgd['trace_ratio'],
+                                       lambda v: v <= SGD_TRACE_RATIO),
+  }
+
+
+def _pm(stats: Mapping[str, Any], digits: int) -> str:
+  """``'19.89 ± 0.01'``, or just the value for one seed."""
+  if stats['n'] == 1:
+    return f"{stats['mean']:.{digits}f}"
+  return common.fmt_mean_std(stats, digits)
+
+
+def _verdict(comparison: Mapping[str, Any], lower: str, higher: str) -> str:
+  """`common.compare`'s verdict in words (no noise estimate from one seed)."""
+  if min(comparison['a']['n'], comparison['b']['n']) < 2:
+    return 'one seed: noise not estimated'
+  return {'within noise': 'within noise', 'a lower': lower,
+          'a higher': higher}[comparison['verdict']]
+
+
+def _seeds(numbers) -> str:
+  n = len(numbers['seeds'])
+  return f'{n} seed' + ('s, mean ± std' if n > 1 else '')
+
+
+def readme_row(numbers: Mapping[str, Any]) -> str:
+  s, gd, sam, sgd = (numbers['settings'], numbers['gd'], numbers['sam'],
+                     numbers['sgd'])
+  rates = list(gd)  # '0.1', ...: the rates as the results file keys them.
+  gd_row = (
+      '| ![edge of stability](docs/figures/eos_gd_sharpness.png) | Full-batch '
+      f"GD on a {numbers['num_params']:,}-parameter MLP (`python -m "
+      'experiments.reproduce edge_of_stability`, `configs/eos.py`, '
+      f'{_seeds(numbers)}, {s["steps"]} steps): sharpness rises from '
+      f"{_pm(gd[rates[0]]['initial'], 2)} and hovers at 2/eta; "
+      'last-third means ' + ', '.join(_pm(gd[r]['last_third'], 3)
+                                      for r in rates)
+      + ' for eta = ' + ', '.join(rates) + ' against '
+      + ', '.join(f"{gd[r]['two_over_eta']:.4g}" for r in rates) + '. |')
+  rhos = list(sam['rhos'])
+  verdicts = sorted({_verdict(sam['rhos'][r]['vs_gd'], 'lower beyond noise',
+                              'higher beyond noise') for r in rhos})
+  sam_row = (
+      '| ![SAM](docs/figures/eos_sam_sharpness.png) | Unnormalized SAM '
+      '(`optimizer.sam.normalize=False`, the library\'s `sam_gradient`) at '
+      f"eta = {sam['rate']:g} settles where eta*lambda*(1 + rho*lambda) = 2: "
+      f"rho = {', '.join(rhos)} predict "
+      + ', '.join(f"{sam['rhos'][r]['predicted']:.2f}" for r in rhos)
+      + ' and measure ' + ', '.join(_pm(sam['rhos'][r]['last_third'], 2)
+                                    for r in rhos)
+      + f" (last third), GD {_pm(sam['gd_last_third'], 2)}; SAM against GD: "
+      + ' / '.join(verdicts) + '. |')
+  trace = sgd['trace']
+  relation = ('above' if trace['a']['mean'] > sgd['two_over_eta']
+              else 'at or below')
+  sgd_row = (
+      '| ![SGD trace](docs/figures/eos_sgd_trace.png) | Small-batch SGD (batch '
+      f"{s['sgd_batch']}, eta = {s['sgd_rate']:g}) ends with Hessian trace "
+      f"{_pm(trace['a'], 1)} against full-batch GD's {_pm(trace['b'], 1)} "
+      f"({_verdict(trace, 'lower beyond noise', 'higher beyond noise')}; "
+      f"last third), {relation} 2/eta = {sgd['two_over_eta']:.4g}, the bound "
+      'Wu & Su state for the trace at minima linearly stable for SGD; SGD\'s '
+      f"top eigenvalue ends at {_pm(sgd['sharpness'], 2)}, GD's at "
+      f"{_pm(sgd['gd_sharpness'], 2)}. |")
+  return '\n'.join([gd_row, sam_row, sgd_row])
+
+
+def summary(numbers: Mapping[str, Any]) -> List[str]:
+  """The notebook's conclusions: one line per result, verdicts computed."""
+  s, gd, sam, sgd = (numbers['settings'], numbers['gd'], numbers['sam'],
+                     numbers['sgd'])
+  lines = []
+  for rate, g in gd.items():
+    lines.append(
+        f"GD eta={rate}: sharpness {_pm(g['initial'], 2)} at init, peak "
+        f"{_pm(g['peak'], 2)}, {_pm(g['last_third'], 3)} over the last third "
+        f"(2/eta = {g['two_over_eta']:.4g}, relative error "
+        f"{_pm(g['relative_error'], 4)}); final training loss "
+        f"{g['final_loss']['mean']:.1e}")
+  for rho, r in sam['rhos'].items():
+    lines.append(
+        f"SAM eta={sam['rate']:g} rho={rho}: predicted {r['predicted']:.2f}, "
+        f"measured {_pm(r['last_third'], 2)} (relative error "
+        f"{_pm(r['relative_error'], 4)}); against GD's "
+        f"{_pm(sam['gd_last_third'], 2)}: "
+        + _verdict(r['vs_gd'], 'lower beyond noise', 'higher beyond noise'))
+  t = sgd['trace']
+  lines.append(
+      f"Hessian trace over the last third at eta={s['sgd_rate']:g}: SGD batch "
+      f"{s['sgd_batch']} {_pm(t['a'], 1)}, GD {_pm(t['b'], 1)} "
+      f"({_verdict(t, 'SGD lower beyond noise', 'SGD higher beyond noise')}; "
+      f"ratio {_pm(sgd['trace_ratio'], 3)}); 2/eta = {sgd['two_over_eta']:.4g}, "
+      f"which SGD's trace is {'above' if t['a']['mean'] > sgd['two_over_eta'] else 'at or below'}")
+  lines.append(
+      f"Top eigenvalue at eta={s['sgd_rate']:g}: SGD {_pm(sgd['sharpness'], 2)}, "
+      f"GD {_pm(sgd['gd_sharpness'], 2)}")
+  lines += [f"{'reproduced' if ok else 'NOT reproduced'}: {claim}"
+            for claim, ok in claims(numbers).items()]
+  return lines
+
+
+def plot(numbers: Mapping[str, Any], figures_dir: str) -> List[str]:
+  """The three figures of `FIGURES`, from the numbers' curves (every seed)."""
+  return eos_figures.plot(numbers, figures_dir, FIGURES)

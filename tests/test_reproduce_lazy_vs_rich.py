@@ -1,0 +1,96 @@
+"""The lazy-vs-rich reproduction at smoke size, from a fresh run, and the
+library's centered model it rests on (``model.antisymmetric_init``)."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import lazy_rich
+from dynamics import config_lib
+from dynamics.models import MLP, Knobs
+from experiments import reproduce
+from experiments.reproductions import lazy_vs_rich as m
+
+jax.config.update('jax_numpy_rank_promotion', 'raise')
+
+
+@pytest.fixture(scope='module')
+def record(tmp_path_factory):
+  out = tmp_path_factory.mktemp('lazy_vs_rich')
+  rec = reproduce.reproduce('lazy_vs_rich', 'smoke', (0,), out_dir=str(out),
+                            figures_dir=str(out), log=lambda *_: None)
+  return rec, out
+
+
+def test_kernel_and_parameters_move_less_as_alpha_grows(record):
+  a = record[0]['numbers']['alpha']
+  assert a['alphas'] == [0.1, 10.0]
+  dist = [s['mean'] for s in a['kernel_distance']]
+  change = [s['mean'] for s in a['param_change']]
+  # alpha 0.1 -> 10: lazy theory says 1/alpha^2 = 1e4 for the distance and
+  # 1/alpha = 100 for the parameters; assert at least 10x each.
+  assert dist[0] >= 10 * dist[1], dist
+  assert change[0] >= 10 * change[1], change
+  gain = [s['mean'] for s in a['alignment_gain']]
+  assert gain[0] > 0.05 and abs(gain[1]) < gain[0] / 10, gain
+  # Both fit the teacher: the eval loss falls below half its value at init
+  # (the output is 0 at init, so the initial loss is E[y^2] / 2 ~ 0.24).
+  assert all(s['mean'] < 0.12 for s in a['eval_loss'])
+  assert all(m.claims(record[0]['numbers']).values())
+
+
+def test_results_file_figure_and_row_come_from_the_numbers(record):
+  rec, out = record
+  n = rec['numbers']
+  with open(os.path.join(out, 'lazy_vs_rich.smoke.json')) as f:
+    stored = json.load(f)['numbers']
+  assert stored == json.loads(json.dumps(n))
+  assert m.readme_row(stored) == m.readme_row(n)
+  assert os.path.getsize(os.path.join(out, m.FIGURES[0])) > 10_000
+  row = m.readme_row(n)
+  assert row.startswith('| ![lazy vs rich](docs/figures/lazy_vs_rich_alpha.png) |')
+  d = n['alpha']['kernel_distance']
+  assert f"falls from {d[0]['mean']:.1e} to {d[1]['mean']:.1e}" in row
+
+
+def test_width_claims_read_each_parametrization():
+  """The width claims (full size only) flip with the numbers (no training)."""
+  stats = lambda values: [{'mean': v, 'std': 0.0, 'n': 3} for v in values]
+  alpha = {k: stats([1.0, 0.01]) for k in m.METRICS}
+  alpha['alignment_gain'] = stats([0.1, 0.001])
+  # Keys in the JSON's sorted order; claims come in PARAMETRIZATIONS order.
+  numbers = {'alpha': {'alphas': [0.1, 10.0], **alpha}, 'width': {
+      'ntk': {'kernel_distance': stats([1e-2, 2e-3])},
+      'standard': {'kernel_distance': stats([1e-2, 1e-6])}}}
+  assert list(m.claims(numbers).values()) == [True, True, True, True, False]
+  numbers['alpha']['param_change'] = stats([1.0, 1.0])
+  assert list(m.claims(numbers).values()) == [True, False, True, True, False]
+
+
+@pytest.mark.parametrize('parametrization', ['standard', 'ntk'])
+def test_antisymmetric_init_starts_at_zero_output_then_trains(parametrization):
+  model = MLP(hidden_sizes=(8, 6), num_outputs=2, output_scale=30.0,
+              antisymmetric_init=True, knobs=Knobs(parametrization=parametrization))
+  x = jax.random.normal(jax.random.PRNGKey(1), (5, 3))
+  params = model.init(jax.random.PRNGKey(0), x)['params']
+  kernel, head = params['dense_1']['kernel'], params['head']['kernel']
+  # Units j and j + 3 of the last hidden layer are twins; their readouts are
+  # opposite, so their contributions cancel: f(x; theta_0) = 0 for any alpha.
+  np.testing.assert_array_equal(kernel[:, 3:], kernel[:, :3])
+  np.testing.assert_array_equal(head[3:], -head[:3])
+  np.testing.assert_allclose(model.apply({'params': params}, x), 0.0, atol=1e-5)
+  # Not a zero network: the first half is the usual init, and a step moves it.
+  assert float(jnp.std(head[:3])) > 0.1
+  moved = jax.tree.map(lambda p: p + 0.1, params)
+  assert float(jnp.abs(model.apply({'params': moved}, x)).max()) > 0.1
+
+
+def test_antisymmetric_init_needs_an_mlp_with_an_even_last_width():
+  c = lazy_rich.get_config('width=63')
+  with pytest.raises(config_lib.ConfigError, match='model.antisymmetric_init'):
+    config_lib.validate(c)
+  config_lib.validate(lazy_rich.get_config('width=64,ntk'))

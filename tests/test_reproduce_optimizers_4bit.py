@@ -1,0 +1,88 @@
+"""The 4-bit learning-rate sweep at smoke size: training told from divergence,
+spikes counted exactly, the largest stable rate picked, the row from the JSON."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import reproduce
+from experiments.reproductions import common
+from experiments.reproductions import optimizers_4bit as m
+
+jax.config.update('jax_numpy_rank_promotion', 'raise')
+
+
+@pytest.fixture(scope='module')
+def record(tmp_path_factory):
+  out = tmp_path_factory.mktemp('optimizers_4bit')
+  rec = reproduce.reproduce('optimizers_4bit', 'smoke', (0,), out_dir=str(out),
+                            figures_dir=str(out), log=lambda *_: None)
+  return rec, out
+
+
+def test_the_smoke_sweep_tells_training_from_stalling_and_blowing_up(record):
+  rec, out = record
+  n = rec['numbers']
+  assert n['learning_rates'] == [0.01, 1.0, 30.0]
+  assert list(n['sweep']) == ['int4'] and m.optimizers_of(n) == ['Adam']
+  for opt in m.optimizers_of(n):
+    sweep = n['sweep']['int4'][opt]
+    # 0.01 gets past halfway to the floor; 1.0 stalls; 30 blows up to NaN.
+    assert [sweep[k]['trained'] for k in ('0.01', '1.0', '30.0')] == [
+        [True], [False], [False]], opt
+    assert sweep['0.01']['spikes'] == [0]
+    assert sweep['30.0']['spikes'][0] >= 1
+    assert sweep['30.0']['eval_loss'] == [None]  # Not finite: recorded as null.
+    threshold = (sweep['0.01']['curve_seed0'][0] + n['definitions']['loss_floor']) / 2
+    assert sweep['0.01']['final_train_loss'][0] < threshold - 0.1
+    assert sweep['1.0']['final_train_loss'][0] > threshold + 0.1
+    assert n['summary']['int4'][opt]['largest_stable_rate'] == 0.01
+  # The results file holds the same numbers; the row is made from them.
+  with open(os.path.join(out, 'optimizers_4bit.smoke.json')) as f:
+    assert json.load(f)['numbers']['summary'] == json.loads(json.dumps(n['summary']))
+  row = m.readme_row(n)
+  assert row.startswith('| ![4-bit](docs/figures/optimizers_4bit.png) |')
+  assert 'INT4: largest stable LR Adam 0.01; loss spikes over the sweep ' in row
+  assert m.claims(n) == {}  # The paper's claim needs both optimizers.
+  assert os.path.getsize(os.path.join(out, 'optimizers_4bit.png')) > 10_000
+
+
+def test_spike_count_counts_planted_spikes_exactly():
+  rng = np.random.default_rng(0)
+  loss = 4.0 * np.exp(-np.arange(300) / 100) + 2.0 + 0.02 * rng.standard_normal(300)
+  base = m.spike_count(loss)
+  assert base == 0
+  planted = loss.copy()
+  planted[100] *= 1.8            # One-update spike.
+  planted[200:203] *= 2.0        # A three-update spike: one stretch.
+  planted[250] *= 1.4            # Below 1.5x the running median: not a spike.
+  assert m.spike_count(planted) == 2
+  planted[290:] = np.nan         # Non-finite tail: one more.
+  assert m.spike_count(planted) == 3
+  # The running median is of the previous `window` losses: a plateau that
+  # rises 1.6x stays a spike only until the median catches up.
+  step = np.concatenate([np.full(50, 2.0), np.full(50, 3.2)])
+  assert m.spike_count(step) == 1
+  flags = [m.spike_count(step[:t]) for t in (50, 51, 60, 100)]
+  assert flags == [0, 1, 1, 1]
+
+
+def test_largest_stable_rate_needs_every_seed():
+  rates = [0.02, 0.04, 0.08, 0.16]
+  trained = [[True] * 3, [True] * 3, [True, False, True], [False] * 3]
+  assert m.largest_stable_rate(rates, trained) == 0.04
+  assert m.largest_stable_rate(rates, [[False]] * 4) is None
+  # A rate past an unstable one still counts when every seed trains there.
+  assert m.largest_stable_rate(rates, [[True], [False], [True], [False]]) == 0.08
+
+
+def test_verdicts_need_two_seeds_and_two_standard_errors():
+  one = common.compare([2.5], [2.6])
+  assert m.verdict(one) == 'one seed: no verdict'
+  assert m.verdict(common.compare([2.50, 2.51, 2.49], [2.60, 2.61, 2.59])) == (
+      'Stable-SPAM lower')
+  assert m.verdict(common.compare([2.50, 2.60, 2.40], [2.52, 2.62, 2.42])) == (
+      'within noise')

@@ -1,0 +1,105 @@
+"""The river-valley reproduction at smoke size, from a fresh run: the WSD
+signature, WSM merges against the raw checkpoint, and the JSON, figures and
+README rows made from the numbers."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import reproduce
+from experiments.reproductions import river_valley as m
+
+jax.config.update('jax_numpy_rank_promotion', 'raise')
+
+
+@pytest.fixture(scope='module')
+def record(tmp_path_factory):
+  out = tmp_path_factory.mktemp('river_valley')
+  rec = reproduce.reproduce('river_valley', 'smoke', (0,), out_dir=str(out),
+                            figures_dir=str(out), log=lambda *_: None)
+  return rec, out
+
+
+def _claim(numbers, start):
+  return next(ok for claim, ok in m.claims(numbers).items()
+              if claim.startswith(start))
+
+
+def test_wsd_decay_drops_the_loss_more_than_the_constant_rate_does(record):
+  n = record[0]['numbers']
+  assert list(n['signature']) == ['200', '400']
+  for budget, sig in n['signature'].items():
+    decay, stable = sig['a']['mean'], sig['b']['mean']
+    # In nats, over the same steps from the same state: the decay's drop is
+    # larger than the constant rate's by a clear margin.
+    assert decay > stable + 0.02, (budget, decay, stable)
+    # Measured where it should be: from the constant run at the decay's start
+    # to the linear WSD branch / the constant run at the budget.
+    const = dict(zip(n['curves']['constant']['steps'],
+                     n['curves']['constant']['losses'][0]))
+    start, wsd = int(budget) - sig['decay_steps'], n['final']['WSD linear'][budget]
+    assert decay == pytest.approx(const[start] - wsd['mean'], abs=2e-6)
+    assert stable == pytest.approx(const[start] - const[int(budget)], abs=2e-6)
+  assert _claim(n, 'WSD signature')
+
+
+def test_wsm_merges_beat_the_constant_rate_checkpoint(record):
+  n = record[0]['numbers']
+  for budget, cmp in n['comparisons']['wsm_vs_constant'].items():
+    assert cmp['a_method'].startswith('WSM ')
+    assert cmp['difference'] < -0.02, (budget, cmp['difference'])
+  assert _claim(n, 'the best WSM merge beats the constant-rate checkpoint')
+
+
+def test_results_file_figures_and_rows_come_from_the_numbers(record):
+  rec, out = record
+  n = rec['numbers']
+  with open(os.path.join(out, 'river_valley.smoke.json')) as f:
+    stored = json.load(f)
+  assert stored['seeds'] == [0] and stored['size'] == 'smoke'
+  assert stored['numbers']['final'] == json.loads(json.dumps(n['final']))
+  for name in m.FIGURES:
+    assert os.path.getsize(os.path.join(out, name)) > 10_000, name
+  # The JSON sorts its keys: the rows and claims must not depend on order.
+  assert m.readme_row(stored['numbers']) == m.readme_row(n)
+  assert m.claims(stored['numbers']) == m.claims(n)
+  rows = m.readme_row(n).split('\n')
+  assert len(rows) == 3 and all(r.startswith('| ![') and r.endswith(' |')
+                                for r in rows)
+  sig = n['signature']
+  assert (f"drops {sig['200']['a']['mean']:.3f}/{sig['400']['a']['mean']:.3f} "
+          'nats') in rows[0]
+  cmp = n['comparisons']['wsm_vs_constant']['400']
+  assert f"400: {cmp['difference']:+.4f} ± {cmp['stderr']:.4f} (WSM lower)" in rows[1]
+  law = n['law']
+  assert (f"{100 * law['held_out_mean']['mean']:.2f}% ± "
+          f"{100 * law['held_out_mean']['std']:.2f}% on average") in rows[2]
+  # One fit on two runs predicts the 8 others (3 WSD shapes, 2 cosine runs,
+  # WSD-S at the two smoke budgets, less the two it was fitted on).
+  assert len(law['held_out']) == len(n['curves']) - 2 == 8
+  errors = [law['final_rel_error'][k]['mean'] for k in law['held_out']]
+  assert law['held_out_mean']['mean'] == pytest.approx(np.mean(errors))
+
+
+def test_claims_follow_the_verdicts():
+  """Each claim flips with the comparison it reads (no training)."""
+  cmp = lambda verdict: {'verdict': verdict}
+  numbers = {
+      'setup': {'budgets': [200, 400]},
+      'signature': {'200': cmp('a higher'), '400': cmp('a higher')},
+      'comparisons': {
+          'wsd_vs_cosine': {'200': cmp('within noise'), '400': cmp('a lower')},
+          'wsds_vs_wsd': {'200': cmp('a higher'), '400': cmp('within noise')},
+          'wsm_vs_constant': {'200': cmp('a lower'), '400': cmp('a lower')},
+          'wsm_vs_decay': {'200': cmp('within noise'), '400': cmp('a higher')}},
+      'law': {'held_out_mean': {'mean': 0.009}},
+  }
+  assert list(m.claims(numbers).values()) == [True, True, True, True, False, True]
+  numbers['signature']['400'] = cmp('within noise')
+  numbers['comparisons']['wsds_vs_wsd']['400'] = cmp('a higher')
+  numbers['law']['held_out_mean']['mean'] = 0.011
+  assert list(m.claims(numbers).values()) == [False, True, False, True, False,
+                                              False]
