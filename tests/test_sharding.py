@@ -286,7 +286,8 @@ def _child_ntk():
 
 @functools.lru_cache(maxsize=None)
 def _child_results():
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+  env = dict(os.environ, XLA_FLAGS=os.environ.get('XLA_FLAGS', '') +
+             ' --xla_force_host_platform_device_count=8',
              JAX_PLATFORMS='cpu')
   proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--child'],
                         cwd=ROOT, env=env, capture_output=True, text=True,
