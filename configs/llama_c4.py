@@ -65,6 +65,7 @@ Smoke variant (seconds, for tests; needs ``--config.data.path`` too):
 import ml_collections
 
 from configs import base
+from configs import gpt2_owt
 
 # d_model, num_layers, num_heads, SwiGLU hidden, steps.
 SIZES = {
@@ -153,18 +154,7 @@ def wsd(c: ml_collections.ConfigDict) -> None:
 
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A tiny LLaMA, a few steps: the real code path in seconds."""
-  c.name += '_smoke'
-  c.num_steps = 8
-  c.log_every = 2
-  c.eval_every = 4
-  c.eval_batches = 1
-  c.model.d_model, c.model.num_layers, c.model.num_heads = 32, 2, 2
+  """A tiny LLaMA, a few steps: GPT-2's smoke shapes with a SwiGLU MLP."""
+  c = gpt2_owt.smoke(c)
   c.model.mlp_hidden = 64
-  c.model.vocab_size = None        # The prepared data's vocabulary.
-  c.data.seq_len = 16
-  c.data.batch_size = 8
-  c.schedule.warmup_steps = 2
-  c.checkpoint.every_steps = 4
-  c.progress = False
   return c

@@ -35,6 +35,7 @@ from dynamics import optim as optim_lib
 from dynamics import parametrization
 from dynamics import schedules as schedules_lib
 from dynamics import step as step_lib
+from dynamics import workdir as workdir_lib
 from dynamics.types import ApplyFn, Batch, LossFn, PyTree
 
 CONFIG_FILE = 'config.json'
@@ -87,16 +88,6 @@ def init_state(config: ml_collections.ConfigDict, parts: Parts
 # config.json
 
 
-def _flatten(record: Mapping[str, Any], prefix: str = '') -> Dict[str, Any]:
-  out = {}
-  for key, value in record.items():
-    if isinstance(value, Mapping):
-      out.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = tuple(value) if isinstance(value, list) else value
-  return out
-
-
 def _tuples(value: Any) -> Any:
   if isinstance(value, Mapping):
     return {k: _tuples(v) for k, v in value.items()}
@@ -146,8 +137,9 @@ def config_from_record(record: Mapping[str, Any],
     config = ml_collections.ConfigDict(_tuples(record))
   else:
     config = ml_collections.ConfigDict(defaults)
-    known = _flatten(config.to_dict())
-    values = _flatten(record)
+    known = workdir_lib.flatten(config.to_dict())
+    values = {k: tuple(v) if isinstance(v, list) else v  # JSON has no tuples.
+              for k, v in workdir_lib.flatten(record).items()}
     dropped = sorted(k for k in values if k not in known)
     if dropped:
       logging.warning('config.json: fields no longer declared, ignored: %s',

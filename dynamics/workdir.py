@@ -126,14 +126,25 @@ def open_for_writing(workdir: str) -> Iterator[WorkdirLock]:
     yield lock
 
 
-def _flatten(record: Mapping[str, Any], prefix: str = '') -> Dict[str, Any]:
+def flatten(record: Mapping[str, Any], prefix: str = '') -> Dict[str, Any]:
+  """``{'model.d_model': 64, ...}``: the leaves of a nested config record.
+
+  Example:
+    >>> flatten({'seed': 0, 'model': {'d_model': 64, 'sizes': (8, 8)}})
+    {'seed': 0, 'model.d_model': 64, 'model.sizes': (8, 8)}
+  """
   out = {}
   for key, value in record.items():
     if isinstance(value, Mapping):
-      out.update(_flatten(value, f'{prefix}{key}.'))
+      out.update(flatten(value, f'{prefix}{key}.'))
     else:
-      out[f'{prefix}{key}'] = list(value) if isinstance(value, tuple) else value
+      out[f'{prefix}{key}'] = value
   return out
+
+
+def _as_json(value: Any) -> Any:
+  """Tuples as ``config.json`` stores them (lists), to compare values."""
+  return list(value) if isinstance(value, tuple) else value
 
 
 def resumable(field: str) -> bool:
@@ -149,10 +160,10 @@ def config_changes(recorded: Mapping[str, Any], requested: Mapping[str, Any]
   Both are ``config.json``-style records; fields the recorded run lacks (it
   predates them) are not compared, and the branch ``parent`` entry is ignored.
   """
-  old = _flatten({k: v for k, v in recorded.items() if k != 'parent'})
-  new = _flatten({k: v for k, v in requested.items() if k != 'parent'})
-  return {k: (old[k], new[k]) for k in sorted(new)
-          if k in old and old[k] != new[k]}
+  old = flatten({k: v for k, v in recorded.items() if k != 'parent'})
+  new = flatten({k: v for k, v in requested.items() if k != 'parent'})
+  return {k: (_as_json(old[k]), _as_json(new[k])) for k in sorted(new)
+          if k in old and _as_json(old[k]) != _as_json(new[k])}
 
 
 def check_resume(recorded: Mapping[str, Any], requested: Mapping[str, Any],
