@@ -74,7 +74,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
   _one_of('data.name', d.name, data_lib.DATASETS)
   _check(d.batch_size > 0, 'data.batch_size', d.batch_size, 'must be > 0')
   _check_mesh(c, device_count)
-  language = d.name in ('markov', 'bytes', 'tokens', 'huggingface')
+  language = d.name in data_lib.LANGUAGE_DATASETS
   if m.name == 'transformer':
     _check(language, 'data.name', d.name,
            'model.name=transformer needs language data (markov | bytes | '

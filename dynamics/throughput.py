@@ -25,6 +25,7 @@ from typing import Any, Dict, Optional
 
 import jax
 
+from dynamics import data as data_lib
 from dynamics.types import PyTree, param_names
 
 # Dense bf16 peak FLOP/s per device (vendor figures, without sparsity),
@@ -39,7 +40,6 @@ PEAK_FLOPS = (
     ('TPU v5p', 459e12),
     ('TPU v6 lite', 918e12),   # v6e (Trillium)
 )
-LANGUAGE_DATA = ('markov', 'bytes', 'tokens', 'huggingface')
 KEYS = ('tokens_per_s', 'examples_per_s', 'mfu')  # Wall-clock metric names.
 
 
@@ -104,7 +104,7 @@ class Meter:
 
   def __init__(self, config: Any, params: PyTree = None,
                device_kind: Optional[str] = None, num_devices: int = 1):
-    language = config.data.name in LANGUAGE_DATA
+    language = config.data.name in data_lib.LANGUAGE_DATASETS
     self.key = 'tokens_per_s' if language else 'examples_per_s'
     self.per_step = config.data.batch_size * (config.data.seq_len
                                               if language else 1)

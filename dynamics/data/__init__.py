@@ -31,13 +31,15 @@ from dynamics.data.tokens import TokenDataError, TokenFiles
 from dynamics.types import Batch
 
 __all__ = ['ArrayDataset', 'ByteText', 'DATASETS', 'DataIterator', 'Dataset',
-           'DatasetInfo', 'MODULAR_OPS', 'MarkovLanguage', 'default_text_dir',
+           'DatasetInfo', 'LANGUAGE_DATASETS', 'MODULAR_OPS', 'MarkovLanguage', 'default_text_dir',
            'digits', 'get_dataset', 'huggingface_text', 'modular_arithmetic',
            'pow_mod_inverse', 'teacher_student', 'tfds_text', 'TokenDataError',
            'TokenFiles']
 
 DATASETS = ('markov', 'bytes', 'tokens', 'teacher_student', 'modular', 'digits',
             'tfds', 'huggingface')
+# Datasets of token sequences (a transformer's data; throughput in tokens).
+LANGUAGE_DATASETS = ('markov', 'bytes', 'tokens', 'huggingface')
 
 
 def get_dataset(config: Any) -> Dataset:
