@@ -8,10 +8,11 @@ every check and prints one JSON line; the tests read it.
 import functools
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
+
+import host_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,15 +77,7 @@ def _child():
 
 @functools.lru_cache(maxsize=None)
 def _results():
-  env = dict(os.environ, XLA_FLAGS=os.environ.get('XLA_FLAGS', '') +
-             ' --xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--child'],
-                        cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=600)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
-  assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-  return json.loads(lines[-1][len('RESULT '):])
+  return host_devices.child_results(__file__, 8)
 
 
 def test_sharded_top_eigenpairs_equal_the_unsharded_ones():

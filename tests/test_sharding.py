@@ -11,7 +11,6 @@ prints the differences as JSON for the tests to assert on.
 import functools
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -30,6 +29,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from configs import wsd  # noqa: E402
 from dynamics import config_lib  # noqa: E402
 from dynamics import sharding as sharding_lib  # noqa: E402
+import host_devices  # noqa: E402
 
 STEPS = 3
 MIN_SIZE = 256  # Small enough that the smoke models' matrices get sharded.
@@ -286,15 +286,7 @@ def _child_ntk():
 
 @functools.lru_cache(maxsize=None)
 def _child_results():
-  env = dict(os.environ, XLA_FLAGS=os.environ.get('XLA_FLAGS', '') +
-             ' --xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--child'],
-                        cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=600)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
-  assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-  return json.loads(lines[-1][len('RESULT '):])
+  return host_devices.child_results(__file__, 8)
 
 
 @pytest.mark.parametrize('case', sorted(
