@@ -23,12 +23,6 @@ from analysis.lanczos import trees
 from dynamics.types import Batch, LossFn, PyTree
 
 
-def _cast_like(tree: PyTree, like: PyTree) -> PyTree:
-  """``tree`` in ``like``'s dtypes (no op where they already agree)."""
-  return jax.tree.map(lambda x, p: x if x.dtype == p.dtype else
-                      x.astype(p.dtype), tree, like)
-
-
 def _operator(loss_fn, params, batches, mask, kind, model_fn, output_loss_fn,
               likelihood):
   return operators.make_operator(
@@ -117,7 +111,7 @@ def top_eigenpairs(loss_fn: LossFn | None, params: PyTree,
                  dim=op.dim, name='top_eigenpairs', unit='HVPs')
   dtype = trees.vector_dtype(params, dtype)
   eigvals = jax.device_put(np.asarray(out.eigvals, dtype))
-  eigvecs = [_cast_like(v, params) for v in out.eigvecs]
+  eigvecs = [trees.cast_like(v, params) for v in out.eigvecs]
   if not return_info:
     return eigvals, eigvecs
   info = {'num_hvps': out.num_matvecs, 'residuals': out.residuals,
@@ -176,7 +170,7 @@ def power_iteration(loss_fn: LossFn | None, params: PyTree,
   order = np.argsort(-vals, kind='stable')
   dtype = trees.vector_dtype(params, dtype)
   eigvals = jax.device_put(np.asarray(vals[order], dtype))
-  eigvecs = [_cast_like(vecs[i], params) for i in order]
+  eigvecs = [trees.cast_like(vecs[i], params) for i in order]
   if return_info:
     return eigvals, eigvecs, {'num_hvps': num_hvps,
                               'converged': bool(np.all(converged))}

@@ -143,10 +143,6 @@ def unflatten_like(flat: jax.Array, like) -> object:
   return trees.cast_like(ravel_pytree(like)[1](flat), like)
 
 
-def as_seed_key(key: jax.Array, index: int) -> jax.Array:
-  return jax.random.fold_in(key, index)
-
-
 def summarize(values: np.ndarray) -> tuple[float, float]:
   """``(mean, standard error)`` of i.i.d. estimates."""
   values = np.asarray(values, np.float64)
