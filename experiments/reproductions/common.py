@@ -77,6 +77,24 @@ def compare(a: Sequence[float], b: Sequence[float]) -> Dict[str, Any]:
           'verdict': verdict}
 
 
+def verdict(comparison: Mapping[str, Any], lower: str, higher: str,
+            within: str = 'within noise',
+            one_seed: str = 'one seed: no verdict') -> str:
+  """A `compare` verdict in words: ``within``, ``lower`` (a below b) or
+  ``higher``; ``one_seed`` when a side has one value (no noise estimate).
+
+  Example:
+    >>> verdict(compare([1.0, 1.01, 0.99], [2.0, 2.01, 1.99]), 'A wins', 'B wins')
+    'A wins'
+    >>> verdict(compare([1.0], [2.0]), 'A wins', 'B wins')
+    'one seed: no verdict'
+  """
+  if min(comparison['a']['n'], comparison['b']['n']) < 2:
+    return one_seed
+  return {'within noise': within, 'a lower': lower,
+          'a higher': higher}[comparison['verdict']]
+
+
 def fmt_mean_std(stats: Mapping[str, float], digits: int = 3) -> str:
   """``'2.731 ± 0.004'`` from a `mean_std` dict."""
   return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"

@@ -296,10 +296,8 @@ def _pm(stats: Mapping[str, Any], digits: int) -> str:
 
 def _verdict(comparison: Mapping[str, Any], lower: str, higher: str) -> str:
   """`common.compare`'s verdict in words (no noise estimate from one seed)."""
-  if min(comparison['a']['n'], comparison['b']['n']) < 2:
-    return 'one seed: noise not estimated'
-  return {'within noise': 'within noise', 'a lower': lower,
-          'a higher': higher}[comparison['verdict']]
+  return common.verdict(comparison, lower, higher,
+                        one_seed='one seed: noise not estimated')
 
 
 def _seeds(numbers) -> str:

@@ -201,11 +201,9 @@ def verdict(numbers: Dict[str, Any], variant: str, target: float) -> str:
   c = numbers['comparisons_with_weight_decay'].get(variant, {}).get(repr(target))
   if c is None:
     return 'not comparable (a seed misses it)'
-  if min(c['a']['n'], c['b']['n']) < 2:
-    return 'one seed: no verdict'
-  return {'within noise': 'within noise of weight decay',
-          'a lower': 'earlier than weight decay',
-          'a higher': 'later than weight decay'}[c['verdict']]
+  return common.verdict(c, 'earlier than weight decay',
+                        'later than weight decay',
+                        within='within noise of weight decay')
 
 
 def _never(step: Optional[int]) -> float:

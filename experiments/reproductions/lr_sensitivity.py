@@ -164,10 +164,7 @@ def summarize(sweep: Dict[str, Any], rates: Sequence[float],
 def verdict(comparison: Dict[str, Any], lower: str, higher: str) -> str:
   """'within noise', ``lower`` or ``higher`` for a `common.compare` of the
   qk-norm + z-loss variant minus the baseline; no verdict from one seed."""
-  if min(comparison['a']['n'], comparison['b']['n']) < 2:
-    return 'one seed: no verdict'
-  return {'within noise': 'within noise', 'a lower': lower,
-          'a higher': higher}[comparison['verdict']]
+  return common.verdict(comparison, lower, higher)
 
 
 def conclusion(numbers: Dict[str, Any]) -> str:

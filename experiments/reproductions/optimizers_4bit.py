@@ -252,10 +252,7 @@ def best_shared_rate(numbers: Dict[str, Any], fmt: str) -> Optional[str]:
 def verdict(comparison: Dict[str, Any]) -> str:
   """'within noise', 'Stable-SPAM lower' or 'Adam lower' (`common.compare`
   of Stable-SPAM minus Adam); 'one seed: no verdict' below two seeds."""
-  if min(comparison['a']['n'], comparison['b']['n']) < 2:
-    return 'one seed: no verdict'
-  return {'within noise': 'within noise', 'a lower': 'Stable-SPAM lower',
-          'a higher': 'Adam lower'}[comparison['verdict']]
+  return common.verdict(comparison, 'Stable-SPAM lower', 'Adam lower')
 
 
 def format_summary(numbers: Dict[str, Any], fmt: str) -> str:
