@@ -54,8 +54,6 @@ from ml_collections import config_flags
 from dynamics import cli
 from experiments import jobs
 
-emit = jobs.emit  # The job scripts live in experiments/jobs.py.
-
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (configs/*.py[:variant]).', lock_config=True)
 _SWEEP = flags.DEFINE_multi_string(

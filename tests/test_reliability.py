@@ -250,11 +250,11 @@ def test_ctrl_c_says_where_it_stopped(tmp_path):
 
 
 def test_emitted_slurm_script_requeues_on_the_preemption_code(tmp_path):
-  from experiments import sweep
+  from experiments import jobs, sweep
   points = sweep.plan(wsd.get_config('smoke'), 'configs/wsd.py:smoke', [],
                       ['seed=0'], str(tmp_path))
-  (script, _) = sweep.emit('slurm', points, str(tmp_path), repo=ROOT, nodes=1,
-                           tasks=1, gpus=1, time_limit='1:00:00', partition=None)
+  (script, _) = jobs.emit('slurm', points, str(tmp_path), repo=ROOT, nodes=1,
+                          tasks=1, gpus=1, time_limit='1:00:00', partition=None)
   text = open(script).read()
   assert f'if [ "$code" -eq {cli.EXIT_PREEMPTED} ]; then' in text
   assert 'scontrol requeue "$SLURM_JOB_ID"' in text
