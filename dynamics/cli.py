@@ -79,7 +79,7 @@ def _unknown_field(field: str, argv: Sequence[str]) -> str:
   hint = (f'; did you mean {", ".join(close)}?' if close else
           f'; fields here: {", ".join(siblings)}' if siblings else '')
   return (f'Config error: {field}: unknown field (not declared in '
-          f'configs/base.py){hint}')
+          f'dynamics/config_schema.py){hint}')
 
 
 def describe_flag_error(error: BaseException, argv: Sequence[str]) -> str:
@@ -103,7 +103,7 @@ def describe_flag_error(error: BaseException, argv: Sequence[str]) -> str:
   if m:
     field = _config_field(argv, m.group(2)) or m.group(2)
     return (f'Config error: {field}: unknown field (not declared in '
-            f'configs/base.py); did you mean {m.group(1)}?')
+            f'dynamics/config_schema.py); did you mean {m.group(1)}?')
   if isinstance(error, (AttributeError, KeyError)):
     name = _first_line(text).strip("'\"")
     field = _config_field(argv, name)

@@ -28,6 +28,7 @@ import ml_collections
 import optax
 
 from dynamics import checkpoint as checkpoint_lib
+from dynamics import config_schema
 from dynamics import data as data_lib
 from dynamics import losses
 from dynamics import models as models_lib
@@ -192,6 +193,8 @@ class Run:
     Raises:
       RunNotFoundError: ``workdir`` holds no recorded run.
     """
+    if defaults is None:
+      defaults = config_schema.defaults()
     return cls(config_from_record(read_record(workdir), defaults), workdir)
 
   # -- the parts ------------------------------------------------------------

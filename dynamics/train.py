@@ -167,7 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   checkpoints under ``workdir/checkpoints``.
 
   Args:
-    config: a config declaring the fields of ``configs/base.py``.
+    config: a config declaring the fields of ``dynamics/config_schema.py``.
     workdir: output directory; an existing run there is resumed.
     callbacks: training-time probes: objects with an ``every`` attribute,
       called as ``cb(state, run) -> dict of scalars`` whenever ``state.step %

@@ -2,7 +2,7 @@ r"""Trains one config: ``python -m experiments.main --config=configs/wsd.py``.
 
 Flags:
   --config=PATH[:VARIANT]   an ml_collections config file (``:smoke`` shrinks it)
-  --config.FIELD=VALUE      override any field declared in configs/base.py
+  --config.FIELD=VALUE      override any field declared in dynamics/config_schema.py
   --workdir=DIR             results (default: runs/<config.name>); an existing
                             run there is resumed from its latest checkpoint
 

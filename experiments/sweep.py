@@ -116,11 +116,11 @@ def check_value(config: Any, field: str, raw: str) -> None:
   for key in path:
     if key not in node or not hasattr(node[key], 'keys'):
       raise SweepError(f'--sweep {field}: unknown field (fields are declared '
-                       'in configs/base.py)')
+                       'in dynamics/config_schema.py)')
     node = node[key]
   if leaf not in node:
     raise SweepError(f'--sweep {field}: unknown field (fields are declared in '
-                     'configs/base.py)')
+                     'dynamics/config_schema.py)')
   current = node[leaf]
   try:
     if isinstance(current, bool):

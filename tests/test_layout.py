@@ -6,6 +6,8 @@ late import that only hides a cycle from Python is still a cycle.
 
 import ast
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -17,6 +19,8 @@ LONG_MODULES = {
     'dynamics/optim/stable_spam.py': 'Stable-SPAM (Huang et al., 2025), one algorithm',
 }
 MAX_LINES = 400
+# The one dynamics module configs/ may import: the declaration of every field.
+JAX_FREE_FOR_CONFIGS = ('dynamics.config_schema',)
 
 
 def _modules():
@@ -75,8 +79,20 @@ def _top(module):
 ])
 def test_layers_import_only_downwards(lower, forbidden):
   bad = sorted(f'{m} imports {d}' for m, deps in GRAPH.items()
-               if _top(m) == lower for d in deps if _top(d) in forbidden)
+               if _top(m) == lower for d in deps if _top(d) in forbidden
+               and d not in JAX_FREE_FOR_CONFIGS)
   assert not bad, bad
+
+
+def test_configs_load_without_jax():
+  """Config files (and through them ``--help``) never import JAX: the one
+  dynamics module they may import, the field declaration, is JAX-free."""
+  code = ('import sys; from configs import base, wsd; wsd.get_config(); '
+          'print(sorted(m for m in sys.modules if m.split(".")[0] in '
+          '("jax", "flax", "optax", "orbax")))')
+  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True,
+                       capture_output=True, text=True).stdout.strip()
+  assert out == '[]', out
 
 
 def _cycles():

@@ -1,0 +1,176 @@
+"""Every configuration field of the project, with its default (JAX-free).
+
+The one declaration of the config's fields: ``configs/base.py`` (and through
+it every experiment config) starts from :func:`defaults`, and
+``dynamics.runs.Run.open`` fills in, from the same declaration, the fields that
+a run recorded by an older version lacks. A field set to ``None`` is "off".
+The config is locked: a field not declared here cannot be set, neither by an
+experiment config nor from the command line
+(``--config.optimizer.learning_rate=1e-3``), and ml_collections rejects a
+value of the wrong type, naming the field.
+
+This module imports nothing but ml_collections, so that configs and
+``--help`` load without JAX.
+"""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """Every field with its default, locked."""
+  c = ml_collections.ConfigDict()
+  c.name = 'base'                  # Experiment name; default workdir is runs/<name>.
+  c.seed = 0                       # Seeds init, data order and per-step rngs.
+  c.num_steps = 1000               # Total optimizer steps of the run.
+  c.log_every = 20                 # Steps between metric lines in metrics.jsonl.
+  c.eval_every = 200               # Steps between evaluations (and at the end).
+  c.eval_batches = 4               # Held-out batches per evaluation.
+  c.log_per_layer = False          # Also log per-layer norms and stability probes.
+  c.progress = True                # Show a tqdm progress bar.
+  c.stop_on_nonfinite = True       # Stop with an error on the first NaN/Inf metric.
+  c.distributed = False            # Call jax.distributed.initialize() at start.
+
+  # Model. Sizes of the data (vocab, outputs) are filled in from the dataset.
+  c.model = m = ml_collections.ConfigDict()
+  m.name = 'transformer'           # transformer | mlp | cnn | resnet
+  m.d_model = 64                   # Transformer width.
+  m.num_layers = 2                 # Transformer blocks.
+  m.num_heads = 4                  # Attention heads.
+  m.mlp_ratio = 4                  # Transformer MLP hidden = mlp_ratio * d_model.
+  m.max_len = 128                  # Maximum sequence length (learned positions).
+  m.tie_embeddings = True          # Share input embedding and output head.
+  m.dropout = 0.0                  # Dropout rate (uses the per-step rng).
+  m.hidden_sizes = (64, 64)        # MLP hidden widths.
+  m.channels = (16, 32)            # CNN channels per conv layer / ResNet stage widths.
+  m.blocks_per_stage = 1           # ResNet basic blocks per stage.
+  m.activation = 'gelu'            # gelu | relu | tanh | silu
+  m.norm = 'layernorm'             # layernorm | rmsnorm | batchnorm | none | dyt
+  m.norm_position = 'pre'          # pre | post | peri | mix | deepnorm
+  m.mix_ln_split = placeholder(int) # Mix-LN: number of leading Post-LN blocks (None: num_layers // 4).
+  m.qk_norm = False                # Normalize queries and keys (transformer only).
+  m.layernorm_scaling = False      # Scale each norm output by 1/sqrt(depth).
+  m.init = 'default'               # default | lecun | he | orthogonal | fixup | zero
+  m.init_scale = 1.0               # Multiplier on the initialization's std.
+  m.parametrization = 'standard'   # standard | ntk | mup
+  m.base_width = placeholder(int)  # muP reference width (required for mup).
+  m.output_scale = 1.0             # alpha multiplying the model output (lazy vs rich).
+  m.antisymmetric_init = False     # MLP: paired last-layer units, opposite readouts: output 0 at init (lazy training).
+  m.quantization = placeholder(str) # None | int4 | fp4 (fake-quantized training).
+  m.softmax = 'softmax'            # softmax | stablemax (output nonlinearity in the loss).
+  m.dtype = 'float32'              # Compute dtype: float32 | bfloat16.
+  m.attention_impl = placeholder(str) # None (XLA picks) | xla | cudnn.
+  m.position = 'learned'           # learned (GPT-2 table of max_len rows) | rope (rotary, LLaMA).
+  m.rope_theta = 10_000.0          # RoPE base period theta.
+  m.mlp = 'gelu'                   # gelu (fc_out(activation(fc_in x))) | swiglu (LLaMA's gated MLP, silu).
+  m.mlp_hidden = placeholder(int)  # MLP hidden size (None: mlp_ratio * d_model; swiglu: 8d/3 rounded up to 256).
+  m.use_bias = True                # Biases in the transformer's linear layers and LayerNorms (LLaMA: False).
+  m.vocab_size = placeholder(int)  # Embedding rows (None: the data's vocabulary; larger pads it, e.g. 50,304).
+  m.remat = 'none'                 # none | full | dots: rematerialize each block (dots keeps matmul outputs).
+
+  # Data. All defaults need no network.
+  c.data = d = ml_collections.ConfigDict()
+  d.name = 'markov'                # markov | bytes | tokens | teacher_student | modular | digits | tfds | huggingface
+  d.batch_size = 32                # Global batch size.
+  d.seq_len = 64                   # Tokens per sequence (language data).
+  d.vocab_size = 64                # Markov language: number of states.
+  d.temperature = 0.5              # Markov language: lower -> lower transition entropy.
+  d.text_dir = placeholder(str)    # bytes: directory of text files (None: Python's stdlib source).
+  d.max_bytes = 4_000_000          # bytes: read at most this many bytes.
+  d.input_dim = 16                 # teacher_student: input dimension.
+  d.teacher_width = 32             # teacher_student: teacher hidden width.
+  d.output_dim = 1                 # teacher_student: outputs.
+  d.noise_std = 0.0                # teacher_student: label noise.
+  d.num_train = 1024               # teacher_student: training set size (eval set same size).
+  d.modulus = 97                   # modular: p.
+  d.operation = 'add'              # modular: add | sub | mul | div
+  d.train_fraction = 0.4           # modular: fraction of all pairs used for training.
+  d.white_noise = False            # digits: replace images by white noise of the same shape.
+  d.num_eval = placeholder(int)    # digits: held-out images (None: 20%, i.e. 360 of 1,797).
+  d.hf_name = placeholder(str)     # huggingface / tfds: dataset name (optional [data] extra).
+  d.path = placeholder(str)        # tokens: directory of token shards (python -m experiments.prepare_text).
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = 'auto'             # auto (from the dataset) | cross_entropy | mse
+  c.loss.z_loss = 0.0              # Coefficient of the log^2 Z auxiliary loss.
+
+  # Optimizer (dynamics/optim). Fields a given optimizer does not use are ignored.
+  c.optimizer = o = ml_collections.ConfigDict()
+  o.name = 'adamw'                 # sgd | momentum | adam | adamw | adamp | sgdp | stable_spam
+  o.learning_rate = 3e-3           # Peak learning rate (the schedule scales it).
+  o.b1 = 0.9                       # Adam-type first-moment decay.
+  o.b2 = 0.95                      # Adam-type second-moment decay.
+  o.eps = 1e-8                     # Adam-type epsilon.
+  o.momentum = 0.9                 # momentum / sgdp: momentum coefficient.
+  o.dampening = 0.0                # sgdp: dampening.
+  o.nesterov = False               # Nesterov momentum.
+  o.weight_decay = 0.0             # Decoupled weight decay.
+  o.weight_decay_mask = 'matrices' # all | matrices (ndim >= 2 only)
+  o.clip_norm = placeholder(float) # Global-norm gradient clipping threshold.
+  o.delta = 0.1                    # adamp / sgdp: cosine threshold.
+  o.wd_ratio = 0.1                 # adamp / sgdp: weight-decay ratio when projecting.
+  o.gamma1 = 0.7                   # stable_spam: AdaGN first-moment decay.
+  o.gamma2 = 0.9                   # stable_spam: AdaGN second-moment decay.
+  o.theta = 0.999                  # stable_spam: AdaClip threshold decay.
+  o.reset_interval = 1000          # stable_spam: momentum reset period.
+  o.beta1_decay_steps = placeholder(int) # stable_spam: steps over which b1 decays (None: off).
+  o.beta1_decay_min = 0.5          # stable_spam: final b1 of that decay.
+  o.lr_multipliers = None          # Set by parametrizations (muP); leave None.
+  o.orthograd = False              # ⊥Grad: drop the gradient's component along each weight.
+  o.grad_accum_steps = 1           # Micro-batches per update (gradient accumulation, memory of one).
+  o.sam = s = ml_collections.ConfigDict()
+  s.rho = placeholder(float)       # SAM radius (None: plain gradients).
+  s.adaptive = False               # ASAM: element-wise adaptive perturbation.
+  s.eta = 0.01                     # ASAM: the eta in |w| + eta (0.01: the official code's default).
+  s.all_leaves = False             # ASAM: scale every leaf (default: kernels, embeddings, norm scales; biases T_w=1, as the official code).
+  s.normalize = True               # False: unnormalized SAM, eps = rho * grad (Andriushchenko & Flammarion 2022).
+  s.mask = 'all'                   # all | norm (SAM-ON: only normalization parameters)
+  s.num_microbatches = 1           # m-sharpness: perturb per micro-batch.
+
+  # Learning-rate schedule (dynamics/schedules.py).
+  c.schedule = sc = ml_collections.ConfigDict()
+  sc.name = 'wsd'                  # wsd | wsd_s | constant | cosine
+  sc.warmup_steps = 50             # Linear warmup steps (first step uses peak/warmup_steps).
+  sc.decay_fraction = 0.2          # wsd: fraction of num_steps spent decaying.
+  sc.decay_shape = 'linear'        # linear | cosine | 1-sqrt
+  sc.final_value = 0.0             # Learning rate reached at the end of the decay.
+  sc.budgets = placeholder(tuple)  # wsd_s: increasing step budgets, each ending a decay.
+
+  c.checkpoint = ck = ml_collections.ConfigDict()
+  ck.every_steps = 100             # Steps between periodic checkpoints.
+  ck.max_to_keep = 3               # Periodic checkpoints kept (latest ones).
+  ck.keep_steps = ()               # Steps kept forever (for later analysis).
+  ck.async_save = True             # Save asynchronously (orbax).
+  ck.log_stall = False             # Record each save's blocking time in checkpoint_stall.jsonl.
+
+  c.ema = ml_collections.ConfigDict()
+  c.ema.decay = placeholder(float) # EMA of parameters (e.g. 0.999); evaluated alongside.
+
+  c.branch = b = ml_collections.ConfigDict()
+  b.from_workdir = placeholder(str) # WSD branching: parent run's workdir.
+  b.from_step = placeholder(int)   # Parent checkpoint step to branch from.
+  b.decay_steps = placeholder(int) # Length of the branch's decay.
+
+  c.merge = mg = ml_collections.ConfigDict()
+  mg.interval = placeholder(int)   # WSM: keep a checkpoint every `interval` steps.
+  mg.window = placeholder(int)     # WSM: steps covered by the merge window.
+  mg.shape = 'linear'              # WSM: emulated decay (uniform | linear | cosine | 1-sqrt).
+
+  c.analysis = a = ml_collections.ConfigDict()
+  a.sharpness_every = placeholder(int) # Log the top Hessian eigenvalue every N steps.
+  a.sharpness_iters = 20           # Lanczos iterations per probe.
+  a.sharpness_batches = 1          # Batches in the probe's loss.
+  a.sharpness_data = 'eval'        # eval (held-out probe batches) | train (first training batches).
+  a.trace_every = placeholder(int) # Log Hutchinson's Hessian trace every N steps.
+  a.ntk_every = placeholder(int)   # Log NTK statistics on a probe set every N steps.
+  a.ntk_num_examples = 64          # NTK probe-set size.
+
+  c.throughput = ml_collections.ConfigDict()
+  c.throughput.peak_flops = placeholder(float) # Peak FLOP/s per device for MFU (None: device table; CPU: no MFU).
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                 # Data-parallel axis size (-1: all remaining devices).
+  c.mesh.fsdp = 1                  # FSDP axis size (parameters sharded over it).
+  c.mesh.fsdp_min_size = 1024      # Arrays smaller than this stay replicated under FSDP.
+  c.lock()
+  return c
