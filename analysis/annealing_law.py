@@ -28,10 +28,13 @@ References:
 
 import os
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from scipy import optimize, signal
+
+if TYPE_CHECKING:  # Imported by use only: this module loads without JAX.
+  from dynamics import runs
 
 DEFAULT_LAMBDA = 0.999
 
@@ -205,7 +208,7 @@ def curve_from_metrics(records: Sequence[dict], key: str = 'eval_loss',
                np.asarray(lrs, np.float64), name)
 
 
-def load_curve(run, key: str = 'eval_loss', name: str | None = None,
+def load_curve(run: 'runs.Run', key: str = 'eval_loss', name: str | None = None,
                lrs: np.ndarray | None = None) -> Curve:
   """A run's logged loss ``key`` with the rates of its recorded schedule.
 
