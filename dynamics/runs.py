@@ -19,8 +19,7 @@ import json
 import logging
 import operator
 import os
-from typing import (Any, Callable, Dict, List, Mapping, NamedTuple, Optional,
-                    Tuple)
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
