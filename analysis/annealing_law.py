@@ -26,13 +26,15 @@ References:
   (arXiv:2408.11029).
 """
 
-import json
 import os
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from scipy import optimize, signal
+
+if TYPE_CHECKING:  # Imported by use only: this module loads without JAX.
+  from dynamics import runs
 
 DEFAULT_LAMBDA = 0.999
 
@@ -171,60 +173,63 @@ def prediction_error(params: LawParams, curve: Curve,
           'final_rel_error': float(rel[-1])}
 
 
-def load_curve(workdir: str, key: str = 'eval_loss', name: str | None = None,
-               lrs: np.ndarray | None = None) -> Curve:
-  """Reads ``key`` from ``workdir/metrics.jsonl`` with the run's schedule.
+def curve_from_metrics(records: Sequence[dict], key: str = 'eval_loss',
+                       lrs: np.ndarray | None = None, name: str = '') -> Curve:
+  """The loss curve ``key`` of logged metric lines (``{'step', key, ...}``).
 
-  The per-update learning rates come from ``lrs`` if given, else from the
-  run's ``config.json`` through :func:`dynamics.schedules.from_config` (exact),
-  else by linear interpolation of the logged ``learning_rate`` (exact for
-  piecewise-linear schedules between logged steps only).
+  Without ``lrs`` the per-update rates are interpolated linearly from the
+  logged ``learning_rate`` (exact for piecewise-linear schedules between
+  logged steps only).
 
   Args:
-    workdir: run directory.
+    records: the metric lines, e.g. ``run.metrics()``.
     key: the metric to fit ('eval_loss' or 'train_loss').
-    name: label (default: the directory's name).
     lrs: optional ``(T,)`` rates of updates ``1..T``.
+    name: label for plots and tables.
 
   Returns:
     A :class:`Curve`.
   """
-  rows = []
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    for line in f:
-      rows.append(json.loads(line))
-  points = [(r['step'], r[key]) for r in rows if key in r and r['step'] >= 1]
+  points = [(r['step'], r[key]) for r in records if key in r and r['step'] >= 1]
   if not points:
-    raise ValueError(f'no {key!r} with step >= 1 in {workdir}/metrics.jsonl')
+    raise ValueError(f'{name or "metrics"}: no {key!r} logged at a step >= 1')
   steps, losses = map(np.asarray, zip(*points))
   last = int(steps.max())
   if lrs is None:
-    lrs = _lrs_from_config(workdir, last)
-  if lrs is None:
-    logged = [(r['step'], r['learning_rate']) for r in rows
+    logged = [(r['step'], r['learning_rate']) for r in records
               if 'learning_rate' in r]
     if not logged:
-      raise ValueError(f'{workdir}: no config.json and no logged learning_rate')
+      raise ValueError(f'{name or "metrics"}: no rates given and no logged '
+                       'learning_rate')
     # The line at step s logs the rate of update s, i.e. lrs[s - 1].
     at, values = map(np.asarray, zip(*logged))
     lrs = np.interp(np.arange(1, last + 1), at, values)
   return Curve(steps.astype(np.int64), losses.astype(np.float64),
-               np.asarray(lrs, np.float64),
-               name if name is not None else os.path.basename(
-                   os.path.normpath(workdir)))
+               np.asarray(lrs, np.float64), name)
 
 
-def _lrs_from_config(workdir: str, num_updates: int) -> np.ndarray | None:
-  """The rates of the run's recorded schedule, or None without config.json."""
-  if not os.path.exists(os.path.join(workdir, 'config.json')):
-    return None
-  # pylint: disable=g-import-not-at-top
-  from configs import base
-  from dynamics import runs, schedules
-  # With the defaults, a run recorded before a field existed still opens.
-  config = runs.config_from_record(runs.read_record(workdir),
-                                   defaults=base.get_config())
-  return schedule_values(schedules.from_config(config), num_updates)
+def load_curve(run: 'runs.Run', key: str = 'eval_loss', name: str | None = None,
+               lrs: np.ndarray | None = None) -> Curve:
+  """A run's logged loss ``key`` with the rates of its recorded schedule.
+
+  Args:
+    run: a `dynamics.runs.Run` with metrics (``Run.open(workdir)``).
+    key: the metric to fit ('eval_loss' or 'train_loss').
+    name: label (default: the run directory's name).
+    lrs: optional ``(T,)`` rates of updates ``1..T`` (default: the run's
+      schedule, exact).
+
+  Returns:
+    A :class:`Curve`.
+  """
+  from dynamics import schedules  # pylint: disable=g-import-not-at-top
+  records = run.metrics()
+  if lrs is None:
+    last = max((r['step'] for r in records if key in r), default=0)
+    # The config's schedule, without building the run's data or model.
+    lrs = schedule_values(schedules.from_config(run.config), last)
+  name = os.path.basename(run.workdir) if name is None else name
+  return curve_from_metrics(records, key, lrs, name)
 
 
 def schedule_values(schedule, num_updates: int) -> np.ndarray:

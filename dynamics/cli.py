@@ -28,10 +28,10 @@ def user_errors() -> Tuple[Type[BaseException], ...]:
   # pylint: disable=g-import-not-at-top
   from dynamics import checkpoint, config_lib, runs, sharding, workdir
   return (UserError, config_lib.ConfigError, runs.RunNotFoundError,
-          checkpoint.CheckpointMismatchError, sharding.DistributedEnvError,
-          workdir.WorkdirError, workdir.WorkdirBusyError,
-          workdir.ResumeMismatchError, FileExistsError, NotADirectoryError,
-          PermissionError)
+          runs.RunFileError, checkpoint.CheckpointMismatchError,
+          sharding.DistributedEnvError, workdir.WorkdirError,
+          workdir.WorkdirBusyError, workdir.ResumeMismatchError,
+          FileExistsError, NotADirectoryError, PermissionError)
 
 
 def _first_line(text: str) -> str:

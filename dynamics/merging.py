@@ -208,8 +208,8 @@ def merge_checkpoints(run, steps: Sequence[int],
     The merged parameter pytree.
 
   Raises:
-    ValueError: naming the value, if a step has no checkpoint or the weights
-      are invalid.
+    RunNotFoundError: a step without a checkpoint (the available ones listed).
+    ValueError: invalid weights, naming the value.
 
   Example:
     >>> steps = window_steps(final_step=3000, window=600, interval=100)
@@ -218,9 +218,6 @@ def merge_checkpoints(run, steps: Sequence[int],
   """
   steps = [int(s) for s in steps]
   check_weights(weights, len(steps))
-  available = set(run.steps)
   for s in steps:
-    if s not in available:
-      raise ValueError(f'no checkpoint at step {s} in {run.workdir}; available '
-                       f'steps: {sorted(available)}')
+    run.resolve_step(s)  # Each checked before any is read.
   return merge_params((run.params(s) for s in steps), weights)

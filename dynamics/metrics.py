@@ -1,4 +1,4 @@
-"""In-step measurements and metric writers (JSONL, TensorBoard).
+"""In-step measurements and metric writers (JSON lines, TensorBoard).
 
 Norm measurements run inside the jitted train step; the loop fetches them a
 step late so that reading metrics never stalls the device.
@@ -8,7 +8,8 @@ import json
 import math
 import os
 import shutil
-from typing import Any, Dict, Iterable, Mapping, Optional
+import sys
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -103,43 +104,97 @@ def check_finite(metrics: Mapping[str, Any], step: int, stop: bool = True
     raise NonFiniteError(f'non-finite {bad}={metrics[bad]} at step {step}')
 
 
-class MetricWriter:
-  """Appends one JSON object per logged step to ``metrics.jsonl``.
+class RunFileError(ValueError):
+  """A run file (JSON lines or JSON) damaged where no crash explains it; the
+  message names the file and the line."""
 
-  On opening, lines of steps after ``resume_step`` (written by an interrupted
-  run after its last checkpoint) are dropped, so a resumed run never writes a
-  step twice. TensorBoard event files are written too when the ``tensorboard``
-  package is installed; ``metrics.jsonl`` is their source of truth, so on a
-  resume they are rewritten from the lines kept (TensorBoard files cannot be
-  truncated). Only the process that owns the writer writes.
+
+def _read_lines(path: str) -> Tuple[List[Tuple[str, Dict[str, Any]]], bool]:
+  """``([(line, record), ...], clean)`` of the JSON-lines file at ``path``.
+
+  A crash (of the node, or of an NFS server) can leave the last line partial
+  or NUL bytes after the last good line: such a tail is dropped, with a
+  one-line warning naming the file, and ``clean`` is False (also when the
+  last line lacks its newline). An unreadable line before a good one is not
+  a torn tail: `RunFileError` names the file and the line.
+  """
+  if not os.path.exists(path):
+    return [], True
+  with open(path, 'rb') as f:
+    data = f.read()
+  good, first_bad = [], None
+  for number, raw in enumerate(data.split(b'\n'), 1):
+    if not raw.strip():  # Blank (NUL bytes are not blank).
+      continue
+    try:
+      line = raw.decode('utf-8')
+      record = json.loads(line)
+      if not isinstance(record, dict):
+        raise ValueError('not a JSON object')
+    except ValueError:
+      first_bad = first_bad or number
+      continue
+    if first_bad is not None:
+      raise RunFileError(
+          f'{path}:{first_bad}: not a JSON object, yet good lines follow it '
+          '(the file was damaged after it was written); repair or remove '
+          'that line')
+    good.append((line.strip() + '\n', record))
+  if first_bad is not None:
+    print(f'WARNING: {path}: dropped an unreadable tail from line {first_bad} '
+          'on (a partial write or NUL padding, as a crash can leave)',
+          file=sys.stderr, flush=True)
+  return good, first_bad is None and data.endswith(b'\n') or not data.strip()
+
+
+def read_records(path: str) -> List[Dict[str, Any]]:
+  """The JSON objects of the JSON-lines file ``path`` in order ([] without
+  the file); a torn tail is dropped with a warning (see `_read_lines`).
+
+  Raises:
+    RunFileError: an unreadable line before a good one (file and line named).
+  """
+  return [record for _, record in _read_lines(path)[0]]
+
+
+class MetricWriter:
+  """Appends one JSON object per logged step to the JSON-lines file ``path``.
+
+  On opening, a torn tail left by a crash is dropped (with a warning) and,
+  given ``resume_step``, so are the lines of steps after it (written by an
+  interrupted run after its last checkpoint), so a resumed run never writes
+  a step twice. TensorBoard event files are written to ``tensorboard_dir``
+  too when the ``tensorboard`` package is installed; the JSON lines are
+  their source of truth, so on opening they are rewritten from the lines
+  kept (TensorBoard files cannot be truncated). Only the process that owns
+  the writer writes (``enabled``).
   """
 
-  def __init__(self, workdir: str, resume_step: int = 0, enabled: bool = True,
-               tensorboard: bool = True):
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+  def __init__(self, path: str, resume_step: Optional[int] = None,
+               enabled: bool = True, tensorboard_dir: Optional[str] = None):
+    self.path = path
     self.enabled = enabled
     self._tb, self._file = None, None
     if not enabled:
       return
-    kept = []
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        kept = [line for line in f
-                if line.strip() and json.loads(line)['step'] <= resume_step]
-      with open(self.path, 'w') as f:
-        f.writelines(kept)
-    self._file = open(self.path, 'a')
-    if tensorboard:
-      tb_dir = os.path.join(workdir, 'tensorboard')
+    lines, clean = _read_lines(path)
+    kept = [(line, r) for line, r in lines
+            if resume_step is None or r.get('step', math.inf) <= resume_step]
+    if len(kept) < len(lines) or not clean:
+      with open(path + '.tmp', 'w') as f:
+        f.writelines(line for line, _ in kept)
+      os.replace(path + '.tmp', path)
+    self._file = open(path, 'a')
+    if tensorboard_dir is not None:
       try:
         from tensorboard.summary import Writer  # pylint: disable=g-import-not-at-top
       except ImportError:
         return
-      if os.path.isdir(tb_dir):
-        shutil.rmtree(tb_dir)
-      self._tb = Writer(tb_dir)
-      for line in kept:
-        self._add_scalars(json.loads(line))
+      if os.path.isdir(tensorboard_dir):
+        shutil.rmtree(tensorboard_dir)
+      self._tb = Writer(tensorboard_dir)
+      for _, record in kept:
+        self._add_scalars(record)
 
   def _add_scalars(self, record: Mapping[str, Any]) -> None:
     for k, v in record.items():
@@ -178,9 +233,3 @@ def _to_python(value):
   if hasattr(value, 'item'):
     return value.item()
   return value
-
-
-def read_metrics(workdir: str) -> Iterable[Dict[str, Any]]:
-  """All records of ``workdir/metrics.jsonl`` in order."""
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f if line.strip()]

@@ -1,4 +1,4 @@
-"""A run: its config, the parts built from it, and its checkpoints.
+"""A run: its config, the parts built from it, its checkpoints and files.
 
 Every command, analysis, notebook, merge and benchmark opens a run the same
 way and builds it once::
@@ -7,94 +7,61 @@ way and builds it once::
   params = run.params(2000)               # only the parameters (partial restore)
   state = run.state()                     # the whole TrainState, latest step
   loss = run.loss_fn(state.model_state)   # (params, batch) -> scalar, eval mode
+  lines = run.metrics()                   # metrics.jsonl, one dict per line
 
-``Run(config)`` (no workdir) gives the same handle for a config that has not
-been trained, e.g. to replay its steps in a notebook.
+``Run.create`` records a new run (training, a merge) and ``Run.open`` opens
+one: this module alone names a run directory's files. ``Run(config)`` (no
+workdir) is the same handle for a config not trained, e.g. in a notebook.
 """
 
-import dataclasses
 import functools
 import json
 import logging
 import operator
 import os
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-import flax
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 
 from dynamics import checkpoint as checkpoint_lib
 from dynamics import config_schema
 from dynamics import data as data_lib
-from dynamics import losses
-from dynamics import models as models_lib
-from dynamics import optim as optim_lib
-from dynamics import parametrization
-from dynamics import schedules as schedules_lib
+from dynamics import metrics as metrics_lib
+from dynamics import parts as parts_lib
 from dynamics import step as step_lib
 from dynamics import workdir as workdir_lib
 from dynamics.types import ApplyFn, Batch, LossFn, PyTree
 
-CONFIG_FILE = 'config.json'
+
+# Re-exported: ``runs.build(config)`` is how everything builds a config.
+Parts, build, init_state, evaluate = (parts_lib.Parts, parts_lib.build,
+                                      parts_lib.init_state, parts_lib.evaluate)
 
 
 class RunNotFoundError(FileNotFoundError):
   """A workdir without a recorded run, or a step without a checkpoint."""
 
 
-class Parts(NamedTuple):
-  """The static pieces a config builds: what ``train_step`` is partial over."""
-  dataset: data_lib.Dataset
-  model: nn.Module
-  schedule: optax.Schedule
-  tx: optax.GradientTransformation
-  options: step_lib.StepOptions
-
-
-def build(config: ml_collections.ConfigDict) -> Parts:
-  """Dataset, model, schedule, optimizer and step options of a config."""
-  dataset = data_lib.get_dataset(config)
-  model = models_lib.build_model(config.model, dataset.info)
-  schedule = schedules_lib.from_config(config)
-  tx = optim_lib.build_optimizer(parametrization.optimizer_config(config),
-                                 schedule)
-  options = step_lib.StepOptions.from_config(config, dataset.info.task)
-  return Parts(dataset, model, schedule, tx, options)
-
-
-def init_state(config: ml_collections.ConfigDict, parts: Parts
-               ) -> step_lib.TrainState:
-  """The state at step 0 (deterministic in ``config.seed``)."""
-  init_key, rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  example = parts.dataset.eval_batch(0)['inputs'][:1]
-  # Jitted: op-by-op init of a transformer costs ~100 small compiles.
-  init = jax.jit(functools.partial(parts.model.init, train=False))
-  variables = init({'params': init_key, 'dropout': init_key},
-                   jnp.asarray(example))
-  variables = flax.core.unfreeze(variables)
-  params = variables.pop('params')
-  # A copy, not an alias: the donated state must not hold one buffer twice.
-  ema = (jax.tree.map(jnp.copy, params) if config.ema.decay is not None
-         else None)
-  return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                             opt_state=parts.tx.init(params),
-                             model_state=variables, rng=rng, ema_params=ema)
-
-
 # ---------------------------------------------------------------------------
-# config.json
+# The run directory: its files are named here and nowhere else.
+
+CONFIG_FILE = 'config.json'      # Every field of the config, and the lineage.
+METRICS_FILE = 'metrics.jsonl'   # One JSON object per logged step.
+RESUMES_FILE = 'resumes.jsonl'   # The allowed config changes of each resume.
+MERGE_FILE = 'merge.json'        # A merge output: what was merged, and how.
+TENSORBOARD_DIR = 'tensorboard'  # Event files, rewritten from metrics.jsonl.
+
+RunFileError = metrics_lib.RunFileError
 
 
-def _tuples(value: Any) -> Any:
-  if isinstance(value, Mapping):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
+def _write_json(path: str, value: Mapping[str, Any]) -> None:
+  """Writes ``value`` to ``path`` atomically (a crash leaves the old file)."""
+  with open(path + '.tmp', 'w') as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+  os.replace(path + '.tmp', path)
 
 
 def config_record(config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -102,58 +69,57 @@ def config_record(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: str,
-                 parent: Optional[Mapping[str, Any]] = None) -> None:
-  """Records ``config`` (complete: every field) as ``workdir/config.json``."""
-  record = config_record(config)
-  if parent is not None:
-    record['parent'] = dict(parent)
-  path = os.path.join(workdir, CONFIG_FILE)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(record, f, indent=2, sort_keys=True)
-  os.replace(path + '.tmp', path)
-
-
 def read_record(workdir: str) -> Dict[str, Any]:
-  """``workdir/config.json`` as a dict (with the branch ``parent``, if any)."""
+  """``workdir/config.json`` as a dict (with the lineage ``parent``, if any).
+
+  Raises:
+    RunNotFoundError: ``workdir`` holds no recorded run.
+    RunFileError: the file is not JSON (named, with the line).
+  """
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
     raise RunNotFoundError(f'{workdir} holds no run ({CONFIG_FILE} is missing)')
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise RunFileError(f'{path}: not a JSON record ({e})') from None
 
 
-def config_from_record(record: Mapping[str, Any],
-                       defaults: Optional[ml_collections.ConfigDict] = None
-                       ) -> ml_collections.ConfigDict:
+def holds_run(workdir: str) -> bool:
+  """Whether ``workdir`` holds a run (a recorded config or checkpoints)."""
+  return (os.path.isfile(os.path.join(workdir, CONFIG_FILE))
+          or os.path.isdir(checkpoint_lib.checkpoint_dir(workdir)))
+
+
+def merge_source(workdir: str) -> Optional[str]:
+  """The run a merge output was merged from (its ``merge.json``), if any."""
+  try:
+    with open(os.path.join(workdir, MERGE_FILE)) as f:
+      return json.load(f).get('source')
+  except (OSError, ValueError):
+    return None
+
+
+def config_from_record(record: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """A locked config from a ``config.json`` record.
 
-  The record is complete on its own. With ``defaults`` (e.g.
-  ``configs.base.get_config()``), fields the record lacks -- a run recorded
-  before the field existed -- keep their default, and recorded fields that
+  Fields the record lacks (a run recorded before the field existed) keep
+  their default from `dynamics.config_schema.defaults`; recorded fields that
   are no longer declared are dropped with a warning.
   """
-  record = {k: v for k, v in record.items() if k != 'parent'}
-  if defaults is None:
-    config = ml_collections.ConfigDict(_tuples(record))
-  else:
-    config = ml_collections.ConfigDict(defaults)
-    known = workdir_lib.flatten(config.to_dict())
-    values = {k: tuple(v) if isinstance(v, list) else v  # JSON has no tuples.
-              for k, v in workdir_lib.flatten(record).items()}
-    dropped = sorted(k for k in values if k not in known)
-    if dropped:
-      logging.warning('config.json: fields no longer declared, ignored: %s',
-                      ', '.join(dropped))
-    with config.ignore_type():
-      for key in values:
-        if key in known:
-          node = config
-          *parents, leaf = key.split('.')
-          for part in parents:
-            node = node[part]
-          node[leaf] = values[key]
-  config.lock()
+  config = config_schema.defaults()
+  known = workdir_lib.flatten(config.to_dict())
+  values = {k: tuple(v) if isinstance(v, list) else v  # JSON has no tuples.
+            for k, v in workdir_lib.flatten(record).items()
+            if k.split('.')[0] != 'parent'}
+  dropped = sorted(k for k in values if k not in known)
+  if dropped:
+    logging.warning('%s: fields no longer declared, ignored: %s', CONFIG_FILE,
+                    ', '.join(dropped))
+  with config.ignore_type():  # A recorded value is what the run used.
+    config.update_from_flattened_dict(
+        {k: v for k, v in values.items() if k in known})
   return config
 
 
@@ -161,43 +127,135 @@ def config_from_record(record: Mapping[str, Any],
 # The handle.
 
 
-@dataclasses.dataclass(eq=False)
 class Run:
-  """A config, the parts built from it, and (with a workdir) its checkpoints.
+  """A config, the parts built from it, and (with a workdir) its files.
+
+  ``Run.create`` records a new run in a directory and ``Run.open`` opens a
+  recorded one: the only doors to a run directory, whose files only this
+  module names. The parts (dataset, model, optimizer...) are built on first
+  use, so reading a run's record or metrics builds nothing.
 
   Attributes:
     config: the run's config (for an opened run, the one it recorded).
-    workdir: the run directory, or None for a config not trained yet.
-    parts: dataset, model, schedule, optimizer and step options, built once.
+    workdir: the run directory (absolute), or None for a config not trained.
   """
-  config: ml_collections.ConfigDict
-  workdir: Optional[str] = None
-  parts: Optional[Parts] = None
 
-  def __post_init__(self):
-    if self.workdir is not None:
-      self.workdir = os.path.abspath(self.workdir)
-    if self.parts is None:
-      self.parts = build(self.config)
+  def __init__(self, config: ml_collections.ConfigDict,
+               workdir: Optional[str] = None, parts: Optional[Parts] = None):
+    self.config = config
+    self.workdir = None if workdir is None else os.path.abspath(workdir)
+    self._parts = parts
+    self._record = None
 
   @classmethod
-  def open(cls, workdir: str, *,
-           defaults: Optional[ml_collections.ConfigDict] = None) -> 'Run':
-    """Opens the run recorded in ``workdir`` (its ``config.json``).
+  def create(cls, workdir: str, config: ml_collections.ConfigDict,
+             parent: Optional[Mapping[str, Any]] = None) -> 'Run':
+    """Records a run in ``workdir`` (created and locked by the caller):
+    ``config.json`` holds every field of ``config`` and, as ``parent``, the
+    ``{'workdir', 'step'}`` of the checkpoint it starts from (a branch's
+    parent, a merge's source)."""
+    record = config_record(config)
+    if parent is not None:
+      record['parent'] = {'workdir': os.path.abspath(parent['workdir']),
+                          'step': int(parent['step'])}
+    run = cls(config, workdir)
+    _write_json(run._path(CONFIG_FILE), record)
+    run._record = record
+    return run
 
-    Args:
-      workdir: a directory written by ``train_and_evaluate``.
-      defaults: a config declaring every field (``configs.base.get_config()``)
-        to fill in fields a run recorded by an older version lacks.
+  @classmethod
+  def open(cls, workdir: str) -> 'Run':
+    """Opens the run recorded in ``workdir`` (its ``config.json``); fields
+    an older run lacks get their declared default (`config_from_record`).
 
     Raises:
       RunNotFoundError: ``workdir`` holds no recorded run.
+      RunFileError: its ``config.json`` is damaged.
     """
-    if defaults is None:
-      defaults = config_schema.defaults()
-    return cls(config_from_record(read_record(workdir), defaults), workdir)
+    record = read_record(workdir)
+    run = cls(config_from_record(record), workdir)
+    run._record = record
+    return run
+
+  # -- the run directory ------------------------------------------------------
+
+  def _path(self, name: str) -> str:
+    if self.workdir is None:
+      raise RunNotFoundError('this run has no workdir, hence no files')
+    return os.path.join(self.workdir, name)
+
+  @property
+  def record(self) -> Dict[str, Any]:
+    """``config.json`` as a dict (every field, and ``parent`` for a branch or
+    a merge); for a run not recorded yet, the record its config would get."""
+    if self._record is None:
+      if self.workdir is None or not os.path.isfile(self._path(CONFIG_FILE)):
+        return config_record(self.config)
+      self._record = read_record(self.workdir)
+    return self._record
+
+  @property
+  def parent(self) -> Optional[Dict[str, Any]]:
+    """``{'workdir', 'step'}`` of the run this one branched (or was merged)
+    from, if any."""
+    return self.record.get('parent')
+
+  @property
+  def metrics_path(self) -> str:
+    """The run's metrics file (one JSON object per logged step)."""
+    return self._path(METRICS_FILE)
+
+  def metrics(self) -> List[Dict[str, Any]]:
+    """The logged lines as dicts, in order ([] before the first one).
+
+    A torn last line (a crash's partial write or NUL padding) is dropped
+    with a one-line warning naming the file.
+
+    Raises:
+      RunFileError: an unreadable line before a good one (file and line).
+    """
+    if self.workdir is None:
+      return []
+    return metrics_lib.read_records(self.metrics_path)
+
+  def metric_writer(self, resume_step: Optional[int] = None,
+                    enabled: bool = True) -> metrics_lib.MetricWriter:
+    """A writer appending to the run's metrics (and TensorBoard files);
+    lines after ``resume_step`` are dropped first (see `MetricWriter`)."""
+    return metrics_lib.MetricWriter(self.metrics_path, resume_step, enabled,
+                                    self._path(TENSORBOARD_DIR))
+
+  def record_resume(self, step: int,
+                    changes: Mapping[str, Tuple[Any, Any]]) -> None:
+    """Appends a resume's allowed config changes (``{field: (old, new)}``)
+    to ``resumes.jsonl`` and re-records ``config.json``, lineage kept."""
+    if not changes:
+      return
+    parent = self.parent
+    workdir_lib.record_resume(self._path(RESUMES_FILE), step, changes)
+    record = config_record(self.config)
+    if parent is not None:
+      record['parent'] = parent
+    _write_json(self._path(CONFIG_FILE), record)
+    self._record = record
+
+  def resumes(self) -> List[Dict[str, Any]]:
+    """The entries of ``resumes.jsonl``: each resume's allowed changes."""
+    return metrics_lib.read_records(self._path(RESUMES_FILE))
+
+  def write_merge(self, record: Mapping[str, Any]) -> None:
+    """Records what this merge output was merged from (``merge.json``;
+    ``record['source']`` is the source run's workdir)."""
+    _write_json(self._path(MERGE_FILE), record)
 
   # -- the parts ------------------------------------------------------------
+
+  @property
+  def parts(self) -> Parts:
+    """Dataset, model, schedule, optimizer and step options, built once."""
+    if self._parts is None:
+      self._parts = build(self.config)
+    return self._parts
 
   @property
   def dataset(self) -> data_lib.Dataset:
@@ -218,16 +276,6 @@ class Run:
   @property
   def options(self) -> step_lib.StepOptions:
     return self.parts.options
-
-  @property
-  def parent(self) -> Optional[Dict[str, Any]]:
-    """``{'workdir', 'step'}`` of the run this one branched from, if any."""
-    if self.workdir is None:
-      return None
-    try:
-      return read_record(self.workdir).get('parent')
-    except RunNotFoundError:
-      return None
 
   # -- states ---------------------------------------------------------------
 
@@ -302,21 +350,11 @@ class Run:
 
   def loss_fn(self, model_state: PyTree = None) -> LossFn:
     """``(params, batch) -> loss`` in inference mode (deterministic)."""
-    model_state = {} if model_state is None else model_state
-
-    def fn(params, batch):
-      return losses.compute_loss(self.model, params, model_state, batch, None,
-                                 self.options, train=False)[0]
-    return fn
+    return parts_lib.loss_fn(self.parts, model_state)
 
   def apply_fn(self, model_state: PyTree = None) -> ApplyFn:
     """``(params, inputs) -> outputs`` in inference mode."""
-    model_state = {} if model_state is None else model_state
-
-    def fn(params, inputs):
-      return self.model.apply({'params': params, **model_state}, inputs,
-                              train=False)
-    return fn
+    return parts_lib.apply_fn(self.parts, model_state)
 
   def model_fn(self, model_state: PyTree = None
                ) -> Callable[[PyTree, Batch], jax.Array]:
@@ -327,11 +365,7 @@ class Run:
 
   def output_loss_fn(self) -> Callable[[jax.Array, Batch], jax.Array]:
     """``(outputs, batch) -> loss``, the loss as a function of the outputs."""
-    options = self.options
-
-    def fn(outputs, batch):
-      return losses.loss_from_outputs(outputs, batch['targets'], options)[0]
-    return fn
+    return parts_lib.output_loss_fn(self.parts)
 
   def probe_batches(self, n: int) -> List[Batch]:
     """``n`` fixed held-out batches, the same at every call (probes use them;
@@ -360,19 +394,3 @@ class Run:
     return evaluate(params, {} if model_state is None else model_state,
                     self.dataset, eval_fn or self.eval_step,
                     num_batches or self.config.eval_batches, put)
-
-
-def evaluate(params: PyTree, model_state: PyTree, dataset: data_lib.Dataset,
-             eval_fn, num_batches: int,
-             put: Optional[Callable[[Batch], Batch]] = None) -> Dict[str, float]:
-  """Mean eval metrics over the first ``num_batches`` held-out batches.
-
-  ``put`` places a (whole, host) batch on the devices (default: ``jnp``).
-  """
-  put = put or (lambda b: jax.tree.map(jnp.asarray, b))
-  totals: Dict[str, float] = {}
-  for i in range(num_batches):
-    m = jax.device_get(eval_fn(params, model_state, put(dataset.eval_batch(i))))
-    for k, v in m.items():
-      totals[k] = totals.get(k, 0.0) + float(v) / num_batches
-  return totals

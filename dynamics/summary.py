@@ -1,16 +1,14 @@
 """The end-of-run summary printed by ``experiments.main``."""
 
-import os
-
 import jax
 
 from dynamics import checkpoint as checkpoint_lib
-from dynamics import metrics as metrics_lib
+from dynamics import runs
 
 
-def summarize(workdir: str, state) -> str:
-  """Where the results are and the final train/eval losses."""
-  records = metrics_lib.read_metrics(workdir)
+def summarize(run: runs.Run, state) -> str:
+  """Where ``run``'s results are and its final train/eval losses."""
+  records = run.metrics()
   last = {}
   for r in records:
     last.update(r)
@@ -24,10 +22,10 @@ def summarize(workdir: str, state) -> str:
       f'  final train loss {fmt("train_loss")}, eval loss {fmt("eval_loss")}'
       + (f', eval loss (EMA) {fmt("eval_loss_ema")}' if 'eval_loss_ema' in last else ''),
       _throughput(records),
-      f'  workdir      {os.path.abspath(workdir)}',
-      f'  metrics      {os.path.join(os.path.abspath(workdir), "metrics.jsonl")}',
-      f'  checkpoints  {checkpoint_lib.checkpoint_dir(workdir)} '
-      f'(steps {checkpoint_lib.available_steps(workdir)})',
+      f'  workdir      {run.workdir}',
+      f'  metrics      {run.metrics_path}',
+      f'  checkpoints  {checkpoint_lib.checkpoint_dir(run.workdir)} '
+      f'(steps {run.steps})',
   ]
   return '\n'.join(line for line in lines if line)
 

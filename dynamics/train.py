@@ -89,12 +89,8 @@ def _resume(run: runs.Run, ckpt: checkpoint_lib.Checkpointer, state: TrainState,
   config = run.config
   restored = ckpt.restore_latest(state)
   if restored is None and config.branch.from_workdir is not None:
-    parent, step = config.branch.from_workdir, config.branch.from_step
-    if step not in checkpoint_lib.available_steps(parent):
-      raise config_lib.ConfigError(
-          f'config.branch.from_step={step}: no checkpoint at that step in '
-          f'{parent}; available steps: {checkpoint_lib.available_steps(parent)}')
-    parent_state = checkpoint_lib.restore(parent, step, state)
+    parent, step = _branch_parent(config), config.branch.from_step
+    parent_state = checkpoint_lib.restore(parent.workdir, step, state)
     data_iter.restore(parent_state.data)
     return parent_state.state, None
   if restored is None:
@@ -107,28 +103,44 @@ def _resume(run: runs.Run, ckpt: checkpoint_lib.Checkpointer, state: TrainState,
   return restored.state, restored.step
 
 
+def _branch_parent(config: ml_collections.ConfigDict) -> runs.Run:
+  """The run a new branch starts from, with its checkpoint ``from_step``."""
+  b = config.branch
+  try:
+    parent = runs.Run.open(b.from_workdir)
+  except runs.RunNotFoundError as e:
+    raise config_lib.ConfigError(
+        f'config.branch.from_workdir={b.from_workdir}: {e}') from None
+  try:
+    parent.resolve_step(b.from_step)
+  except runs.RunNotFoundError as e:
+    raise config_lib.ConfigError(
+        f'config.branch.from_step={b.from_step}: {e}') from None
+  return parent
+
+
 def _config_changes(config: ml_collections.ConfigDict, workdir: str
                     ) -> Dict[str, Tuple[Any, Any]]:
   """The allowed config changes of a resume (see `dynamics.workdir`)."""
-  if not os.path.isfile(os.path.join(workdir, runs.CONFIG_FILE)):
+  try:
+    recorded = runs.read_record(workdir)
+  except runs.RunNotFoundError:  # A new run.
     return {}
-  return workdir_lib.check_resume(runs.read_record(workdir),
-                                  runs.config_record(config), workdir)
+  return workdir_lib.check_resume(recorded, runs.config_record(config),
+                                  workdir)
 
 
-def _record_config(config: ml_collections.ConfigDict, workdir: str,
-                   resumed_from: Optional[int],
+def _record_config(run: runs.Run, resumed_from: Optional[int],
                    changes: Dict[str, Tuple[Any, Any]]) -> None:
-  """Writes config.json for a new run; records a resume's allowed changes."""
+  """Records a new run (after a good start, so a start that failed leaves no
+  record to refuse the corrected config); a resume's allowed changes."""
   if resumed_from is None:
-    b = config.branch
-    runs.write_config(config, workdir, parent=None if b.from_workdir is None
-                      else {'workdir': os.path.abspath(b.from_workdir),
-                            'step': b.from_step})
-  elif changes:
-    workdir_lib.record_resume(workdir, resumed_from, changes)
-    runs.write_config(config, workdir,
-                      parent=runs.read_record(workdir).get('parent'))
+    b = run.config.branch
+    runs.Run.create(run.workdir, run.config, parent=None
+                    if b.from_workdir is None else
+                    {'workdir': b.from_workdir, 'step': b.from_step})
+  else:
+    run.record_resume(resumed_from, changes)
 
 
 def _host_metrics(step: int, state: TrainState, run: runs.Run, eval_fn, put,
@@ -201,13 +213,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                       process_count=jax.process_count())
     state, resumed_from = _resume(run, ckpt, state, data_iter, callbacks)
     if is_main:
-      _record_config(config, workdir, resumed_from, changes)
+      _record_config(run, resumed_from, changes)
       loop_utils.announce(config, run.dataset, state, workdir, resumed_from)
     start, final, keep = int(state.step), config.num_steps, set(keep_steps(config))
     # A fresh start rewrites step 0 on: drop lines of an attempt that died early.
-    writer = cleanup.enter_context(metrics_lib.MetricWriter(
-        workdir, resume_step=start if resumed_from is not None else -1,
-        enabled=is_main))
+    writer = cleanup.enter_context(run.metric_writer(
+        resume_step=start if resumed_from is not None else -1, enabled=is_main))
     p = run.parts
     step_fn = step_lib.make_train_step(p.model, p.tx, p.schedule, p.options,
                                        shardings)

@@ -22,7 +22,7 @@ import fcntl
 import json
 import os
 import socket
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, Mapping, Tuple
 
 # Prefixes of fields that do not change what is computed; everything else
 # must match. The last four change how (memory, kernels, layout), not what:
@@ -192,28 +192,14 @@ def check_resume(recorded: Mapping[str, Any], requested: Mapping[str, Any],
   return changes
 
 
-def record_resume(workdir: str, step: int,
+def record_resume(path: str, step: int,
                   changes: Mapping[str, Tuple[Any, Any]]) -> None:
-  """Appends the allowed changes of a resume to ``workdir/resumes.jsonl``."""
+  """Appends the allowed changes of a resume at ``step`` to the JSON-lines
+  file ``path`` (the run's ``resumes.jsonl``, named by `dynamics.runs`)."""
   if not changes:
     return
   entry = {'step': int(step),
            'time': datetime.datetime.now().isoformat(timespec='seconds'),
            'changed': {k: {'from': a, 'to': b} for k, (a, b) in changes.items()}}
-  with open(os.path.join(workdir, 'resumes.jsonl'), 'a') as f:
+  with open(path, 'a') as f:
     f.write(json.dumps(entry) + '\n')
-
-
-def holds_run(workdir: str) -> bool:
-  """Whether ``workdir`` holds a run (a recorded config or checkpoints)."""
-  return (os.path.isfile(os.path.join(workdir, 'config.json'))
-          or os.path.isdir(os.path.join(workdir, 'checkpoints')))
-
-
-def source_of(workdir: str) -> Optional[str]:
-  """The run a merge output was merged from (its ``merge.json``), if any."""
-  try:
-    with open(os.path.join(workdir, 'merge.json')) as f:
-      return json.load(f).get('source')
-  except (OSError, ValueError):
-    return None

@@ -32,7 +32,7 @@ def main(argv):
   del argv
   # Imported here so that --help answers before JAX starts.
   from analysis import probes  # pylint: disable=g-import-not-at-top
-  from dynamics import checkpoint, summary, train  # pylint: disable=g-import-not-at-top
+  from dynamics import checkpoint, runs, summary, train  # pylint: disable=g-import-not-at-top
 
   logging.set_verbosity(logging.ERROR)  # orbax logs every save at INFO.
   config = _CONFIG.value
@@ -53,7 +53,7 @@ def main(argv):
     print(f'\nInterrupted (Ctrl-C); {where}. Re-run the same command to '
           'resume.', file=sys.stderr)
     sys.exit(cli.EXIT_INTERRUPTED)
-  print(summary.summarize(workdir, state))
+  print(summary.summarize(runs.Run.open(workdir), state))
 
 
 if __name__ == '__main__':

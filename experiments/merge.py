@@ -16,7 +16,6 @@ output is a new directory, an earlier merge output of the same run, or the
 run itself.
 """
 
-import json
 import os
 
 from absl import flags
@@ -27,11 +26,11 @@ from dynamics import cli
 
 def _check_output(output: str, source: str) -> None:
   """Refuses an output directory that holds another run."""
-  from dynamics import workdir  # pylint: disable=g-import-not-at-top
+  from dynamics import runs  # pylint: disable=g-import-not-at-top
   output, source = os.path.abspath(output), os.path.abspath(source)
-  if output == source or not workdir.holds_run(output):
+  if output == source or not runs.holds_run(output):
     return
-  if workdir.source_of(output) == source:
+  if runs.merge_source(output) == source:
     return
   raise cli.UserError(
       f'--output={output} holds another run; a merge writes only into a new '
@@ -47,22 +46,24 @@ def merge_and_evaluate(workdir: str, window: int | None = None,
   The run is opened once; the merged checkpoints are read parameters-only.
   The merged model is saved as checkpoint ``step`` of ``output`` with the rest
   of the raw checkpoint's state (optimizer and model state, rng), so it opens
-  and resumes like any other checkpoint. ``window``, ``shape`` and
+  and resumes like any other checkpoint; ``output`` is a run of its own
+  (`dynamics.runs.Run.create`, the source checkpoint as its ``parent``)
+  whose metrics hold the merged model's eval. ``window``, ``shape`` and
   ``interval`` default to the run's ``merge.*`` fields.
 
   Raises:
     ValueError: a window longer than the run or not a multiple of the
-      interval, a missing checkpoint or setting (the message names it).
+      interval, a missing setting (the message names it).
+    RunNotFoundError: no run in ``workdir``, or a missing checkpoint.
     FileExistsError: ``output`` already holds a checkpoint at ``step``.
     cli.UserError: ``output`` holds another run.
   """
   # pylint: disable=g-import-not-at-top
   import jax
-  from configs import base
   from dynamics import checkpoint, merging, runs
   from dynamics import workdir as workdir_lib
 
-  run = runs.Run.open(workdir, defaults=base.get_config())
+  run = runs.Run.open(workdir)
   m = run.config.merge
   interval = interval or m.interval
   window = window or m.window
@@ -71,14 +72,11 @@ def merge_and_evaluate(workdir: str, window: int | None = None,
     if value is None:
       raise ValueError(f'{workdir} has no merge.{name} in its config; pass '
                        f'--{name}')
-  available = run.steps
-  if not available:
-    raise ValueError(f'no checkpoints in {workdir}')
-  step = available[-1] if step is None else step
+  step = run.resolve_step(step)
   steps = merging.window_steps(step, window, interval)
-  output = os.path.abspath(output or os.path.join(workdir, 'merged',
+  output = os.path.abspath(output or os.path.join(run.workdir, 'merged',
                                                   f'{shape}-w{window}'))
-  _check_output(output, workdir)
+  _check_output(output, run.workdir)
   if step in checkpoint.available_steps(output):
     raise FileExistsError(f'checkpoint {step} already exists in {output}; a '
                           'merge never overwrites one (pass another --output)')
@@ -88,23 +86,21 @@ def merge_and_evaluate(workdir: str, window: int | None = None,
   merged_eval = run.evaluate(params, raw.model_state)
   raw_eval = run.evaluate(raw.params, raw.model_state)
   record = {
-      'source': os.path.abspath(workdir), 'step': step, 'shape': shape,
+      'source': run.workdir, 'step': step, 'shape': shape,
       'window': window, 'interval': interval, 'steps': steps,
       'weights': [float(w) for w in weights],
       'eval_loss': merged_eval['loss'], 'eval_loss_raw': raw_eval['loss'],
   }
-  is_source = output == os.path.abspath(workdir)
   with workdir_lib.open_for_writing(output):  # No concurrent writer.
     checkpoint.save(output, step, raw.replace(params=params),
                     {'position': step})
-    if not is_source:  # The source keeps its own config and metrics.
-      with open(os.path.join(output, 'merge.json'), 'w') as f:
-        json.dump(record, f, indent=2)
-      runs.write_config(run.config, output)
-      with open(os.path.join(output, 'metrics.jsonl'), 'a') as f:
-        f.write(json.dumps({'step': step, **{
-            f'eval_{k}': float(v)
-            for k, v in jax.device_get(merged_eval).items()}}) + '\n')
+    if output != run.workdir:  # The source keeps its own config and metrics.
+      merged = runs.Run.create(output, run.config,
+                               parent={'workdir': run.workdir, 'step': step})
+      merged.write_merge(record)
+      with merged.metric_writer() as writer:
+        writer.write(step, {f'eval_{k}': float(v) for k, v in
+                            jax.device_get(merged_eval).items()})
   record['output'] = output
   return record
 

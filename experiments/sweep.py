@@ -39,7 +39,6 @@ did not finish.
 import csv
 import dataclasses
 import itertools
-import json
 import os
 import re
 import shlex
@@ -173,20 +172,25 @@ def plan(config: Any, config_arg: str, overrides: Sequence[str],
   return points
 
 
-def final_step(workdir: str) -> Optional[int]:
-  """The run's resolved ``num_steps`` (from its config.json), if started."""
+def _open(workdir: str):
+  """The point's `dynamics.runs.Run`, or None before it started."""
+  from dynamics import runs  # Late: --help should not start JAX.
   try:
-    with open(os.path.join(workdir, 'config.json')) as f:
-      return int(json.load(f)['num_steps'])
-  except (OSError, ValueError, KeyError):
+    return runs.Run.open(workdir)
+  except runs.RunNotFoundError:
     return None
+
+
+def final_step(workdir: str) -> Optional[int]:
+  """The run's resolved ``num_steps`` (as it recorded it), if started."""
+  run = _open(workdir)
+  return None if run is None else int(run.config.num_steps)
 
 
 def is_finished(workdir: str) -> bool:
   """Whether the point's final checkpoint exists."""
-  from dynamics import checkpoint  # Late: --help should not start orbax.
-  last = final_step(workdir)
-  return last is not None and last in checkpoint.available_steps(workdir)
+  run = _open(workdir)
+  return run is not None and run.config.num_steps in run.steps
 
 
 def run_local(points: Sequence[Point], parallel: int = 1,
@@ -226,12 +230,9 @@ def summary_rows(points: Sequence[Point]) -> List[Dict[str, Any]]:
   """One row per point: swept values, status and final losses."""
   rows = []
   for p in points:
-    last: Dict[str, Any] = {}
-    path = os.path.join(p.workdir, 'metrics.jsonl')
-    if os.path.exists(path):
-      with open(path) as f:
-        for line in f:
-          last.update(json.loads(line))
+    run, last = _open(p.workdir), {}
+    for record in run.metrics() if run is not None else ():
+      last.update(record)
     status = ('done' if is_finished(p.workdir) else
               'partial' if last else 'not started')
     rows.append(dict(point=p.name, **p.values, status=status,

@@ -1,7 +1,5 @@
 """Tests for analysis/annealing_law.py (Tissue et al.'s loss law)."""
 
-import json
-
 import jax
 import matplotlib
 import numpy as np
@@ -76,45 +74,50 @@ def test_fit_and_predict_reject_bad_input(curves):
     law.fit([law.Curve(np.arange(1, 6), np.ones(5), np.ones(3), 'x')])
 
 
-def test_load_curve_from_metrics(tmp_path, curves):
+def test_curve_from_metrics_interpolates_the_logged_rates(curves):
   wsd = curves['wsd']
-  with open(tmp_path / 'metrics.jsonl', 'w') as f:
-    for s in range(0, STEPS + 1, 10):
-      # As the core logs: the line at step s has the rate of update s.
-      row = {'step': s, 'train_loss': 9.0}
-      if s:
-        row['learning_rate'] = float(wsd.lrs[s - 1])
-      if s and s % 20 == 0:
-        row['eval_loss'] = float(law.predict(TRUE, wsd.lrs, [s])[0])
-      f.write(json.dumps(row) + '\n')
-  curve = law.load_curve(str(tmp_path))
+  records = []
+  for s in range(0, STEPS + 1, 10):
+    # As the core logs: the line at step s has the rate of update s.
+    row = {'step': s, 'train_loss': 9.0}
+    if s:
+      row['learning_rate'] = float(wsd.lrs[s - 1])
+    if s and s % 20 == 0:
+      row['eval_loss'] = float(law.predict(TRUE, wsd.lrs, [s])[0])
+    records.append(row)
+  curve = law.curve_from_metrics(records, name='w')
   np.testing.assert_array_equal(curve.steps, np.arange(20, STEPS + 1, 20))
-  # Without config.json the rates are interpolated from the logged ones,
-  # exact for this piecewise-linear schedule at the logged steps.
+  # Without given rates they are interpolated from the logged ones, exact
+  # for this piecewise-linear schedule at the logged steps.
   np.testing.assert_allclose(curve.lrs[9::10], wsd.lrs[9::10], atol=1e-9)
-  assert curve.name == tmp_path.name
-  given = law.load_curve(str(tmp_path), lrs=wsd.lrs, name='w')
+  assert curve.name == 'w'
+  given = law.curve_from_metrics(records, lrs=wsd.lrs, name='w')
   np.testing.assert_array_equal(given.lrs, wsd.lrs)
   fitted = law.fit([given, curves['constant']], min_step=50)
   assert abs(fitted.alpha - TRUE.alpha) < 1e-3 * TRUE.alpha
-  with pytest.raises(ValueError, match="no 'nope'"):
-    law.load_curve(str(tmp_path), key='nope')
+  with pytest.raises(ValueError, match="w: no 'nope' logged"):
+    law.curve_from_metrics(records, key='nope', name='w')
+  with pytest.raises(ValueError, match='no logged learning_rate'):
+    law.curve_from_metrics([{'step': 5, 'eval_loss': 1.0}])
 
 
 def test_load_curve_takes_the_rates_from_the_recorded_config(tmp_path):
   from configs import wsd
   from dynamics import runs
   config = wsd.get_config('smoke')
-  runs.write_config(config, str(tmp_path))
-  with open(tmp_path / 'metrics.jsonl', 'w') as f:
+  run = runs.Run.create(str(tmp_path), config)
+  with run.metric_writer() as writer:
     for s in (5, 10, 15):
       # A wrong logged rate: the recorded schedule must win.
-      f.write(json.dumps({'step': s, 'eval_loss': 1.0, 'learning_rate': 9.0})
-              + '\n')
-  curve = law.load_curve(str(tmp_path))
+      writer.write(s, {'eval_loss': 1.0 + s, 'learning_rate': 9.0})
+  curve = law.load_curve(runs.Run.open(str(tmp_path)))
   expected = law.schedule_values(schedules.from_config(config), 15)
   np.testing.assert_array_equal(curve.lrs, expected)
   assert expected.max() < 9.0
+  np.testing.assert_array_equal(curve.losses, [6.0, 11.0, 16.0])
+  assert curve.name == tmp_path.name
+  given = law.load_curve(run, lrs=np.ones(15), name='g')
+  assert given.name == 'g' and np.all(given.lrs == 1.0)
 
 
 def test_plot_fit_draws_every_curve(curves):

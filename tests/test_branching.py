@@ -4,7 +4,6 @@ One small constant-rate parent run (checkpoints every 8 steps for merging)
 serves the branching, EMA and merge tests.
 """
 
-import json
 import os
 
 import jax
@@ -13,8 +12,9 @@ import optax
 import pytest
 
 from configs import wsd as wsd_config
-from dynamics import checkpoint, config_lib, merging, metrics, train
-from dynamics.runs import Run
+from dynamics import checkpoint, config_lib, merging, metrics, runs as runs_lib
+from dynamics import train
+from dynamics.runs import Run, RunNotFoundError
 from experiments import merge
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
@@ -42,7 +42,7 @@ def _config(**changes):
 
 
 def _lines(workdir):
-  return {r['step']: r for r in metrics.read_metrics(workdir)}
+  return {r['step']: r for r in Run.open(workdir).metrics()}
 
 
 def _same_line(a, b, keys=('train_loss', 'learning_rate', 'grad_norm',
@@ -93,8 +93,7 @@ def test_branch_continues_the_parent_bit_for_bit(runs):
 
 
 def test_branch_records_parent_and_continues_optimizer_and_data(runs):
-  with open(os.path.join(runs['branch'], 'config.json')) as f:
-    recorded = json.load(f)
+  recorded = Run.open(runs['branch']).record
   assert recorded['parent'] == {'workdir': os.path.abspath(runs['parent']),
                                 'step': BRANCH_STEP}
   assert recorded['num_steps'] == BRANCH_STEP + DECAY
@@ -124,6 +123,15 @@ def test_branch_from_a_step_without_checkpoint_names_it(runs, tmp_path):
     train.train_and_evaluate(config, str(tmp_path / 'bad'))
 
 
+def test_branch_from_a_directory_without_a_run_names_it(tmp_path):
+  config = _config(**{'branch.from_workdir': str(tmp_path / 'nothing'),
+                      'branch.from_step': 8, 'branch.decay_steps': DECAY})
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'^config.branch.from_workdir=.*nothing: .*holds no '
+                     r'run \(config.json is missing\)$'):
+    train.train_and_evaluate(config, str(tmp_path / 'bad'))
+
+
 def test_ema_follows_incremental_update_and_is_evaluated(runs):
   workdir = runs['parent']
   run = Run.open(workdir)
@@ -146,7 +154,7 @@ def test_ema_follows_incremental_update_and_is_evaluated(runs):
     np.testing.assert_array_equal(a, b)
 
 
-def test_merge_checkpoints_and_the_merge_command(runs, tmp_path):
+def test_merge_checkpoints_and_the_merge_command(runs, tmp_path, monkeypatch):
   parent = runs['parent']
   steps = merging.window_steps(PARENT_STEPS, 24, 8)
   assert steps == [8, 16, 24]
@@ -159,15 +167,28 @@ def test_merge_checkpoints_and_the_merge_command(runs, tmp_path):
       *loaded)
   for got, want in zip(jax.tree.leaves(merged), jax.tree.leaves(expected)):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-  with pytest.raises(ValueError, match=r'no checkpoint at step 18 in .*'
+  with pytest.raises(RunNotFoundError, match=r'no checkpoint at step 18 in .*'
                      r'available steps: \[8, 10, 11, 16, 24\]'):
     merging.merge_checkpoints(run, [18, 24], [0.5, 0.5])
   with pytest.raises(ValueError, match='sum to 1.*0.9'):
     merging.merge_checkpoints(run, [16, 24], [0.5, 0.4])
 
   out = str(tmp_path / 'merged')
+  written = []
+  write = metrics.MetricWriter.write
+  monkeypatch.setattr(metrics.MetricWriter, 'write', lambda self, step, m: (
+      written.append((self.path, step)), write(self, step, m)))
   record = merge.merge_and_evaluate(parent, window=24, shape='cosine',
                                     output=out)
+  # The output is a run of its own: recorded by Run.create with the source
+  # checkpoint as its parent, its metrics written by the MetricWriter.
+  merged_run = Run.open(out)
+  assert merged_run.parent == {'workdir': os.path.abspath(parent),
+                               'step': PARENT_STEPS}
+  assert merged_run.config.to_dict() == Run.open(parent).config.to_dict()
+  assert written == [(merged_run.metrics_path, PARENT_STEPS)]
+  assert [m['step'] for m in merged_run.metrics()] == [PARENT_STEPS]
+  assert runs_lib.merge_source(out) == os.path.abspath(parent)
   assert record['steps'] == steps and record['step'] == PARENT_STEPS
   np.testing.assert_allclose(record['weights'], weights, rtol=1e-15)
   saved = Run.open(out).state(PARENT_STEPS)

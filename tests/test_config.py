@@ -135,4 +135,5 @@ def test_optional_fields_parse_from_the_command_line(tmp_path):
               '--config.branch.from_step=20', '--config.branch.decay_steps=10',
               '--config.optimizer.sam.rho=0.05', '--config.ema.decay=0.9')
   assert out.returncode != 0
-  assert 'config.branch.from_step=20: no checkpoint at that step' in out.stderr
+  assert (f'config.branch.from_workdir={tmp_path}/none: {tmp_path}/none holds '
+          'no run') in out.stderr

@@ -240,7 +240,9 @@ def test_probe_logs_during_training(tmp_path):
 
   # After training, the same statistics from the checkpoint (step 0 has none:
   # it is rebuilt from the seed) on the same probe set.
-  report = ntk_lib.analyze_checkpoints(str(tmp_path), [0, 4], num_examples=20,
+  from dynamics import runs
+  run = runs.Run.open(str(tmp_path))
+  report = ntk_lib.analyze_checkpoints(run, [0, 4], num_examples=20,
                                        num_eigs=5)
   first, last = report['per_step']
   assert first['distance_from_first'] == 0.0
@@ -256,10 +258,9 @@ def test_probe_logs_during_training(tmp_path):
   np.testing.assert_allclose(last['distance_from_first'],
                              logged[4]['ntk_distance_init'], rtol=1e-5)
   assert report['distance_matrix'][0][1] == report['distance_matrix'][1][0]
-  from dynamics import runs
-  with pytest.raises(runs.RunNotFoundError, match=r'no checkpoints at steps \[3\].*'
-                     r'available steps: \[4\]'):
-    ntk_lib.analyze_checkpoints(str(tmp_path), [0, 3])
+  with pytest.raises(runs.RunNotFoundError, match=r'no checkpoint at step 3 '
+                     r'.*available steps: \[4\]'):
+    ntk_lib.analyze_checkpoints(run, [0, 3])
 
   # The command writes the same report, JSON and PNG.
   out = tmp_path / 'ntk_out'

@@ -297,6 +297,58 @@ def test_tensorboard_is_trimmed_on_resume(tmp_path):
   assert steps == list(range(1, 13))  # Steps 7-9 of the first attempt: once.
 
 
+class _StopAt:
+  """A probe that dies (Ctrl-C) at ``step``, between two checkpoints."""
+  every = 1
+
+  def __init__(self, step):
+    self.step = step
+
+  def __call__(self, state, run):
+    if int(state.step) == self.step:
+      raise KeyboardInterrupt
+    return {}
+
+
+@pytest.mark.parametrize('tail', [b'{"step": 10, "train_lo', b'\0' * 64],
+                         ids=['partial line', 'NUL padding'])
+def test_a_torn_metrics_tail_does_not_block_the_resume(tmp_path, capfd, tail):
+  workdir = str(tmp_path / 'run')
+  config = small_config(**{'log_every': 1})
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, workdir, callbacks=[_StopAt(9)])
+  run = runs.Run.open(workdir)
+  with open(run.metrics_path, 'ab') as f:  # What a node or NFS crash leaves.
+    f.write(tail)
+  capfd.readouterr()
+  train.train_and_evaluate(config, workdir)
+  warnings = [l for l in capfd.readouterr().err.splitlines() if 'WARNING' in l]
+  assert warnings == [f'WARNING: {run.metrics_path}: dropped an unreadable '
+                      'tail from line 10 on (a partial write or NUL padding, '
+                      'as a crash can leave)']
+  assert [m['step'] for m in run.metrics() if 'train_loss' in m] == list(
+      range(1, 13))  # Steps 7-9 of the first attempt once; nothing torn.
+
+
+def test_damaged_metrics_stop_a_resume_in_one_line(run_copy):
+  run = runs.Run.open(run_copy)
+  with open(run.metrics_path) as f:
+    lines = f.readlines()
+  lines[1] = lines[1][:10] + '\n'
+  with open(run.metrics_path, 'w') as f:
+    f.writelines(lines)
+  out = _main('--config=configs/wsd.py:smoke', '--config.num_steps=12',
+              '--config.eval_every=6', '--config.eval_batches=1',
+              '--config.checkpoint.every_steps=6', '--config.model.num_layers=1',
+              f'--workdir={run_copy}')
+  assert out.returncode == cli.EXIT_USER_ERROR, out.stderr
+  assert 'Traceback' not in out.stderr
+  assert out.stderr.strip().splitlines()[-1] == (
+      f'Error: {run.metrics_path}:2: not a JSON object, yet good lines follow '
+      'it (the file was damaged after it was written); repair or remove that '
+      'line')
+
+
 def test_an_empty_step_directory_is_not_a_checkpoint(run_copy):
   os.makedirs(os.path.join(run_copy, 'checkpoints', '50'))
   run = runs.Run.open(run_copy)

@@ -149,7 +149,7 @@ def main(argv):
   from configs import base  # pylint: disable=g-import-not-at-top
   from dynamics import runs  # pylint: disable=g-import-not-at-top
 
-  run = runs.Run.open(_WORKDIR.value, defaults=base.get_config())
+  run = runs.Run.open(_WORKDIR.value)
   step = _check(run, hessian)
   out = _OUT.value or run.workdir
   os.makedirs(out, exist_ok=True)

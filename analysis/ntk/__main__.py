@@ -63,11 +63,10 @@ def main(argv):
   # Deferred: --help answers without loading flax, orbax or matplotlib.
   from analysis import ntk  # pylint: disable=g-import-not-at-top
   from analysis import plots  # pylint: disable=g-import-not-at-top
-  from configs import base  # pylint: disable=g-import-not-at-top
   from dynamics import runs  # pylint: disable=g-import-not-at-top
 
   steps = _steps(_STEPS.value)
-  run = runs.Run.open(_WORKDIR.value, defaults=base.get_config())
+  run = runs.Run.open(_WORKDIR.value)
   try:
     report = ntk.analyze_checkpoints(
         run, steps, num_examples=_NUM_EXAMPLES.value, num_eigs=_NUM_EIGS.value,

@@ -2,7 +2,7 @@
 reports (the plots are `analysis.plots.ntk_report`)."""
 
 import math
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -26,20 +26,20 @@ def _select_outputs(apply_fn, outputs: str):
   return last
 
 
-def analyze_checkpoints(workdir: Union[str, runs.Run],
+def analyze_checkpoints(run: runs.Run,
                         steps: Optional[Sequence[int]] = None, *,
                         num_examples: int = 128, num_eigs: int = 50,
                         method: str = 'auto', batch_size: Optional[int] = None,
                         outputs: str = 'all', memory_limit: Optional[int] = None,
                         progress: bool = False) -> Dict[str, Any]:
-  """NTK statistics of ``workdir``'s checkpoints on a fixed held-out probe set.
+  """NTK statistics of a run's checkpoints on a fixed held-out probe set.
 
-  The run is opened once (`dynamics.runs.Run.open`); each step restores only
-  its parameters and model state. Step 0 is the run's initialization
-  (deterministic in ``config.seed``) when it has no checkpoint.
+  Each step restores only its parameters and model state. Step 0 is the
+  run's initialization (deterministic in ``config.seed``) when it has no
+  checkpoint.
 
   Args:
-    workdir: the run directory (or an opened `dynamics.runs.Run`).
+    run: the run (``Run.open(workdir)``).
     steps: checkpoint steps (default: all of them).
     num_examples: probe examples (``Run.probe_batches``: held out).
     num_eigs: eigenvalues kept per step.
@@ -56,26 +56,20 @@ def analyze_checkpoints(workdir: Union[str, runs.Run],
     ``distance_matrix`` (kernel distances between all pairs of steps).
 
   Raises:
-    RunNotFoundError: a step without a checkpoint (other than 0); the message
-      lists the available steps.
+    RunNotFoundError: a step without a checkpoint (other than 0), before
+      anything is computed; the message lists the available steps.
 
   Example:
-    >>> report = analyze_checkpoints('runs/lazy_rich', [0, 2000])  # doctest: +SKIP
+    >>> run = Run.open('runs/lazy_rich')  # doctest: +SKIP
+    >>> report = analyze_checkpoints(run, [0, 2000])  # doctest: +SKIP
     >>> report['per_step'][1]['distance_from_first']  # doctest: +SKIP
     0.12
   """
-  if isinstance(workdir, runs.Run):
-    run = workdir
-  else:
-    from configs import base  # pylint: disable=g-import-not-at-top
-    run = runs.Run.open(workdir, defaults=base.get_config())
   available = run.steps
   steps = list(available if steps is None else steps)
-  missing = [s for s in steps if s not in available and s != 0]
-  if missing:
-    raise runs.RunNotFoundError(
-        f'no checkpoints at steps {missing} in {run.workdir}; available '
-        f'steps: {available}')
+  for step in steps:
+    if step != 0:  # Step 0 without a checkpoint: the initialization.
+      run.resolve_step(step)
   per_batch = max(1, int(run.dataset.batch_size))
   batches = run.probe_batches(math.ceil(num_examples / per_batch))
   inputs, targets = stats.probe_examples(batches, num_examples)

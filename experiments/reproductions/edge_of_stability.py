@@ -39,7 +39,6 @@ from jax.flatten_util import ravel_pytree
 
 from analysis import hessian
 from configs import eos as eos_config
-from dynamics import metrics as metrics_lib
 from dynamics import runs
 from dynamics import train as train_lib
 from experiments.reproductions import common
@@ -179,7 +178,7 @@ def _train(c, loss_fn, trace_probes: int) -> Dict[str, List[float]]:
   with tempfile.TemporaryDirectory() as workdir:
     train_lib.train_and_evaluate(
         c, workdir, callbacks=[TrainingSetCurvature(c, loss_fn, trace_probes)])
-    records = metrics_lib.read_metrics(workdir)
+    records = runs.Run.open(workdir).metrics()
   curve = {'step': [], 'sharpness': [], 'loss': [], 'trace_step': [],
            'trace': []}
   for r in records:

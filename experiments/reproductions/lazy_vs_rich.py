@@ -37,7 +37,7 @@ from analysis import ntk as ntk_lib
 from analysis import plots
 from analysis import probes
 from configs import lazy_rich
-from dynamics import metrics, runs, train
+from dynamics import runs, train
 from experiments.reproductions import common
 
 FIGURES = ('lazy_vs_rich_alpha.png', 'lazy_vs_rich_width.png')
@@ -87,11 +87,12 @@ def configs(size: str) -> Dict[str, Any]:
 def measure(c, workdir: str) -> Dict[str, float]:
   """Trains ``c`` into ``workdir``; the NTK and parameter movement."""
   state = train.train_and_evaluate(c, workdir, callbacks=probes.from_config(c))
-  lines = list(metrics.read_metrics(workdir))
+  run = runs.Run.open(workdir)
+  lines = run.metrics()
   at = lambda step, key: next(m[key] for m in lines
                               if m['step'] == step and key in m)
   last = c.num_steps
-  params_0 = runs.Run.open(workdir).params(0)
+  params_0 = run.params(0)
   return {
       'kernel_distance': at(last, 'ntk_distance_init'),
       'param_change': float(ntk_lib.relative_param_change(params_0, state.params)),
