@@ -126,7 +126,7 @@ def jacobian_spectrum(report: Dict[str, Any], path: str) -> str:
   Hessian eigenvectors with the bulk / amplified / contracted subspaces.
 
   Args:
-    report: what `analysis.jacobian.analyze_config` returns.
+    report: what `analysis.jacobian.analyze_run` returns.
     path: the PNG to write.
   """
   s = np.sort(np.asarray(report['singular_values']))[::-1]

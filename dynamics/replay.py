@@ -53,6 +53,23 @@ def table_schedule(rates_T: jax.Array) -> optax.Schedule:
   return lambda count: rates_T[jnp.minimum(count, last)]
 
 
+def stacked_batches(dataset: Any, num_steps: int, start: int = 0) -> Batch:
+  """Training batches ``start .. start + num_steps - 1`` of ``dataset``
+  stacked on a leading axis (host arrays, in the order the loop reads them).
+
+  Example:
+    >>> from dynamics import data
+    >>> from dynamics.config_schema import defaults
+    >>> c = defaults()
+    >>> c.data.name, c.data.batch_size = 'digits', 8
+    >>> b = stacked_batches(data.get_dataset(c), 3)
+    >>> b['inputs'].shape[:2], b['targets'].shape[:2]
+    ((3, 8), (3, 8))
+  """
+  batches = [dataset.train_batch(i) for i in range(start, start + num_steps)]
+  return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
 def checkpointed_scan(body: Callable[[Any, Any], Tuple[Any, Any]], carry: Any,
                       xs: Any, checkpoint_every: Optional[int] = None
                       ) -> Tuple[Any, Any]:

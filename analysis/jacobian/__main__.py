@@ -12,7 +12,7 @@ Flags:
   --chunk_size=128         basis vectors per forward-mode pass
   --output_dir=DIR         default: runs/<config.name>/jacobian
 
-Writes ``spectrum.json`` (see `analysis.jacobian.analyze_config`) and
+Writes ``spectrum.json`` (see `analysis.jacobian.analyze_run`) and
 ``spectrum.png`` (`analysis.plots.jacobian_spectrum`).
 """
 
@@ -52,12 +52,13 @@ def main(argv):
   from analysis import jacobian  # pylint: disable=g-import-not-at-top
   from analysis import plots  # pylint: disable=g-import-not-at-top
   from dynamics import config_lib  # pylint: disable=g-import-not-at-top
+  from dynamics import runs  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
   config_lib.validate(config)  # A bad value: one line, before compiling.
   try:
-    report = jacobian.analyze_config(
-        config, bulk_tol=_BULK_TOL.value, hessian_k=_HESSIAN_K.value,
+    report = jacobian.analyze_run(
+        runs.Run(config), bulk_tol=_BULK_TOL.value, hessian_k=_HESSIAN_K.value,
         dense_max=_DENSE_MAX.value, svd_k=_SVD_K.value,
         chunk_size=_CHUNK_SIZE.value)
   except jacobian.RandomnessNotFixedError as e:

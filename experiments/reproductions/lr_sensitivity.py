@@ -18,8 +18,8 @@ What runs: `configs/lr_sensitivity.py` (``:sweep`` at full size,
 ``:smoke_sweep`` at smoke size), the baseline and ``model.qk_norm=True,
 loss.z_loss=1e-4``, over a factor-2 grid of peak rates and the seeds (init,
 data order and held-out batches). Each variant compiles the library's
-`dynamics.step.train_step` once in a ``lax.scan`` (`common.scan_train_fn`)
-and replays it for every rate and seed. Per run: the final eval
+`dynamics.step.train_step` once in a ``lax.scan``
+(`dynamics.replay.make_scan_train`) and replays it for every rate and seed. Per run: the final eval
 cross-entropy (the z-loss term excluded; a non-finite loss counts as
 ``l_0``), and the instability probes of the final parameters on a held-out
 batch (`dynamics.losses.compute_loss` with the per-layer probes: the largest
@@ -38,7 +38,7 @@ import numpy as np
 
 from analysis import plots
 from configs import lr_sensitivity as lr_sensitivity_config
-from dynamics import losses, runs
+from dynamics import losses, replay, runs
 from experiments.reproductions import common
 
 FIGURES = ('lr_sensitivity.png',)
@@ -81,7 +81,7 @@ def sensitivity(final_losses: Sequence[float], loss0: float) -> float:
 def _run_variant(size: str, variant: str, seeds: Sequence[int],
                  rates: Sequence[float], log) -> Dict[str, Any]:
   run0 = runs.Run(config(size, variant, seeds[0]))
-  train = common.scan_train_fn(run0)
+  train = replay.make_scan_train(run0)
   probes = jax.jit(lambda p, s, b: _probes_arrays(run0, p, s, b))
   key = 'cross_entropy' if VARIANTS[variant]['z_loss'] else 'loss'
   out = {repr(float(r)): {'eval_loss': [], 'attn_logit_max': [], 'log_z': []}
@@ -89,12 +89,12 @@ def _run_variant(size: str, variant: str, seeds: Sequence[int],
   for seed in seeds:
     run = run0 if seed == seeds[0] else runs.Run(config(size, variant, seed))
     state0 = run.init_state()
-    batches = jax.tree.map(jnp.asarray, common.stacked_batches(
+    batches = jax.tree.map(jnp.asarray, replay.stacked_batches(
         run.dataset, run.config.num_steps))
     probe_batch = jax.tree.map(jnp.asarray, run.probe_batches(1)[0])
     for lr in rates:
       lrs = common.lr_table(config(size, variant, seed, lr))
-      state, _ = train(state0, lrs, batches)
+      state, _ = train(state0, batches, lrs)
       ev = run.evaluate(state.params, state.model_state,
                         eval_fn=run0.eval_step)[key]
       p = {k: float(v) for k, v in probes(state.params, state.model_state,

@@ -19,9 +19,9 @@ What runs: `configs/stable_spam_4bit.py` (``:sweep`` at full size,
 and format): the small GPT on the embedded Markov language, every linear
 layer fake-quantized (`dynamics.quantization`), no gradient clipping, a
 warmup-cosine schedule. Each (optimizer, format) compiles the library's
-`dynamics.step.train_step` once in a ``lax.scan`` (`common.scan_train_fn`)
-and replays it for every rate and seed; the per-update train losses give the
-spikes. The smoke size checks this machinery on Adam in INT4 only.
+`dynamics.step.train_step` once in a ``lax.scan``
+(`dynamics.replay.make_scan_train`) and replays it for every rate and seed;
+the per-update train losses give the spikes. The smoke size checks this machinery on Adam in INT4 only.
 
 Definitions (``numbers['definitions']`` records them):
 
@@ -44,7 +44,7 @@ import numpy as np
 
 from analysis import plots
 from configs import stable_spam_4bit
-from dynamics import runs
+from dynamics import replay, runs
 from experiments.reproductions import common
 
 FIGURES = ('optimizers_4bit.png',)
@@ -147,18 +147,18 @@ def _run_sweep(size: str, optimizer: str, fmt: str, seeds: Sequence[int],
                rates: Sequence[float], log) -> Dict[str, Any]:
   """Every rate and seed of one optimizer and format (one compilation)."""
   run0 = runs.Run(config(size, optimizer, fmt, seeds[0]))
-  train = common.scan_train_fn(run0)
+  train = replay.make_scan_train(run0)
   out: Dict[str, Any] = {}
   for seed in seeds:
     run = run0 if seed == seeds[0] else runs.Run(
         config(size, optimizer, fmt, seed))
     state0 = run.init_state()
-    batches = jax.tree.map(jnp.asarray, common.stacked_batches(
+    batches = jax.tree.map(jnp.asarray, replay.stacked_batches(
         run.dataset, run.config.num_steps))
     floor = float(run.dataset.info.loss_floor)
     for lr in rates:
       lrs = common.lr_table(config(size, optimizer, fmt, seed, lr))
-      state, metrics = train(state0, jnp.asarray(lrs), batches)
+      state, metrics = train(state0, batches, lrs)
       losses = np.asarray(jax.device_get(metrics['loss']), np.float64)
       ev = run.evaluate(state.params, state.model_state,
                         eval_fn=run0.eval_step)['loss']

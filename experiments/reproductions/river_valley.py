@@ -14,8 +14,8 @@ matches an actual decay. Tissue et al. (2024): the loss follows
 What runs, per seed (init, data order and held-out batches): the transformer,
 data and AdamW of `configs/river_valley.py`. Every method replays the
 library's `dynamics.step.train_step` on the same batches in a jitted
-``lax.scan`` whose learning rate is a table filled from a `dynamics.schedules`
-schedule (one compilation for all methods and seeds): constant (warmup, then
+``lax.scan`` (`dynamics.replay.make_scan_train`) whose learning rate is a
+table filled from a `dynamics.schedules` schedule (one compilation for all methods and seeds): constant (warmup, then
 the peak up to the last budget); WSD linear / cosine / 1-sqrt, branches of the
 constant run decaying over the last ``decay_fraction`` of each budget
 (`schedules.wsd`, what ``--config.branch.*`` does); one warmup-cosine run per
@@ -41,8 +41,8 @@ from analysis import annealing_law as law
 from analysis import plots
 from configs import river_valley as river_valley_config
 from dynamics import data as data_lib
-from dynamics import merging, optim, parametrization, runs, schedules
-from dynamics import step as step_lib
+from dynamics import merging, runs, schedules
+from dynamics import replay as replay_lib
 from experiments.reproductions import common
 
 FIGURES = ('wsd_river_valley_signature.png', 'wsd_river_valley_final_loss.png',
@@ -114,37 +114,13 @@ def _lr_tables(setup_json: str) -> Dict[str, np.ndarray]:
   return {k: np.asarray(v, np.float64) for k, v in tables.items()}
 
 
-def replay_fn(run) -> Callable:
-  """Jitted ``replay(state, lrs_T, inputs, targets, length)``: ``length``
-  updates of `dynamics.step.train_step` on ``inputs[state.step]``, ... with
-  learning rate ``lrs_T[step]``: one compilation for every schedule and for
-  every run with the same model, step options and optimizer."""
-  model, options = run.model, run.options
-  optimizer_config = parametrization.optimizer_config(run.config)
-
-  @functools.partial(jax.jit, static_argnums=4)
-  def replay(state, lrs_T, inputs_TxBxL, targets_TxBxL, length):
-    schedule = lambda count: lrs_T[jnp.minimum(count, lrs_T.shape[0] - 1)]
-    tx = optim.build_optimizer(optimizer_config, schedule)
-
-    def body(st, _):
-      batch = {'inputs': inputs_TxBxL[st.step], 'targets': targets_TxBxL[st.step]}
-      return step_lib.train_step(st, batch, model=model, tx=tx,
-                                 schedule=schedule, options=options)[0], None
-
-    return jax.lax.scan(body, state, None, length=length)[0]
-
-  return replay
-
-
 def _train_seed(run, replay, held_out, log) -> Dict[str, Any]:
   """Every method of one seed: eval curves and final losses on ``held_out``."""
   setup = setup_of(run.config)
   budgets, every, last = setup['budgets'], setup['eval_every'], setup['budgets'][-1]
-  batches = [run.dataset.train_batch(i) for i in range(last)]
-  inputs = jnp.asarray(np.stack([b['inputs'] for b in batches]))
-  targets = jnp.asarray(np.stack([b['targets'] for b in batches]))
-  tables = {k: jnp.asarray(v, jnp.float32) for k, v in lr_tables(setup).items()}
+  batches = jax.tree.map(jnp.asarray,
+                         replay_lib.stacked_batches(run.dataset, last))
+  tables = {k: np.asarray(v, np.float32) for k, v in lr_tables(setup).items()}
   evaluate = lambda params, model_state: float(runs.evaluate(
       params, model_state, held_out, run.eval_step, run.config.eval_batches)['loss'])
 
@@ -152,7 +128,8 @@ def _train_seed(run, replay, held_out, log) -> Dict[str, Any]:
     steps, losses, kept, step = [], [], {}, start
     while step < stop:
       length = min(every - step % every, stop - step)
-      state = replay(state, tables[key], inputs, targets, length)
+      state, _ = replay(state, jax.tree.map(lambda a: a[step:step + length],
+                                            batches), tables[key])
       step += length
       steps.append(step)
       losses.append(evaluate(state.params, state.model_state))
@@ -264,7 +241,7 @@ def run(size: str, seeds: Sequence[int], log=print) -> Dict[str, Any]:
     log(f'river_valley: seed {seed} ({size})')
     handle = runs.Run(config(size, seed))
     if replay is None:
-      replay, first = replay_fn(handle), handle
+      replay, first = replay_lib.make_scan_train(handle, ()), handle
     # Only the seed differs, so the first seed's compilation serves them all.
     assert handle.model == first.model and handle.options == first.options
     per_seed.append(_train_seed(handle, replay, held_out, log))
