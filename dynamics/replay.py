@@ -29,7 +29,7 @@ import optax
 from dynamics import optim as optim_lib
 from dynamics import parametrization
 from dynamics import step as step_lib
-from dynamics.types import Batch, PyTree
+from dynamics.types import Batch
 
 Metrics = step_lib.Metrics
 ScanTrainFn = Callable[[step_lib.TrainState, Batch, Any],

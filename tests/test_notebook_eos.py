@@ -5,8 +5,8 @@ draws the figures and prints its conclusions. Each printed number is checked
 against the JSON here, formatted independently of the notebook's code.
 """
 
-from experiments.reproductions import common
-from experiments.reproductions import edge_of_stability as eos
+from analysis import results
+from analysis.results import edge_of_stability as eos
 from notebooks import run_notebook
 
 FIGURES = ('eos_gd_sharpness.png', 'eos_sam_sharpness.png', 'eos_sgd_trace.png')
@@ -20,7 +20,7 @@ def _pm(stats, digits):
 def test_notebook_prints_the_committed_numbers(tmp_path, monkeypatch):
   _, text = run_notebook('edge_of_stability', tmp_path, monkeypatch)
   lines = text.splitlines()
-  record = common.read_result('edge_of_stability')
+  record = results.read_result('edge_of_stability')
   numbers = record['numbers']
   for name in FIGURES:
     assert (tmp_path / name).stat().st_size > 10_000, name

@@ -1,10 +1,10 @@
 """analysis/notebooks/lr_sensitivity.ipynb reads the committed results and
-prints exactly the lines the reproduction module makes from them."""
+prints exactly the lines analysis.results.lr_sensitivity makes from them."""
 
 import jax
 
-from experiments.reproductions import common
-from experiments.reproductions import lr_sensitivity
+from analysis import results
+from analysis.results import lr_sensitivity
 from notebooks import run_notebook
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
@@ -12,7 +12,7 @@ jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 def test_notebook_prints_the_committed_sweep(tmp_path, monkeypatch):
   nb, text = run_notebook('lr_sensitivity', tmp_path, monkeypatch)
-  numbers = common.read_result('lr_sensitivity')['numbers']
+  numbers = results.read_result('lr_sensitivity')['numbers']
   printed = text.splitlines()
   expected = lr_sensitivity.report_lines(numbers)
   expected += [f"{claim}: {'holds' if holds else 'does not hold'}"

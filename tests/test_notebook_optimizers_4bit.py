@@ -1,10 +1,10 @@
 """analysis/notebooks/optimizers_4bit.ipynb reads the committed results and
-prints exactly the lines the reproduction module makes from them."""
+prints exactly the lines analysis.results.optimizers_4bit makes from them."""
 
 import jax
 
-from experiments.reproductions import common
-from experiments.reproductions import optimizers_4bit
+from analysis import results
+from analysis.results import optimizers_4bit
 from notebooks import run_notebook
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
@@ -12,7 +12,7 @@ jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 def test_notebook_prints_the_committed_sweep(tmp_path, monkeypatch):
   nb, text = run_notebook('optimizers_4bit', tmp_path, monkeypatch)
-  numbers = common.read_result('optimizers_4bit')['numbers']
+  numbers = results.read_result('optimizers_4bit')['numbers']
   printed = text.splitlines()
   expected = optimizers_4bit.report_lines(numbers)
   expected += [f"{claim}: {'holds' if holds else 'does not hold'}"

@@ -17,11 +17,11 @@ def test_training_jacobian_notebook_prints_the_committed_numbers(monkeypatch,
                                                                 tmp_path):
   """It reads results/training_jacobian.json and prints each number and each
   verdict as the JSON has them (formatted here independently)."""
-  from experiments.reproductions import common
-  from experiments.reproductions import training_jacobian as tj
+  from analysis import results
+  from analysis.results import training_jacobian as tj
   _, text = run_notebook('training_jacobian', tmp_path, monkeypatch, timeout=300)
   lines = text.splitlines()
-  record = common.read_result('training_jacobian')
+  record = results.read_result('training_jacobian')
   numbers = record['numbers']
   for name in tj.FIGURES:
     assert (tmp_path / name).stat().st_size > 10_000, name
@@ -52,11 +52,11 @@ def test_training_jacobian_notebook_prints_the_committed_numbers(monkeypatch,
 def test_lazy_vs_rich_notebook_prints_the_committed_numbers(monkeypatch, tmp_path):
   """It reads results/lazy_vs_rich.json (no training) and prints each number
   and each verdict as the JSON has them."""
-  from experiments.reproductions import common
-  from experiments.reproductions import lazy_vs_rich as lvr
+  from analysis import results
+  from analysis.results import lazy_vs_rich as lvr
   _, text = run_notebook('lazy_vs_rich', tmp_path, monkeypatch, timeout=300)
   lines = text.splitlines()
-  numbers = common.read_result('lazy_vs_rich')['numbers']
+  numbers = results.read_result('lazy_vs_rich')['numbers']
   for name in lvr.FIGURES:
     assert (tmp_path / name).stat().st_size > 10_000, name
   pm = lambda s, d: f"{s['mean']:.{d}f} ± {s['std']:.{d}f}"

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from analysis.results import lr_sensitivity as reading
 from experiments import reproduce
 from experiments.reproductions import lr_sensitivity as m
 
@@ -29,7 +30,7 @@ def test_smoke_sweep_finds_the_basin_and_caps_the_blow_up(record):
   loss0 = n['setup']['loss_at_init']
   assert loss0 == pytest.approx(math.log(32))
   assert n['learning_rates'] == [3e-3, 3e-2, 30.0]
-  for v in m.VARIANTS:
+  for v in reading.VARIANTS:
     s = n['summary'][v]
     # 30 blows up (non-finite or above log V): capped at the loss at init.
     assert s['loss']['30.0']['values'] == [loss0], v
@@ -43,12 +44,12 @@ def test_smoke_sweep_finds_the_basin_and_caps_the_blow_up(record):
     assert s['sensitivity']['values'] == [
         pytest.approx(np.mean(losses) - min(losses), abs=1e-12)]
     assert s['sensitivity']['values'][0] > (loss0 - min(losses)) / 3 - 1e-9
-  assert m.claims(n)['largest_rate_worse_than_best']
+  assert reading.claims(n)['largest_rate_worse_than_best']
   with open(os.path.join(out, 'lr_sensitivity.smoke.json')) as f:
     assert json.load(f)['numbers']['summary'] == json.loads(json.dumps(n['summary']))
-  row = m.readme_row(n)
+  row = reading.readme_row(n)
   assert row.startswith('| ![LR sensitivity](docs/figures/lr_sensitivity.png) |')
-  assert m.conclusion(n) in row
+  assert reading.conclusion(n) in row
   assert os.path.getsize(os.path.join(out, 'lr_sensitivity.png')) > 10_000
 
 

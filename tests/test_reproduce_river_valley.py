@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from analysis.results import river_valley as reading
 from experiments import reproduce
 from experiments.reproductions import river_valley as m
 
@@ -24,7 +25,7 @@ def record(tmp_path_factory):
 
 
 def _claim(numbers, start):
-  return next(ok for claim, ok in m.claims(numbers).items()
+  return next(ok for claim, ok in reading.claims(numbers).items()
               if claim.startswith(start))
 
 
@@ -61,12 +62,12 @@ def test_results_file_figures_and_rows_come_from_the_numbers(record):
     stored = json.load(f)
   assert stored['seeds'] == [0] and stored['size'] == 'smoke'
   assert stored['numbers']['final'] == json.loads(json.dumps(n['final']))
-  for name in m.FIGURES:
+  for name in reading.FIGURES:
     assert os.path.getsize(os.path.join(out, name)) > 10_000, name
   # The JSON sorts its keys: the rows and claims must not depend on order.
-  assert m.readme_row(stored['numbers']) == m.readme_row(n)
-  assert m.claims(stored['numbers']) == m.claims(n)
-  rows = m.readme_row(n).split('\n')
+  assert reading.readme_row(stored['numbers']) == reading.readme_row(n)
+  assert reading.claims(stored['numbers']) == reading.claims(n)
+  rows = reading.readme_row(n).split('\n')
   assert len(rows) == 3 and all(r.startswith('| ![') and r.endswith(' |')
                                 for r in rows)
   sig = n['signature']
@@ -97,9 +98,9 @@ def test_claims_follow_the_verdicts():
           'wsm_vs_decay': {'200': cmp('within noise'), '400': cmp('a higher')}},
       'law': {'held_out_mean': {'mean': 0.009}},
   }
-  assert list(m.claims(numbers).values()) == [True, True, True, True, False, True]
+  assert list(reading.claims(numbers).values()) == [True, True, True, True, False, True]
   numbers['signature']['400'] = cmp('within noise')
   numbers['comparisons']['wsds_vs_wsd']['400'] = cmp('a higher')
   numbers['law']['held_out_mean']['mean'] = 0.011
-  assert list(m.claims(numbers).values()) == [False, True, False, True, False,
+  assert list(reading.claims(numbers).values()) == [False, True, False, True, False,
                                               False]

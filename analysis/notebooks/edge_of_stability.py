@@ -44,19 +44,13 @@
 
 # %%
 import os
-import sys
 
-ROOT = os.path.abspath(os.getcwd())
-while not os.path.isdir(os.path.join(ROOT, 'dynamics')) and ROOT != '/':
-  ROOT = os.path.dirname(ROOT)
-sys.path.insert(0, ROOT)
-FIGURES = os.environ.get('DYNAMICS_FIGURES_DIR',
-                         os.path.join(ROOT, 'docs', 'figures'))
+from analysis import results
+from analysis.results import edge_of_stability as eos
 
-from experiments.reproductions import common
-from experiments.reproductions import edge_of_stability as eos
+FIGURES = results.figures_dir()
 
-record = common.read_result('edge_of_stability')
+record = results.read_result('edge_of_stability')
 numbers = record['numbers']
 print(f"results/edge_of_stability.json ({record['size']} size, seeds "
       f"{record['seeds']}, {record['wall_seconds']:.0f} s on "

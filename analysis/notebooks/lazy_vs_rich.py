@@ -37,19 +37,12 @@
 # figures with the module's `plot` and prints what the numbers say.
 
 # %%
-import os
-import sys
+from analysis import results
+from analysis.results import lazy_vs_rich as lvr
 
-ROOT = os.path.abspath(os.getcwd())
-while not os.path.isdir(os.path.join(ROOT, 'dynamics')) and ROOT != '/':
-  ROOT = os.path.dirname(ROOT)
-sys.path.insert(0, ROOT)
-FIGURES = os.environ.get('DYNAMICS_FIGURES_DIR') or os.path.join(ROOT, 'docs', 'figures')
+FIGURES = results.figures_dir()
 
-from experiments.reproductions import common  # noqa: E402
-from experiments.reproductions import lazy_vs_rich as lvr  # noqa: E402
-
-record = common.read_result('lazy_vs_rich')
+record = results.read_result('lazy_vs_rich')
 numbers = record['numbers']
 print(f"{record['command']} ({record['size']}, seeds {record['seeds']}, "
       f"{record['wall_seconds'] / 60:.0f} min on {record['machine']['cpu_count']} "
@@ -63,13 +56,13 @@ paths = lvr.plot(numbers, FIGURES)
 a = numbers['alpha']
 print(f"width {a['width']}, standard parametrization")
 for i, alpha in enumerate(a['alphas']):
-  print(f"alpha={alpha:>6g}: eval loss {common.fmt_mean_std(a['eval_loss'][i], 4)}"
+  print(f"alpha={alpha:>6g}: eval loss {results.fmt_mean_std(a['eval_loss'][i], 4)}"
         f"  kernel distance {a['kernel_distance'][i]['mean']:.2e}"
         f" ± {a['kernel_distance'][i]['std']:.1e}"
         f"  param change {a['param_change'][i]['mean']:.2e}"
         f"  alignment {a['alignment_init'][i]['mean']:.3f} -> "
         f"{a['alignment_final'][i]['mean']:.3f}"
-        f" (gain {common.fmt_mean_std(a['alignment_gain'][i], 3)})")
+        f" (gain {results.fmt_mean_std(a['alignment_gain'][i], 3)})")
 
 # %% [markdown]
 # ## 2. Width: does the kernel move less in wider networks?
@@ -81,7 +74,7 @@ for p in [p for p in lvr.PARAMETRIZATIONS if p in numbers['width']]:
     print(f"{p:>8s} width {width:>5d} (alpha {w['alpha']:g}): kernel distance "
           f"{w['kernel_distance'][i]['mean']:.2e} ± {w['kernel_distance'][i]['std']:.1e}"
           f"  param change {w['param_change'][i]['mean']:.2e}"
-          f"  eval loss {common.fmt_mean_std(w['eval_loss'][i], 4)}")
+          f"  eval loss {results.fmt_mean_std(w['eval_loss'][i], 4)}")
 
 # %% [markdown]
 # ## Does this reproduction agree?

@@ -35,19 +35,13 @@
 
 # %%
 import os
-import sys
 
-ROOT = os.path.abspath(os.getcwd())
-while not os.path.isdir(os.path.join(ROOT, 'dynamics')) and ROOT != '/':
-  ROOT = os.path.dirname(ROOT)
-sys.path.insert(0, ROOT)
-FIGURES = os.environ.get('DYNAMICS_FIGURES_DIR') or os.path.join(ROOT, 'docs', 'figures')
-os.makedirs(FIGURES, exist_ok=True)
+from analysis import results
+from analysis.results import lr_sensitivity
 
-from experiments.reproductions import common
-from experiments.reproductions import lr_sensitivity
+FIGURES = results.figures_dir()
 
-record = common.read_result('lr_sensitivity')
+record = results.read_result('lr_sensitivity')
 numbers = record['numbers']
 setup = numbers['setup']
 print(f"{record['command']} ({record['date']}, {record['wall_seconds']:.0f} s): "
@@ -71,7 +65,7 @@ for line in lr_sensitivity.report_lines(numbers):
 
 # %%
 for path in lr_sensitivity.plot(numbers, FIGURES):
-  print('wrote', os.path.relpath(path, ROOT) if path.startswith(ROOT) else path)
+  print(f'drew {os.path.basename(path)}')
 
 # %%
 for claim, holds in lr_sensitivity.claims(numbers).items():

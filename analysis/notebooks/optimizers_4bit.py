@@ -35,19 +35,13 @@
 
 # %%
 import os
-import sys
 
-ROOT = os.path.abspath(os.getcwd())
-while not os.path.isdir(os.path.join(ROOT, 'dynamics')) and ROOT != '/':
-  ROOT = os.path.dirname(ROOT)
-sys.path.insert(0, ROOT)
-FIGURES = os.environ.get('DYNAMICS_FIGURES_DIR') or os.path.join(ROOT, 'docs', 'figures')
-os.makedirs(FIGURES, exist_ok=True)
+from analysis import results
+from analysis.results import optimizers_4bit
 
-from experiments.reproductions import common
-from experiments.reproductions import optimizers_4bit
+FIGURES = results.figures_dir()
 
-record = common.read_result('optimizers_4bit')
+record = results.read_result('optimizers_4bit')
 numbers = record['numbers']
 d = numbers['definitions']
 print(f"{record['command']} ({record['date']}, {record['wall_seconds']:.0f} s): "
@@ -69,7 +63,7 @@ for line in optimizers_4bit.report_lines(numbers):
 
 # %%
 for path in optimizers_4bit.plot(numbers, FIGURES):
-  print('wrote', os.path.relpath(path, ROOT) if path.startswith(ROOT) else path)
+  print(f'drew {os.path.basename(path)}')
 
 # %%
 for claim, holds in optimizers_4bit.claims(numbers).items():

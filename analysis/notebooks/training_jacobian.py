@@ -39,19 +39,13 @@
 
 # %%
 import os
-import sys
 
-ROOT = os.path.abspath(os.getcwd())
-while not os.path.isdir(os.path.join(ROOT, 'dynamics')) and ROOT != '/':
-  ROOT = os.path.dirname(ROOT)
-sys.path.insert(0, ROOT)
-FIGURES = os.environ.get('DYNAMICS_FIGURES_DIR',
-                         os.path.join(ROOT, 'docs', 'figures'))
+from analysis import results
+from analysis.results import training_jacobian as tj
 
-from experiments.reproductions import common
-from experiments.reproductions import training_jacobian as tj
+FIGURES = results.figures_dir()
 
-record = common.read_result('training_jacobian')
+record = results.read_result('training_jacobian')
 numbers = record['numbers']
 print(f"results/training_jacobian.json ({record['size']} size, seeds "
       f"{record['seeds']}, {record['wall_seconds']:.0f} s on "
