@@ -65,20 +65,20 @@ def reproduce(name: str, size: str = 'full', seeds=None, out_dir=None,
     The results record (see `analysis.results`).
   """
   from analysis import results  # pylint: disable=g-import-not-at-top
+  from dynamics import outputs  # pylint: disable=g-import-not-at-top
   from experiments.reproductions import common  # pylint: disable=g-import-not-at-top
   module = load(name)
   seeds = tuple(module.DEFAULT_SEEDS if seeds is None else seeds)
   start = time.time()
   numbers = module.run(size, seeds, log)
   path = results.result_path(name, size, out_dir)
-  replaced = os.path.exists(path)
-  record = common.write_result(path, name, size, seeds, numbers,
-                               module.configs(size), time.time() - start)
-  log(f'wrote {path}' + (' (replacing the previous one)' if replaced else ''))
+  record = common.result_record(name, size, seeds, numbers,
+                                module.configs(size), time.time() - start)
+  log(outputs.wrote([path], common.write_result(path, record)))
   if figures_dir:
     os.makedirs(figures_dir, exist_ok=True)
     for p in reader(name).plot(numbers, figures_dir):
-      log(f'wrote {p}')
+      log(outputs.wrote([p]))
   return record
 
 

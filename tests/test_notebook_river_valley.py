@@ -10,7 +10,7 @@ import jax
 
 from analysis import results
 from analysis.results import river_valley as rv
-from notebooks import ROOT, run_notebook
+from notebooks import ROOT, claim_verdicts, run_notebook
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -48,11 +48,7 @@ def test_notebook_prints_the_committed_numbers_and_verdicts(tmp_path, monkeypatc
                   f"(largest: {law['worst']})")
   for line in expected:
     assert line in lines, line
-  verdicts = {}
-  for line in lines:
-    word, sep, claim = line.partition(': ')
-    if word in ('reproduced', 'NOT reproduced') and sep:
-      verdicts[claim] = word == 'reproduced'
+  verdicts = claim_verdicts(text)
   assert verdicts == rv.claims(numbers)
   # Two verdicts recomputed here from the per-seed final losses, independently
   # of the module: a WSM merge "matches" a decay when the best WSM (by mean) is

@@ -8,7 +8,7 @@ verdicts are checked against that file.
 
 import jax
 
-from notebooks import run_notebook
+from notebooks import claim_verdicts, run_notebook
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -36,11 +36,7 @@ def test_training_jacobian_notebook_prints_the_committed_numbers(monkeypatch,
   p = numbers['perturbation']
   assert any(f"{pm(p['bulk'], '.1e')} (bulk)" in line
              and f"{pm(p['top'], '.1e')} (top)" in line for line in lines)
-  verdicts = {}
-  for line in lines:
-    word, sep, claim = line.partition(': ')
-    if word in ('reproduced', 'NOT reproduced') and sep:
-      verdicts[claim] = word == 'reproduced'
+  verdicts = claim_verdicts(text)
   assert verdicts == tj.claims(numbers) and len(verdicts) == 2
   # Recomputed here: digits' bulk fraction at least 3x white noise's, per seed.
   ratio_ok = all(
@@ -74,11 +70,7 @@ def test_lazy_vs_rich_notebook_prints_the_committed_numbers(monkeypatch, tmp_pat
       assert any(line.startswith(f'{p:>8s} width {width:>5d}') and
                  f"kernel distance {w['kernel_distance'][i]['mean']:.2e}" in line
                  for line in lines), (p, width)
-  verdicts = {}
-  for line in lines:
-    word, sep, claim = line.partition(': ')
-    if word in ('reproduced', 'NOT reproduced') and sep:
-      verdicts[claim] = word == 'reproduced'
+  verdicts = claim_verdicts(text)
   assert verdicts == lvr.claims(numbers)
   # Recomputed here: "falls at least 10x" from the smallest to the largest alpha.
   dist = a['kernel_distance']

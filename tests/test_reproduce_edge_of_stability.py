@@ -8,22 +8,13 @@ SGD with batch 8 at eta = 0.2 (see `SIZES['smoke']`), through
 
 import json
 
-import jax
 import pytest
 
 from analysis.results import edge_of_stability as reading
-from experiments import reproduce
 from experiments.reproductions import edge_of_stability as eos
+from reproductions import smoke_fixture
 
-jax.config.update('jax_numpy_rank_promotion', 'raise')
-
-
-@pytest.fixture(scope='module')
-def record(tmp_path_factory):
-  out = tmp_path_factory.mktemp('eos')
-  return reproduce.reproduce('edge_of_stability', 'smoke', seeds=(0,),
-                             out_dir=str(out), figures_dir=str(out / 'figures'),
-                             log=lambda *_: None), out
+record = smoke_fixture('edge_of_stability')
 
 
 def test_gd_sharpness_rises_then_hovers_at_two_over_eta(record):
@@ -66,7 +57,7 @@ def test_every_claim_holds_and_the_outputs_are_written(record):
   assert rec['configs']['sam eta=0.2 rho=0.05']['optimizer']['sam'][
       'normalize'] is False
   for name in reading.FIGURES:
-    assert (out / 'figures' / name).stat().st_size > 10_000, name
+    assert (out / name).stat().st_size > 10_000, name
   rows = reading.readme_row(rec['numbers']).split('\n')
   assert [r.split(')')[0].split('/')[-1] for r in rows] == list(reading.FIGURES)
   assert all(r.startswith('| ![') and r.endswith(' |') for r in rows)

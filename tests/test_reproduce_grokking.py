@@ -4,22 +4,11 @@
 import json
 import os
 
-import jax
-import pytest
-
 from analysis.results import grokking as reading
-from experiments import reproduce
 from experiments.reproductions import grokking as m
+from reproductions import smoke_fixture
 
-jax.config.update('jax_numpy_rank_promotion', 'raise')
-
-
-@pytest.fixture(scope='module')
-def record(tmp_path_factory):
-  out = tmp_path_factory.mktemp('grokking')
-  rec = reproduce.reproduce('grokking', 'smoke', (0,), out_dir=str(out),
-                            figures_dir=str(out), log=lambda *_: None)
-  return rec, out
+record = smoke_fixture('grokking')
 
 
 def test_weight_decay_memorizes_first_and_orthograd_generalizes_first(record):

@@ -13,18 +13,10 @@ from analysis.results import lazy_vs_rich as reading
 from configs import lazy_rich
 from dynamics import config_lib
 from dynamics.models import MLP, Knobs
-from experiments import reproduce
 from experiments.reproductions import lazy_vs_rich as m
+from reproductions import smoke_fixture
 
-jax.config.update('jax_numpy_rank_promotion', 'raise')
-
-
-@pytest.fixture(scope='module')
-def record(tmp_path_factory):
-  out = tmp_path_factory.mktemp('lazy_vs_rich')
-  rec = reproduce.reproduce('lazy_vs_rich', 'smoke', (0,), out_dir=str(out),
-                            figures_dir=str(out), log=lambda *_: None)
-  return rec, out
+record = smoke_fixture('lazy_vs_rich')
 
 
 def test_kernel_and_parameters_move_less_as_alpha_grows(record):

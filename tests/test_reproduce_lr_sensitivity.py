@@ -5,23 +5,14 @@ import json
 import math
 import os
 
-import jax
 import numpy as np
 import pytest
 
 from analysis.results import lr_sensitivity as reading
-from experiments import reproduce
 from experiments.reproductions import lr_sensitivity as m
+from reproductions import smoke_fixture
 
-jax.config.update('jax_numpy_rank_promotion', 'raise')
-
-
-@pytest.fixture(scope='module')
-def record(tmp_path_factory):
-  out = tmp_path_factory.mktemp('lr_sensitivity')
-  rec = reproduce.reproduce('lr_sensitivity', 'smoke', (0,), out_dir=str(out),
-                            figures_dir=str(out), log=lambda *_: None)
-  return rec, out
+record = smoke_fixture('lr_sensitivity')
 
 
 def test_smoke_sweep_finds_the_basin_and_caps_the_blow_up(record):

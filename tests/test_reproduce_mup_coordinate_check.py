@@ -5,23 +5,13 @@ parametrization; the row comes from the JSON."""
 import json
 import os
 
-import jax
 import pytest
 
 from analysis.results import mup_coordinate_check as reading
-from experiments import reproduce
 from experiments.reproductions import mup_coordinate_check as m
+from reproductions import smoke_fixture
 
-jax.config.update('jax_numpy_rank_promotion', 'raise')
-
-
-@pytest.fixture(scope='module')
-def record(tmp_path_factory):
-  out = tmp_path_factory.mktemp('mup')
-  rec = reproduce.reproduce('mup_coordinate_check', 'smoke', (0, 1),
-                            out_dir=str(out), figures_dir=str(out),
-                            log=lambda *_: None)
-  return rec, out
+record = smoke_fixture('mup_coordinate_check', seeds=(0, 1))
 
 
 def test_mup_is_flat_and_the_standard_parametrization_grows(record):

@@ -4,24 +4,14 @@ spikes counted exactly, the largest stable rate picked, the row from the JSON.""
 import json
 import os
 
-import jax
 import numpy as np
-import pytest
 
 from analysis import results
 from analysis.results import optimizers_4bit as reading
-from experiments import reproduce
 from experiments.reproductions import optimizers_4bit as m
+from reproductions import smoke_fixture
 
-jax.config.update('jax_numpy_rank_promotion', 'raise')
-
-
-@pytest.fixture(scope='module')
-def record(tmp_path_factory):
-  out = tmp_path_factory.mktemp('optimizers_4bit')
-  rec = reproduce.reproduce('optimizers_4bit', 'smoke', (0,), out_dir=str(out),
-                            figures_dir=str(out), log=lambda *_: None)
-  return rec, out
+record = smoke_fixture('optimizers_4bit')
 
 
 def test_the_smoke_sweep_tells_training_from_stalling_and_blowing_up(record):

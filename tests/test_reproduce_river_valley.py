@@ -5,23 +5,14 @@ README rows made from the numbers."""
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
 from analysis.results import river_valley as reading
-from experiments import reproduce
 from experiments.reproductions import river_valley as m
+from reproductions import smoke_fixture
 
-jax.config.update('jax_numpy_rank_promotion', 'raise')
-
-
-@pytest.fixture(scope='module')
-def record(tmp_path_factory):
-  out = tmp_path_factory.mktemp('river_valley')
-  rec = reproduce.reproduce('river_valley', 'smoke', (0,), out_dir=str(out),
-                            figures_dir=str(out), log=lambda *_: None)
-  return rec, out
+record = smoke_fixture('river_valley')
 
 
 def _claim(numbers, start):

@@ -6,23 +6,14 @@ digits and on white noise, through `experiments.reproduce.reproduce` into a
 scratch directory.
 """
 
-import jax
 import numpy as np
 import pytest
 
 from analysis.results import training_jacobian as reading
-from experiments import reproduce
 from experiments.reproductions import training_jacobian as tj
+from reproductions import smoke_fixture
 
-jax.config.update('jax_numpy_rank_promotion', 'raise')
-
-
-@pytest.fixture(scope='module')
-def record(tmp_path_factory):
-  out = tmp_path_factory.mktemp('jacobian')
-  return reproduce.reproduce('training_jacobian', 'smoke', seeds=(0,),
-                             out_dir=str(out), figures_dir=str(out / 'figures'),
-                             log=lambda *_: None), out
+record = smoke_fixture('training_jacobian')
 
 
 def test_bulk_on_digits_is_at_least_three_times_white_noise(record):
@@ -62,7 +53,7 @@ def test_outputs_are_written(record):
   assert sorted(rec['configs']) == sorted(reading.DATASETS)
   assert rec['configs']['white noise']['data']['white_noise'] is True
   for name in reading.FIGURES:
-    assert (out / 'figures' / name).stat().st_size > 10_000, name
+    assert (out / name).stat().st_size > 10_000, name
   row = reading.readme_row(rec['numbers'])
   assert row.startswith('| ![training Jacobian](docs/figures/'
                         'training_jacobian_spectrum.png) | ') and '\n' not in row

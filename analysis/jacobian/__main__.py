@@ -16,7 +16,6 @@ Writes ``spectrum.json`` (see `analysis.jacobian.analyze_run`) and
 ``spectrum.png`` (`analysis.plots.jacobian_spectrum`).
 """
 
-import json
 import os
 
 from absl import flags
@@ -52,6 +51,7 @@ def main(argv):
   from analysis import jacobian  # pylint: disable=g-import-not-at-top
   from analysis import plots  # pylint: disable=g-import-not-at-top
   from dynamics import config_lib  # pylint: disable=g-import-not-at-top
+  from dynamics import outputs  # pylint: disable=g-import-not-at-top
   from dynamics import runs  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
@@ -64,12 +64,7 @@ def main(argv):
   except jacobian.RandomnessNotFixedError as e:
     raise cli.UserError(str(e)) from None
   out = _OUTPUT_DIR.value or os.path.join('runs', config.name, 'jacobian')
-  os.makedirs(out, exist_ok=True)
-  json_path = os.path.join(out, 'spectrum.json')
-  replaced = os.path.exists(json_path)
-  with open(json_path, 'w') as fh:
-    json.dump(report, fh, indent=1)
-  plots.jacobian_spectrum(report, os.path.join(out, 'spectrum.png'))
+  wrote = outputs.write_report(out, 'spectrum', report, plots.jacobian_spectrum)
   sp = report['split']
   print(f"{report['num_params']} parameters, {report['num_steps']} steps: "
         f"Jacobian in {report['seconds_jacobian']:.1f}s; singular values "
@@ -80,8 +75,7 @@ def main(argv):
   bulk = report['hessian']['overlap']['bulk']
   print('overlap of the top Hessian eigenvectors with the bulk: '
         + ', '.join(f'{b:.2f}' for b in bulk))
-  print(f'wrote {out}/spectrum.json and {out}/spectrum.png'
-        + (' (replacing the previous ones)' if replaced else ''))
+  print(wrote)
 
 
 if __name__ == '__main__':

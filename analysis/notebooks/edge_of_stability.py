@@ -43,18 +43,12 @@
 # numbers.
 
 # %%
-import os
-
 from analysis import results
 from analysis.results import edge_of_stability as eos
 
-FIGURES = results.figures_dir()
-
 record = results.read_result('edge_of_stability')
 numbers = record['numbers']
-print(f"results/edge_of_stability.json ({record['size']} size, seeds "
-      f"{record['seeds']}, {record['wall_seconds']:.0f} s on "
-      f"{record['machine']['cpu_count']} CPUs, {record['date']})")
+print(results.provenance(record))
 
 # %% [markdown]
 # ## The figures
@@ -72,15 +66,14 @@ print(f"results/edge_of_stability.json ({record['size']} size, seeds "
 # ![eos_sgd_trace](../../docs/figures/eos_sgd_trace.png)
 
 # %%
-for path in eos.plot(numbers, FIGURES):
-  print(f'drew {os.path.basename(path)}')
+print(results.redraw(eos.plot, numbers))
 
 # %% [markdown]
 # ## What the numbers say
 #
 # Generated from the JSON: "within noise" when two means differ by less than
 # two standard errors over the seeds; each claim is checked with the
-# tolerance of `experiments/reproductions/edge_of_stability.py`.
+# tolerance of `analysis/results/edge_of_stability.py`.
 
 # %%
 for line in eos.summary(numbers):

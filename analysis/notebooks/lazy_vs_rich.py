@@ -40,14 +40,11 @@
 from analysis import results
 from analysis.results import lazy_vs_rich as lvr
 
-FIGURES = results.figures_dir()
-
 record = results.read_result('lazy_vs_rich')
 numbers = record['numbers']
-print(f"{record['command']} ({record['size']}, seeds {record['seeds']}, "
-      f"{record['wall_seconds'] / 60:.0f} min on {record['machine']['cpu_count']} "
-      f"CPUs, {record['date']}); {numbers['num_steps']} SGD steps per run")
-paths = lvr.plot(numbers, FIGURES)
+print(results.provenance(record))
+print(f"{numbers['num_steps']} SGD steps per run")
+print(results.redraw(lvr.plot, numbers))
 
 # %% [markdown]
 # ## 1. The $\alpha$ sweep (mean ± std over the seeds)
@@ -81,5 +78,4 @@ for p in [p for p in lvr.PARAMETRIZATIONS if p in numbers['width']]:
 # Each claim checked on the numbers above (`lazy_vs_rich.claims`).
 
 # %%
-for claim, holds in lvr.claims(numbers).items():
-  print(f"{'reproduced' if holds else 'NOT reproduced'}: {claim}")
+print('\n'.join(results.claim_lines(lvr.claims(numbers))))

@@ -34,18 +34,14 @@
 # several seeds), and draws and prints what that file holds.
 
 # %%
-import os
-
 from analysis import results
 from analysis.results import lr_sensitivity
-
-FIGURES = results.figures_dir()
 
 record = results.read_result('lr_sensitivity')
 numbers = record['numbers']
 setup = numbers['setup']
-print(f"{record['command']} ({record['date']}, {record['wall_seconds']:.0f} s): "
-      f"seeds {record['seeds']}, {setup['num_steps']} steps at batch "
+print(results.provenance(record))
+print(f"{setup['num_steps']} steps at batch "
       f"{setup['batch_size']}, loss at init {setup['loss_at_init']:.3f}")
 
 # %% [markdown]
@@ -64,9 +60,7 @@ for line in lr_sensitivity.report_lines(numbers):
 # $\log Z$ of the output (right).
 
 # %%
-for path in lr_sensitivity.plot(numbers, FIGURES):
-  print(f'drew {os.path.basename(path)}')
+print(results.redraw(lr_sensitivity.plot, numbers))
 
 # %%
-for claim, holds in lr_sensitivity.claims(numbers).items():
-  print(f"{claim}: {'holds' if holds else 'does not hold'}")
+print('\n'.join(results.claim_lines(lr_sensitivity.claims(numbers))))

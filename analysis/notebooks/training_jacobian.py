@@ -38,18 +38,12 @@
 # `train_step`). This notebook trains nothing.
 
 # %%
-import os
-
 from analysis import results
 from analysis.results import training_jacobian as tj
 
-FIGURES = results.figures_dir()
-
 record = results.read_result('training_jacobian')
 numbers = record['numbers']
-print(f"results/training_jacobian.json ({record['size']} size, seeds "
-      f"{record['seeds']}, {record['wall_seconds']:.0f} s on "
-      f"{record['machine']['cpu_count']} CPUs, {record['date']})")
+print(results.provenance(record))
 
 # %% [markdown]
 # ## Spectra and perturbations
@@ -66,14 +60,13 @@ print(f"results/training_jacobian.json ({record['size']} size, seeds "
 # ![training_jacobian_perturbation](../../docs/figures/training_jacobian_perturbation.png)
 
 # %%
-for path in tj.plot(numbers, FIGURES):
-  print(f'drew {os.path.basename(path)}')
+print(results.redraw(tj.plot, numbers))
 
 # %% [markdown]
 # ## What the numbers say
 #
 # Generated from the JSON; each claim is checked with the thresholds of
-# `experiments/reproductions/training_jacobian.py`.
+# `analysis/results/training_jacobian.py`.
 
 # %%
 for line in tj.summary(numbers):

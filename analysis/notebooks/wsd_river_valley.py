@@ -39,17 +39,13 @@
 from analysis import results
 from analysis.results import river_valley as rv
 
-FIGURES = results.figures_dir()
-
 record = results.read_result('river_valley')
 numbers, setup = record['numbers'], record['numbers']['setup']
 budgets = [str(b) for b in setup['budgets']]
-print(f"{record['command']} ({record['size']}, seeds {record['seeds']}, "
-      f"{record['wall_seconds'] / 60:.0f} min on {record['machine']['cpu_count']} "
-      f"CPUs, {record['date']})")
+print(results.provenance(record))
 print(f"budgets {'/'.join(budgets)}, peak lr {setup['peak']}, eval every "
       f"{setup['eval_every']} steps, loss floor {setup['loss_floor']:.4f}")
-paths = rv.plot(numbers, FIGURES)
+print(results.redraw(rv.plot, numbers))
 
 # %% [markdown]
 # ## (a) The WSD signature
@@ -110,5 +106,4 @@ print(f"held-out runs: final-loss relative error mean "
 # comparison within two standard errors counts as a match, not a win.
 
 # %%
-for claim, holds in rv.claims(numbers).items():
-  print(f"{'reproduced' if holds else 'NOT reproduced'}: {claim}")
+print('\n'.join(results.claim_lines(rv.claims(numbers))))

@@ -8,9 +8,10 @@ A results file (written by ``python -m experiments.reproduce NAME``) holds::
    "configs": {label: the config record of each kind of run},
    "numbers": {...every number the README or a notebook quotes...}}
 
-This package reads it; nothing here trains. `read_result` opens a file, and
-`mean_std`, `compare`, `verdict` and `fmt_mean_std` are the statistics the
-reproductions record and print (a comparison says "within noise" unless the
+This package reads it; nothing here trains. `read_result` opens a file,
+`provenance`, `claim_lines` and `redraw` are what every notebook prints and
+draws, and `mean_std`, `compare`, `verdict` and `fmt_mean_std` are the
+statistics the reproductions record and print (a comparison says "within noise" unless the
 means differ by more than two standard errors). One module per reproduction,
 ``analysis.results.NAME``, turns its numbers into what a reader sees:
 
@@ -28,7 +29,7 @@ of the committed JSON come from the same code.
 import json
 import math
 import os
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -43,6 +44,41 @@ def figures_dir() -> str:
   path = os.environ.get('DYNAMICS_FIGURES_DIR') or FIGURES_DIR
   os.makedirs(path, exist_ok=True)
   return path
+
+
+def redraw(plot: Callable[[Mapping[str, Any], str], List[str]],
+           numbers: Mapping[str, Any]) -> str:
+  """Draws a reproduction's figures (its ``plot``) from ``numbers`` into
+  `figures_dir`; the line that names them."""
+  paths = plot(numbers, figures_dir())
+  return 'drew ' + ', '.join(os.path.basename(p) for p in paths)
+
+
+def provenance(record: Mapping[str, Any]) -> str:
+  """Where a results file comes from, in one line.
+
+  Example:
+    >>> provenance({'command': 'python -m experiments.reproduce x',
+    ...             'size': 'full', 'seeds': [0, 1], 'wall_seconds': 754.0,
+    ...             'machine': {'cpu_count': 2}, 'date': '2026-01-02T03:04:05'})
+    'python -m experiments.reproduce x (full size, seeds [0, 1], 13 min on 2 CPUs, 2026-01-02T03:04:05)'
+  """
+  wall = record['wall_seconds']
+  took = f'{wall:.0f} s' if wall < 90 else f'{wall / 60:.0f} min'
+  return (f"{record['command']} ({record['size']} size, seeds "
+          f"{record['seeds']}, {took} on {record['machine']['cpu_count']} "
+          f"CPUs, {record['date']})")
+
+
+def claim_lines(claims: Mapping[str, bool]) -> List[str]:
+  """``'reproduced: CLAIM'`` or ``'NOT reproduced: CLAIM'`` per claim.
+
+  Example:
+    >>> claim_lines({'GD hovers at 2/eta': True, 'SAM settles lower': False})
+    ['reproduced: GD hovers at 2/eta', 'NOT reproduced: SAM settles lower']
+  """
+  return [f"{'reproduced' if holds else 'NOT reproduced'}: {claim}"
+          for claim, holds in claims.items()]
 
 
 def result_path(name: str, size: str, out_dir: Optional[str] = None) -> str:

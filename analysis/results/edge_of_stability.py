@@ -138,9 +138,7 @@ def summary(numbers: Mapping[str, Any]) -> List[str]:
   lines.append(
       f"Top eigenvalue at eta={s['sgd_rate']:g}: SGD {_pm(sgd['sharpness'], 2)}, "
       f"GD {_pm(sgd['gd_sharpness'], 2)}")
-  lines += [f"{'reproduced' if ok else 'NOT reproduced'}: {claim}"
-            for claim, ok in claims(numbers).items()]
-  return lines
+  return lines + results.claim_lines(claims(numbers))
 
 
 def plot(numbers: Mapping[str, Any], figures_dir: str) -> List[str]:

@@ -6,6 +6,7 @@ import os
 from typing import Any, Dict, List, Mapping
 
 from analysis import plots
+from analysis import results
 
 
 FIGURES = ('training_jacobian_spectrum.png', 'training_jacobian_perturbation.png')
@@ -80,9 +81,7 @@ def summary(numbers: Mapping[str, Any]) -> List[str]:
       f"init moved by {p['epsilon']:g}: held-out outputs change by "
       + ', '.join(f"{_pm(p[k], '.1e')} ({k})" for k in PERTURBED)
       + f"; top / bulk {_pm(p['ratio'], '.1f')}")
-  lines += [f"{'reproduced' if ok else 'NOT reproduced'}: {claim}"
-            for claim, ok in claims(numbers).items()]
-  return lines
+  return lines + results.claim_lines(claims(numbers))
 
 
 def plot(numbers: Mapping[str, Any], figures_dir: str) -> List[str]:

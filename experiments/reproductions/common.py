@@ -1,19 +1,21 @@
 """What every reproduction's run shares: writing the results file.
 
-`write_result` records the numbers with the command, seeds, package versions,
-machine and wall time (the format: `analysis.results`, which reads the files
-and holds the statistics the numbers are made of: ``mean_std``, ``compare``).
+`result_record` holds the numbers with the command, seeds, package versions,
+machine and wall time, and `write_result` writes it. The format is described
+in `analysis.results`, which reads the files and holds the statistics the
+numbers are made of (``mean_std``, ``compare``).
 """
 
 import datetime
 import importlib
-import json
 import os
 import platform
 import sys
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
+
+from dynamics import outputs
 
 
 def versions() -> Dict[str, str]:
@@ -35,11 +37,12 @@ def machine() -> Dict[str, Any]:
           'devices': [d.device_kind for d in jax.devices()]}
 
 
-def write_result(path: str, name: str, size: str, seeds: Sequence[int],
-                 numbers: Mapping[str, Any], configs: Mapping[str, Any],
-                 wall_seconds: float, command: Optional[str] = None) -> Dict[str, Any]:
-  """Writes the results file (atomically) and returns its content."""
-  record = {
+def result_record(name: str, size: str, seeds: Sequence[int],
+                  numbers: Mapping[str, Any], configs: Mapping[str, Any],
+                  wall_seconds: float, command: Optional[str] = None
+                  ) -> Dict[str, Any]:
+  """The content of a results file (the format: `analysis.results`)."""
+  return {
       'name': name, 'size': size, 'seeds': [int(s) for s in seeds],
       'command': command or ' '.join(['python -m experiments.reproduce']
                                      + sys.argv[1:]),
@@ -48,11 +51,12 @@ def write_result(path: str, name: str, size: str, seeds: Sequence[int],
       'versions': versions(), 'machine': machine(),
       'configs': dict(configs), 'numbers': dict(numbers),
   }
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(record, f, indent=1, sort_keys=True, default=_jsonable)
-  os.replace(path + '.tmp', path)
-  return record
+
+
+def write_result(path: str, record: Mapping[str, Any]) -> bool:
+  """Writes a results file (atomically); returns whether it replaced one."""
+  return outputs.write_json(path, record, indent=1, sort_keys=True,
+                            default=_jsonable)
 
 
 def _jsonable(x):
