@@ -1,4 +1,5 @@
-"""Every figure the analysis commands draw: the one module that uses matplotlib.
+"""Every figure the commands draw (the reproductions' are in `analysis.results`,
+drawn with `figure` and `save` from here).
 
 Figures are drawn on matplotlib's Agg canvas directly (`matplotlib.figure.Figure`
 with a ``FigureCanvasAgg``), never through ``pyplot``: importing this module
@@ -126,7 +127,7 @@ def jacobian_spectrum(report: Dict[str, Any], path: str) -> str:
   Hessian eigenvectors with the bulk / amplified / contracted subspaces.
 
   Args:
-    report: what `analysis.jacobian.analyze_config` returns.
+    report: what `analysis.jacobian.analyze_run` returns.
     path: the PNG to write.
   """
   s = np.sort(np.asarray(report['singular_values']))[::-1]
@@ -149,6 +150,36 @@ def jacobian_spectrum(report: Dict[str, Any], path: str) -> str:
   axes[1].set(xlabel='Hessian eigenvector (by eigenvalue)', ylabel='overlap',
               title='top Hessian eigenvectors at the end')
   axes[1].legend()
+  return save(fig, path)
+
+
+# ---------------------------------------------------------------------------
+# python -m experiments.sweep
+
+
+def sweep_summary(rows: Sequence[Dict[str, Any]], path: str) -> str:
+  """Final train and eval loss of every point of a sweep, side by side.
+
+  Args:
+    rows: per point, ``point`` (its name, ``'k=v,k=v'``), ``train_loss`` and
+      ``eval_loss`` (None: not reached); `experiments.sweep.summary_rows`.
+    path: the PNG to write.
+
+  Example:
+    >>> import os, tempfile
+    >>> rows = [{'point': 'lr=0.1', 'train_loss': 2.5, 'eval_loss': 2.7},
+    ...         {'point': 'lr=0.2', 'train_loss': None, 'eval_loss': None}]
+    >>> path = sweep_summary(rows, os.path.join(tempfile.mkdtemp(), 's.png'))
+  """
+  fig, (ax,) = figure(width=max(4.0, 0.9 * len(rows) + 2), height=3.6)
+  xs = range(len(rows))
+  for key, offset in (('train_loss', -0.2), ('eval_loss', 0.2)):
+    ys = [r[key] if r[key] is not None else float('nan') for r in rows]
+    ax.bar([x + offset for x in xs], ys, width=0.4, label=f'final {key}')
+  ax.set_xticks(list(xs))
+  ax.set_xticklabels([r['point'].replace(',', '\n') for r in rows], fontsize=7)
+  ax.set_ylabel('loss (nats)')
+  ax.legend()
   return save(fig, path)
 
 

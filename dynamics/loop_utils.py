@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from dynamics import metrics as metrics_lib
+from dynamics import progress
 from dynamics import throughput as throughput_lib
 
 
@@ -156,15 +157,10 @@ class Progress:
     self.log_every = config.log_every
     self.meter = throughput_lib.Meter(config, params,
                                       num_devices=jax.device_count())
-    self._bar, self._shown = None, {}
-    if not config.progress or jax.process_index() != 0:
-      return
-    try:
-      from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      return
-    self._bar = tqdm.tqdm(total=total, initial=start, desc=config.name,
-                          dynamic_ncols=True, mininterval=1.0)
+    self._shown = {}
+    self._bar = progress.bar(
+        total, config.name, initial=start, dynamic_ncols=True, mininterval=1.0,
+        enabled=bool(config.progress) and jax.process_index() == 0)
 
   def mark(self, step: int) -> None:
     """Step ``step``'s time (after the host synced on the previous step)."""
@@ -178,8 +174,6 @@ class Progress:
     return out
 
   def update(self, step: int, last: Dict[str, float]) -> None:
-    if self._bar is None:
-      return
     self._bar.update(1)
     if step % self.log_every == 0:
       extra = {}
@@ -193,9 +187,8 @@ class Progress:
           lr=f"{last.get('learning_rate', 0.0):.2e}", **extra, refresh=False)
 
   def close(self) -> None:
-    if self._bar is not None:
-      self._bar.close()
-      self._bar = None
+    self._bar.close()
+    self._bar = progress.NoBar()
 
   def __enter__(self) -> 'Progress':
     return self

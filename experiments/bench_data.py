@@ -17,7 +17,6 @@ reader must sustain per accelerator host. ``--results=PATH`` writes the
 figures as JSON.
 """
 
-import json
 import statistics
 import tempfile
 import time
@@ -51,22 +50,21 @@ def train_rate(steps: int) -> float:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from configs import wsd  # pylint: disable=g-import-not-at-top
-  from dynamics import runs  # pylint: disable=g-import-not-at-top
+  from dynamics import runs, timing  # pylint: disable=g-import-not-at-top
   config = wsd.get_config()
   run = runs.Run(config)
-  state = run.init_state()
   batch = jax.tree.map(jnp.asarray, run.dataset.train_batch(0))
-  for _ in range(3):  # Compile and warm up.
-    state, metrics = run.train_step(state, batch)
-  jax.block_until_ready(metrics)
-  times = []
-  for _ in range(3):
-    start = time.perf_counter()
+  holder = {'state': run.init_state()}
+
+  def steps_round():
+    state = holder['state']
     for _ in range(steps):
       state, metrics = run.train_step(state, batch)
-    jax.block_until_ready(metrics)
-    times.append((time.perf_counter() - start) / steps)
-  return config.data.batch_size * config.data.seq_len / statistics.median(times)
+    holder['state'] = state
+    return metrics
+
+  seconds = timing.seconds_per_call(steps_round, repeats=3) / steps
+  return config.data.batch_size * config.data.seq_len / seconds
 
 
 def gpu_needs(mfu: float = 0.4, peak: float = 989e12) -> dict:
@@ -121,8 +119,9 @@ def main(argv):
     print(f'LLaMA-{size} on one H100 at 40% MFU consumes {rate:,.0f} '
           f'tokens/s: the reader covers {warm / rate:,.1f} such GPUs')
   if _RESULTS.value:
-    with open(_RESULTS.value, 'w') as f:
-      json.dump(figures, f, indent=1)
+    from dynamics import outputs  # pylint: disable=g-import-not-at-top
+    print(outputs.wrote([_RESULTS.value],
+                        outputs.write_json(_RESULTS.value, figures)))
 
 
 if __name__ == '__main__':

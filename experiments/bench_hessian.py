@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dynamics.timing import seconds_per_call as timed  # Median, after a warm-up.
 from experiments.bench_curvature_baselines import (CountingHVP, plain_lanczos,
                                                    torch_mlp)
 from experiments.bench_hessian_table import readme_rows
@@ -58,17 +59,6 @@ def mlp_problem():
                                                   run.dataset.train_batch(t)))
   return run, state.params, run.loss_fn(state.model_state), \
       run.dataset.train_batch(0)
-
-
-def timed(fn, repeats=5):
-  """Median seconds of ``fn()`` after a warm-up (compile) call."""
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
 
 
 def child(which, path):

@@ -25,13 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def timed(fn, repeats=1):
-  jax.block_until_ready(fn())            # Compile and warm up.
-  t0 = time.perf_counter()
-  for _ in range(repeats):
-    jax.block_until_ready(fn())
-  return (time.perf_counter() - t0) / repeats
+from dynamics import outputs, timing
 
 
 def ntk_per_entry(apply_fn, params, x, sizes):
@@ -40,7 +34,9 @@ def ntk_per_entry(apply_fn, params, x, sizes):
   for n in sizes:
     row = {'n': n}
     for method in ('jacobian', 'ntvp'):
-      sec = timed(lambda: ntk.empirical_ntk(apply_fn, params, x[:n], method=method))
+      sec = timing.seconds_per_call(
+          lambda: ntk.empirical_ntk(apply_fn, params, x[:n], method=method),
+          repeats=1)
       row[method + '_us_per_entry'] = 1e6 * sec / n ** 2
     row['ntvp_over_jacobian'] = row['ntvp_us_per_entry'] / row['jacobian_us_per_entry']
     print(row, flush=True)
@@ -51,7 +47,7 @@ def ntk_per_entry(apply_fn, params, x, sizes):
 def matmul_gflops(n: int = 2048) -> float:
   """This machine's float32 matmul throughput (GFLOP/s), the compute ceiling."""
   a = jnp.ones((n, n), jnp.float32)
-  sec = timed(lambda: jnp.dot(a, a), 5)
+  sec = timing.seconds_per_call(lambda: jnp.dot(a, a), repeats=5)
   return 2 * n ** 3 / sec / 1e9
 
 
@@ -132,9 +128,9 @@ def main(quick):
   train_fn, p0 = jac_lib.make_train_fn(run)
   run_fn = jax.jit(train_fn)
   jvp, vjp = jac_lib.training_jacobian_fn(train_fn, params_0=p0)
-  t_run = timed(lambda: run_fn(p0), 3)
-  t_jvp = timed(lambda: jvp(p0), 3)
-  t_vjp = timed(lambda: vjp(p0), 3)
+  t_run = timing.seconds_per_call(lambda: run_fn(p0), repeats=3)
+  t_jvp = timing.seconds_per_call(lambda: jvp(p0), repeats=3)
+  t_vjp = timing.seconds_per_call(lambda: vjp(p0), repeats=3)
   out['training_jacobian'] = {'steps': config.num_steps, 'train_run_s': t_run,
                               'jvp_over_run': t_jvp / t_run, 'vjp_over_run': t_vjp / t_run}
   print(out['training_jacobian'], flush=True)
@@ -167,13 +163,12 @@ def main(quick):
     big = MLP(hidden_sizes=(512, 512), num_outputs=10, activation='relu')
     xb = jax.random.normal(jax.random.key(2), (256, 784))
     pb = big.init(jax.random.key(3), xb[:1])['params']
-    out['gpu_ntk_256_784_512_512_10_ms'] = 1e3 * timed(
+    out['gpu_ntk_256_784_512_512_10_ms'] = 1e3 * timing.seconds_per_call(
         lambda: ntk.empirical_ntk(lambda p, x: big.apply({'params': p}, x), pb, xb,
-                                  method='jacobian'), 5)
-  os.makedirs('runs', exist_ok=True)
-  with open(os.path.join('runs', 'bench_ntk.json'), 'w') as f:
-    json.dump(out, f, indent=1)
+                                  method='jacobian'), repeats=5)
+  path = os.path.join('runs', 'bench_ntk.json')
   print(json.dumps(out, indent=1))
+  print(outputs.wrote([path], outputs.write_json(path, out)))
 
 
 if __name__ == '__main__':

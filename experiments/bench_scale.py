@@ -22,10 +22,9 @@ devices, CPUs included, print MFU as n/a). With several devices the step runs
 data-parallel over all of them (``config.mesh``) and the peak is summed.
 """
 
-import json
 import tempfile
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 from absl import app
 from absl import flags
@@ -93,18 +92,6 @@ def bench_config(size: str, optimizer: str, on_gpu: bool):
   return c
 
 
-def _time(fn: Callable[[], Any], steps: int) -> float:
-  """Seconds per call after two warm-up calls (compilation excluded)."""
-  import jax
-  for _ in range(2):
-    jax.block_until_ready(fn())
-  start = time.perf_counter()
-  for _ in range(steps - 1):
-    fn()
-  jax.block_until_ready(fn())
-  return (time.perf_counter() - start) / steps
-
-
 def build_step(config):
   """(jitted step, state, batch) for ``config`` on random tokens."""
   import jax
@@ -147,6 +134,7 @@ def build_step(config):
 
 def bench_optimizer(size: str, optimizer: str, steps: int) -> Dict[str, Any]:
   import jax
+  from dynamics import timing
   on_gpu = jax.devices()[0].platform == 'gpu'
   config = bench_config(size, optimizer, on_gpu)
   _, step_fn, state, batch, _ = build_step(config)
@@ -159,7 +147,7 @@ def bench_optimizer(size: str, optimizer: str, steps: int) -> Dict[str, Any]:
   t0 = time.perf_counter()
   jax.block_until_ready(one())
   compile_s = time.perf_counter() - t0
-  seconds = _time(one, steps)
+  seconds = timing.pipelined_seconds(one, steps)
   tokens = config.data.batch_size * config.data.seq_len
   m = config.model
   flops = model_flops_per_token(state.params, m.num_layers, m.d_model,
@@ -178,7 +166,7 @@ def bench_hvp(size: str, steps: int) -> Dict[str, float]:
   """Seconds of one HVP (forward-over-reverse) / one gradient, same batch."""
   import jax
   from analysis import hessian
-  from dynamics import losses
+  from dynamics import losses, timing
   on_gpu = jax.devices()[0].platform == 'gpu'
   config = bench_config(size, 'adamw', on_gpu)
   parts, _, state, batch, _ = build_step(config)
@@ -190,8 +178,8 @@ def bench_hvp(size: str, steps: int) -> Dict[str, float]:
   grad = jax.jit(jax.grad(loss_fn))
   hvp = hessian.hvp_fn(loss_fn, state.params, [batch])
   v = jax.tree.map(jax.numpy.ones_like, state.params)
-  t_grad = _time(lambda: grad(state.params, batch), steps)
-  t_hvp = _time(lambda: hvp(v), steps)
+  t_grad = timing.pipelined_seconds(lambda: grad(state.params, batch), steps)
+  t_hvp = timing.pipelined_seconds(lambda: hvp(v), steps)
   return dict(grad_ms=1e3 * t_grad, hvp_ms=1e3 * t_hvp, ratio=t_hvp / t_grad)
 
 
@@ -248,9 +236,10 @@ def main(argv):
         f'{ck["async_stall_ms"]:.1f} ms async vs {ck["sync_stall_ms"]:.1f} ms '
         'sync')
   if _OUT.value:
-    with open(_OUT.value, 'w') as f:
-      json.dump(dict(machine=machine, size=size, steps=steps, optimizers=rows,
-                     hvp=hvp, checkpoint=ck), f, indent=2)
+    from dynamics import outputs
+    print(outputs.wrote([_OUT.value], outputs.write_json(
+        _OUT.value, dict(machine=machine, size=size, steps=steps,
+                         optimizers=rows, hvp=hvp, checkpoint=ck), indent=2)))
 
 
 if __name__ == '__main__':

@@ -21,7 +21,6 @@ compiling and warming both), takes the median of ``--repeats`` rounds of
 import functools
 import statistics
 import tempfile
-import time
 
 from absl import app
 from absl import flags
@@ -30,7 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from configs import llama_c4, wsd
-from dynamics import runs, throughput
+from dynamics import runs, throughput, timing
 from dynamics.data import tokens as tokens_lib
 
 LLAMA = ('llama60m', 'llama130m', 'llama350m', 'llama1b')
@@ -83,15 +82,6 @@ def baseline_step(model, tx):
   return step
 
 
-def time_rounds(run_round, repeats):
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    run_round()
-    times.append(time.perf_counter() - t)
-  return times
-
-
 def main(argv):
   del argv
   with tempfile.TemporaryDirectory() as tmp:
@@ -134,9 +124,9 @@ def main(argv):
     fn()
   t_ours, t_base = [], []
   for _ in range(_REPEATS.value):     # Interleaved, so drift hits both.
-    t_ours += time_rounds(round_ours, 1)
+    t_ours += timing.call_seconds(round_ours, repeats=1, warmup=0)
     if _BASELINE.value:
-      t_base += time_rounds(round_base, 1)
+      t_base += timing.call_seconds(round_base, repeats=1, warmup=0)
   per_ours = statistics.median(t_ours) / _STEPS.value
   n_params = sum(x.size for x in jax.tree.leaves(params))
   tokens = config.data.batch_size * config.data.seq_len

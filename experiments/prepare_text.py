@@ -49,6 +49,7 @@ from absl import flags
 import numpy as np
 
 from dynamics import cli
+from dynamics import progress as progress_lib
 from dynamics.data import tokens as tokens_lib
 
 _INPUT = flags.DEFINE_string('input', None, 'Text file, directory or glob.')
@@ -226,8 +227,7 @@ def _tokenize(files, start, tok, writer: tokens_lib.ShardWriter, split: str, tar
       writer.add(ids)
       if end:
         writer.add(np.array([tok.eos_id]))
-      if bar is not None:
-        bar.update(len(text))
+      bar.update(len(text))
       if end and writer.count >= target:
         writer.cut(split, (f, p + 1))
         if split == 'eval':
@@ -276,20 +276,13 @@ def prepare(files: Sequence[str], output: str, tokenizer: str = 'bytes', *,
                tokenizer=tok.name)
   tokens_lib.discard_unrecorded(output, state)
   writer = tokens_lib.ShardWriter(output, state, PROGRESS_FILE, on_shard)
-  bar = None
-  if progress:
-    from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
-    plain = not any(f.endswith('.gz') for f in list(files) + list(eval_files))
-    total = sum(os.path.getsize(f) for f in files) if plain else None
-    bar = tqdm.tqdm(desc=f'tokenizing into {output}', unit='char',
-                    total=total, unit_scale=True, dynamic_ncols=True,
-                    mininterval=1.0)
-  try:
+  plain = not any(f.endswith('.gz') for f in list(files) + list(eval_files))
+  total = sum(os.path.getsize(f) for f in files) if plain else None
+  with progress_lib.bar(total, f'tokenizing into {output}', enabled=progress,
+                        unit='char', unit_scale=True, dynamic_ncols=True,
+                        mininterval=1.0) as bar:
     _tokenize_all(files, eval_files, tok, writer, state, eval_tokens,
                   shard_tokens, bar)
-  finally:
-    if bar is not None:
-      bar.close()
   meta = dict(state)
   del meta['position']
   tokens_lib.write_meta(output, meta)

@@ -250,23 +250,8 @@ def write_summary(points: Sequence[Point], root: str) -> Tuple[str, str]:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-  png_path = os.path.join(root, 'summary.png')
-  import matplotlib
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt
-  fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) + 2), 3.6))
-  xs = range(len(rows))
-  for key, offset in (('train_loss', -0.2), ('eval_loss', 0.2)):
-    ys = [r[key] if r[key] is not None else float('nan') for r in rows]
-    ax.bar([x + offset for x in xs], ys, width=0.4, label=f'final {key}')
-  ax.set_xticks(list(xs))
-  ax.set_xticklabels([r['point'].replace(',', '\n') for r in rows], fontsize=7)
-  ax.set_ylabel('loss (nats)')
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(png_path, dpi=120)
-  plt.close(fig)
-  return csv_path, png_path
+  from analysis import plots  # pylint: disable=g-import-not-at-top
+  return csv_path, plots.sweep_summary(rows, os.path.join(root, 'summary.png'))
 
 
 def _config_args(argv: Sequence[str]) -> Tuple[str, List[str]]:

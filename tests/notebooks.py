@@ -25,3 +25,15 @@ def run_notebook(name: str, figures_dir, monkeypatch, timeout: int = 600):
   text = ''.join(out.get('text', '') for cell in nb.cells
                  if cell.cell_type == 'code' for out in cell.get('outputs', []))
   return nb, text
+
+
+def claim_verdicts(text: str):
+  """``{claim: reproduced?}`` from a notebook's ``'reproduced: CLAIM'`` and
+  ``'NOT reproduced: CLAIM'`` lines (parsed here, independently of
+  `analysis.results.claim_lines`)."""
+  out = {}
+  for line in text.splitlines():
+    word, sep, claim = line.partition(': ')
+    if word in ('reproduced', 'NOT reproduced') and sep:
+      out[claim] = word == 'reproduced'
+  return out

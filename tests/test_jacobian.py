@@ -116,20 +116,20 @@ def small_config():
   return jacobian_config.get_config('smoke')
 
 
-def test_config_form_unrolls_the_core_train_step():
+def test_a_run_unrolls_the_core_train_step():
   from dynamics import runs
   config = small_config()
   config.num_steps = 5
-  train_fn, p0 = jac_lib.make_train_fn(config, checkpoint_every=2)
-  # The unrolled run equals the core's own loop, step for step.
   run = runs.Run(config)
+  train_fn, p0 = jac_lib.make_train_fn(run, checkpoint_every=2)
+  # The unrolled run equals the core's own loop, step for step.
   state = run.init_state()
   for i in range(5):
     state, _ = run.train_step(state, jax.tree.map(jnp.asarray,
                                                   run.dataset.train_batch(i)))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                train_fn(p0), state.params)
-  jvp, vjp = jac_lib.training_jacobian_fn(config, 5, checkpoint_every=2)
+  jvp, vjp = jac_lib.training_jacobian_fn(train_fn, params_0=p0)
   flat0, unravel = ravel_pytree(p0)
   v = jax.random.normal(jax.random.key(0), flat0.shape)
   u = jax.random.normal(jax.random.key(1), flat0.shape)
@@ -138,7 +138,7 @@ def test_config_form_unrolls_the_core_train_step():
   np.testing.assert_allclose(float(u @ jv), float(jtu @ v), rtol=1e-4)
   config.seed = None
   with pytest.raises(jac_lib.RandomnessNotFixedError, match='seed'):
-    jac_lib.training_jacobian_fn(config, 5)
+    jac_lib.make_train_fn(runs.Run(config), 5)
 
 
 def test_config_jacobian_equals_jacfwd_of_a_hand_written_loop():
@@ -170,15 +170,15 @@ def test_spectrum_split_counts():
   assert split['bulk_fraction'] == 0.5
 
 
-def test_analyze_config_builds_once_and_splits_a_complete_basis(monkeypatch):
+def test_analyze_run_builds_once_and_splits_a_complete_basis(monkeypatch):
   from dynamics import runs
   built = []
   build = runs.build
   monkeypatch.setattr(runs, 'build', lambda c: built.append(c) or build(c))
   config = small_config()
   config.num_steps = 5
-  report = jac_lib.analyze_config(config, hessian_k=3)
-  assert len(built) == 1                     # One Run for everything.
+  report = jac_lib.analyze_run(runs.Run(config), hessian_k=3)
+  assert len(built) == 1                     # The caller's Run, nothing else.
   assert report['dense'] and report['num_steps'] == 5
   split = report['split']
   assert split['num'] == report['num_params'] == len(report['singular_values'])

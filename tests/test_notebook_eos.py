@@ -5,9 +5,9 @@ draws the figures and prints its conclusions. Each printed number is checked
 against the JSON here, formatted independently of the notebook's code.
 """
 
-from experiments.reproductions import common
-from experiments.reproductions import edge_of_stability as eos
-from notebooks import run_notebook
+from analysis import results
+from analysis.results import edge_of_stability as eos
+from notebooks import claim_verdicts, run_notebook
 
 FIGURES = ('eos_gd_sharpness.png', 'eos_sam_sharpness.png', 'eos_sgd_trace.png')
 
@@ -20,7 +20,7 @@ def _pm(stats, digits):
 def test_notebook_prints_the_committed_numbers(tmp_path, monkeypatch):
   _, text = run_notebook('edge_of_stability', tmp_path, monkeypatch)
   lines = text.splitlines()
-  record = common.read_result('edge_of_stability')
+  record = results.read_result('edge_of_stability')
   numbers = record['numbers']
   for name in FIGURES:
     assert (tmp_path / name).stat().st_size > 10_000, name
@@ -45,11 +45,7 @@ def test_notebook_prints_the_committed_numbers(tmp_path, monkeypatch):
   line = next(l for l in lines if l.startswith('Hessian trace'))
   assert f"{_pm(t['a'], 1)}, GD {_pm(t['b'], 1)} (" in line
   # Every claim gets one computed verdict line.
-  verdicts = {}
-  for line in lines:
-    word, sep, claim = line.partition(': ')
-    if word in ('reproduced', 'NOT reproduced') and sep:
-      verdicts[claim] = word == 'reproduced'
+  verdicts = claim_verdicts(text)
   assert verdicts == eos.claims(numbers) and len(verdicts) == 5
   # Recomputed here: GD within 10% of 2/eta at every rate and seed.
   gd_ok = all(abs(v * rate / 2 - 1) <= 0.10

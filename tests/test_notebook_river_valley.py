@@ -8,9 +8,9 @@ import os
 
 import jax
 
-from experiments.reproductions import common
-from experiments.reproductions import river_valley as rv
-from notebooks import ROOT, run_notebook
+from analysis import results
+from analysis.results import river_valley as rv
+from notebooks import ROOT, claim_verdicts, run_notebook
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -22,7 +22,7 @@ def _pm(stats, digits=4):
 def test_notebook_prints_the_committed_numbers_and_verdicts(tmp_path, monkeypatch):
   _, text = run_notebook('wsd_river_valley', tmp_path, monkeypatch, timeout=300)
   lines = text.splitlines()
-  numbers = common.read_result('river_valley')['numbers']
+  numbers = results.read_result('river_valley')['numbers']
   for name in rv.FIGURES:
     assert (tmp_path / name).stat().st_size > 10_000, name
   budgets = [str(b) for b in numbers['setup']['budgets']]
@@ -48,11 +48,7 @@ def test_notebook_prints_the_committed_numbers_and_verdicts(tmp_path, monkeypatc
                   f"(largest: {law['worst']})")
   for line in expected:
     assert line in lines, line
-  verdicts = {}
-  for line in lines:
-    word, sep, claim = line.partition(': ')
-    if word in ('reproduced', 'NOT reproduced') and sep:
-      verdicts[claim] = word == 'reproduced'
+  verdicts = claim_verdicts(text)
   assert verdicts == rv.claims(numbers)
   # Two verdicts recomputed here from the per-seed final losses, independently
   # of the module: a WSM merge "matches" a decay when the best WSM (by mean) is
@@ -72,12 +68,12 @@ def test_notebook_prints_the_committed_numbers_and_verdicts(tmp_path, monkeypatc
 
 
 def test_notebook_defines_no_model_loss_or_training():
-  """Its code imports only the reproduction's reader, no library internals."""
+  """Its code imports only the results' reader, no library internals."""
   with open(os.path.join(ROOT, 'analysis', 'notebooks', 'wsd_river_valley.py')) as f:
     tree = ast.parse(f.read())
   imported = {n.module if isinstance(n, ast.ImportFrom) else a.name
               for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
               for a in n.names}
-  assert imported == {'os', 'sys', 'experiments.reproductions'}
+  assert imported == {'analysis', 'analysis.results'}
   assert not [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef,
                                                           ast.Lambda))]

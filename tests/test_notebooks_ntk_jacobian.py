@@ -8,7 +8,7 @@ verdicts are checked against that file.
 
 import jax
 
-from notebooks import run_notebook
+from notebooks import claim_verdicts, run_notebook
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -17,11 +17,11 @@ def test_training_jacobian_notebook_prints_the_committed_numbers(monkeypatch,
                                                                 tmp_path):
   """It reads results/training_jacobian.json and prints each number and each
   verdict as the JSON has them (formatted here independently)."""
-  from experiments.reproductions import common
-  from experiments.reproductions import training_jacobian as tj
+  from analysis import results
+  from analysis.results import training_jacobian as tj
   _, text = run_notebook('training_jacobian', tmp_path, monkeypatch, timeout=300)
   lines = text.splitlines()
-  record = common.read_result('training_jacobian')
+  record = results.read_result('training_jacobian')
   numbers = record['numbers']
   for name in tj.FIGURES:
     assert (tmp_path / name).stat().st_size > 10_000, name
@@ -36,11 +36,7 @@ def test_training_jacobian_notebook_prints_the_committed_numbers(monkeypatch,
   p = numbers['perturbation']
   assert any(f"{pm(p['bulk'], '.1e')} (bulk)" in line
              and f"{pm(p['top'], '.1e')} (top)" in line for line in lines)
-  verdicts = {}
-  for line in lines:
-    word, sep, claim = line.partition(': ')
-    if word in ('reproduced', 'NOT reproduced') and sep:
-      verdicts[claim] = word == 'reproduced'
+  verdicts = claim_verdicts(text)
   assert verdicts == tj.claims(numbers) and len(verdicts) == 2
   # Recomputed here: digits' bulk fraction at least 3x white noise's, per seed.
   ratio_ok = all(
@@ -52,11 +48,11 @@ def test_training_jacobian_notebook_prints_the_committed_numbers(monkeypatch,
 def test_lazy_vs_rich_notebook_prints_the_committed_numbers(monkeypatch, tmp_path):
   """It reads results/lazy_vs_rich.json (no training) and prints each number
   and each verdict as the JSON has them."""
-  from experiments.reproductions import common
-  from experiments.reproductions import lazy_vs_rich as lvr
+  from analysis import results
+  from analysis.results import lazy_vs_rich as lvr
   _, text = run_notebook('lazy_vs_rich', tmp_path, monkeypatch, timeout=300)
   lines = text.splitlines()
-  numbers = common.read_result('lazy_vs_rich')['numbers']
+  numbers = results.read_result('lazy_vs_rich')['numbers']
   for name in lvr.FIGURES:
     assert (tmp_path / name).stat().st_size > 10_000, name
   pm = lambda s, d: f"{s['mean']:.{d}f} ± {s['std']:.{d}f}"
@@ -74,11 +70,7 @@ def test_lazy_vs_rich_notebook_prints_the_committed_numbers(monkeypatch, tmp_pat
       assert any(line.startswith(f'{p:>8s} width {width:>5d}') and
                  f"kernel distance {w['kernel_distance'][i]['mean']:.2e}" in line
                  for line in lines), (p, width)
-  verdicts = {}
-  for line in lines:
-    word, sep, claim = line.partition(': ')
-    if word in ('reproduced', 'NOT reproduced') and sep:
-      verdicts[claim] = word == 'reproduced'
+  verdicts = claim_verdicts(text)
   assert verdicts == lvr.claims(numbers)
   # Recomputed here: "falls at least 10x" from the smallest to the largest alpha.
   dist = a['kernel_distance']

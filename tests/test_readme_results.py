@@ -14,7 +14,8 @@ import re
 
 import pytest
 
-from experiments.reproductions import REPRODUCTIONS, common
+from analysis import results
+from experiments.reproductions import REPRODUCTIONS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,11 +31,11 @@ def _readme_rows():
 
 def _committed():
   return [name for name in REPRODUCTIONS
-          if os.path.exists(common.result_path(name, 'full'))]
+          if os.path.exists(results.result_path(name, 'full'))]
 
 
 def _module(name):
-  return importlib.import_module(f'experiments.reproductions.{REPRODUCTIONS[name]}')
+  return importlib.import_module(f'analysis.results.{REPRODUCTIONS[name]}')
 
 
 def _rows(name, numbers):
@@ -99,7 +100,7 @@ def test_every_reproduction_has_committed_results():
 def test_readme_rows_are_formatted_from_the_committed_json(name):
   if name not in _committed():
     pytest.fail(f'results/{name}.json is not committed')
-  record = common.read_result(name)
+  record = results.read_result(name)
   assert record['size'] == 'full' and record['wall_seconds'] > 0
   assert record['seeds'] and record['configs'] and record['versions']
   rows = _rows(name, record['numbers'])
@@ -116,7 +117,7 @@ def test_readme_rows_are_formatted_from_the_committed_json(name):
 
 def test_no_row_of_the_table_is_typed_by_hand():
   produced = {row for name in _committed()
-              for row in _rows(name, common.read_result(name)['numbers'])}
+              for row in _rows(name, results.read_result(name)['numbers'])}
   hand_typed = [row for row in _readme_rows() if row not in produced]
   assert not hand_typed, hand_typed
 
@@ -135,7 +136,7 @@ def test_the_number_check_finds_a_number_not_in_the_json():
 def test_the_row_check_fails_on_a_drifted_number():
   """Not vacuous: a README with one digit changed is caught."""
   name = _committed()[0]
-  row = _rows(name, common.read_result(name)['numbers'])[0]
+  row = _rows(name, results.read_result(name)['numbers'])[0]
   digits = re.search(r'\d', row.split('|', 2)[-1])
   assert digits, row
   i = len(row) - len(row.split('|', 2)[-1]) + digits.start()

@@ -4,21 +4,11 @@
 import json
 import os
 
-import jax
-import pytest
-
-from experiments import reproduce
+from analysis.results import grokking as reading
 from experiments.reproductions import grokking as m
+from reproductions import smoke_fixture
 
-jax.config.update('jax_numpy_rank_promotion', 'raise')
-
-
-@pytest.fixture(scope='module')
-def record(tmp_path_factory):
-  out = tmp_path_factory.mktemp('grokking')
-  rec = reproduce.reproduce('grokking', 'smoke', (0,), out_dir=str(out),
-                            figures_dir=str(out), log=lambda *_: None)
-  return rec, out
+record = smoke_fixture('grokking')
 
 
 def test_weight_decay_memorizes_first_and_orthograd_generalizes_first(record):
@@ -38,12 +28,12 @@ def test_weight_decay_memorizes_first_and_orthograd_generalizes_first(record):
   assert og['test_reaches']['0.5'] is not None
   assert wd['test_reaches']['0.5'] is None
   assert og['test_accuracy'][-1] > wd['test_accuracy'][-1] + 0.3
-  assert m.claims(n) == {'weight_decay_memorizes_first': True,
+  assert reading.claims(n) == {'weight_decay_memorizes_first': True,
                          'orthograd_reaches_half_earlier': True}
   with open(os.path.join(out, 'grokking.smoke.json')) as f:
     assert json.load(f)['numbers']['summary'] == json.loads(json.dumps(n['summary']))
-  row = m.readme_row(n)
-  assert m.describe(n, '⊥Grad') in row and m.describe(n, 'weight decay') in row
+  row = reading.readme_row(n)
+  assert reading.describe(n, '⊥Grad') in row and reading.describe(n, 'weight decay') in row
   assert os.path.getsize(os.path.join(out, 'grokking.png')) > 10_000
 
 
@@ -58,6 +48,6 @@ def test_first_step_and_the_descriptions():
                                   '0.9': {'reached': 1, 'step': {
                                       'mean': 90.0, 'std': 0.0}}},
                  'final_test_accuracy': {'mean': 0.9, 'std': 0.05}}}}
-  assert m.describe(numbers, 'v') == (
+  assert reading.describe(numbers, 'v') == (
       'test accuracy 50% at step 40 ± 10, 90% at step 90 ± 0 in 1/2 seeds '
       '(final test accuracy 0.90 ± 0.05)')

@@ -9,21 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from analysis.results import lazy_vs_rich as reading
 from configs import lazy_rich
 from dynamics import config_lib
 from dynamics.models import MLP, Knobs
-from experiments import reproduce
 from experiments.reproductions import lazy_vs_rich as m
+from reproductions import smoke_fixture
 
-jax.config.update('jax_numpy_rank_promotion', 'raise')
-
-
-@pytest.fixture(scope='module')
-def record(tmp_path_factory):
-  out = tmp_path_factory.mktemp('lazy_vs_rich')
-  rec = reproduce.reproduce('lazy_vs_rich', 'smoke', (0,), out_dir=str(out),
-                            figures_dir=str(out), log=lambda *_: None)
-  return rec, out
+record = smoke_fixture('lazy_vs_rich')
 
 
 def test_kernel_and_parameters_move_less_as_alpha_grows(record):
@@ -40,7 +33,7 @@ def test_kernel_and_parameters_move_less_as_alpha_grows(record):
   # Both fit the teacher: the eval loss falls below half its value at init
   # (the output is 0 at init, so the initial loss is E[y^2] / 2 ~ 0.24).
   assert all(s['mean'] < 0.12 for s in a['eval_loss'])
-  assert all(m.claims(record[0]['numbers']).values())
+  assert all(reading.claims(record[0]['numbers']).values())
 
 
 def test_results_file_figure_and_row_come_from_the_numbers(record):
@@ -49,9 +42,9 @@ def test_results_file_figure_and_row_come_from_the_numbers(record):
   with open(os.path.join(out, 'lazy_vs_rich.smoke.json')) as f:
     stored = json.load(f)['numbers']
   assert stored == json.loads(json.dumps(n))
-  assert m.readme_row(stored) == m.readme_row(n)
-  assert os.path.getsize(os.path.join(out, m.FIGURES[0])) > 10_000
-  row = m.readme_row(n)
+  assert reading.readme_row(stored) == reading.readme_row(n)
+  assert os.path.getsize(os.path.join(out, reading.FIGURES[0])) > 10_000
+  row = reading.readme_row(n)
   assert row.startswith('| ![lazy vs rich](docs/figures/lazy_vs_rich_alpha.png) |')
   d = n['alpha']['kernel_distance']
   assert f"falls from {d[0]['mean']:.1e} to {d[1]['mean']:.1e}" in row
@@ -66,9 +59,9 @@ def test_width_claims_read_each_parametrization():
   numbers = {'alpha': {'alphas': [0.1, 10.0], **alpha}, 'width': {
       'ntk': {'kernel_distance': stats([1e-2, 2e-3])},
       'standard': {'kernel_distance': stats([1e-2, 1e-6])}}}
-  assert list(m.claims(numbers).values()) == [True, True, True, True, False]
+  assert list(reading.claims(numbers).values()) == [True, True, True, True, False]
   numbers['alpha']['param_change'] = stats([1.0, 1.0])
-  assert list(m.claims(numbers).values()) == [True, False, True, True, False]
+  assert list(reading.claims(numbers).values()) == [True, False, True, True, False]
 
 
 @pytest.mark.parametrize('parametrization', ['standard', 'ntk'])

@@ -5,22 +5,14 @@ import json
 import math
 import os
 
-import jax
 import numpy as np
 import pytest
 
-from experiments import reproduce
+from analysis.results import lr_sensitivity as reading
 from experiments.reproductions import lr_sensitivity as m
+from reproductions import smoke_fixture
 
-jax.config.update('jax_numpy_rank_promotion', 'raise')
-
-
-@pytest.fixture(scope='module')
-def record(tmp_path_factory):
-  out = tmp_path_factory.mktemp('lr_sensitivity')
-  rec = reproduce.reproduce('lr_sensitivity', 'smoke', (0,), out_dir=str(out),
-                            figures_dir=str(out), log=lambda *_: None)
-  return rec, out
+record = smoke_fixture('lr_sensitivity')
 
 
 def test_smoke_sweep_finds_the_basin_and_caps_the_blow_up(record):
@@ -29,7 +21,7 @@ def test_smoke_sweep_finds_the_basin_and_caps_the_blow_up(record):
   loss0 = n['setup']['loss_at_init']
   assert loss0 == pytest.approx(math.log(32))
   assert n['learning_rates'] == [3e-3, 3e-2, 30.0]
-  for v in m.VARIANTS:
+  for v in reading.VARIANTS:
     s = n['summary'][v]
     # 30 blows up (non-finite or above log V): capped at the loss at init.
     assert s['loss']['30.0']['values'] == [loss0], v
@@ -43,12 +35,12 @@ def test_smoke_sweep_finds_the_basin_and_caps_the_blow_up(record):
     assert s['sensitivity']['values'] == [
         pytest.approx(np.mean(losses) - min(losses), abs=1e-12)]
     assert s['sensitivity']['values'][0] > (loss0 - min(losses)) / 3 - 1e-9
-  assert m.claims(n)['largest_rate_worse_than_best']
+  assert reading.claims(n)['largest_rate_worse_than_best']
   with open(os.path.join(out, 'lr_sensitivity.smoke.json')) as f:
     assert json.load(f)['numbers']['summary'] == json.loads(json.dumps(n['summary']))
-  row = m.readme_row(n)
+  row = reading.readme_row(n)
   assert row.startswith('| ![LR sensitivity](docs/figures/lr_sensitivity.png) |')
-  assert m.conclusion(n) in row
+  assert reading.conclusion(n) in row
   assert os.path.getsize(os.path.join(out, 'lr_sensitivity.png')) > 10_000
 
 

@@ -5,42 +5,33 @@ parametrization; the row comes from the JSON."""
 import json
 import os
 
-import jax
 import pytest
 
-from experiments import reproduce
+from analysis.results import mup_coordinate_check as reading
 from experiments.reproductions import mup_coordinate_check as m
+from reproductions import smoke_fixture
 
-jax.config.update('jax_numpy_rank_promotion', 'raise')
-
-
-@pytest.fixture(scope='module')
-def record(tmp_path_factory):
-  out = tmp_path_factory.mktemp('mup')
-  rec = reproduce.reproduce('mup_coordinate_check', 'smoke', (0, 1),
-                            out_dir=str(out), figures_dir=str(out),
-                            log=lambda *_: None)
-  return rec, out
+record = smoke_fixture('mup_coordinate_check', seeds=(0, 1))
 
 
 def test_mup_is_flat_and_the_standard_parametrization_grows(record):
   rec, out = record
   n = rec['numbers']
   assert n['widths'] == [256, 4096] and n['steps'] == [1, 2, 3]
-  for layer in m.LAYERS:
+  for layer in reading.LAYERS:
     mup = [v for t, v in zip(n['steps'], n['slopes']['mup'][layer])
-           if t >= m.MUP_FROM_STEP]
+           if t >= reading.MUP_FROM_STEP]
     assert all(abs(v) < 0.1 for v in mup), (layer, n['slopes']['mup'])
   for layer in ('dense_1', 'head'):  # ~ width: slope near 1.
     assert all(v > 0.5 for v in n['slopes']['standard'][layer]), (
         layer, n['slopes']['standard'])
   # The input layer's fan-in is fixed: flat under both.
   assert all(abs(v) < 0.15 for v in n['slopes']['standard']['dense_0'])
-  assert all(m.claims(n).values()), m.claims(n)
+  assert all(reading.claims(n).values()), reading.claims(n)
   with open(os.path.join(out, 'mup_coordinate_check.smoke.json')) as f:
     assert json.load(f)['numbers']['slopes'] == json.loads(json.dumps(n['slopes']))
-  row = m.readme_row(n)
-  assert f"readout {m.worst(n, 'mup', 'head', m.MUP_FROM_STEP):+.3f}" in row
+  row = reading.readme_row(n)
+  assert f"readout {reading.worst(n, 'mup', 'head', reading.MUP_FROM_STEP):+.3f}" in row
   assert row.endswith('Reproduced. |')
   assert os.path.getsize(os.path.join(out, 'mup_coordinate_check.png')) > 10_000
 

@@ -4,31 +4,22 @@ spikes counted exactly, the largest stable rate picked, the row from the JSON.""
 import json
 import os
 
-import jax
 import numpy as np
-import pytest
 
-from experiments import reproduce
-from experiments.reproductions import common
+from analysis import results
+from analysis.results import optimizers_4bit as reading
 from experiments.reproductions import optimizers_4bit as m
+from reproductions import smoke_fixture
 
-jax.config.update('jax_numpy_rank_promotion', 'raise')
-
-
-@pytest.fixture(scope='module')
-def record(tmp_path_factory):
-  out = tmp_path_factory.mktemp('optimizers_4bit')
-  rec = reproduce.reproduce('optimizers_4bit', 'smoke', (0,), out_dir=str(out),
-                            figures_dir=str(out), log=lambda *_: None)
-  return rec, out
+record = smoke_fixture('optimizers_4bit')
 
 
 def test_the_smoke_sweep_tells_training_from_stalling_and_blowing_up(record):
   rec, out = record
   n = rec['numbers']
   assert n['learning_rates'] == [0.01, 1.0, 30.0]
-  assert list(n['sweep']) == ['int4'] and m.optimizers_of(n) == ['Adam']
-  for opt in m.optimizers_of(n):
+  assert list(n['sweep']) == ['int4'] and reading.optimizers_of(n) == ['Adam']
+  for opt in reading.optimizers_of(n):
     sweep = n['sweep']['int4'][opt]
     # 0.01 gets past halfway to the floor; 1.0 stalls; 30 blows up to NaN.
     assert [sweep[k]['trained'] for k in ('0.01', '1.0', '30.0')] == [
@@ -43,10 +34,10 @@ def test_the_smoke_sweep_tells_training_from_stalling_and_blowing_up(record):
   # The results file holds the same numbers; the row is made from them.
   with open(os.path.join(out, 'optimizers_4bit.smoke.json')) as f:
     assert json.load(f)['numbers']['summary'] == json.loads(json.dumps(n['summary']))
-  row = m.readme_row(n)
+  row = reading.readme_row(n)
   assert row.startswith('| ![4-bit](docs/figures/optimizers_4bit.png) |')
   assert 'INT4: largest stable LR Adam 0.01; loss spikes over the sweep ' in row
-  assert m.claims(n) == {}  # The paper's claim needs both optimizers.
+  assert reading.claims(n) == {}  # The paper's claim needs both optimizers.
   assert os.path.getsize(os.path.join(out, 'optimizers_4bit.png')) > 10_000
 
 
@@ -80,9 +71,9 @@ def test_largest_stable_rate_needs_every_seed():
 
 
 def test_verdicts_need_two_seeds_and_two_standard_errors():
-  one = common.compare([2.5], [2.6])
-  assert m.verdict(one) == 'one seed: no verdict'
-  assert m.verdict(common.compare([2.50, 2.51, 2.49], [2.60, 2.61, 2.59])) == (
+  one = results.compare([2.5], [2.6])
+  assert reading.verdict(one) == 'one seed: no verdict'
+  assert reading.verdict(results.compare([2.50, 2.51, 2.49], [2.60, 2.61, 2.59])) == (
       'Stable-SPAM lower')
-  assert m.verdict(common.compare([2.50, 2.60, 2.40], [2.52, 2.62, 2.42])) == (
+  assert reading.verdict(results.compare([2.50, 2.60, 2.40], [2.52, 2.62, 2.42])) == (
       'within noise')

@@ -5,26 +5,18 @@ README rows made from the numbers."""
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
-from experiments import reproduce
+from analysis.results import river_valley as reading
 from experiments.reproductions import river_valley as m
+from reproductions import smoke_fixture
 
-jax.config.update('jax_numpy_rank_promotion', 'raise')
-
-
-@pytest.fixture(scope='module')
-def record(tmp_path_factory):
-  out = tmp_path_factory.mktemp('river_valley')
-  rec = reproduce.reproduce('river_valley', 'smoke', (0,), out_dir=str(out),
-                            figures_dir=str(out), log=lambda *_: None)
-  return rec, out
+record = smoke_fixture('river_valley')
 
 
 def _claim(numbers, start):
-  return next(ok for claim, ok in m.claims(numbers).items()
+  return next(ok for claim, ok in reading.claims(numbers).items()
               if claim.startswith(start))
 
 
@@ -61,12 +53,12 @@ def test_results_file_figures_and_rows_come_from_the_numbers(record):
     stored = json.load(f)
   assert stored['seeds'] == [0] and stored['size'] == 'smoke'
   assert stored['numbers']['final'] == json.loads(json.dumps(n['final']))
-  for name in m.FIGURES:
+  for name in reading.FIGURES:
     assert os.path.getsize(os.path.join(out, name)) > 10_000, name
   # The JSON sorts its keys: the rows and claims must not depend on order.
-  assert m.readme_row(stored['numbers']) == m.readme_row(n)
-  assert m.claims(stored['numbers']) == m.claims(n)
-  rows = m.readme_row(n).split('\n')
+  assert reading.readme_row(stored['numbers']) == reading.readme_row(n)
+  assert reading.claims(stored['numbers']) == reading.claims(n)
+  rows = reading.readme_row(n).split('\n')
   assert len(rows) == 3 and all(r.startswith('| ![') and r.endswith(' |')
                                 for r in rows)
   sig = n['signature']
@@ -97,9 +89,9 @@ def test_claims_follow_the_verdicts():
           'wsm_vs_decay': {'200': cmp('within noise'), '400': cmp('a higher')}},
       'law': {'held_out_mean': {'mean': 0.009}},
   }
-  assert list(m.claims(numbers).values()) == [True, True, True, True, False, True]
+  assert list(reading.claims(numbers).values()) == [True, True, True, True, False, True]
   numbers['signature']['400'] = cmp('within noise')
   numbers['comparisons']['wsds_vs_wsd']['400'] = cmp('a higher')
   numbers['law']['held_out_mean']['mean'] = 0.011
-  assert list(m.claims(numbers).values()) == [False, True, False, True, False,
+  assert list(reading.claims(numbers).values()) == [False, True, False, True, False,
                                               False]

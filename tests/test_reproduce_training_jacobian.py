@@ -6,22 +6,14 @@ digits and on white noise, through `experiments.reproduce.reproduce` into a
 scratch directory.
 """
 
-import jax
 import numpy as np
 import pytest
 
-from experiments import reproduce
+from analysis.results import training_jacobian as reading
 from experiments.reproductions import training_jacobian as tj
+from reproductions import smoke_fixture
 
-jax.config.update('jax_numpy_rank_promotion', 'raise')
-
-
-@pytest.fixture(scope='module')
-def record(tmp_path_factory):
-  out = tmp_path_factory.mktemp('jacobian')
-  return reproduce.reproduce('training_jacobian', 'smoke', seeds=(0,),
-                             out_dir=str(out), figures_dir=str(out / 'figures'),
-                             log=lambda *_: None), out
+record = smoke_fixture('training_jacobian')
 
 
 def test_bulk_on_digits_is_at_least_three_times_white_noise(record):
@@ -29,9 +21,9 @@ def test_bulk_on_digits_is_at_least_three_times_white_noise(record):
   assert numbers['num_params'] == 64 * 16 + 16 + 16 * 10 + 10
   (digits,) = numbers['digits']['bulk_fraction']['values']
   (noise,) = numbers['white noise']['bulk_fraction']['values']
-  assert digits >= tj.BULK_RATIO * noise, (digits, noise)
+  assert digits >= reading.BULK_RATIO * noise, (digits, noise)
   # The split is a partition, and the spectrum is the one it counts.
-  for d in tj.DATASETS:
+  for d in reading.DATASETS:
     r = numbers[d]
     assert sum(r[k]['mean'] for k in ('bulk_fraction', 'amplified_fraction',
                                       'contracted_fraction')) == pytest.approx(1)
@@ -45,23 +37,23 @@ def test_bulk_on_digits_is_at_least_three_times_white_noise(record):
   assert noise['trivial_fraction']['mean'] * 1210 == pytest.approx(17)
   dead = numbers['digits']['trivial_fraction']['mean'] * 1210 - 17
   assert dead > 0 and dead % 16 == pytest.approx(0)
-  for d in tj.DATASETS:
+  for d in reading.DATASETS:
     assert numbers[d]['trivial_residual']['mean'] < 1e-5
 
 
 def test_bulk_directions_move_the_outputs_least_and_top_ones_most(record):
   p = record[0]['numbers']['perturbation']
-  (bulk,), (random,), (top,) = (p[k]['values'] for k in tj.PERTURBED)
+  (bulk,), (random,), (top,) = (p[k]['values'] for k in reading.PERTURBED)
   assert 0 < bulk < random < top, (bulk, random, top)
 
 
 def test_outputs_are_written(record):
   rec, out = record
   assert (out / 'training_jacobian.smoke.json').exists()
-  assert sorted(rec['configs']) == sorted(tj.DATASETS)
+  assert sorted(rec['configs']) == sorted(reading.DATASETS)
   assert rec['configs']['white noise']['data']['white_noise'] is True
-  for name in tj.FIGURES:
-    assert (out / 'figures' / name).stat().st_size > 10_000, name
-  row = tj.readme_row(rec['numbers'])
+  for name in reading.FIGURES:
+    assert (out / name).stat().st_size > 10_000, name
+  row = reading.readme_row(rec['numbers'])
   assert row.startswith('| ![training Jacobian](docs/figures/'
                         'training_jacobian_spectrum.png) | ') and '\n' not in row

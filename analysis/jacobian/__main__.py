@@ -12,11 +12,10 @@ Flags:
   --chunk_size=128         basis vectors per forward-mode pass
   --output_dir=DIR         default: runs/<config.name>/jacobian
 
-Writes ``spectrum.json`` (see `analysis.jacobian.analyze_config`) and
+Writes ``spectrum.json`` (see `analysis.jacobian.analyze_run`) and
 ``spectrum.png`` (`analysis.plots.jacobian_spectrum`).
 """
 
-import json
 import os
 
 from absl import flags
@@ -52,23 +51,20 @@ def main(argv):
   from analysis import jacobian  # pylint: disable=g-import-not-at-top
   from analysis import plots  # pylint: disable=g-import-not-at-top
   from dynamics import config_lib  # pylint: disable=g-import-not-at-top
+  from dynamics import outputs  # pylint: disable=g-import-not-at-top
+  from dynamics import runs  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
   config_lib.validate(config)  # A bad value: one line, before compiling.
   try:
-    report = jacobian.analyze_config(
-        config, bulk_tol=_BULK_TOL.value, hessian_k=_HESSIAN_K.value,
+    report = jacobian.analyze_run(
+        runs.Run(config), bulk_tol=_BULK_TOL.value, hessian_k=_HESSIAN_K.value,
         dense_max=_DENSE_MAX.value, svd_k=_SVD_K.value,
         chunk_size=_CHUNK_SIZE.value)
   except jacobian.RandomnessNotFixedError as e:
     raise cli.UserError(str(e)) from None
   out = _OUTPUT_DIR.value or os.path.join('runs', config.name, 'jacobian')
-  os.makedirs(out, exist_ok=True)
-  json_path = os.path.join(out, 'spectrum.json')
-  replaced = os.path.exists(json_path)
-  with open(json_path, 'w') as fh:
-    json.dump(report, fh, indent=1)
-  plots.jacobian_spectrum(report, os.path.join(out, 'spectrum.png'))
+  wrote = outputs.write_report(out, 'spectrum', report, plots.jacobian_spectrum)
   sp = report['split']
   print(f"{report['num_params']} parameters, {report['num_steps']} steps: "
         f"Jacobian in {report['seconds_jacobian']:.1f}s; singular values "
@@ -79,8 +75,7 @@ def main(argv):
   bulk = report['hessian']['overlap']['bulk']
   print('overlap of the top Hessian eigenvectors with the bulk: '
         + ', '.join(f'{b:.2f}' for b in bulk))
-  print(f'wrote {out}/spectrum.json and {out}/spectrum.png'
-        + (' (replacing the previous ones)' if replaced else ''))
+  print(wrote)
 
 
 if __name__ == '__main__':

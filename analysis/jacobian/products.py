@@ -11,7 +11,6 @@ from analysis import lanczos as lz
 from analysis.jacobian import training
 from dynamics.types import PyTree
 
-ConfigOrTrainFn = training.ConfigOrTrainFn
 
 
 class TrainingJacobian(NamedTuple):
@@ -25,10 +24,7 @@ class TrainingJacobian(NamedTuple):
   vjp: Callable[[PyTree], PyTree]
 
 
-def training_jacobian_fn(config_or_train_fn: ConfigOrTrainFn,
-                         num_steps: Optional[int] = None, *,
-                         params_0: Optional[PyTree] = None,
-                         checkpoint_every: Optional[int] = None
+def training_jacobian_fn(train_fn: training.TrainFn, *, params_0: PyTree
                          ) -> TrainingJacobian:
   r"""Jacobian-vector products of the training map :math:`\theta_0 \mapsto \theta_T`.
 
@@ -38,14 +34,11 @@ def training_jacobian_fn(config_or_train_fn: ConfigOrTrainFn,
          \Big|_{\theta\text{-block}}, \qquad s_t = (\theta_t, \text{opt state}_t).
 
   Args:
-    config_or_train_fn: a config or `dynamics.runs.Run` (built with
-      `make_train_fn`, from its ``seed``) or ``train_fn(params_0) ->
-      params_T`` (pure, e.g. a ``lax.scan``; use `unroll` for checkpointing).
-    num_steps: steps of a config's run (default ``config.num_steps``).
-    params_0: where to differentiate; required with a ``train_fn``, default
-      the config's initialization.
-    checkpoint_every: segment length of the checkpointed unroll (config form;
-      default ``sqrt(T)``).
+    train_fn: ``train_fn(params_0) -> params_T``, pure: a run's
+      (``make_train_fn(run)``) or any ``lax.scan`` (use `unroll` for
+      checkpointing).
+    params_0: where to differentiate (``make_train_fn``'s second value for
+      a run's initialization).
 
   Returns:
     ``TrainingJacobian(jvp, vjp)``; both are jitted and act on pytrees like
@@ -66,18 +59,15 @@ def training_jacobian_fn(config_or_train_fn: ConfigOrTrainFn,
     Belrose & Scherlis, "Understanding Gradient Descent through the Training
     Jacobian", arXiv:2412.07003 (2024).
   """
-  train_fn, params_0 = training.resolve(config_or_train_fn, num_steps,
-                                          params_0, checkpoint_every)
+  training.check_deterministic(train_fn, params_0)
   jvp = jax.jit(lambda v: jax.jvp(train_fn, (params_0,), (v,))[1])
   vjp = jax.jit(lambda u: jax.vjp(train_fn, params_0)[1](u)[0])
   return TrainingJacobian(jvp, vjp)
 
 
-def training_jacobian(config_or_train_fn: ConfigOrTrainFn,
-                      num_steps: Optional[int] = None, *,
-                      params_0: Optional[PyTree] = None,
-                      chunk_size: int = 128, max_params: int = 20_000,
-                      checkpoint_every: Optional[int] = None) -> jax.Array:
+def training_jacobian(train_fn: training.TrainFn, *, params_0: PyTree,
+                      chunk_size: int = 128, max_params: int = 20_000
+                      ) -> jax.Array:
   """The dense training Jacobian ``(P, P)``: ``J[:, i] = J e_i``.
 
   Columns come from forward mode, ``vmap``-ed over chunks of ``chunk_size``
@@ -85,8 +75,7 @@ def training_jacobian(config_or_train_fn: ConfigOrTrainFn,
   `jax.flatten_util.ravel_pytree` of ``params_0``.
 
   Args:
-    config_or_train_fn, num_steps, params_0, checkpoint_every: as in
-      `training_jacobian_fn`.
+    train_fn, params_0: as in `training_jacobian_fn`.
     chunk_size: basis vectors per compiled forward-mode pass (memory ~
       ``chunk_size`` copies of the optimizer state and activations).
     max_params: refuse larger models (use `training_jacobian_svd`).
@@ -100,8 +89,7 @@ def training_jacobian(config_or_train_fn: ConfigOrTrainFn,
     Array([[ 0.5,  0. ],
            [ 0. , -0.5]], dtype=float32)
   """
-  train_fn, params_0 = training.resolve(config_or_train_fn, num_steps,
-                                          params_0, checkpoint_every)
+  training.check_deterministic(train_fn, params_0)
   flat_fn, flat0, _ = training.flat_train_fn(train_fn, params_0)
   p = flat0.size
   if p > max_params:
@@ -136,12 +124,9 @@ class TrainingSVD(NamedTuple):
   bottom_u: jax.Array
 
 
-def training_jacobian_svd(config_or_train_fn: ConfigOrTrainFn, k: int,
-                          num_steps: Optional[int] = None, *,
-                          params_0: Optional[PyTree] = None,
-                          num_iters: Optional[int] = None,
-                          key: Optional[jax.Array] = None,
-                          checkpoint_every: Optional[int] = None) -> TrainingSVD:
+def training_jacobian_svd(train_fn: training.TrainFn, k: int, *,
+                          params_0: PyTree, num_iters: Optional[int] = None,
+                          key: Optional[jax.Array] = None) -> TrainingSVD:
   r"""Top and bottom ``k`` singular triplets by Lanczos on :math:`J^\top J`.
 
   Each Lanczos step costs one ``jvp`` and one ``vjp`` through the run. Ritz
@@ -151,8 +136,7 @@ def training_jacobian_svd(config_or_train_fn: ConfigOrTrainFn, k: int,
   raise ``num_iters`` until it stabilizes.
 
   Args:
-    config_or_train_fn, num_steps, params_0, checkpoint_every: see
-      `training_jacobian_fn`.
+    train_fn, params_0: see `training_jacobian_fn`.
     k: triplets at each end.
     num_iters: Lanczos steps (default ``min(P, max(4 k, k + 40))``).
     key: start-vector key.
@@ -166,8 +150,7 @@ def training_jacobian_svd(config_or_train_fn: ConfigOrTrainFn, k: int,
     >>> np.round(np.asarray(svd.top), 4), np.round(np.asarray(svd.bottom), 4)
     (array([2.], dtype=float32), array([0.5], dtype=float32))
   """
-  train_fn, params_0 = training.resolve(config_or_train_fn, num_steps,
-                                          params_0, checkpoint_every)
+  training.check_deterministic(train_fn, params_0)
   flat_fn, flat0, _ = training.flat_train_fn(train_fn, params_0)
   p = flat0.size
   num_iters = min(p, max(4 * k, k + 40) if num_iters is None else num_iters)

@@ -1,4 +1,4 @@
-"""The training Jacobian's spectrum of a config: what ``python -m
+"""The training Jacobian's spectrum of a run: what ``python -m
 analysis.jacobian`` reports (the plots are `analysis.plots.jacobian_spectrum`)."""
 
 import time
@@ -6,13 +6,13 @@ from typing import Any, Dict
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from analysis import hessian
 from analysis.jacobian import products
 from analysis.jacobian import training
+from dynamics import runs
 
 
 def _subspace_overlaps(vectors: np.ndarray, basis_rows: np.ndarray) -> np.ndarray:
@@ -22,13 +22,13 @@ def _subspace_overlaps(vectors: np.ndarray, basis_rows: np.ndarray) -> np.ndarra
   return np.sum((vectors @ basis_rows.T) ** 2, axis=1)
 
 
-def analyze_config(config: ml_collections.ConfigDict, *, bulk_tol: float = 1e-2,
+def analyze_run(run: runs.Run, *, bulk_tol: float = 1e-2,
                    hessian_k: int = 10, dense_max: int = 5000, svd_k: int = 20,
                    chunk_size: int = 128) -> Dict[str, Any]:
   """Singular values of the run's training Jacobian, their split, and the
   top Hessian eigenvectors' overlap with each part.
 
-  The config is built once (`dynamics.runs.Run`). Models up to ``dense_max``
+  Everything is built from ``run`` (no second build). Models up to ``dense_max``
   parameters get the dense Jacobian and its full SVD; larger ones the
   ``svd_k`` largest and smallest singular triplets (Lanczos). The top
   ``hessian_k`` Hessian eigenvectors of the training loss (4 training
@@ -36,7 +36,8 @@ def analyze_config(config: ml_collections.ConfigDict, *, bulk_tol: float = 1e-2,
   of the bulk (``|s - 1| <= bulk_tol``), amplified and contracted parts.
 
   Args:
-    config: a config with a fixed seed (e.g. ``configs/jacobian.py``).
+    run: a `dynamics.runs.Run` whose config has a fixed seed, e.g.
+      ``Run(config)`` of ``configs/jacobian.py`` (see `make_train_fn`).
     bulk_tol: half-width of the bulk around 1.
     hessian_k: top Hessian eigenvectors compared.
     dense_max: largest model for the dense Jacobian.
@@ -47,12 +48,14 @@ def analyze_config(config: ml_collections.ConfigDict, *, bulk_tol: float = 1e-2,
     A JSON-able dict: ``singular_values``, ``split`` (`spectrum_split`),
     ``hessian`` (``eigenvalues``, ``overlap`` per part), timings.
 
-  Example:
-    >>> from configs import jacobian
-    >>> analyze_config(jacobian.get_config('smoke'))['split']['bulk_fraction']  # doctest: +SKIP
+  Example (seconds on ``configs/jacobian.py:smoke``; not run with the
+  docstrings, which do not read configs):
+    >>> report = analyze_run(runs.Run(config))  # doctest: +SKIP
+    >>> report['split']['bulk_fraction']  # doctest: +SKIP
     0.36
   """
-  train_fn, state0, run = training.train_fn_and_state(config)
+  config = run.config
+  train_fn, state0 = training.train_fn_and_state(run)
   params_0 = state0.params
   flat0, _ = ravel_pytree(params_0)
   p = int(flat0.size)

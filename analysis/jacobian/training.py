@@ -1,27 +1,24 @@
 r"""A training run as a pure function :math:`\theta_0 \mapsto \theta_T`.
 
-`make_train_fn` unrolls `dynamics.step.train_step` over a config's fixed
-batches in a ``lax.scan`` (`unroll`, checkpointed); `check_deterministic`
-refuses a ``train_fn`` whose randomness is not fixed, since forward- and
-reverse-mode products of it would then disagree.
+`make_train_fn` replays `dynamics.step.train_step` over a run's fixed batches
+in a checkpointed ``lax.scan`` (`dynamics.replay.scan_train`);
+`check_deterministic` refuses a ``train_fn`` whose randomness is not fixed,
+since forward- and reverse-mode products of it would then disagree.
 """
 
-import functools
 import math
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from dynamics import runs
+from dynamics import replay, runs
 from dynamics import step as step_lib
 from dynamics.types import PyTree
 
 TrainFn = Callable[[PyTree], PyTree]
-ConfigOrTrainFn = Union[ml_collections.ConfigDict, TrainFn]
 _STATEFUL_RNG = ('rng_uniform', 'rng_bit_generator')
 
 
@@ -34,48 +31,30 @@ def unroll(step_fn: Callable[[Any, Any], Any], state: Any, batches: Any,
   """``state`` after ``step_fn(state, batches[t])`` for every ``t``, in a scan.
 
   Every step is rematerialized (``jax.checkpoint``); with ``checkpoint_every
-  = S`` the steps are also grouped in checkpointed segments of ``S``, so the
-  reverse pass keeps ``T / S`` segment states plus ``S`` step states alive
-  (``S ~ sqrt(T)`` is the classic choice) instead of every intermediate.
+  = S`` the steps are also grouped in checkpointed segments of ``S`` (see
+  `dynamics.replay.checkpointed_scan`).
 
   Example:
     >>> unroll(lambda s, b: s * b, jnp.float32(1.0), jnp.arange(1.0, 6.0),
     ...        checkpoint_every=2)     # 5! in segments of 2 steps
     Array(120., dtype=float32)
   """
-  body = jax.checkpoint(lambda s, b: (step_fn(s, b), None))
   num = jax.tree.leaves(batches)[0].shape[0]
-  if not checkpoint_every or checkpoint_every >= num:
-    return jax.lax.scan(body, state, batches)[0]
-  seg, n_seg = int(checkpoint_every), num // int(checkpoint_every)
-  head = jax.tree.map(lambda a: a[:n_seg * seg].reshape((n_seg, seg) + a.shape[1:]),
-                      batches)
-  segment = jax.checkpoint(lambda s, bs: (jax.lax.scan(body, s, bs)[0], None))
-  state = jax.lax.scan(segment, state, head)[0]
-  if n_seg * seg < num:
-    state = jax.lax.scan(body, state, jax.tree.map(lambda a: a[n_seg * seg:], batches))[0]
-  return state
+  return replay.checkpointed_scan(lambda s, b: (step_fn(s, b), None), state,
+                                  batches, checkpoint_every or num)[0]
 
 
-def _config_randomness_problem(config) -> Optional[str]:
-  if config.seed is None:
-    return ('config.seed is None: the initialization, data order and dropout '
-            'masks would change from run to run; set an integer seed')
-  return None
-
-
-def train_fn_and_state(config_or_run: Union[ml_collections.ConfigDict, runs.Run],
-                       num_steps: Optional[int] = None, *,
+def train_fn_and_state(run: runs.Run, num_steps: Optional[int] = None, *,
                        checkpoint_every: Optional[int] = None
-                       ) -> Tuple[TrainFn, step_lib.TrainState, runs.Run]:
-  """`make_train_fn`, also returning the initial state and the `Run` (built
-  once, for callers that need its loss or data too)."""
-  run = (config_or_run if isinstance(config_or_run, runs.Run) else None)
-  config = run.config if run is not None else config_or_run
-  problem = _config_randomness_problem(config)
-  if problem:
-    raise RandomnessNotFixedError(f'refusing the training Jacobian: {problem}.')
-  run = run or runs.Run(config)
+                       ) -> Tuple[TrainFn, step_lib.TrainState]:
+  """`make_train_fn`, returning the whole initial state (its model state and
+  rng too) instead of its parameters."""
+  config = run.config
+  if config.seed is None:
+    raise RandomnessNotFixedError(
+        'refusing the training Jacobian: config.seed is None: the '
+        'initialization, data order and dropout masks would change from run '
+        'to run; set an integer seed.')
   num_steps = int(config.num_steps if num_steps is None else num_steps)
   state0 = run.init_state()
   first, again = run.dataset.train_batch(0), run.dataset.train_batch(0)
@@ -84,47 +63,48 @@ def train_fn_and_state(config_or_run: Union[ml_collections.ConfigDict, runs.Run]
         f'refusing the training Jacobian: data.name={config.data.name!r} '
         'returns different batches for the same index; the data order must be '
         'fixed.')
-  batches = [run.dataset.train_batch(i) for i in range(num_steps)]
-  stacked = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *batches)
+  batches = jax.tree.map(jnp.asarray,
+                         replay.stacked_batches(run.dataset, num_steps))
   p = run.parts
-  step = functools.partial(step_lib.train_step, model=p.model, tx=p.tx,
-                           schedule=p.schedule, options=p.options)
   if checkpoint_every is None:
     checkpoint_every = max(1, int(round(math.sqrt(num_steps))))
 
   def train_fn(params):
     state = state0.replace(params=params, opt_state=p.tx.init(params))
-    final = unroll(lambda s, b: step(s, b)[0], state, stacked, checkpoint_every)
+    final, _ = replay.scan_train(
+        state, batches, model=p.model, tx=p.tx, schedule=p.schedule,
+        options=p.options, metric_names=(), checkpoint_every=checkpoint_every)
     return final.params
 
-  return train_fn, state0, run
+  return train_fn, state0
 
 
-def make_train_fn(config: Union[ml_collections.ConfigDict, runs.Run],
-                  num_steps: Optional[int] = None, *,
+def make_train_fn(run: runs.Run, num_steps: Optional[int] = None, *,
                   checkpoint_every: Optional[int] = None
                   ) -> Tuple[TrainFn, PyTree]:
-  """``(train_fn, params_0)``: the run of ``config`` as a pure function.
+  """``(train_fn, params_0)``: the run as a pure function of its initialization.
 
   ``train_fn(params) -> params_T`` replays ``num_steps`` (default
   ``config.num_steps``) calls of `dynamics.step.train_step` on the run's
   fixed batches ``dataset.train_batch(0..T-1)`` with the run's rng (dropout
   masks are ``fold_in(rng, step)``: fixed), starting from ``params`` with a
-  fresh optimizer state. ``params_0`` is the run's initialization.
+  fresh optimizer state (`dynamics.replay.scan_train`, checkpointed).
+  ``params_0`` is the run's initialization.
 
   Args:
-    config: a config (built once, as `dynamics.runs.Run(config)`) or an
-      already built `dynamics.runs.Run`.
+    run: a `dynamics.runs.Run`: ``Run(config)`` for a config not trained
+      yet, ``Run.open(workdir)`` for a recorded run (its config is replayed
+      from step 0).
     num_steps: steps to unroll (default ``config.num_steps``).
     checkpoint_every: segment length of the checkpointed unroll (default
-      ``sqrt(T)``; see `unroll`).
+      ``sqrt(T)``; see `dynamics.replay.checkpointed_scan`).
 
   Raises:
     RandomnessNotFixedError: ``config.seed`` is None, or the data order is
       not fixed.
   """
-  train_fn, state0, _ = train_fn_and_state(config, num_steps,
-                                           checkpoint_every=checkpoint_every)
+  train_fn, state0 = train_fn_and_state(run, num_steps,
+                                        checkpoint_every=checkpoint_every)
   return train_fn, state0.params
 
 
@@ -187,23 +167,6 @@ def check_deterministic(train_fn: TrainFn, params_0: PyTree) -> None:
         f'refusing the training Jacobian: train_fn uses the stateful RNG '
         f'primitive(s) {sorted(stateful)}, whose draws are not a function of '
         'params_0; use jax.random with a fixed key instead.')
-
-
-def resolve(config_or_train_fn: ConfigOrTrainFn, num_steps: Optional[int],
-            params_0: Optional[PyTree], checkpoint_every: Optional[int]
-            ) -> Tuple[TrainFn, PyTree]:
-  """``(train_fn, params_0)`` of a config, a `Run` or a ``train_fn``, checked
-  with `check_deterministic`."""
-  if isinstance(config_or_train_fn, (ml_collections.ConfigDict, runs.Run)):
-    train_fn, init = make_train_fn(config_or_train_fn, num_steps,
-                                   checkpoint_every=checkpoint_every)
-    params_0 = init if params_0 is None else params_0
-  else:
-    if params_0 is None:
-      raise ValueError('training_jacobian_fn(train_fn) needs params_0=')
-    train_fn = config_or_train_fn
-  check_deterministic(train_fn, params_0)
-  return train_fn, params_0
 
 
 def flat_train_fn(train_fn: TrainFn, params_0: PyTree):

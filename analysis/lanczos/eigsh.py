@@ -27,6 +27,7 @@ import jax.numpy as jnp  # pylint: disable=unused-import (examples)
 import numpy as np
 
 from analysis.lanczos import core, space as space_lib, trees
+from dynamics import progress as progress_lib
 from dynamics.types import PyTree
 
 _DEFAULT_TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-9}
@@ -204,7 +205,7 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
       np.bool_(mask is not None), rows=rows, dtype=dtype.name,
       shardings=space.shardings)
   eps = float(np.finfo(dtype).eps)
-  bar = _bar(progress, cap, f'{name} {unit}')
+  bar = progress_lib.bar(cap, f'{name} {unit}', enabled=progress, leave=False)
   restarts, done_total, history, j = 0, 0, [], 0
   # A cold start needs ~3k products before k pairs can converge; a warm
   # start (the previous eigenvector) may need only a few.
@@ -218,11 +219,10 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
          state.breakdowns, state.alphas, state.betas,
          state.proj if restarts else None))
     j, total, bad, breakdowns = int(j), int(total), int(bad), int(breakdowns)
-    if bar is not None:
-      bar.update(total - done_total)
+    bar.update(total - done_total)
     done_total = total
     if bad >= 0:
-      _close(bar)
+      bar.close()
       raise FloatingPointError(
           f'{name}: non-finite operator product ({unit[:-1]} {bad + 1}): the '
           'loss or its curvature is NaN/Inf at these parameters and batches;'
@@ -255,7 +255,7 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
     worst = float(np.max(ratio))
     history.append((total, math.log(max(worst, 1e-300))))
     chunk = _next_chunk(history, j, tol)
-  _close(bar)
+  bar.close()
   order = idx[np.argsort(-theta[idx], kind='stable')]
   residuals = np.abs(beta * s[j - 1, order])
   relative = residuals / np.maximum(np.maximum(np.abs(theta[order]), floor),
@@ -289,15 +289,3 @@ def _next_chunk(history, j: int, tol: float) -> int:
     if slope < 0 and r1 > 0:
       return int(np.clip(math.ceil(0.8 * r1 / -slope), 1, max(4, j)))
   return max(2, j // 2)
-
-
-def _bar(enabled: bool, total: int, desc: str):
-  if not enabled:
-    return None
-  import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm.tqdm(total=total, desc=desc, leave=False)
-
-
-def _close(bar) -> None:
-  if bar is not None:
-    bar.close()

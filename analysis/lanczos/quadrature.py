@@ -10,6 +10,7 @@ import jax.numpy as jnp  # pylint: disable=unused-import (examples)
 import numpy as np
 
 from analysis.lanczos import core, space as space_lib, trees
+from dynamics import progress as progress_lib
 from dynamics.types import PyTree
 
 
@@ -125,10 +126,8 @@ def slq_nodes(matvec: core.Matvec, params_like: PyTree, *, num_probes: int,
   kwargs = space_lib.solver_kwargs(space)
   mask_args = (space.like if mask is None else space.mask,
                np.bool_(mask is not None))
-  bar = None
-  if progress:
-    import tqdm  # pylint: disable=g-import-not-at-top
-    bar = tqdm.tqdm(total=num_probes * m, desc='SLQ products', leave=False)
+  bar = progress_lib.bar(num_probes * m, 'SLQ products', enabled=progress,
+                         leave=False)
   results, changes, steps = [], [], []
   for lo in range(0, num_probes, batch):
     take = min(batch, num_probes - lo)
@@ -155,8 +154,7 @@ def slq_nodes(matvec: core.Matvec, params_like: PyTree, *, num_probes: int,
       if reached < stop:  # Some probes met an invariant subspace.
         state = refresh(state)
         continue
-      if bar is not None:
-        bar.update(take * (stop - j))
+      bar.update(take * (stop - j))
       j = stop
       a, b = jax.device_get((state.alphas, state.betas))
       a = np.asarray(a, np.float64).reshape(-1, rows)[:take]
@@ -170,8 +168,7 @@ def slq_nodes(matvec: core.Matvec, params_like: PyTree, *, num_probes: int,
     results.append(current)
     changes.append(change)
     steps.append(j)
-  if bar is not None:
-    bar.close()
+  bar.close()
   width = max(steps)
   widen = lambda x, mode: np.pad(x, ((0, 0), (0, width - x.shape[1])),
                                  mode=mode)

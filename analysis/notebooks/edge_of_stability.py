@@ -43,24 +43,12 @@
 # numbers.
 
 # %%
-import os
-import sys
+from analysis import results
+from analysis.results import edge_of_stability as eos
 
-ROOT = os.path.abspath(os.getcwd())
-while not os.path.isdir(os.path.join(ROOT, 'dynamics')) and ROOT != '/':
-  ROOT = os.path.dirname(ROOT)
-sys.path.insert(0, ROOT)
-FIGURES = os.environ.get('DYNAMICS_FIGURES_DIR',
-                         os.path.join(ROOT, 'docs', 'figures'))
-
-from experiments.reproductions import common
-from experiments.reproductions import edge_of_stability as eos
-
-record = common.read_result('edge_of_stability')
+record = results.read_result('edge_of_stability')
 numbers = record['numbers']
-print(f"results/edge_of_stability.json ({record['size']} size, seeds "
-      f"{record['seeds']}, {record['wall_seconds']:.0f} s on "
-      f"{record['machine']['cpu_count']} CPUs, {record['date']})")
+print(results.provenance(record))
 
 # %% [markdown]
 # ## The figures
@@ -78,15 +66,14 @@ print(f"results/edge_of_stability.json ({record['size']} size, seeds "
 # ![eos_sgd_trace](../../docs/figures/eos_sgd_trace.png)
 
 # %%
-for path in eos.plot(numbers, FIGURES):
-  print(f'drew {os.path.basename(path)}')
+print(results.redraw(eos.plot, numbers))
 
 # %% [markdown]
 # ## What the numbers say
 #
 # Generated from the JSON: "within noise" when two means differ by less than
 # two standard errors over the seeds; each claim is checked with the
-# tolerance of `experiments/reproductions/edge_of_stability.py`.
+# tolerance of `analysis/results/edge_of_stability.py`.
 
 # %%
 for line in eos.summary(numbers):

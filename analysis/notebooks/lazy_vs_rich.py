@@ -37,24 +37,14 @@
 # figures with the module's `plot` and prints what the numbers say.
 
 # %%
-import os
-import sys
+from analysis import results
+from analysis.results import lazy_vs_rich as lvr
 
-ROOT = os.path.abspath(os.getcwd())
-while not os.path.isdir(os.path.join(ROOT, 'dynamics')) and ROOT != '/':
-  ROOT = os.path.dirname(ROOT)
-sys.path.insert(0, ROOT)
-FIGURES = os.environ.get('DYNAMICS_FIGURES_DIR') or os.path.join(ROOT, 'docs', 'figures')
-
-from experiments.reproductions import common  # noqa: E402
-from experiments.reproductions import lazy_vs_rich as lvr  # noqa: E402
-
-record = common.read_result('lazy_vs_rich')
+record = results.read_result('lazy_vs_rich')
 numbers = record['numbers']
-print(f"{record['command']} ({record['size']}, seeds {record['seeds']}, "
-      f"{record['wall_seconds'] / 60:.0f} min on {record['machine']['cpu_count']} "
-      f"CPUs, {record['date']}); {numbers['num_steps']} SGD steps per run")
-paths = lvr.plot(numbers, FIGURES)
+print(results.provenance(record))
+print(f"{numbers['num_steps']} SGD steps per run")
+print(results.redraw(lvr.plot, numbers))
 
 # %% [markdown]
 # ## 1. The $\alpha$ sweep (mean ± std over the seeds)
@@ -63,13 +53,13 @@ paths = lvr.plot(numbers, FIGURES)
 a = numbers['alpha']
 print(f"width {a['width']}, standard parametrization")
 for i, alpha in enumerate(a['alphas']):
-  print(f"alpha={alpha:>6g}: eval loss {common.fmt_mean_std(a['eval_loss'][i], 4)}"
+  print(f"alpha={alpha:>6g}: eval loss {results.fmt_mean_std(a['eval_loss'][i], 4)}"
         f"  kernel distance {a['kernel_distance'][i]['mean']:.2e}"
         f" ± {a['kernel_distance'][i]['std']:.1e}"
         f"  param change {a['param_change'][i]['mean']:.2e}"
         f"  alignment {a['alignment_init'][i]['mean']:.3f} -> "
         f"{a['alignment_final'][i]['mean']:.3f}"
-        f" (gain {common.fmt_mean_std(a['alignment_gain'][i], 3)})")
+        f" (gain {results.fmt_mean_std(a['alignment_gain'][i], 3)})")
 
 # %% [markdown]
 # ## 2. Width: does the kernel move less in wider networks?
@@ -81,12 +71,11 @@ for p in [p for p in lvr.PARAMETRIZATIONS if p in numbers['width']]:
     print(f"{p:>8s} width {width:>5d} (alpha {w['alpha']:g}): kernel distance "
           f"{w['kernel_distance'][i]['mean']:.2e} ± {w['kernel_distance'][i]['std']:.1e}"
           f"  param change {w['param_change'][i]['mean']:.2e}"
-          f"  eval loss {common.fmt_mean_std(w['eval_loss'][i], 4)}")
+          f"  eval loss {results.fmt_mean_std(w['eval_loss'][i], 4)}")
 
 # %% [markdown]
 # ## Does this reproduction agree?
 # Each claim checked on the numbers above (`lazy_vs_rich.claims`).
 
 # %%
-for claim, holds in lvr.claims(numbers).items():
-  print(f"{'reproduced' if holds else 'NOT reproduced'}: {claim}")
+print('\n'.join(results.claim_lines(lvr.claims(numbers))))

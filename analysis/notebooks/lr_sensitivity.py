@@ -34,24 +34,14 @@
 # several seeds), and draws and prints what that file holds.
 
 # %%
-import os
-import sys
+from analysis import results
+from analysis.results import lr_sensitivity
 
-ROOT = os.path.abspath(os.getcwd())
-while not os.path.isdir(os.path.join(ROOT, 'dynamics')) and ROOT != '/':
-  ROOT = os.path.dirname(ROOT)
-sys.path.insert(0, ROOT)
-FIGURES = os.environ.get('DYNAMICS_FIGURES_DIR') or os.path.join(ROOT, 'docs', 'figures')
-os.makedirs(FIGURES, exist_ok=True)
-
-from experiments.reproductions import common
-from experiments.reproductions import lr_sensitivity
-
-record = common.read_result('lr_sensitivity')
+record = results.read_result('lr_sensitivity')
 numbers = record['numbers']
 setup = numbers['setup']
-print(f"{record['command']} ({record['date']}, {record['wall_seconds']:.0f} s): "
-      f"seeds {record['seeds']}, {setup['num_steps']} steps at batch "
+print(results.provenance(record))
+print(f"{setup['num_steps']} steps at batch "
       f"{setup['batch_size']}, loss at init {setup['loss_at_init']:.3f}")
 
 # %% [markdown]
@@ -70,9 +60,7 @@ for line in lr_sensitivity.report_lines(numbers):
 # $\log Z$ of the output (right).
 
 # %%
-for path in lr_sensitivity.plot(numbers, FIGURES):
-  print('wrote', os.path.relpath(path, ROOT) if path.startswith(ROOT) else path)
+print(results.redraw(lr_sensitivity.plot, numbers))
 
 # %%
-for claim, holds in lr_sensitivity.claims(numbers).items():
-  print(f"{claim}: {'holds' if holds else 'does not hold'}")
+print('\n'.join(results.claim_lines(lr_sensitivity.claims(numbers))))

@@ -34,25 +34,14 @@
 # first loss to the entropy floor of the data.
 
 # %%
-import os
-import sys
+from analysis import results
+from analysis.results import optimizers_4bit
 
-ROOT = os.path.abspath(os.getcwd())
-while not os.path.isdir(os.path.join(ROOT, 'dynamics')) and ROOT != '/':
-  ROOT = os.path.dirname(ROOT)
-sys.path.insert(0, ROOT)
-FIGURES = os.environ.get('DYNAMICS_FIGURES_DIR') or os.path.join(ROOT, 'docs', 'figures')
-os.makedirs(FIGURES, exist_ok=True)
-
-from experiments.reproductions import common
-from experiments.reproductions import optimizers_4bit
-
-record = common.read_result('optimizers_4bit')
+record = results.read_result('optimizers_4bit')
 numbers = record['numbers']
 d = numbers['definitions']
-print(f"{record['command']} ({record['date']}, {record['wall_seconds']:.0f} s): "
-      f"seeds {record['seeds']}, {d['num_steps']} steps, "
-      f"{d['num_parameters']:,} parameters")
+print(results.provenance(record))
+print(f"{d['num_steps']} steps, {d['num_parameters']:,} parameters")
 
 # %% [markdown]
 # Per format, optimizer and peak learning rate: the final eval loss (mean ±
@@ -68,9 +57,7 @@ for line in optimizers_4bit.report_lines(numbers):
 # spikes per run. Right: the first seed's train loss at the largest rate.
 
 # %%
-for path in optimizers_4bit.plot(numbers, FIGURES):
-  print('wrote', os.path.relpath(path, ROOT) if path.startswith(ROOT) else path)
+print(results.redraw(optimizers_4bit.plot, numbers))
 
 # %%
-for claim, holds in optimizers_4bit.claims(numbers).items():
-  print(f"{claim}: {'holds' if holds else 'does not hold'}")
+print('\n'.join(results.claim_lines(optimizers_4bit.claims(numbers))))

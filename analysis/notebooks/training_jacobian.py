@@ -38,24 +38,12 @@
 # `train_step`). This notebook trains nothing.
 
 # %%
-import os
-import sys
+from analysis import results
+from analysis.results import training_jacobian as tj
 
-ROOT = os.path.abspath(os.getcwd())
-while not os.path.isdir(os.path.join(ROOT, 'dynamics')) and ROOT != '/':
-  ROOT = os.path.dirname(ROOT)
-sys.path.insert(0, ROOT)
-FIGURES = os.environ.get('DYNAMICS_FIGURES_DIR',
-                         os.path.join(ROOT, 'docs', 'figures'))
-
-from experiments.reproductions import common
-from experiments.reproductions import training_jacobian as tj
-
-record = common.read_result('training_jacobian')
+record = results.read_result('training_jacobian')
 numbers = record['numbers']
-print(f"results/training_jacobian.json ({record['size']} size, seeds "
-      f"{record['seeds']}, {record['wall_seconds']:.0f} s on "
-      f"{record['machine']['cpu_count']} CPUs, {record['date']})")
+print(results.provenance(record))
 
 # %% [markdown]
 # ## Spectra and perturbations
@@ -72,14 +60,13 @@ print(f"results/training_jacobian.json ({record['size']} size, seeds "
 # ![training_jacobian_perturbation](../../docs/figures/training_jacobian_perturbation.png)
 
 # %%
-for path in tj.plot(numbers, FIGURES):
-  print(f'drew {os.path.basename(path)}')
+print(results.redraw(tj.plot, numbers))
 
 # %% [markdown]
 # ## What the numbers say
 #
 # Generated from the JSON; each claim is checked with the thresholds of
-# `experiments/reproductions/training_jacobian.py`.
+# `analysis/results/training_jacobian.py`.
 
 # %%
 for line in tj.summary(numbers):

@@ -36,27 +36,16 @@
 # and prints what the numbers say.
 
 # %%
-import os
-import sys
+from analysis import results
+from analysis.results import river_valley as rv
 
-ROOT = os.path.abspath(os.getcwd())
-while not os.path.isdir(os.path.join(ROOT, 'dynamics')) and ROOT != '/':
-  ROOT = os.path.dirname(ROOT)
-sys.path.insert(0, ROOT)
-FIGURES = os.environ.get('DYNAMICS_FIGURES_DIR') or os.path.join(ROOT, 'docs', 'figures')
-
-from experiments.reproductions import common  # noqa: E402
-from experiments.reproductions import river_valley as rv  # noqa: E402
-
-record = common.read_result('river_valley')
+record = results.read_result('river_valley')
 numbers, setup = record['numbers'], record['numbers']['setup']
 budgets = [str(b) for b in setup['budgets']]
-print(f"{record['command']} ({record['size']}, seeds {record['seeds']}, "
-      f"{record['wall_seconds'] / 60:.0f} min on {record['machine']['cpu_count']} "
-      f"CPUs, {record['date']})")
+print(results.provenance(record))
 print(f"budgets {'/'.join(budgets)}, peak lr {setup['peak']}, eval every "
       f"{setup['eval_every']} steps, loss floor {setup['loss_floor']:.4f}")
-paths = rv.plot(numbers, FIGURES)
+print(results.redraw(rv.plot, numbers))
 
 # %% [markdown]
 # ## (a) The WSD signature
@@ -70,8 +59,8 @@ said = {'a higher': 'the decay drops more', 'a lower': 'the constant rate drops 
         'within noise': 'within noise'}
 for b in budgets:
   sig = numbers['signature'][b]
-  print(f"budget {b}: decay drop {common.fmt_mean_std(sig['a'], 4)} nats, "
-        f"constant rate {common.fmt_mean_std(sig['b'], 4)} ({said[sig['verdict']]})")
+  print(f"budget {b}: decay drop {results.fmt_mean_std(sig['a'], 4)} nats, "
+        f"constant rate {results.fmt_mean_std(sig['b'], 4)} ({said[sig['verdict']]})")
 
 # %% [markdown]
 # ## (b) Final eval loss, every method at every budget (mean ± std over seeds)
@@ -80,7 +69,7 @@ for b in budgets:
 print(f"{'method':20s}" + ''.join(f'{b:>18s}' for b in budgets))
 for method in rv.METHODS:
   print(f'{method:20s}' + ''.join(
-      f"{common.fmt_mean_std(numbers['final'][method][b], 4):>18s}"
+      f"{results.fmt_mean_std(numbers['final'][method][b], 4):>18s}"
       for b in budgets))
 print('\nDifferences of means ± their standard error (within two: "within noise"):')
 for key, title in (('wsd_vs_cosine', 'best WSD - cosine'),
@@ -106,10 +95,10 @@ for p in law['params']:
 for key, err in law['final_rel_error'].items():
   role = 'fit' if key in law['fit_on'] else 'predicted'
   print(f"{key:18s} {role:9s} final-loss relative error "
-        f"{common.fmt_mean_std(err, 4)}")
+        f"{results.fmt_mean_std(err, 4)}")
 print(f"held-out runs: final-loss relative error mean "
-      f"{common.fmt_mean_std(law['held_out_mean'], 4)}, max "
-      f"{common.fmt_mean_std(law['held_out_max'], 4)} (largest: {law['worst']})")
+      f"{results.fmt_mean_std(law['held_out_mean'], 4)}, max "
+      f"{results.fmt_mean_std(law['held_out_max'], 4)} (largest: {law['worst']})")
 
 # %% [markdown]
 # ## Does this reproduction agree?
@@ -117,5 +106,4 @@ print(f"held-out runs: final-loss relative error mean "
 # comparison within two standard errors counts as a match, not a win.
 
 # %%
-for claim, holds in rv.claims(numbers).items():
-  print(f"{'reproduced' if holds else 'NOT reproduced'}: {claim}")
+print('\n'.join(results.claim_lines(rv.claims(numbers))))

@@ -19,7 +19,6 @@ Writes ``ntk.json`` (see `analysis.ntk.analyze_checkpoints`) and ``ntk.png``
 (spectra, alignment and distances; `analysis.plots.ntk_report`).
 """
 
-import json
 import os
 
 from absl import flags
@@ -63,6 +62,7 @@ def main(argv):
   # Deferred: --help answers without loading flax, orbax or matplotlib.
   from analysis import ntk  # pylint: disable=g-import-not-at-top
   from analysis import plots  # pylint: disable=g-import-not-at-top
+  from dynamics import outputs  # pylint: disable=g-import-not-at-top
   from dynamics import runs  # pylint: disable=g-import-not-at-top
 
   steps = _steps(_STEPS.value)
@@ -77,19 +77,13 @@ def main(argv):
   except ntk.NTKMemoryError as e:
     raise cli.UserError(str(e)) from None
   out = _OUTPUT_DIR.value or os.path.join(run.workdir, 'ntk')
-  os.makedirs(out, exist_ok=True)
-  json_path = os.path.join(out, 'ntk.json')
-  replaced = os.path.exists(json_path)
-  with open(json_path, 'w') as fh:
-    json.dump(report, fh, indent=1)
-  plots.ntk_report(report, os.path.join(out, 'ntk.png'))
+  wrote = outputs.write_report(out, 'ntk', report, plots.ntk_report)
   for rec in report['per_step']:
     print(f"step {rec['step']:>7}: top eig {rec['eigenvalues'][0]:.4g}  trace "
           f"{rec['trace']:.4g}  alignment {rec['alignment']:.3f}  distance "
           f"from first {rec['distance_from_first']:.3f}  rel. param change "
           f"{rec['relative_param_change']:.3f}")
-  print(f'wrote {out}/ntk.json and {out}/ntk.png'
-        + (' (replacing the previous ones)' if replaced else ''))
+  print(wrote)
 
 
 if __name__ == '__main__':

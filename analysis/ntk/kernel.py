@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from analysis.ntk import memory
+from dynamics import progress as progress_lib
 from dynamics.types import ApplyFn, PyTree
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -152,25 +153,6 @@ def _memory_of(fn, *args):
   return fn.lower(*args).compile().memory_analysis()
 
 
-class _NoBar:
-  def update(self, n: int = 1) -> None:
-    del n
-
-  def close(self) -> None:
-    pass
-
-
-def _progress(total: int, enabled: bool, desc: str):
-  """A tqdm bar over ``total`` blocks (a no-op when disabled or one block)."""
-  if not enabled or total <= 1:
-    return _NoBar()
-  try:
-    from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return _NoBar()
-  return tqdm.tqdm(total=total, desc=desc, mininterval=1.0)
-
-
 def _pad_blocks(x: jax.Array, b: int) -> List[jax.Array]:
   """Blocks of ``b`` rows; the last is padded (with copies of row 0) so one
   compiled block function serves them all."""
@@ -249,8 +231,9 @@ def empirical_ntk(apply_fn: ApplyFn, params: PyTree, x1: jax.Array,
                               trace_logits=trace_logits, memory_limit=limit)
   b1, b2 = min(b, n1), min(b, n2)
   blocks1, blocks2 = _pad_blocks(x1, b1), _pad_blocks(x2, b2)
-  bar = _progress(len(blocks1) * len(blocks2), progress,
-                  f'NTK {n1}x{n2} ({method}, blocks of {b})')
+  num_blocks = len(blocks1) * len(blocks2)
+  bar = progress_lib.bar(num_blocks, f'NTK {n1}x{n2} ({method}, blocks of {b})',
+                         enabled=progress and num_blocks > 1, mininterval=1.0)
   rows = []
   if method == 'jacobian':
     jac_fn, contract = _jacobian_block_fns(apply_fn, trace_logits)

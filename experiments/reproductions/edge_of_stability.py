@@ -38,13 +38,11 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from analysis import hessian
+from analysis import results
 from configs import eos as eos_config
 from dynamics import runs
 from dynamics import train as train_lib
-from experiments.reproductions import common
-from experiments.reproductions import eos_figures
 
-FIGURES = ('eos_gd_sharpness.png', 'eos_sam_sharpness.png', 'eos_sgd_trace.png')
 DEFAULT_SEEDS = (0, 1, 2)
 
 # What runs at each size (SAM's and SGD's rates are among GD's, whose runs
@@ -58,9 +56,6 @@ SIZES = {
                   sam_rhos=(0.02, 0.05), sgd_rate=0.2, sgd_batch=8,
                   every=20, trace_every=100, trace_probes=10),
 }
-GD_TOLERANCE = 0.10    # GD's last-third sharpness within 10% of 2/eta.
-SAM_TOLERANCE = 0.05   # SAM's within 5% of the root of eta*l*(1+rho*l) = 2.
-SGD_TRACE_RATIO = 0.8  # SGD's final trace at most 0.8x GD's.
 
 
 def sam_prediction(rate: float, rho: float) -> float:
@@ -115,7 +110,7 @@ def run_configs(size: str, seed: int) -> Dict[str, Any]:
 
 
 def configs(size: str) -> Dict[str, Any]:
-  return {label: common.config_record(c)
+  return {label: runs.config_record(c)
           for label, c in run_configs(size, DEFAULT_SEEDS[0]).items()}
 
 
@@ -219,7 +214,7 @@ def summarize(size: str, seeds: Sequence[int], curves: Mapping[str, Any],
   """The numbers of the results file, from the runs' curves."""
   s = SIZES[size]
   values = lambda label, fn: [fn(curves[f'{label} seed={x}']) for x in seeds]
-  stats = lambda label, fn: common.mean_std(values(label, fn))
+  stats = lambda label, fn: results.mean_std(values(label, fn))
   sharp = lambda c: last_third(c['sharpness'])
   trace = lambda c: last_third(c['trace'])
   final_loss = lambda c: c['loss'][-1]
@@ -240,146 +235,18 @@ def summarize(size: str, seeds: Sequence[int], curves: Mapping[str, Any],
     sam[f'{rho:g}'] = {
         'predicted': predicted, 'last_third': stats(label, sharp),
         'relative_error': stats(label, lambda c, p=predicted: sharp(c) / p - 1),
-        'vs_gd': common.compare(values(label, sharp), gd_sam)}
+        'vs_gd': results.compare(values(label, sharp), gd_sam)}
   sgd_label = f'sgd eta={s["sgd_rate"]:g} batch={s["sgd_batch"]}'
   gd_label = f'gd eta={s["sgd_rate"]:g}'
   sgd_trace, gd_trace = values(sgd_label, trace), values(gd_label, trace)
   sgd = {'two_over_eta': 2 / s['sgd_rate'],
-         'trace': common.compare(sgd_trace, gd_trace),
-         'trace_ratio': common.mean_std(np.divide(sgd_trace, gd_trace)),
+         'trace': results.compare(sgd_trace, gd_trace),
+         'trace_ratio': results.mean_std(np.divide(sgd_trace, gd_trace)),
          'sharpness': stats(sgd_label, sharp),
          'gd_sharpness': stats(gd_label, sharp),
          'final_loss': stats(sgd_label, final_loss)}
   return {'size': size, 'settings': dict(s), 'num_params': num_params,
           'seeds': [int(x) for x in seeds], 'gd': gd,
-          'sam': {'rate': s['sam_rate'], 'gd_last_third': common.mean_std(gd_sam),
+          'sam': {'rate': s['sam_rate'], 'gd_last_third': results.mean_std(gd_sam),
                   'rhos': sam},
           'sgd': sgd, 'curves': dict(curves)}
-
-
-def _every_seed(stats: Mapping[str, Any], ok) -> bool:
-  return all(ok(v) for v in stats['values'])
-
-
-def claims(numbers: Mapping[str, Any]) -> Dict[str, bool]:
-  gd = list(numbers['gd'].values())
-  sam = numbers['sam']['rhos'].values()
-  sgd = numbers['sgd']
-  return {
-      'GD starts below 2/eta (every rate and seed)': all(
-          _every_seed(g['initial'], lambda v, g=g: v < g['two_over_eta'])
-          for g in gd),
-      f'GD sharpness over the last third within {GD_TOLERANCE:.0%} of 2/eta '
-      '(every rate and seed)': all(
-          _every_seed(g['relative_error'], lambda v: abs(v) <= GD_TOLERANCE)
-          for g in gd),
-      f'unnormalized SAM sharpness within {SAM_TOLERANCE:.0%} of the root of '
-      'eta*lambda*(1 + rho*lambda) = 2 (every rho and seed)': all(
-          _every_seed(r['relative_error'], lambda v: abs(v) <= SAM_TOLERANCE)
-          for r in sam),
-      'SAM settles below GD at the same eta (every rho and seed)': all(
-          max(r['last_third']['values'])
-          < min(numbers['sam']['gd_last_third']['values']) for r in sam),
-      f'small-batch SGD ends with a Hessian trace at most {SGD_TRACE_RATIO}x '
-      "GD's (every seed)": _every_seed(sgd['trace_ratio'],
-                                       lambda v: v <= SGD_TRACE_RATIO),
-  }
-
-
-def _pm(stats: Mapping[str, Any], digits: int) -> str:
-  """``'19.89 ± 0.01'``, or just the value for one seed."""
-  if stats['n'] == 1:
-    return f"{stats['mean']:.{digits}f}"
-  return common.fmt_mean_std(stats, digits)
-
-
-def _verdict(comparison: Mapping[str, Any], lower: str, higher: str) -> str:
-  """`common.compare`'s verdict in words (no noise estimate from one seed)."""
-  return common.verdict(comparison, lower, higher,
-                        one_seed='one seed: noise not estimated')
-
-
-def _seeds(numbers) -> str:
-  n = len(numbers['seeds'])
-  return f'{n} seed' + ('s, mean ± std' if n > 1 else '')
-
-
-def readme_row(numbers: Mapping[str, Any]) -> str:
-  s, gd, sam, sgd = (numbers['settings'], numbers['gd'], numbers['sam'],
-                     numbers['sgd'])
-  rates = list(gd)  # '0.1', ...: the rates as the results file keys them.
-  gd_row = (
-      '| ![edge of stability](docs/figures/eos_gd_sharpness.png) | Full-batch '
-      f"GD on a {numbers['num_params']:,}-parameter MLP (`python -m "
-      'experiments.reproduce edge_of_stability`, `configs/eos.py`, '
-      f'{_seeds(numbers)}, {s["steps"]} steps): sharpness rises from '
-      f"{_pm(gd[rates[0]]['initial'], 2)} and hovers at 2/eta; "
-      'last-third means ' + ', '.join(_pm(gd[r]['last_third'], 3)
-                                      for r in rates)
-      + ' for eta = ' + ', '.join(rates) + ' against '
-      + ', '.join(f"{gd[r]['two_over_eta']:.4g}" for r in rates) + '. |')
-  rhos = list(sam['rhos'])
-  verdicts = sorted({_verdict(sam['rhos'][r]['vs_gd'], 'lower beyond noise',
-                              'higher beyond noise') for r in rhos})
-  sam_row = (
-      '| ![SAM](docs/figures/eos_sam_sharpness.png) | Unnormalized SAM '
-      '(`optimizer.sam.normalize=False`, the library\'s `sam_gradient`) at '
-      f"eta = {sam['rate']:g} settles where eta*lambda*(1 + rho*lambda) = 2: "
-      f"rho = {', '.join(rhos)} predict "
-      + ', '.join(f"{sam['rhos'][r]['predicted']:.2f}" for r in rhos)
-      + ' and measure ' + ', '.join(_pm(sam['rhos'][r]['last_third'], 2)
-                                    for r in rhos)
-      + f" (last third), GD {_pm(sam['gd_last_third'], 2)}; SAM against GD: "
-      + ' / '.join(verdicts) + '. |')
-  trace = sgd['trace']
-  relation = ('above' if trace['a']['mean'] > sgd['two_over_eta']
-              else 'at or below')
-  sgd_row = (
-      '| ![SGD trace](docs/figures/eos_sgd_trace.png) | Small-batch SGD (batch '
-      f"{s['sgd_batch']}, eta = {s['sgd_rate']:g}) ends with Hessian trace "
-      f"{_pm(trace['a'], 1)} against full-batch GD's {_pm(trace['b'], 1)} "
-      f"({_verdict(trace, 'lower beyond noise', 'higher beyond noise')}; "
-      f"last third), {relation} 2/eta = {sgd['two_over_eta']:.4g}, the bound "
-      'Wu & Su state for the trace at minima linearly stable for SGD; SGD\'s '
-      f"top eigenvalue ends at {_pm(sgd['sharpness'], 2)}, GD's at "
-      f"{_pm(sgd['gd_sharpness'], 2)}. |")
-  return '\n'.join([gd_row, sam_row, sgd_row])
-
-
-def summary(numbers: Mapping[str, Any]) -> List[str]:
-  """The notebook's conclusions: one line per result, verdicts computed."""
-  s, gd, sam, sgd = (numbers['settings'], numbers['gd'], numbers['sam'],
-                     numbers['sgd'])
-  lines = []
-  for rate, g in gd.items():
-    lines.append(
-        f"GD eta={rate}: sharpness {_pm(g['initial'], 2)} at init, peak "
-        f"{_pm(g['peak'], 2)}, {_pm(g['last_third'], 3)} over the last third "
-        f"(2/eta = {g['two_over_eta']:.4g}, relative error "
-        f"{_pm(g['relative_error'], 4)}); final training loss "
-        f"{g['final_loss']['mean']:.1e}")
-  for rho, r in sam['rhos'].items():
-    lines.append(
-        f"SAM eta={sam['rate']:g} rho={rho}: predicted {r['predicted']:.2f}, "
-        f"measured {_pm(r['last_third'], 2)} (relative error "
-        f"{_pm(r['relative_error'], 4)}); against GD's "
-        f"{_pm(sam['gd_last_third'], 2)}: "
-        + _verdict(r['vs_gd'], 'lower beyond noise', 'higher beyond noise'))
-  t = sgd['trace']
-  lines.append(
-      f"Hessian trace over the last third at eta={s['sgd_rate']:g}: SGD batch "
-      f"{s['sgd_batch']} {_pm(t['a'], 1)}, GD {_pm(t['b'], 1)} "
-      f"({_verdict(t, 'SGD lower beyond noise', 'SGD higher beyond noise')}; "
-      f"ratio {_pm(sgd['trace_ratio'], 3)}); 2/eta = {sgd['two_over_eta']:.4g}, "
-      f"which SGD's trace is {'above' if t['a']['mean'] > sgd['two_over_eta'] else 'at or below'}")
-  lines.append(
-      f"Top eigenvalue at eta={s['sgd_rate']:g}: SGD {_pm(sgd['sharpness'], 2)}, "
-      f"GD {_pm(sgd['gd_sharpness'], 2)}")
-  lines += [f"{'reproduced' if ok else 'NOT reproduced'}: {claim}"
-            for claim, ok in claims(numbers).items()]
-  return lines
-
-
-def plot(numbers: Mapping[str, Any], figures_dir: str) -> List[str]:
-  """The three figures of `FIGURES`, from the numbers' curves (every seed)."""
-  return eos_figures.plot(numbers, figures_dir, FIGURES)

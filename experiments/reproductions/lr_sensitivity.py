@@ -18,33 +18,30 @@ What runs: `configs/lr_sensitivity.py` (``:sweep`` at full size,
 ``:smoke_sweep`` at smoke size), the baseline and ``model.qk_norm=True,
 loss.z_loss=1e-4``, over a factor-2 grid of peak rates and the seeds (init,
 data order and held-out batches). Each variant compiles the library's
-`dynamics.step.train_step` once in a ``lax.scan`` (`common.scan_train_fn`)
-and replays it for every rate and seed. Per run: the final eval
+`dynamics.step.train_step` once in a ``lax.scan``
+(`dynamics.replay.make_scan_train`) and replays it for every rate and seed. Per run: the final eval
 cross-entropy (the z-loss term excluded; a non-finite loss counts as
 ``l_0``), and the instability probes of the final parameters on a held-out
 batch (`dynamics.losses.compute_loss` with the per-layer probes: the largest
 attention logit over blocks and the mean ``log Z`` of the output). The
 sensitivity is computed per seed, and the variants are compared over the
-seeds with `common.compare` ("within noise" within two standard errors).
+seeds with `results.compare` ("within noise" within two standard errors).
 """
 
 import dataclasses
-import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analysis import plots
+from analysis import results
+from analysis.results.lr_sensitivity import VARIANTS
 from configs import lr_sensitivity as lr_sensitivity_config
-from dynamics import losses, runs
+from dynamics import losses, replay, runs
 from experiments.reproductions import common
 
-FIGURES = ('lr_sensitivity.png',)
 DEFAULT_SEEDS = (0, 1, 2)
-VARIANTS = {'baseline': {'qk_norm': False, 'z_loss': 0.0},
-            'qk-norm + z-loss': {'qk_norm': True, 'z_loss': 1e-4}}
 LEARNING_RATES = {'full': tuple(1e-3 * 2 ** k for k in range(10)),
                   'smoke': (3e-3, 3e-2, 30.0)}
 
@@ -62,7 +59,7 @@ def config(size: str, variant: str, seed: int = 0, learning_rate=None):
 
 
 def configs(size: str) -> Dict[str, Any]:
-  return {v: common.config_record(config(size, v)) for v in VARIANTS}
+  return {v: runs.config_record(config(size, v)) for v in VARIANTS}
 
 
 def sensitivity(final_losses: Sequence[float], loss0: float) -> float:
@@ -81,7 +78,7 @@ def sensitivity(final_losses: Sequence[float], loss0: float) -> float:
 def _run_variant(size: str, variant: str, seeds: Sequence[int],
                  rates: Sequence[float], log) -> Dict[str, Any]:
   run0 = runs.Run(config(size, variant, seeds[0]))
-  train = common.scan_train_fn(run0)
+  train = replay.make_scan_train(run0)
   probes = jax.jit(lambda p, s, b: _probes_arrays(run0, p, s, b))
   key = 'cross_entropy' if VARIANTS[variant]['z_loss'] else 'loss'
   out = {repr(float(r)): {'eval_loss': [], 'attn_logit_max': [], 'log_z': []}
@@ -89,12 +86,12 @@ def _run_variant(size: str, variant: str, seeds: Sequence[int],
   for seed in seeds:
     run = run0 if seed == seeds[0] else runs.Run(config(size, variant, seed))
     state0 = run.init_state()
-    batches = jax.tree.map(jnp.asarray, common.stacked_batches(
+    batches = jax.tree.map(jnp.asarray, replay.stacked_batches(
         run.dataset, run.config.num_steps))
     probe_batch = jax.tree.map(jnp.asarray, run.probe_batches(1)[0])
     for lr in rates:
       lrs = common.lr_table(config(size, variant, seed, lr))
-      state, _ = train(state0, lrs, batches)
+      state, _ = train(state0, batches, lrs)
       ev = run.evaluate(state.params, state.model_state,
                         eval_fn=run0.eval_step)[key]
       p = {k: float(v) for k, v in probes(state.params, state.model_state,
@@ -146,123 +143,16 @@ def summarize(sweep: Dict[str, Any], rates: Sequence[float],
                   for x in s[k]['eval_loss']] for k in keys}
     means = {k: float(np.mean(capped[k])) for k in keys}
     best = min(keys, key=means.get)
-    summary[v] = {'sensitivity': common.mean_std(per_seed),
-                  'loss': {k: common.mean_std(capped[k]) for k in keys},
-                  'best_rate': float(best), 'best_loss': common.mean_std(
+    summary[v] = {'sensitivity': results.mean_std(per_seed),
+                  'loss': {k: results.mean_std(capped[k]) for k in keys},
+                  'best_rate': float(best), 'best_loss': results.mean_std(
                       capped[best])}
   names = list(VARIANTS)
-  comparison = common.compare(summary[names[1]]['sensitivity']['values'],
+  comparison = results.compare(summary[names[1]]['sensitivity']['values'],
                               summary[names[0]]['sensitivity']['values'])
-  best_comparison = common.compare(summary[names[1]]['best_loss']['values'],
+  best_comparison = results.compare(summary[names[1]]['best_loss']['values'],
                                    summary[names[0]]['best_loss']['values'])
   return {'learning_rates': [float(r) for r in rates], 'setup': setup,
           'sweep': sweep, 'summary': summary,
           'sensitivity_comparison': comparison,
           'best_loss_comparison': best_comparison}
-
-
-def verdict(comparison: Dict[str, Any], lower: str, higher: str) -> str:
-  """'within noise', ``lower`` or ``higher`` for a `common.compare` of the
-  qk-norm + z-loss variant minus the baseline; no verdict from one seed."""
-  return common.verdict(comparison, lower, higher)
-
-
-def conclusion(numbers: Dict[str, Any]) -> str:
-  """The sentence the README and the notebook print."""
-  s, (base, fixed) = numbers['summary'], list(VARIANTS)
-  sens = verdict(numbers['sensitivity_comparison'],
-                 'qk-norm + z-loss less sensitive',
-                 'qk-norm + z-loss more sensitive')
-  best = verdict(numbers['best_loss_comparison'], 'qk-norm + z-loss lower',
-                 'baseline lower')
-  ms = common.fmt_mean_std
-  return (f"LR sensitivity {ms(s[base]['sensitivity'])} (baseline) vs "
-          f"{ms(s[fixed]['sensitivity'])} (qk-norm + z-loss): {sens}; best "
-          f"final loss {ms(s[base]['best_loss'])} at LR "
-          f"{s[base]['best_rate']:g} vs {ms(s[fixed]['best_loss'])} at LR "
-          f"{s[fixed]['best_rate']:g} ({best})")
-
-
-def report_lines(numbers: Dict[str, Any]) -> List[str]:
-  """The notebook's table (final loss per variant and rate, capped at the
-  loss at init) and conclusion, every number formatted from ``numbers``."""
-  lines = []
-  for v in VARIANTS:
-    s, sw = numbers['summary'][v], numbers['sweep'][v]
-    for r in numbers['learning_rates']:
-      k = repr(r)
-      blown = sum(x is None or x >= numbers['setup']['loss_at_init']
-                  for x in sw[k]['eval_loss'])
-      attn = [x for x in sw[k]['attn_logit_max'] if x is not None]
-      lines.append(
-          f"{v:>16} LR {r:<8g} final eval loss "
-          f"{common.fmt_mean_std(s['loss'][k]):>15} (capped runs {blown}), "
-          'max attention logit '
-          + (f'{max(attn):.3g}' if attn else 'not finite'))
-    lines.append(f"{v:>16} LR sensitivity "
-                 f"{common.fmt_mean_std(s['sensitivity'])}")
-  lines.append(conclusion(numbers) + '.')
-  return lines
-
-
-def max_attention_logit(numbers: Dict[str, Any], variant: str) -> float:
-  """The largest attention logit of any finished run of ``variant``."""
-  sw = numbers['sweep'][variant]
-  return max(x for k in sw for x in sw[k]['attn_logit_max'] if x is not None)
-
-
-def readme_row(numbers: Dict[str, Any]) -> str:
-  rates, setup = numbers['learning_rates'], numbers['setup']
-  n_seeds = numbers['summary']['baseline']['sensitivity']['n']
-  base, fixed = VARIANTS
-  return ('| ![LR sensitivity](docs/figures/lr_sensitivity.png) | Final eval '
-          f'loss vs peak learning rate ({rates[0]:g} to {rates[-1]:g}, factor '
-          f"2; {n_seeds} seeds; {setup['num_steps']} steps of the 2-layer GPT, "
-          '`python -m experiments.reproduce lr_sensitivity`), with and without '
-          f'qk-norm + z-loss (Wortsman et al. 2023): {conclusion(numbers)}. '
-          'The largest attention logit of the final parameters reaches '
-          f'{max_attention_logit(numbers, base):.2g} without qk-norm, '
-          f'{max_attention_logit(numbers, fixed):.2g} with it. |')
-
-
-def claims(numbers: Dict[str, Any]) -> Dict[str, bool]:
-  """The paper's claim (lower sensitivity beyond noise), and the shape of
-  the curve any sweep must show: high rates end worse than the best."""
-  s = numbers['summary']
-  c = numbers['sensitivity_comparison']
-  keys = [repr(r) for r in numbers['learning_rates']]
-  return {
-      'qk_norm_z_loss_less_sensitive': c['verdict'] == 'a lower',
-      'largest_rate_worse_than_best': all(
-          s[v]['loss'][keys[-1]]['mean'] > s[v]['best_loss']['mean'] + 0.1
-          for v in s)}
-
-
-def plot(numbers: Dict[str, Any], figures_dir: str) -> List[str]:
-  """Final eval loss, the largest attention logit and ``log Z`` vs rate."""
-  rates = numbers['learning_rates']
-  keys = [repr(r) for r in rates]
-  fig, axes = plots.figure(3, width=4.4, height=3.6)
-  for v in VARIANTS:
-    s, sw = numbers['summary'][v], numbers['sweep'][v]
-    axes[0].errorbar(rates, [s['loss'][k]['mean'] for k in keys],
-                     yerr=[s['loss'][k]['std'] for k in keys], fmt='o-',
-                     capsize=3, label=f"{v} (sensitivity "
-                     f"{s['sensitivity']['mean']:.3f})")
-    for ax, name in ((axes[1], 'attn_logit_max'), (axes[2], 'log_z')):
-      vals = [np.nanmean([np.nan if x is None else x for x in sw[k][name]])
-              for k in keys]
-      ax.plot(rates, vals, 'o-', label=v)
-  axes[0].axhline(numbers['setup']['loss_at_init'], color='gray', ls=':',
-                  lw=0.8, label='loss at init')
-  axes[0].set_title('final eval loss (mean ± std over seeds)')
-  axes[1].set_title('largest attention logit (final params)')
-  axes[2].set_title('mean log Z of the output (final params)')
-  for ax in axes:
-    ax.set_xscale('log')
-    ax.set_xticks(rates, [f'{r:g}' for r in rates], rotation=45)
-    ax.minorticks_off()
-    ax.set_xlabel('peak learning rate')
-    ax.legend(fontsize=7)
-  axes[1].set_yscale('log')
-  return [plots.save(fig, os.path.join(figures_dir, FIGURES[0]))]

@@ -9,7 +9,7 @@ learning rate, so it is measured where it can show: a factor-2 grid of peak
 learning rates, for Adam and Stable-SPAM, in fake INT4 and FP4, over the seeds
 (init, data order and held-out batches). Per optimizer and format the record
 holds the largest rate at which every seed trains, the number of loss spikes
-of every run, and the final eval losses (mean ± std; `common.compare` says
+of every run, and the final eval losses (mean ± std; `results.compare` says
 "within noise" within two standard errors). The old "steps to reach Adam's
 final loss" is gone: with shared init and batches its first crossing is
 driven by the common batch noise and cannot separate the optimizers.
@@ -19,9 +19,9 @@ What runs: `configs/stable_spam_4bit.py` (``:sweep`` at full size,
 and format): the small GPT on the embedded Markov language, every linear
 layer fake-quantized (`dynamics.quantization`), no gradient clipping, a
 warmup-cosine schedule. Each (optimizer, format) compiles the library's
-`dynamics.step.train_step` once in a ``lax.scan`` (`common.scan_train_fn`)
-and replays it for every rate and seed; the per-update train losses give the
-spikes. The smoke size checks this machinery on Adam in INT4 only.
+`dynamics.step.train_step` once in a ``lax.scan``
+(`dynamics.replay.make_scan_train`) and replays it for every rate and seed;
+the per-update train losses give the spikes. The smoke size checks this machinery on Adam in INT4 only.
 
 Definitions (``numbers['definitions']`` records them):
 
@@ -35,22 +35,19 @@ Definitions (``numbers['definitions']`` records them):
   which every seed trains (`largest_stable_rate`).
 """
 
-import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analysis import plots
+from analysis import results
+from analysis.results.optimizers_4bit import FORMATS, OPTIMIZERS
 from configs import stable_spam_4bit
-from dynamics import runs
+from dynamics import replay, runs
 from experiments.reproductions import common
 
-FIGURES = ('optimizers_4bit.png',)
 DEFAULT_SEEDS = (0, 1, 2)
-OPTIMIZERS = ('Adam', 'Stable-SPAM')
-FORMATS = ('int4', 'fp4')
 # What each size runs: the smoke size checks the machinery (divergence,
 # spikes, the largest stable rate) on Adam in INT4 only.
 FORMATS_AT = {'full': FORMATS, 'smoke': ('int4',)}
@@ -80,7 +77,7 @@ def config(size: str, optimizer: str, fmt: str, seed: int = 0,
 
 
 def configs(size: str) -> Dict[str, Any]:
-  return {f'{opt} {fmt}': common.config_record(config(size, opt, fmt))
+  return {f'{opt} {fmt}': runs.config_record(config(size, opt, fmt))
           for fmt in FORMATS_AT[size] for opt in OPTIMIZERS_AT[size]}
 
 
@@ -147,18 +144,18 @@ def _run_sweep(size: str, optimizer: str, fmt: str, seeds: Sequence[int],
                rates: Sequence[float], log) -> Dict[str, Any]:
   """Every rate and seed of one optimizer and format (one compilation)."""
   run0 = runs.Run(config(size, optimizer, fmt, seeds[0]))
-  train = common.scan_train_fn(run0)
+  train = replay.make_scan_train(run0)
   out: Dict[str, Any] = {}
   for seed in seeds:
     run = run0 if seed == seeds[0] else runs.Run(
         config(size, optimizer, fmt, seed))
     state0 = run.init_state()
-    batches = jax.tree.map(jnp.asarray, common.stacked_batches(
+    batches = jax.tree.map(jnp.asarray, replay.stacked_batches(
         run.dataset, run.config.num_steps))
     floor = float(run.dataset.info.loss_floor)
     for lr in rates:
       lrs = common.lr_table(config(size, optimizer, fmt, seed, lr))
-      state, metrics = train(state0, jnp.asarray(lrs), batches)
+      state, metrics = train(state0, batches, lrs)
       losses = np.asarray(jax.device_get(metrics['loss']), np.float64)
       ev = run.evaluate(state.params, state.model_state,
                         eval_fn=run0.eval_step)['loss']
@@ -212,177 +209,14 @@ def summarize(sweep: Dict[str, Any], rates: Sequence[float],
               rates, [s[k]['trained'] for k in keys]),
           'spikes_total': int(sum(sum(s[k]['spikes']) for k in keys)),
           'spikes_mean': {k: float(np.mean(s[k]['spikes'])) for k in keys},
-          'eval_loss': {k: (common.mean_std(s[k]['eval_loss'])
+          'eval_loss': {k: (results.mean_std(s[k]['eval_loss'])
                             if None not in s[k]['eval_loss'] else None)
                         for k in keys}}
     summary[fmt]['comparisons'] = {}
     for k in keys if len(present) == 2 else ():
       a, b = (sweep[fmt][o][k]['eval_loss'] for o in OPTIMIZERS)
       if None not in a and None not in b:
-        summary[fmt]['comparisons'][k] = common.compare(b, a)  # SPAM - Adam.
+        summary[fmt]['comparisons'][k] = results.compare(b, a)  # SPAM - Adam.
   return {'learning_rates': [float(r) for r in rates], 'definitions': definitions,
           'sweep': sweep, 'summary': summary}
 
-
-# -- what the README and the notebook say -----------------------------------
-
-
-def formats_of(numbers: Dict[str, Any]) -> List[str]:
-  """The formats a results file holds, in `FORMATS` order (INT4 first)."""
-  return [f for f in FORMATS if f in numbers['summary']]
-
-
-def optimizers_of(numbers: Dict[str, Any]) -> List[str]:
-  """The optimizers a results file holds, in `OPTIMIZERS` order."""
-  first = numbers['sweep'][formats_of(numbers)[0]]
-  return [o for o in OPTIMIZERS if o in first]
-
-
-def _rate(r: Optional[float]) -> str:
-  return 'none' if r is None else f'{r:g}'
-
-
-def best_shared_rate(numbers: Dict[str, Any], fmt: str) -> Optional[str]:
-  """The rate key with the lowest mean Adam eval loss among those compared."""
-  comp = numbers['summary'][fmt]['comparisons']
-  adam = numbers['summary'][fmt]['Adam']['eval_loss']
-  return min(comp, key=lambda k: adam[k]['mean']) if comp else None
-
-
-def verdict(comparison: Dict[str, Any]) -> str:
-  """'within noise', 'Stable-SPAM lower' or 'Adam lower' (`common.compare`
-  of Stable-SPAM minus Adam); 'one seed: no verdict' below two seeds."""
-  return common.verdict(comparison, 'Stable-SPAM lower', 'Adam lower')
-
-
-def format_summary(numbers: Dict[str, Any], fmt: str) -> str:
-  """One sentence per format: stable rates, spikes, the final losses at the
-  best rate and at every rate where the optimizers differ beyond noise."""
-  s, opts = numbers['summary'][fmt], optimizers_of(numbers)
-  text = (f'{fmt.upper()}: largest stable LR ' + ', '.join(
-      f"{o} {_rate(s[o]['largest_stable_rate'])}" for o in opts)
-          + '; loss spikes over the sweep '
-          + ' vs '.join(str(s[o]['spikes_total']) for o in opts))
-  best = best_shared_rate(numbers, fmt)
-  shown = [k for k in s['comparisons']
-           if k == best or verdict(s['comparisons'][k]) not in (
-               'within noise', 'one seed: no verdict')]
-  if shown:
-    text += '; final eval loss Adam vs Stable-SPAM ' + ', '.join(
-        f"at LR {float(k):g} {common.fmt_mean_std(s['comparisons'][k]['b'])} "
-        f"vs {common.fmt_mean_std(s['comparisons'][k]['a'])} "
-        f"({verdict(s['comparisons'][k])})" for k in shown)
-  others = [k for k in s['comparisons'] if k not in shown]
-  if others and all(verdict(s['comparisons'][k]) == 'within noise'
-                    for k in others):
-    text += ', within noise at the other rates with finite losses'
-  return text
-
-
-def report_lines(numbers: Dict[str, Any]) -> List[str]:
-  """The notebook's table (one line per format, optimizer and rate) and
-  conclusions, every number formatted from ``numbers``."""
-  lines = []
-  for fmt in formats_of(numbers):
-    for opt in optimizers_of(numbers):
-      for r in numbers['learning_rates']:
-        rec = numbers['sweep'][fmt][opt][repr(float(r))]
-        ev = numbers['summary'][fmt][opt]['eval_loss'][repr(float(r))]
-        loss = 'not finite' if ev is None else common.fmt_mean_std(ev)
-        lines.append(
-            f"{fmt.upper()} {opt:>11} LR {r:<5g} final eval loss {loss:>15}, "
-            f"spikes per seed {'/'.join(str(x) for x in rec['spikes'])}, "
-            f"trains {sum(rec['trained'])}/{len(rec['trained'])}")
-  lines += [format_summary(numbers, f) + '.' for f in formats_of(numbers)]
-  return lines
-
-
-def readme_row(numbers: Dict[str, Any]) -> str:
-  d, rates = numbers['definitions'], numbers['learning_rates']
-  opts = optimizers_of(numbers)
-  first = numbers['sweep'][formats_of(numbers)[0]][opts[0]]
-  n_seeds = len(first[repr(float(rates[0]))]['spikes'])
-  formats = ' / '.join(f.upper() for f in formats_of(numbers))
-  found = claims(numbers)
-  verdict_text = '' if not found else '. Stable-SPAM ' + (
-      'trains at a larger rate than Adam'
-      if found['stable_spam_stable_at_larger_lr']
-      else 'does not train at a larger rate than Adam') + (
-          ' at this scale (the paper: 60M-1B parameters)')
-  return ('| ![4-bit](docs/figures/optimizers_4bit.png) | '
-          f"{' vs '.join(opts)} under fake {formats} training, peak learning "
-          f"rates "
-          f"{', '.join(_rate(r) for r in rates)}, {n_seeds} seed"
-          f"{'s' if n_seeds > 1 else ''} each, "
-          f"{d['num_steps']} steps of the {d['num_parameters'] / 1e3:.0f}k-"
-          'parameter GPT (`python -m experiments.reproduce optimizers_4bit`). '
-          + '. '.join(format_summary(numbers, f) for f in formats_of(numbers))
-          + verdict_text + '. |')
-
-
-def claims(numbers: Dict[str, Any]) -> Dict[str, bool]:
-  """The paper's stability claim, per format and overall (none unless both
-  optimizers ran)."""
-  out = {}
-  if optimizers_of(numbers) != list(OPTIMIZERS):
-    return out
-  for fmt in formats_of(numbers):
-    s = numbers['summary'][fmt]
-    a, b = (s[o]['largest_stable_rate'] for o in OPTIMIZERS)
-    out[f'{fmt}_stable_spam_stable_at_larger_lr'] = (
-        b is not None and (a is None or b > a))
-    out[f'{fmt}_stable_spam_fewer_spikes'] = (
-        s['Stable-SPAM']['spikes_total'] < s['Adam']['spikes_total'])
-  out['stable_spam_stable_at_larger_lr'] = all(
-      out[f'{f}_stable_spam_stable_at_larger_lr'] for f in formats_of(numbers))
-  return out
-
-
-def edge_rate(numbers: Dict[str, Any]) -> float:
-  """The largest rate of the grid at which some run (any optimizer, format
-  or seed) trained: where stability is decided."""
-  trained = [r for r in numbers['learning_rates']
-             for f in formats_of(numbers) for o in optimizers_of(numbers)
-             if any(numbers['sweep'][f][o][repr(float(r))]['trained'])]
-  return max(trained) if trained else numbers['learning_rates'][0]
-
-
-def plot(numbers: Dict[str, Any], figures_dir: str) -> List[str]:
-  """Final eval loss and spikes vs learning rate; the first seed's train
-  loss at the `edge_rate`."""
-  rates = numbers['learning_rates']
-  keys = [repr(float(r)) for r in rates]
-  edge = edge_rate(numbers)
-  fig, axes = plots.figure(3, width=4.6, height=3.6)
-  styles = {'int4': '-', 'fp4': '--'}
-  colors = {'Adam': 'tab:blue', 'Stable-SPAM': 'tab:red'}
-  for fmt in formats_of(numbers):
-    for opt in optimizers_of(numbers):
-      s, sw = numbers['summary'][fmt][opt], numbers['sweep'][fmt][opt]
-      label = f'{opt} {fmt}'
-      mean = [np.nan if s['eval_loss'][k] is None else s['eval_loss'][k]['mean']
-              for k in keys]
-      std = [0.0 if s['eval_loss'][k] is None else s['eval_loss'][k]['std']
-             for k in keys]
-      axes[0].errorbar(rates, mean, yerr=std, fmt='o' + styles[fmt],
-                       color=colors[opt], label=label, capsize=3)
-      axes[1].plot(rates, [s['spikes_mean'][k] for k in keys],
-                   'o' + styles[fmt], color=colors[opt], label=label)
-      curve = np.array([np.nan if v is None else v
-                        for v in sw[repr(float(edge))]['curve_seed0']])
-      axes[2].plot(np.arange(1, len(curve) + 1), curve, styles[fmt],
-                   color=colors[opt], lw=0.8, label=label)
-  axes[0].set_title('final eval loss (mean ± std over seeds)')
-  factor = numbers['definitions']['spike_factor']
-  axes[1].set_title(f'loss spikes per run (> {factor}x running median)')
-  axes[2].set_title(f'train loss at LR {edge:g} (first seed)')
-  for ax in axes[:2]:
-    ax.set_xscale('log')
-    ax.set_xticks(rates, [f'{r:g}' for r in rates])
-    ax.minorticks_off()
-    ax.set_xlabel('peak learning rate')
-  axes[2].set_xlabel('update')
-  axes[0].set_ylabel('nats')
-  for ax in axes:
-    ax.legend(fontsize=7)
-  return [plots.save(fig, os.path.join(figures_dir, FIGURES[0]))]

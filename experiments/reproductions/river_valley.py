@@ -14,8 +14,8 @@ matches an actual decay. Tissue et al. (2024): the loss follows
 What runs, per seed (init, data order and held-out batches): the transformer,
 data and AdamW of `configs/river_valley.py`. Every method replays the
 library's `dynamics.step.train_step` on the same batches in a jitted
-``lax.scan`` whose learning rate is a table filled from a `dynamics.schedules`
-schedule (one compilation for all methods and seeds): constant (warmup, then
+``lax.scan`` (`dynamics.replay.make_scan_train`) whose learning rate is a
+table filled from a `dynamics.schedules` schedule (one compilation for all methods and seeds): constant (warmup, then
 the peak up to the last budget); WSD linear / cosine / 1-sqrt, branches of the
 constant run decaying over the last ``decay_fraction`` of each budget
 (`schedules.wsd`, what ``--config.branch.*`` does); one warmup-cosine run per
@@ -23,38 +23,27 @@ budget; one `schedules.wsd_s` run; WSM uniform / 1-sqrt / cosine,
 `dynamics.merging` merges of the constant run's checkpoints every
 ``merge.interval`` steps over the same last ``decay_fraction`` ('linear'
 merges equal 'uniform'). Methods are compared over the seeds with
-`common.compare` (within two standard errors: "within noise"); the annealing
+`results.compare` (within two standard errors: "within noise"); the annealing
 law is fitted per seed on the constant run and linear WSD at the last budget
 and predicts every other run's final loss.
 """
 
-import functools
-import json
-import os
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Dict, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from analysis import annealing_law as law
-from analysis import plots
+from analysis import results
+from analysis.results.river_valley import (CONSTANT, DECAY_SHAPES, METHODS,
+                                           WSM_SHAPES, lr_tables)
 from configs import river_valley as river_valley_config
 from dynamics import data as data_lib
-from dynamics import merging, optim, parametrization, runs, schedules
-from dynamics import step as step_lib
-from experiments.reproductions import common
+from dynamics import merging, runs
+from dynamics import replay as replay_lib
 
-FIGURES = ('wsd_river_valley_signature.png', 'wsd_river_valley_final_loss.png',
-           'wsd_river_valley_annealing_law.png')
 DEFAULT_SEEDS = (0, 1, 2)
-DECAY_SHAPES = schedules.DECAY_SHAPES
-WSM_SHAPES = ('uniform', '1-sqrt', 'cosine')
-CONSTANT = 'constant (no decay)'
-METHODS = (('cosine',) + tuple(f'WSD {s}' for s in DECAY_SHAPES)
-           + ('WSD-S linear',) + tuple(f'WSM {s}' for s in WSM_SHAPES)
-           + (CONSTANT,))
-LAW_TOLERANCE = 0.01  # Held-out final losses predicted within 1% on average.
 
 
 def config(size: str, seed: int = 0):
@@ -66,7 +55,7 @@ def config(size: str, seed: int = 0):
 
 def configs(size: str) -> Dict[str, Any]:
   """``{label: config record}`` of the runs, for the results file."""
-  return {'river_valley': common.config_record(config(size))}
+  return {'river_valley': runs.config_record(config(size))}
 
 
 def setup_of(c) -> Dict[str, Any]:
@@ -85,66 +74,13 @@ def setup_of(c) -> Dict[str, Any]:
           'eval_every': every, 'merge_interval': interval}
 
 
-def schedules_of(setup: Dict[str, Any]) -> Dict[str, Callable]:
-  """Curve key -> its `dynamics.schedules` schedule, for every trained run."""
-  peak, warmup, f = setup['peak'], setup['warmup'], setup['decay_fraction']
-  out = {'constant': schedules.constant(peak, warmup)}
-  for shape in DECAY_SHAPES:
-    for b in setup['budgets']:
-      out[f'wsd-{shape}-{b}'] = schedules.wsd(peak, b, warmup, f, shape)
-  for b in setup['budgets']:
-    out[f'cosine-{b}'] = schedules.warmup_cosine(peak, b, warmup)
-  out['wsd_s'] = schedules.wsd_s(peak, setup['budgets'], warmup, f, 'linear')
-  return out
-
-
-def lr_tables(setup: Dict[str, Any]) -> Dict[str, np.ndarray]:
-  """Curve key -> float64 learning rate of each update (``law.Curve.lrs``):
-  ``schedule(0), ..., schedule(T - 1)`` with ``T`` the last budget."""
-  return _lr_tables(json.dumps(setup, sort_keys=True))
-
-
-@functools.lru_cache(maxsize=4)
-def _lr_tables(setup_json: str) -> Dict[str, np.ndarray]:
-  setup = json.loads(setup_json)
-  scheds = schedules_of(setup)
-  # One compilation for all the schedules (op by op, each would compile ~10).
-  tables = jax.jit(lambda t: {k: s(t) for k, s in scheds.items()})(
-      np.arange(setup['budgets'][-1]))
-  return {k: np.asarray(v, np.float64) for k, v in tables.items()}
-
-
-def replay_fn(run) -> Callable:
-  """Jitted ``replay(state, lrs_T, inputs, targets, length)``: ``length``
-  updates of `dynamics.step.train_step` on ``inputs[state.step]``, ... with
-  learning rate ``lrs_T[step]``: one compilation for every schedule and for
-  every run with the same model, step options and optimizer."""
-  model, options = run.model, run.options
-  optimizer_config = parametrization.optimizer_config(run.config)
-
-  @functools.partial(jax.jit, static_argnums=4)
-  def replay(state, lrs_T, inputs_TxBxL, targets_TxBxL, length):
-    schedule = lambda count: lrs_T[jnp.minimum(count, lrs_T.shape[0] - 1)]
-    tx = optim.build_optimizer(optimizer_config, schedule)
-
-    def body(st, _):
-      batch = {'inputs': inputs_TxBxL[st.step], 'targets': targets_TxBxL[st.step]}
-      return step_lib.train_step(st, batch, model=model, tx=tx,
-                                 schedule=schedule, options=options)[0], None
-
-    return jax.lax.scan(body, state, None, length=length)[0]
-
-  return replay
-
-
 def _train_seed(run, replay, held_out, log) -> Dict[str, Any]:
   """Every method of one seed: eval curves and final losses on ``held_out``."""
   setup = setup_of(run.config)
   budgets, every, last = setup['budgets'], setup['eval_every'], setup['budgets'][-1]
-  batches = [run.dataset.train_batch(i) for i in range(last)]
-  inputs = jnp.asarray(np.stack([b['inputs'] for b in batches]))
-  targets = jnp.asarray(np.stack([b['targets'] for b in batches]))
-  tables = {k: jnp.asarray(v, jnp.float32) for k, v in lr_tables(setup).items()}
+  batches = jax.tree.map(jnp.asarray,
+                         replay_lib.stacked_batches(run.dataset, last))
+  tables = {k: np.asarray(v, np.float32) for k, v in lr_tables(setup).items()}
   evaluate = lambda params, model_state: float(runs.evaluate(
       params, model_state, held_out, run.eval_step, run.config.eval_batches)['loss'])
 
@@ -152,7 +88,8 @@ def _train_seed(run, replay, held_out, log) -> Dict[str, Any]:
     steps, losses, kept, step = [], [], {}, start
     while step < stop:
       length = min(every - step % every, stop - step)
-      state = replay(state, tables[key], inputs, targets, length)
+      state, _ = replay(state, jax.tree.map(lambda a: a[step:step + length],
+                                            batches), tables[key])
       step += length
       steps.append(step)
       losses.append(evaluate(state.params, state.model_state))
@@ -211,7 +148,7 @@ def summarize(per_seed: Sequence[Dict[str, Any]], setup: Dict[str, Any]
               ) -> Dict[str, Any]:
   """The JSON numbers from each seed's curves and final losses."""
   budgets, n = setup['budgets'], len(per_seed)
-  ms = common.mean_std
+  ms = results.mean_std
   final = {m: {str(b): ms([s['final'][m][b] for s in per_seed]) for b in budgets}
            for m in METHODS}
   best = lambda prefix, b: min((final[m][str(b)]['mean'], m) for m in METHODS
@@ -225,14 +162,14 @@ def summarize(per_seed: Sequence[Dict[str, Any]], setup: Dict[str, Any]
                             ('wsds_vs_wsd', ('WSD-S linear', 'WSD linear')),
                             ('wsm_vs_constant', (wsm, CONSTANT)),
                             ('wsm_vs_decay', (wsm, wsd))):
-      comparisons[key][str(b)] = {'a_method': m_a, 'b_method': m_b, **common.compare(
+      comparisons[key][str(b)] = {'a_method': m_a, 'b_method': m_b, **results.compare(
           *([s['final'][m][b] for s in per_seed] for m in (m_a, m_b)))}
     const = [dict(zip(*s['curves']['constant'])) for s in per_seed]
     # The linear WSD branch's drop over its decay against the constant run's
     # over the same steps (same start and batches, only the rate differs).
     decay = [c[b - d] - s['final']['WSD linear'][b] for c, s in zip(const, per_seed)]
     stable = [c[b - d] - c[b] for c in const]
-    signature[str(b)] = {'decay_steps': d, **common.compare(decay, stable)}
+    signature[str(b)] = {'decay_steps': d, **results.compare(decay, stable)}
   fits = [fit_law(s['curves'], setup) for s in per_seed]
   held_out = [k for k in fits[0]['errors'] if k not in fits[0]['fit_on']]
   finals = [[f['errors'][k]['final_rel_error'] for k in held_out] for f in fits]
@@ -264,132 +201,8 @@ def run(size: str, seeds: Sequence[int], log=print) -> Dict[str, Any]:
     log(f'river_valley: seed {seed} ({size})')
     handle = runs.Run(config(size, seed))
     if replay is None:
-      replay, first = replay_fn(handle), handle
+      replay, first = replay_lib.make_scan_train(handle, ()), handle
     # Only the seed differs, so the first seed's compilation serves them all.
     assert handle.model == first.model and handle.options == first.options
     per_seed.append(_train_seed(handle, replay, held_out, log))
   return summarize(per_seed, setup_of(config(size)))
-
-
-# ---------------------------------------------------------------------------
-# Reading the numbers: claims, README rows, figures.
-
-
-def _diff(cmp: Dict[str, Any], a: str, b: str) -> str:
-  """``'+0.0012 ± 0.0005 (cosine lower)'``: mean difference a - b ± its
-  standard error, and the verdict of `common.compare`."""
-  verdict = {'within noise': 'within noise', 'a lower': f'{a} lower',
-             'a higher': f'{b} lower'}[cmp['verdict']]
-  return f"{cmp['difference']:+.4f} ± {cmp['stderr']:.4f} ({verdict})"
-
-
-def _per_budget(numbers, key: str, a: str, b: str) -> str:
-  # Budget order from the setup: the JSON's keys are sorted as strings.
-  return '; '.join(f"{budget}: {_diff(numbers['comparisons'][key][str(budget)], a, b)}"
-                   for budget in numbers['setup']['budgets'])
-
-
-def claims(numbers: Dict[str, Any]) -> Dict[str, bool]:
-  """``{claim: holds}``, each read from the numbers (none typed)."""
-  cmp, budgets = numbers['comparisons'], [str(b) for b in numbers['setup']['budgets']]
-  verdicts = lambda key, bs=budgets: [cmp[key][b]['verdict'] for b in bs]
-  return {
-      'WSD signature: the eval loss drops more in each decay than at the '
-      'constant rate over the same steps':
-          all(v['verdict'] == 'a higher' for v in numbers['signature'].values()),
-      'the best WSD branch matches or beats cosine at every budget':
-          'a higher' not in verdicts('wsd_vs_cosine'),
-      'WSD-S matches or beats the linear WSD branch at the later budgets':
-          'a higher' not in verdicts('wsds_vs_wsd', budgets[1:]),
-      'the best WSM merge beats the constant-rate checkpoint at every budget':
-          set(verdicts('wsm_vs_constant')) == {'a lower'},
-      'the best WSM merge matches or beats an actual decay at every budget':
-          'a higher' not in verdicts('wsm_vs_decay'),
-      f'the annealing law predicts held-out final losses within '
-      f'{LAW_TOLERANCE:.0%} on average':
-          numbers['law']['held_out_mean']['mean'] < LAW_TOLERANCE,
-  }
-
-
-def readme_row(numbers: Dict[str, Any]) -> str:
-  """The README's table rows, one per figure, every number from ``numbers``."""
-  setup, law_n = numbers['setup'], numbers['law']
-  budgets = '/'.join(str(b) for b in setup['budgets'])
-  sig = [numbers['signature'][str(b)] for b in setup['budgets']]
-  drops = lambda side: '/'.join(f"{v[side]['mean']:.3f}" for v in sig)
-  err = lambda stats: f"{100 * stats['mean']:.2f}% ± {100 * stats['std']:.2f}%"
-  return '\n'.join([
-      '| ![WSD signature](docs/figures/wsd_river_valley_signature.png) | The '
-      'river valley (`python -m experiments.reproduce river_valley`; '
-      f"`configs/river_valley.py`, budgets {budgets} on the Markov language, "
-      f"{setup['num_seeds']} seeds): in each linear WSD decay the eval loss "
-      f"drops {drops('a')} nats (mean), against {drops('b')} for the constant "
-      'rate over the same steps. Best WSD minus cosine, ± its standard '
-      f"error: {_per_budget(numbers, 'wsd_vs_cosine', 'WSD', 'cosine')}. "
-      'WSD-S minus the linear WSD branch: '
-      f"{_per_budget(numbers, 'wsds_vs_wsd', 'WSD-S', 'WSD')}. |",
-      '| ![final losses](docs/figures/wsd_river_valley_final_loss.png) | '
-      f"Final eval loss per method and budget (mean ± std, {setup['num_seeds']} "
-      'seeds). Best WSM merge minus the constant-rate checkpoint: '
-      f"{_per_budget(numbers, 'wsm_vs_constant', 'WSM', 'constant')}; best "
-      'WSM merge minus the best WSD decay: '
-      f"{_per_budget(numbers, 'wsm_vs_decay', 'WSM', 'decay')}. |",
-      '| ![annealing law](docs/figures/wsd_river_valley_annealing_law.png) | '
-      'The LR-annealing loss law (Tissue et al., 2024), fitted per seed on the '
-      f"constant run and linear WSD at {setup['budgets'][-1]}, predicts the "
-      f"other {len(law_n['held_out'])} runs' final losses to "
-      f"{err(law_n['held_out_mean'])} on average and "
-      f"{err(law_n['held_out_max'])} at worst (largest: "
-      f"{law_n['worst']}). |"])
-
-
-def _mean_curve(curve):
-  losses = np.asarray(curve['losses'])
-  std = losses.std(0, ddof=1) if len(losses) > 1 else np.zeros(losses.shape[1])
-  return np.asarray(curve['steps']), losses.mean(0), std
-
-
-def plot(numbers: Dict[str, Any], figures_dir: str) -> List[str]:
-  """Draws `FIGURES` into ``figures_dir`` from the numbers alone; their paths."""
-  os.makedirs(figures_dir, exist_ok=True)
-  setup, curves = numbers['setup'], numbers['curves']
-  budgets, last = setup['budgets'], setup['budgets'][-1]
-  tables, paths = lr_tables(setup), [os.path.join(figures_dir, f) for f in FIGURES]
-
-  fig, (ax,) = plots.figure(width=7.0, height=4.5)
-  ax_lr = ax.twinx()  # The learning rates, dotted, on the right axis.
-  for key, color in (('constant', 'k'), (f'wsd-linear-{last}', 'C0'),
-                     (f'cosine-{last}', 'C1'), ('wsd_s', 'C2')):
-    steps, mean, std = _mean_curve(curves[key])
-    ax.plot(steps, mean, color=color, label=key)
-    ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
-    ax_lr.plot(np.arange(1, last + 1), tables[key], ':', color=color, lw=1)
-  ax.set_ylim(top=float(np.percentile(_mean_curve(curves['constant'])[1], 90)))
-  ax.set(xlabel='step', ylabel='eval loss (mean ± std over seeds)',
-         title=f'Budget {last}: constant, WSD, cosine and WSD-S')
-  ax_lr.set_ylabel('learning rate (dotted)')
-  ax.legend(loc='lower left')
-  plots.save(fig, paths[0])
-
-  fig, (ax,) = plots.figure(width=7.0)
-  for i, m in enumerate(METHODS):
-    stats = [numbers['final'][m][str(b)] for b in budgets]
-    ax.errorbar(budgets, [s['mean'] for s in stats], [s['std'] for s in stats],
-                marker='o', capsize=3, label=m, ls='-' if i < 10 else '--')
-  ax.set(xlabel='budget (steps)', ylabel='final eval loss',
-         title='Final loss per method and budget (mean ± std over seeds)')
-  ax.legend(fontsize=7, ncol=2)
-  plots.save(fig, paths[1])
-
-  fit = numbers['law']
-  params, shown = law.LawParams(**fit['params'][0]), []
-  for key in ('constant', f'wsd-linear-{last}', f'wsd-1-sqrt-{budgets[0]}',
-              f'cosine-{last}', 'wsd_s'):
-    steps, losses = np.asarray(curves[key]['steps']), np.asarray(curves[key]['losses'][0])
-    keep = steps >= fit['min_step']
-    shown.append(law.Curve(steps[keep], losses[keep], tables[key], key))
-  fig, (ax,) = plots.figure(width=7.0, height=4.5)
-  law.plot_fit(params, shown, fitted=fit['fit_on'], ax=ax)
-  ax.set_ylim(top=float(np.percentile(shown[0].losses, 90)))
-  plots.save(fig, paths[2])
-  return paths

@@ -27,9 +27,8 @@ the 5 top right singular vectors, and compare the held-out outputs (logits)
 with the unperturbed run's (relative norm, averaged over the 5).
 """
 
-import os
 import time
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,27 +37,23 @@ import threadpoolctl
 from jax.flatten_util import ravel_pytree
 
 from analysis import jacobian as jac_lib
-from analysis import plots
+from analysis import results
+from analysis.results.training_jacobian import DATASETS, PERTURBED
 from configs import jacobian as jacobian_config
 from dynamics import runs
 from dynamics.types import param_names
-from experiments.reproductions import common
 
-FIGURES = ('training_jacobian_spectrum.png', 'training_jacobian_perturbation.png')
 # One seed at full size: each dense 4,810 x 4,810 Jacobian takes 130 s on an
 # idle 2-core CPU (2.5x that under load), so three seeds of both datasets do
 # not fit the 25 minutes a reproduction may take here.
 DEFAULT_SEEDS = (0,)
-DATASETS = ('digits', 'white noise')
 BULK_TOL = 1e-2          # |s - 1| <= BULK_TOL: the bulk.
 EPSILON = 1.0            # Size of the unit-direction perturbation of theta_0.
 NUM_DIRECTIONS = 5       # Bulk and top directions perturbed.
-BULK_RATIO = 3.0         # Claim: digits' bulk fraction >= 3x white noise's.
 # Bulk fractions published re-runs of the reference setting report.
 PUBLISHED = {'digits': 0.38, 'white noise': 0.03}
 FIRST_LAYER = 'dense_0/kernel'  # Rows of never-lit pixels never train.
 HEAD = 'head'            # The classifier: a constant shift of its logits.
-PERTURBED = ('bulk', 'random', 'top')  # Kinds of perturbed directions.
 
 # Smoke: hidden width 16 (1,210 parameters), 200 steps of batch 32 (digits'
 # bulk fraction ~3.9x white noise's there; width 8 or 100 steps give 2.5-3.5x).
@@ -81,7 +76,7 @@ def config(size: str, seed: int, dataset: str):
 
 
 def configs(size: str) -> Dict[str, Any]:
-  return {d: common.config_record(config(size, DEFAULT_SEEDS[0], d))
+  return {d: runs.config_record(config(size, DEFAULT_SEEDS[0], d))
           for d in DATASETS}
 
 
@@ -188,7 +183,7 @@ def summarize(size: str, seeds: Sequence[int],
               per_seed: Mapping[str, Any]) -> Dict[str, Any]:
   """Mean ± std over seeds of every reported number; seed 0's spectra."""
   def stats(dataset, fn):
-    return common.mean_std([fn(per_seed[f'seed={s} {dataset}']) for s in seeds])
+    return results.mean_std([fn(per_seed[f'seed={s} {dataset}']) for s in seeds])
 
   out = {'size': size, 'seeds': [int(s) for s in seeds], 'bulk_tol': BULK_TOL,
          'published': dict(PUBLISHED)}
@@ -200,7 +195,7 @@ def summarize(size: str, seeds: Sequence[int],
         'trivial_fraction', 'trivial_residual', 'largest', 'smallest',
         'seconds_jacobian')}
     out[d]['singular_values'] = per_seed[f'seed={seeds[0]} {d}']['singular_values']
-  out['bulk_ratio'] = common.mean_std([
+  out['bulk_ratio'] = results.mean_std([
       per_seed[f'seed={s} digits']['bulk_fraction']
       / max(per_seed[f'seed={s} white noise']['bulk_fraction'], 1e-12)
       for s in seeds])
@@ -208,111 +203,13 @@ def summarize(size: str, seeds: Sequence[int],
                                      r['perturbation'][name])
                           for name in PERTURBED}
   out['perturbation']['epsilon'] = EPSILON
-  out['perturbation']['ratio'] = common.mean_std([
+  out['perturbation']['ratio'] = results.mean_std([
       per_seed[f'seed={s} digits']['perturbation']['top']
       / per_seed[f'seed={s} digits']['perturbation']['bulk'] for s in seeds])
-  out['perturbation']['random_ratio'] = common.mean_std([
+  out['perturbation']['random_ratio'] = results.mean_std([
       per_seed[f'seed={s} digits']['perturbation']['random']
       / per_seed[f'seed={s} digits']['perturbation']['bulk'] for s in seeds])
   out['per_seed'] = {k: {kk: vv for kk, vv in v.items()
                          if kk != 'singular_values'}
                      for k, v in per_seed.items()}
   return out
-
-
-def claims(numbers: Mapping[str, Any]) -> Dict[str, bool]:
-  per_seed = numbers['perturbation']
-  ordered = [b < r < t for b, r, t in zip(*(per_seed[k]['values']
-                                            for k in PERTURBED))]
-  return {
-      f'bulk fraction on digits at least {BULK_RATIO:g}x white noise '
-      '(every seed)': min(numbers['bulk_ratio']['values']) >= BULK_RATIO,
-      'moving the init along non-trivial bulk directions changes the '
-      'held-out outputs less than along random ones, along the top singular '
-      'directions more (every seed)': all(ordered),
-  }
-
-
-def _pm(stats: Mapping[str, Any], fmt: str) -> str:
-  value = format(stats['mean'], fmt)
-  if stats['n'] == 1:
-    return value
-  return f"{value} ± {format(stats['std'], fmt)}"
-
-
-def readme_row(numbers: Mapping[str, Any]) -> str:
-  d, w, p = numbers['digits'], numbers['white noise'], numbers['perturbation']
-  n, published = len(numbers['seeds']), numbers['published']
-  seeds = f'{n} seed' + ('s, mean ± std' if n > 1 else '')
-  order = list(claims(numbers).values())[1]
-  return (
-      '| ![training Jacobian](docs/figures/training_jacobian_spectrum.png) | '
-      'Singular values of d theta_T / d theta_0 for the '
-      f"{numbers['num_params']:,}-parameter MLP after {numbers['num_steps']} "
-      "SGD steps in the reference's setting (`python -m experiments.reproduce "
-      f"training_jacobian`, `configs/jacobian.py`, {seeds}): "
-      f'{_pm(d["bulk_fraction"], ".1%")} lie within '
-      f"{numbers['bulk_tol']:g} of 1 on digits, "
-      f'{_pm(w["bulk_fraction"], ".1%")} on white noise (published re-runs: '
-      f"~{published['digits']:.0%} and ~{published['white noise']:.0%}; of "
-      'ours, '
-      f"{_pm(d['trivial_fraction'], '.1%')} and "
-      f"{_pm(w['trivial_fraction'], '.1%')} trivially: weights of never-lit "
-      'pixels, softmax-invariant head shifts). Retraining from the init moved '
-      f"by {p['epsilon']:g} changes the held-out logits by "
-      f"{_pm(p['bulk'], '.1e')} along non-trivial bulk directions, "
-      f"{_pm(p['random'], '.1e')} along random ones and "
-      f"{_pm(p['top'], '.1e')} along the top singular directions ("
-      + ('bulk < random < top, as claimed' if order else
-         'not the claimed order bulk < random < top') + '). |')
-
-
-def summary(numbers: Mapping[str, Any]) -> List[str]:
-  """The notebook's conclusions: one line per result, verdicts computed."""
-  lines = []
-  for d in DATASETS:
-    r = numbers[d]
-    lines.append(
-        f"{d}: bulk {_pm(r['bulk_fraction'], '.1%')} (trivial "
-        f"{_pm(r['trivial_fraction'], '.1%')}), amplified "
-        f"{_pm(r['amplified_fraction'], '.1%')}, contracted "
-        f"{_pm(r['contracted_fraction'], '.1%')}; singular values "
-        f"{_pm(r['smallest'], '.1e')} to {_pm(r['largest'], '.3g')}; dense "
-        f"Jacobian in {_pm(r['seconds_jacobian'], '.0f')} s")
-  lines.append(f"digits / white noise bulk fraction: "
-               f"{_pm(numbers['bulk_ratio'], '.2f')}")
-  p = numbers['perturbation']
-  lines.append(
-      f"init moved by {p['epsilon']:g}: held-out outputs change by "
-      + ', '.join(f"{_pm(p[k], '.1e')} ({k})" for k in PERTURBED)
-      + f"; top / bulk {_pm(p['ratio'], '.1f')}")
-  lines += [f"{'reproduced' if ok else 'NOT reproduced'}: {claim}"
-            for claim, ok in claims(numbers).items()]
-  return lines
-
-
-def plot(numbers: Mapping[str, Any], figures_dir: str) -> List[str]:
-  """The spectra (first seed) and the perturbation bars (every seed)."""
-  tol = numbers['bulk_tol']
-  os.makedirs(figures_dir, exist_ok=True)
-  fig, (ax,) = plots.figure(1, width=6)
-  for d in DATASETS:
-    ax.semilogy(numbers[d]['singular_values'],
-                label=f"{d} (bulk {numbers[d]['bulk_fraction']['mean']:.0%})")
-  ax.axhspan(1 - tol, 1 + tol, color='tab:green', alpha=0.3)
-  ax.set(xlabel='index', ylabel=r'singular value of $d\theta_T/d\theta_0$',
-         title=f"training Jacobian, {numbers['num_params']:,} parameters, "
-               f"{numbers['num_steps']} SGD steps (seed {numbers['seeds'][0]})")
-  ax.legend()
-  paths = [plots.save(fig, os.path.join(figures_dir, FIGURES[0]))]
-  fig, (ax,) = plots.figure(1, width=4, height=3.5)
-  p = numbers['perturbation']
-  names = ('bulk', 'random', 'top')
-  ax.bar(names, [p[n]['mean'] for n in names],
-         color=['tab:green', 'tab:gray', 'tab:red'])
-  for i, n in enumerate(names):
-    ax.plot([i] * p[n]['n'], p[n]['values'], 'k.')
-  ax.set(yscale='log', ylabel='relative output change',
-         title=f"init moved by {p['epsilon']:g}")
-  paths.append(plots.save(fig, os.path.join(figures_dir, FIGURES[1])))
-  return paths

@@ -1,0 +1,147 @@
+"""Reading the reproductions' results: ``results/NAME.json``, from the numbers alone.
+
+A results file (written by ``python -m experiments.reproduce NAME``) holds::
+
+  {"name", "size", "seeds", "command", "date", "wall_seconds",
+   "versions": {python, jax, jaxlib, flax, optax, orbax, numpy, dynamics},
+   "machine": {platform, processor, cpu_count, devices},
+   "configs": {label: the config record of each kind of run},
+   "numbers": {...every number the README or a notebook quotes...}}
+
+This package reads it; nothing here trains. `read_result` opens a file,
+`provenance`, `claim_lines` and `redraw` are what every notebook prints and
+draws, and `mean_std`, `compare`, `verdict` and `fmt_mean_std` are the
+statistics the reproductions record and print (a comparison says "within noise" unless the
+means differ by more than two standard errors). One module per reproduction,
+``analysis.results.NAME``, turns its numbers into what a reader sees:
+
+* ``FIGURES`` and ``plot(numbers, figures_dir) -> paths``: the figures under
+  ``docs/figures/``, drawn from the numbers alone;
+* ``readme_row(numbers) -> str``: the README's table row(s);
+* ``claims(numbers) -> {claim: bool}``: the paper's claims, checked;
+* and the lines its notebook prints (``summary`` or ``report_lines``).
+
+The notebooks of ``analysis/notebooks/`` import these modules, and so does
+``python -m experiments.reproduce``: the figures and rows of a fresh run and
+of the committed JSON come from the same code.
+"""
+
+import json
+import math
+import os
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RESULTS_DIR = os.path.join(ROOT, 'results')
+FIGURES_DIR = os.path.join(ROOT, 'docs', 'figures')
+
+
+def figures_dir() -> str:
+  """Where the notebooks draw (created): ``$DYNAMICS_FIGURES_DIR`` (the tests
+  set it), else ``docs/figures``."""
+  path = os.environ.get('DYNAMICS_FIGURES_DIR') or FIGURES_DIR
+  os.makedirs(path, exist_ok=True)
+  return path
+
+
+def redraw(plot: Callable[[Mapping[str, Any], str], List[str]],
+           numbers: Mapping[str, Any]) -> str:
+  """Draws a reproduction's figures (its ``plot``) from ``numbers`` into
+  `figures_dir`; the line that names them."""
+  paths = plot(numbers, figures_dir())
+  return 'drew ' + ', '.join(os.path.basename(p) for p in paths)
+
+
+def provenance(record: Mapping[str, Any]) -> str:
+  """Where a results file comes from, in one line.
+
+  Example:
+    >>> provenance({'command': 'python -m experiments.reproduce x',
+    ...             'size': 'full', 'seeds': [0, 1], 'wall_seconds': 754.0,
+    ...             'machine': {'cpu_count': 2}, 'date': '2026-01-02T03:04:05'})
+    'python -m experiments.reproduce x (full size, seeds [0, 1], 13 min on 2 CPUs, 2026-01-02T03:04:05)'
+  """
+  wall = record['wall_seconds']
+  took = f'{wall:.0f} s' if wall < 90 else f'{wall / 60:.0f} min'
+  return (f"{record['command']} ({record['size']} size, seeds "
+          f"{record['seeds']}, {took} on {record['machine']['cpu_count']} "
+          f"CPUs, {record['date']})")
+
+
+def claim_lines(claims: Mapping[str, bool]) -> List[str]:
+  """``'reproduced: CLAIM'`` or ``'NOT reproduced: CLAIM'`` per claim.
+
+  Example:
+    >>> claim_lines({'GD hovers at 2/eta': True, 'SAM settles lower': False})
+    ['reproduced: GD hovers at 2/eta', 'NOT reproduced: SAM settles lower']
+  """
+  return [f"{'reproduced' if holds else 'NOT reproduced'}: {claim}"
+          for claim, holds in claims.items()]
+
+
+def result_path(name: str, size: str, out_dir: Optional[str] = None) -> str:
+  """``results/NAME.json`` at full size; ``NAME.smoke.json`` at smoke size."""
+  suffix = '' if size == 'full' else f'.{size}'
+  return os.path.join(out_dir or RESULTS_DIR, f'{name}{suffix}.json')
+
+
+def read_result(name: str, size: str = 'full',
+                out_dir: Optional[str] = None) -> Dict[str, Any]:
+  """The committed (or last written) results file of a reproduction."""
+  with open(result_path(name, size, out_dir)) as f:
+    return json.load(f)
+
+
+def mean_std(values: Sequence[float]) -> Dict[str, float]:
+  """``{'mean', 'std', 'n', 'values'}`` (std with ddof=1; 0 for one value)."""
+  v = np.asarray(values, np.float64)
+  std = float(v.std(ddof=1)) if v.size > 1 else 0.0
+  return {'mean': float(v.mean()), 'std': std, 'n': int(v.size),
+          'values': [float(x) for x in v]}
+
+
+def compare(a: Sequence[float], b: Sequence[float]) -> Dict[str, Any]:
+  """Whether the means of ``a`` and ``b`` differ beyond noise.
+
+  Returns ``{'a', 'b' (mean_std each), 'difference' (mean a - mean b),
+  'stderr' (of the difference), 'verdict'}`` with verdict 'within noise' when
+  ``|difference| <= 2 stderr``, else 'a lower' or 'a higher'.
+
+  Example:
+    >>> compare([1.0, 1.1, 0.9], [1.05, 0.95, 1.0])['verdict']
+    'within noise'
+    >>> compare([1.0, 1.01, 0.99], [2.0, 2.01, 1.99])['verdict']
+    'a lower'
+  """
+  sa, sb = mean_std(a), mean_std(b)
+  stderr = math.sqrt(sa['std'] ** 2 / sa['n'] + sb['std'] ** 2 / sb['n'])
+  diff = sa['mean'] - sb['mean']
+  verdict = ('within noise' if abs(diff) <= 2 * stderr
+             else 'a lower' if diff < 0 else 'a higher')
+  return {'a': sa, 'b': sb, 'difference': diff, 'stderr': stderr,
+          'verdict': verdict}
+
+
+def verdict(comparison: Mapping[str, Any], lower: str, higher: str,
+            within: str = 'within noise',
+            one_seed: str = 'one seed: no verdict') -> str:
+  """A `compare` verdict in words: ``within``, ``lower`` (a below b) or
+  ``higher``; ``one_seed`` when a side has one value (no noise estimate).
+
+  Example:
+    >>> verdict(compare([1.0, 1.01, 0.99], [2.0, 2.01, 1.99]), 'A wins', 'B wins')
+    'A wins'
+    >>> verdict(compare([1.0], [2.0]), 'A wins', 'B wins')
+    'one seed: no verdict'
+  """
+  if min(comparison['a']['n'], comparison['b']['n']) < 2:
+    return one_seed
+  return {'within noise': within, 'a lower': lower,
+          'a higher': higher}[comparison['verdict']]
+
+
+def fmt_mean_std(stats: Mapping[str, float], digits: int = 3) -> str:
+  """``'2.731 ± 0.004'`` from a `mean_std` dict."""
+  return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"

@@ -1,0 +1,178 @@
+"""The 4-bit optimizers reproduction read from its numbers: the notebook's
+table, the conclusions, claims, README row and figure
+(`experiments.reproductions.optimizers_4bit` records them in
+``results/optimizers_4bit.json``)."""
+
+import os
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from analysis import plots
+from analysis import results
+
+
+FIGURES = ('optimizers_4bit.png',)
+OPTIMIZERS = ('Adam', 'Stable-SPAM')
+FORMATS = ('int4', 'fp4')
+
+
+def formats_of(numbers: Dict[str, Any]) -> List[str]:
+  """The formats a results file holds, in `FORMATS` order (INT4 first)."""
+  return [f for f in FORMATS if f in numbers['summary']]
+
+
+def optimizers_of(numbers: Dict[str, Any]) -> List[str]:
+  """The optimizers a results file holds, in `OPTIMIZERS` order."""
+  first = numbers['sweep'][formats_of(numbers)[0]]
+  return [o for o in OPTIMIZERS if o in first]
+
+
+def _rate(r: Optional[float]) -> str:
+  return 'none' if r is None else f'{r:g}'
+
+
+def best_shared_rate(numbers: Dict[str, Any], fmt: str) -> Optional[str]:
+  """The rate key with the lowest mean Adam eval loss among those compared."""
+  comp = numbers['summary'][fmt]['comparisons']
+  adam = numbers['summary'][fmt]['Adam']['eval_loss']
+  return min(comp, key=lambda k: adam[k]['mean']) if comp else None
+
+
+def verdict(comparison: Dict[str, Any]) -> str:
+  """'within noise', 'Stable-SPAM lower' or 'Adam lower' (`results.compare`
+  of Stable-SPAM minus Adam); 'one seed: no verdict' below two seeds."""
+  return results.verdict(comparison, 'Stable-SPAM lower', 'Adam lower')
+
+
+def format_summary(numbers: Dict[str, Any], fmt: str) -> str:
+  """One sentence per format: stable rates, spikes, the final losses at the
+  best rate and at every rate where the optimizers differ beyond noise."""
+  s, opts = numbers['summary'][fmt], optimizers_of(numbers)
+  text = (f'{fmt.upper()}: largest stable LR ' + ', '.join(
+      f"{o} {_rate(s[o]['largest_stable_rate'])}" for o in opts)
+          + '; loss spikes over the sweep '
+          + ' vs '.join(str(s[o]['spikes_total']) for o in opts))
+  best = best_shared_rate(numbers, fmt)
+  shown = [k for k in s['comparisons']
+           if k == best or verdict(s['comparisons'][k]) not in (
+               'within noise', 'one seed: no verdict')]
+  if shown:
+    text += '; final eval loss Adam vs Stable-SPAM ' + ', '.join(
+        f"at LR {float(k):g} {results.fmt_mean_std(s['comparisons'][k]['b'])} "
+        f"vs {results.fmt_mean_std(s['comparisons'][k]['a'])} "
+        f"({verdict(s['comparisons'][k])})" for k in shown)
+  others = [k for k in s['comparisons'] if k not in shown]
+  if others and all(verdict(s['comparisons'][k]) == 'within noise'
+                    for k in others):
+    text += ', within noise at the other rates with finite losses'
+  return text
+
+
+def report_lines(numbers: Dict[str, Any]) -> List[str]:
+  """The notebook's table (one line per format, optimizer and rate) and
+  conclusions, every number formatted from ``numbers``."""
+  lines = []
+  for fmt in formats_of(numbers):
+    for opt in optimizers_of(numbers):
+      for r in numbers['learning_rates']:
+        rec = numbers['sweep'][fmt][opt][repr(float(r))]
+        ev = numbers['summary'][fmt][opt]['eval_loss'][repr(float(r))]
+        loss = 'not finite' if ev is None else results.fmt_mean_std(ev)
+        lines.append(
+            f"{fmt.upper()} {opt:>11} LR {r:<5g} final eval loss {loss:>15}, "
+            f"spikes per seed {'/'.join(str(x) for x in rec['spikes'])}, "
+            f"trains {sum(rec['trained'])}/{len(rec['trained'])}")
+  lines += [format_summary(numbers, f) + '.' for f in formats_of(numbers)]
+  return lines
+
+
+def readme_row(numbers: Dict[str, Any]) -> str:
+  d, rates = numbers['definitions'], numbers['learning_rates']
+  opts = optimizers_of(numbers)
+  first = numbers['sweep'][formats_of(numbers)[0]][opts[0]]
+  n_seeds = len(first[repr(float(rates[0]))]['spikes'])
+  formats = ' / '.join(f.upper() for f in formats_of(numbers))
+  found = claims(numbers)
+  verdict_text = '' if not found else '. Stable-SPAM ' + (
+      'trains at a larger rate than Adam'
+      if found['stable_spam_stable_at_larger_lr']
+      else 'does not train at a larger rate than Adam') + (
+          ' at this scale (the paper: 60M-1B parameters)')
+  return ('| ![4-bit](docs/figures/optimizers_4bit.png) | '
+          f"{' vs '.join(opts)} under fake {formats} training, peak learning "
+          f"rates "
+          f"{', '.join(_rate(r) for r in rates)}, {n_seeds} seed"
+          f"{'s' if n_seeds > 1 else ''} each, "
+          f"{d['num_steps']} steps of the {d['num_parameters'] / 1e3:.0f}k-"
+          'parameter GPT (`python -m experiments.reproduce optimizers_4bit`). '
+          + '. '.join(format_summary(numbers, f) for f in formats_of(numbers))
+          + verdict_text + '. |')
+
+
+def claims(numbers: Dict[str, Any]) -> Dict[str, bool]:
+  """The paper's stability claim, per format and overall (none unless both
+  optimizers ran)."""
+  out = {}
+  if optimizers_of(numbers) != list(OPTIMIZERS):
+    return out
+  for fmt in formats_of(numbers):
+    s = numbers['summary'][fmt]
+    a, b = (s[o]['largest_stable_rate'] for o in OPTIMIZERS)
+    out[f'{fmt}_stable_spam_stable_at_larger_lr'] = (
+        b is not None and (a is None or b > a))
+    out[f'{fmt}_stable_spam_fewer_spikes'] = (
+        s['Stable-SPAM']['spikes_total'] < s['Adam']['spikes_total'])
+  out['stable_spam_stable_at_larger_lr'] = all(
+      out[f'{f}_stable_spam_stable_at_larger_lr'] for f in formats_of(numbers))
+  return out
+
+
+def edge_rate(numbers: Dict[str, Any]) -> float:
+  """The largest rate of the grid at which some run (any optimizer, format
+  or seed) trained: where stability is decided."""
+  trained = [r for r in numbers['learning_rates']
+             for f in formats_of(numbers) for o in optimizers_of(numbers)
+             if any(numbers['sweep'][f][o][repr(float(r))]['trained'])]
+  return max(trained) if trained else numbers['learning_rates'][0]
+
+
+def plot(numbers: Dict[str, Any], figures_dir: str) -> List[str]:
+  """Final eval loss and spikes vs learning rate; the first seed's train
+  loss at the `edge_rate`."""
+  rates = numbers['learning_rates']
+  keys = [repr(float(r)) for r in rates]
+  edge = edge_rate(numbers)
+  fig, axes = plots.figure(3, width=4.6, height=3.6)
+  styles = {'int4': '-', 'fp4': '--'}
+  colors = {'Adam': 'tab:blue', 'Stable-SPAM': 'tab:red'}
+  for fmt in formats_of(numbers):
+    for opt in optimizers_of(numbers):
+      s, sw = numbers['summary'][fmt][opt], numbers['sweep'][fmt][opt]
+      label = f'{opt} {fmt}'
+      mean = [np.nan if s['eval_loss'][k] is None else s['eval_loss'][k]['mean']
+              for k in keys]
+      std = [0.0 if s['eval_loss'][k] is None else s['eval_loss'][k]['std']
+             for k in keys]
+      axes[0].errorbar(rates, mean, yerr=std, fmt='o' + styles[fmt],
+                       color=colors[opt], label=label, capsize=3)
+      axes[1].plot(rates, [s['spikes_mean'][k] for k in keys],
+                   'o' + styles[fmt], color=colors[opt], label=label)
+      curve = np.array([np.nan if v is None else v
+                        for v in sw[repr(float(edge))]['curve_seed0']])
+      axes[2].plot(np.arange(1, len(curve) + 1), curve, styles[fmt],
+                   color=colors[opt], lw=0.8, label=label)
+  axes[0].set_title('final eval loss (mean ± std over seeds)')
+  factor = numbers['definitions']['spike_factor']
+  axes[1].set_title(f'loss spikes per run (> {factor}x running median)')
+  axes[2].set_title(f'train loss at LR {edge:g} (first seed)')
+  for ax in axes[:2]:
+    ax.set_xscale('log')
+    ax.set_xticks(rates, [f'{r:g}' for r in rates])
+    ax.minorticks_off()
+    ax.set_xlabel('peak learning rate')
+  axes[2].set_xlabel('update')
+  axes[0].set_ylabel('nats')
+  for ax in axes:
+    ax.legend(fontsize=7)
+  return [plots.save(fig, os.path.join(figures_dir, FIGURES[0]))]

@@ -1,0 +1,60 @@
+"""What a command writes at the end: a JSON report, its figure, one line.
+
+Every command that reports (``python -m analysis.ntk``, ``analysis.jacobian``,
+``analysis.hessian``, ``experiments.reproduce``, the benchmarks) writes its
+report with `write_json` (atomically: a reader never sees half a file) and
+says what it wrote with `wrote`; `write_report` does both, and draws the
+figure, for the commonest case.
+"""
+
+import json
+import os
+from typing import Any, Callable, Optional, Sequence
+
+
+def write_json(path: str, record: Any, *, indent: Optional[int] = 1,
+               **dump_kwargs: Any) -> bool:
+  """Writes ``record`` to ``path`` as JSON, making its directory.
+
+  The file is written beside and renamed into place, so it is whole or
+  absent. ``dump_kwargs`` go to ``json.dump`` (``sort_keys``, ``default``).
+
+  Returns:
+    Whether a file at ``path`` was replaced.
+  """
+  replaced = os.path.exists(path)
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(record, f, indent=indent, **dump_kwargs)
+  os.replace(path + '.tmp', path)
+  return replaced
+
+
+def wrote(paths: Sequence[str], replaced: bool = False) -> str:
+  """The line a command prints after writing ``paths``.
+
+  Example:
+    >>> wrote(['out/ntk.json', 'out/ntk.png'], replaced=True)
+    'wrote out/ntk.json and out/ntk.png (replacing the previous ones)'
+    >>> wrote(['results/x.json'])
+    'wrote results/x.json'
+  """
+  note = ''
+  if replaced:
+    note = (' (replacing the previous one)' if len(paths) == 1
+            else ' (replacing the previous ones)')
+  return f"wrote {' and '.join(paths)}{note}"
+
+
+def write_report(out_dir: str, stem: str, report: Any,
+                 plot: Optional[Callable[[Any, str], Any]] = None) -> str:
+  """Writes ``out_dir/stem.json`` and, with ``plot``, ``out_dir/stem.png``
+  (``plot(report, path)``, e.g. an `analysis.plots` function); returns the
+  `wrote` line to print."""
+  json_path = os.path.join(out_dir, stem + '.json')
+  paths = [json_path]
+  replaced = write_json(json_path, report)
+  if plot is not None:
+    paths.append(os.path.join(out_dir, stem + '.png'))
+    plot(report, paths[-1])
+  return wrote(paths, replaced)
