@@ -171,24 +171,25 @@ class SharpnessProbe:
     batches = [(b, state.model_state) for b in self.batches(run)]
     key = jax.random.fold_in(self._key, step)
     out: Dict[str, float] = {}
+    op = hessian.curvature('hessian', state.params, batches, loss_fn=loss)
     if self.sharpness_every and step % self.sharpness_every == 0:
       vals, vecs, info = hessian.top_eigenpairs(
-          loss, state.params, batches, k=1, num_iters=self.num_iters,
+          op, k=1, num_iters=self.num_iters,
           tol=self.tol, key=key,
           init_vector=self._start('hessian', state.params, key),
           min_iters=self.min_iters, return_info=True)
       self._previous['hessian'] = ravel_pytree(vecs[0])[0]
       out['sharpness'] = float(vals[0])
       out['sharpness_hvps'] = info['num_hvps']
-      out.update(self._preconditioned(loss, state, batches, key))
+      out.update(self._preconditioned(op, state, key))
     if self.trace_every and step % self.trace_every == 0:
-      estimate, stderr = hessian.trace(loss, state.params, batches,
-                                       num_probes=self.trace_probes, key=key)
+      estimate, stderr = hessian.trace(op, num_probes=self.trace_probes,
+                                       key=key)
       out['hessian_trace'] = estimate
       out['hessian_trace_stderr'] = stderr
     return out
 
-  def _preconditioned(self, loss, state, batches, key) -> Dict[str, float]:
+  def _preconditioned(self, op, state, key) -> Dict[str, float]:
     try:
       _, count = hessian.find_second_moment(state.opt_state)
     except ValueError:
@@ -196,7 +197,7 @@ class SharpnessProbe:
     if count is not None and int(count) == 0:
       return {}  # nu = 0 before the first update: P^{-1} H is meaningless.
     value, info = hessian.preconditioned_sharpness(
-        loss, state.params, batches, state.opt_state, b2=self.b2,
+        op, state.opt_state, b2=self.b2,
         eps=self.eps, num_iters=self.num_iters, tol=self.tol, key=key,
         init_vector=self._start('preconditioned', state.params, key),
         min_iters=self.min_iters, return_info=True)

@@ -159,8 +159,10 @@ class TrainingSetCurvature:
       start = noise / jnp.linalg.norm(noise)
       if self._previous is not None:
         start = self._previous + 0.1 * start
+      op = hessian.curvature('hessian', state.params, self._batch,
+                             loss_fn=self.loss_fn)
       vals, vecs, info = hessian.top_eigenpairs(
-          self.loss_fn, state.params, self._batch, k=1,
+          op, k=1,
           num_iters=self.num_iters, tol=3e-3, min_iters=3,
           init_vector=unravel(start), return_info=True)
       self._previous = ravel_pytree(vecs[0])[0]
@@ -168,8 +170,10 @@ class TrainingSetCurvature:
                  train_set_loss=float(self.loss_fn(state.params,
                                                    self._batch[0])))
     if step % self.trace_every == 0:
-      estimate, stderr = hessian.trace(self.loss_fn, state.params, self._batch,
-                                       num_probes=self.trace_probes, key=key)
+      op = hessian.curvature('hessian', state.params, self._batch,
+                             loss_fn=self.loss_fn)
+      estimate, stderr = hessian.trace(op, num_probes=self.trace_probes,
+                                       key=key)
       out.update(hessian_trace=estimate, hessian_trace_stderr=stderr)
     return out
 
