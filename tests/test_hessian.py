@@ -468,7 +468,8 @@ def _command(*args):
                         capture_output=True, text=True, timeout=600)
 
 
-def test_eos_smoke_run_logs_sharpness_and_command_writes_spectrum(tmp_path):
+def test_eos_smoke_run_logs_sharpness_and_command_writes_spectrum(tmp_path,
+                                                                 capsys):
   from configs import eos
   from dynamics import runs, train
   config = eos.get_config('smoke')
@@ -538,9 +539,12 @@ def test_eos_smoke_run_logs_sharpness_and_command_writes_spectrum(tmp_path):
     else:
       assert lines == [message]
 
-  # kind='ggn': the top eigenvalues of J^T H_out J, against the dense matrix.
+  # kind='ggn': the top eigenvalues of J^T H_out J, against the dense matrix;
+  # the library prints nothing unless given a log.
+  capsys.readouterr()
   ggn = hs.checkpoint_spectrum(run, 20, k=3, kind='ggn', num_batches=1,
                                tol=1e-6)
+  assert capsys.readouterr() == ('', '')
   assert ggn['kind'] == 'ggn'
   model_fn, out_loss = run.model_fn(model_state), run.output_loss_fn()
   np.testing.assert_allclose(out_loss(model_fn(params, batch), batch),
