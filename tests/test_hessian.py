@@ -422,17 +422,12 @@ class _State:
 
 
 def test_sharpness_probe_warm_starts_and_logs_adaptive_and_trace():
-  from configs import base
-  config = base.get_config()
-  config.analysis.sharpness_every = 5
-  config.analysis.trace_every = 10
-  config.analysis.sharpness_iters = 30
-  config.analysis.sharpness_batches = 2
-  config.optimizer.b2, config.optimizer.eps = 0.99, 1e-8
   with jax.enable_x64(True):
     (loss_fn, params, batches), h, w, _ = _exact('mlp')
     run = _FakeRun(loss_fn, batches)
-    probe = probes.SharpnessProbe(config, tol=1e-4)
+    probe = probes.SharpnessProbe(5, trace_every=10, num_iters=30,
+                                  batches=probes.held_out(2), b2=0.99,
+                                  eps=1e-8, tol=1e-4)
     assert probe.every == 5
     tx = optax.adam(1e-3, b2=0.99)
     opt_state = tx.init(params)
@@ -449,7 +444,7 @@ def test_sharpness_probe_warm_starts_and_logs_adaptive_and_trace():
     moved = optax.apply_updates(params, updates)
     second = probe(_State(5, moved, opt_state), run)
     assert second['sharpness_hvps'] < first['sharpness_hvps']
-    assert second['sharpness_hvps'] <= config.analysis.sharpness_iters
+    assert second['sharpness_hvps'] <= 30
     assert 'hessian_trace' not in second   # 5 is not a multiple of 10.
     h_moved = _dense_hessian(loss_fn, moved, batches)
     np.testing.assert_allclose(second['sharpness'],
@@ -474,7 +469,7 @@ def test_eos_smoke_run_logs_sharpness_and_command_writes_spectrum(tmp_path,
   from dynamics import runs, train
   config = eos.get_config('smoke')
   train.train_and_evaluate(config, str(tmp_path),
-                           callbacks=[probes.SharpnessProbe(config)])
+                           probes=probes.from_config(config))
   lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
   logged = [l for l in lines if 'sharpness' in l]
   assert [l['step'] for l in logged] == list(range(0, 31, 5))
