@@ -65,9 +65,10 @@ PNG plot)::
 
   python -m analysis.hessian --workdir=runs/wsd --step=3000 --k=10 --density
 
-(``--kind=ggn|fisher|empirical_fisher`` for another matrix, ``--trace`` for
-its trace, ``--block=attention`` for one block, ``--blocks=layers`` for a
-per-layer table of top eigenvalue, trace and Frobenius norm.)
+(``--kind=ggn`` or another key of `registry.PRODUCTS` for another matrix,
+``--trace`` for its trace, ``--block=attention`` for one block,
+``--blocks=layers`` for a per-layer table of top eigenvalue, trace and
+Frobenius norm.)
 
 References:
   Pearlmutter, "Fast Exact Multiplication by the Hessian" (1994).
