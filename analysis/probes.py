@@ -1,129 +1,202 @@
-r"""Training-time probes: measurements the training loop takes every few steps.
+r"""Training-time probes: the sharpness and the NTK, measured as a run trains.
 
-``train_and_evaluate(config, workdir, callbacks=from_config(config))`` logs
-what ``config.analysis`` asks for (sharpness, Hessian trace, NTK statistics)
-into ``metrics.jsonl``; ``experiments/main.py`` does exactly that. The probes
-live here, in ``analysis/``, because ``dynamics/`` never imports the analysis
-code.
+A probe is a value built from what it measures (`SharpnessProbe`,
+`NTKProbe`), following the training loop's protocol
+(`dynamics.probes.Probe`); they live here, in ``analysis/``, because
+``dynamics/`` never imports the analysis code. `from_config` is the one
+place that reads ``config.analysis``::
 
-Every probe follows one protocol (`Probe`):
+  train_and_evaluate(config, workdir, probes=from_config(config))
 
-* ``every``: the loop calls the probe at the steps that are multiples of it
-  (step 0 included);
-* ``probe(state, run) -> {name: float}``: ``state`` is the
-  `dynamics.step.TrainState` after ``state.step`` updates, ``run`` the
-  `dynamics.runs.Run` being trained (its ``loss_fn``, ``apply_fn``,
-  ``probe_batches``, ``dataset``);
-* ``state_dict() -> {name: array}``: what the probe carries from one call to
-  the next, saved with each checkpoint (``{}`` while there is nothing);
-* ``load_state_dict(saved)``: on resume, with what the checkpoint saved, so
-  that the resumed run continues the same series as an uninterrupted one.
+(``experiments/main.py`` does exactly that), or by hand::
+
+  probes = [SharpnessProbe(20, trace_every=100, batches=training(4)),
+            NTKProbe(50, num_examples=128)]
+
+Where the probe batches come from is a batch source: a list of batches, or
+a function of the run (`held_out`, `training`).
 """
 
+import contextlib
 import functools
 import math
-from typing import Any, Dict, List, Mapping, Optional, Protocol, Tuple
+import warnings
+from typing import (Any, Callable, Dict, List, Mapping, Optional, Sequence,
+                    Tuple, Union)
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from jax.flatten_util import ravel_pytree
 
 from analysis import hessian
 from analysis import ntk as ntk_lib
-from dynamics import runs
+from dynamics import config_lib, runs
+from dynamics.probes import Probe
 from dynamics.step import TrainState
 from dynamics.types import Batch, LossFn, PyTree
 
+# Batches, or a function of the run that returns them.
+BatchSource = Union[Sequence[Batch], Callable[[runs.Run], Sequence[Batch]]]
 
-class Probe(Protocol):
-  """What the training loop expects of a probe (see the module docstring)."""
-  every: int
 
-  def __call__(self, state: TrainState, run: runs.Run) -> Dict[str, float]:
-    ...
+def held_out(num_batches: int) -> Callable[[runs.Run], List[Batch]]:
+  """The run's fixed held-out probe batches (`dynamics.runs.Run.probe_batches`)."""
+  _check_count('num_batches', num_batches)
+  return lambda run: run.probe_batches(num_batches)
 
-  def state_dict(self) -> Dict[str, Any]:
-    ...
 
-  def load_state_dict(self, saved: Mapping[str, Any]) -> None:
-    ...
+def training(num_batches: int) -> Callable[[runs.Run], List[Batch]]:
+  """The run's first training batches (for full-batch gradient descent, the
+  whole training set, whose sharpness is what sits at :math:`2/\eta`)."""
+  _check_count('num_batches', num_batches)
+  return lambda run: [run.dataset.train_batch(i) for i in range(num_batches)]
+
+
+class _BadCount(ValueError):
+  """A count or period that is not a positive integer (names the argument)."""
+
+  def __init__(self, name: str, value: Any):
+    super().__init__(f'{name} must be a positive integer, got {value!r}')
+    self.name, self.value = name, value
+
+
+def _check_count(name: str, value: Any) -> None:
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    raise _BadCount(name, value)
+
+
+class _Batches:
+  """A batch source, resolved once per run."""
+
+  def __init__(self, source: BatchSource):
+    self._source, self._run, self._batches = source, None, None
+    if not callable(source):
+      self._batches = list(source)
+      if not self._batches:
+        raise ValueError('batches is empty')
+
+  def __call__(self, run: runs.Run) -> List[Batch]:
+    if callable(self._source) and run is not self._run:
+      self._run, self._batches = run, list(self._source(run))
+    return self._batches
 
 
 def from_config(config: ml_collections.ConfigDict) -> List[Probe]:
-  """The probes ``config.analysis`` enables (empty when all are off)."""
-  out = []
-  a = config.analysis
+  """The probes ``config.analysis`` enables (empty when all are off).
+
+  Raises:
+    ConfigError: a value a probe refuses (the message names the field).
+  """
+  a, out = config.analysis, []
   if a.sharpness_every is not None or a.trace_every is not None:
-    out.append(SharpnessProbe(config))
+    sources = {'eval': held_out, 'train': training}
+    if a.sharpness_data not in sources:
+      raise config_lib.ConfigError(
+          f'config.analysis.sharpness_data={a.sharpness_data!r}: must be one '
+          f'of {", ".join(sources)}')
+    with _fields(every='sharpness_every', trace_every='trace_every',
+                 num_iters='sharpness_iters', num_batches='sharpness_batches'):
+      b2, eps = config.optimizer.b2, config.optimizer.eps  # Adam-type's.
+      out.append(SharpnessProbe(
+          a.sharpness_every, trace_every=a.trace_every,
+          batches=sources[a.sharpness_data](a.sharpness_batches),
+          num_iters=a.sharpness_iters, b2=b2, eps=eps, seed=config.seed))
   if a.ntk_every is not None:
-    out.append(NTKProbe(config))
+    with _fields(every='ntk_every', num_examples='ntk_num_examples'):
+      out.append(NTKProbe(a.ntk_every, num_examples=a.ntk_num_examples))
   return out
+
+
+@contextlib.contextmanager
+def _fields(**fields: str):
+  """Turns a probe's refusal into a `ConfigError` naming the config field."""
+  try:
+    yield
+  except _BadCount as e:
+    raise config_lib.ConfigError(
+        f'config.analysis.{fields[e.name]}={e.value!r}: must be a positive '
+        'integer') from None
 
 
 # ---------------------------------------------------------------------------
 # The edge of stability.
 
 
-class SharpnessProbe:
-  r"""Logs the top Hessian eigenvalue (and friends) of the loss.
+class SharpnessProbe(Probe):
+  r"""Logs the top Hessian eigenvalue (and friends) of a loss.
 
-  At multiples of ``config.analysis.sharpness_every`` it logs
+  At multiples of ``every`` it logs
 
   * ``sharpness``: :math:`\lambda_{\max}(H)` of the loss on the probe batches
     (gradient descent is stable on a quadratic while it is below
     :math:`2/\eta`, the edge of stability);
   * ``sharpness_hvps``: Hessian-vector products it took;
+  * ``sharpness_loss`` (with ``log_loss``): the loss on those batches;
   * ``preconditioned_sharpness`` (and ``..._hvps``): for Adam-type optimizer
     states after their first update, :math:`\lambda_{\max}(P^{-1}H)`
     (threshold :math:`(2 + 2\beta_1)/((1 - \beta_1)\eta)`);
 
-  and at multiples of ``config.analysis.trace_every``, ``hessian_trace`` and
+  and at multiples of ``trace_every``, ``hessian_trace`` and
   ``hessian_trace_stderr`` (Hutchinson). Lanczos is warm-started from the
   previous top eigenvector (plus a little noise, so that a new top direction
   is not missed) and stops when the Ritz residual is below ``tol``
   :math:`\cdot\lambda`; a handful of HVPs per probe when the top direction
-  moves slowly, at most ``config.analysis.sharpness_iters``. The previous
-  eigenvectors are the probe's saved state, so a resumed run warm-starts as
-  the uninterrupted one did.
-
-  The probe batches are ``run.probe_batches(config.analysis
-  .sharpness_batches)`` (held-out), or the first training batches with
-  ``config.analysis.sharpness_data='train'`` -- for full-batch gradient
-  descent, the whole training set, whose sharpness is what sits at
-  :math:`2/\eta`.
+  moves slowly, at most ``num_iters``. The previous eigenvectors are the
+  probe's saved state, so a resumed run warm-starts as the uninterrupted one
+  did; without them (the probe turned on at a resume) it starts cold, which
+  costs HVPs, not accuracy.
 
   Args:
-    config: the run's config (reads ``analysis``, ``optimizer``, ``seed``).
+    every: period of the sharpness (None: only the trace).
+    trace_every: period of the trace (None: none).
+    batches: the probe batches, or a function of the run returning them
+      (`held_out`, `training`); the loss is their mean.
+    loss_fn: ``(params, batch) -> scalar`` (default: the run's inference
+      loss at the state's model state). One function for several runs of
+      the same model compiles Lanczos once for all of them.
+    num_iters: cap on HVPs per Lanczos run.
     tol: relative Ritz residual at which Lanczos stops.
     min_iters: HVPs always spent (guards against a stale warm start).
     warm_start_noise: relative size of the random component added to the
       previous eigenvector.
     trace_probes: Rademacher probes per trace estimate.
+    b2, eps: the Adam-type optimizer's second-moment decay (None: no bias
+      correction) and epsilon, for the preconditioned sharpness.
+    log_loss: also log ``sharpness_loss``.
+    seed: seed of the start vectors and trace probes (folded with the step).
+    name: the key of the probe's state in checkpoints.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, *, tol: float = 3e-3,
-               min_iters: int = 3, warm_start_noise: float = 0.1,
-               trace_probes: int = 10):
-    a = config.analysis
-    self.sharpness_every = a.sharpness_every
-    self.trace_every = a.trace_every
-    periods = [int(p) for p in (a.sharpness_every, a.trace_every) if p]
+  def __init__(self, every: Optional[int] = None, *,
+               trace_every: Optional[int] = None,
+               batches: BatchSource = held_out(1),
+               loss_fn: Optional[LossFn] = None, num_iters: int = 20,
+               tol: float = 3e-3, min_iters: int = 3,
+               warm_start_noise: float = 0.1, trace_probes: int = 10,
+               b2: Optional[float] = None, eps: float = 1e-8,
+               log_loss: bool = False, seed: int = 0,
+               name: str = 'sharpness'):
+    periods = [p for p in (every, trace_every) if p is not None]
     if not periods:
-      raise ValueError('SharpnessProbe needs analysis.sharpness_every or '
-                       'analysis.trace_every')
-    # Equal to sharpness_every unless a trace period is also set.
+      raise ValueError('SharpnessProbe needs every (the sharpness) or '
+                       'trace_every (the trace)')
+    for label, value in (('every', every), ('trace_every', trace_every),
+                         ('num_iters', num_iters),
+                         ('trace_probes', trace_probes)):
+      if value is not None:
+        _check_count(label, value)
+    self.sharpness_every, self.trace_every = every, trace_every
+    # Equal to every unless a trace period is also set.
     self.every = functools.reduce(math.gcd, periods)
-    self.num_iters = int(a.sharpness_iters)
-    self.num_batches = int(a.sharpness_batches)
-    self.data = a.sharpness_data
-    self.b2, self.eps = config.optimizer.b2, config.optimizer.eps
-    self.tol, self.min_iters = tol, min_iters
-    self.warm_start_noise, self.trace_probes = warm_start_noise, trace_probes
-    self._key = jax.random.PRNGKey(config.seed)
-    self._run, self._loss = None, None
+    self.name, self.num_iters, self.tol = name, num_iters, tol
+    self.min_iters, self.warm_start_noise = min_iters, warm_start_noise
+    self.trace_probes, self.b2, self.eps = trace_probes, b2, eps
+    self.log_loss = log_loss
+    self._batches, self._loss_fn = _Batches(batches), loss_fn
+    self._key = jax.random.PRNGKey(seed)
+    self._run, self._run_loss, self._jit_loss = None, None, None
     # The previous top eigenvectors, flat ('hessian', 'preconditioned').
     self._previous: Dict[str, jax.Array] = {}
 
@@ -135,60 +208,61 @@ class SharpnessProbe:
     """Restores what `state_dict` saved (on resume)."""
     self._previous = {name: jnp.asarray(v) for name, v in saved.items()}
 
-  def _loss_fn(self, run: runs.Run) -> LossFn:
-    # One loss function per run, taking the model state as data, so that
-    # every probe reuses the same compiled Lanczos.
+  def _loss_and_batches(self, state: TrainState, run: runs.Run
+                        ) -> Tuple[LossFn, List[Any]]:
+    batches = self._batches(run)
+    if self._loss_fn is not None:
+      return self._loss_fn, batches
     if run is not self._run:
-      self._run = run
-
+      # One loss function per run, taking the model state as data, so that
+      # every call reuses the same compiled Lanczos.
       def loss(params, batch_and_model_state):
         batch, model_state = batch_and_model_state
         return run.loss_fn(model_state)(params, batch)
-      self._loss = loss
-    return self._loss
+      self._run, self._run_loss = run, loss
+    return self._run_loss, [(b, state.model_state) for b in batches]
 
   def _start(self, name: str, like: PyTree, key: jax.Array) -> PyTree:
     """Warm start: previous eigenvector + noise (random on the first call)."""
-    noise = jax.tree.map(lambda p: jax.random.normal(key, p.shape, p.dtype),
-                         like)
-    noise = optax.tree.scale(1 / optax.tree.norm(noise), noise)
+    flat, unravel = ravel_pytree(like)
+    noise = jax.random.normal(key, flat.shape, flat.dtype)
+    start = noise / jnp.linalg.norm(noise)
     previous = self._previous.get(name)
-    if previous is None:
-      return noise
-    previous = ravel_pytree(like)[1](previous)
-    return optax.tree.add(previous,
-                          optax.tree.scale(self.warm_start_noise, noise))
+    if previous is not None:
+      start = previous + self.warm_start_noise * start
+    return unravel(start)
 
-  def batches(self, run: runs.Run) -> List[Batch]:
-    """The batches whose loss the probe measures."""
-    if self.data == 'train':
-      return [run.dataset.train_batch(i) for i in range(self.num_batches)]
-    return run.probe_batches(self.num_batches)
+  def _mean_loss(self, loss: LossFn, params: PyTree, batches) -> float:
+    if self._jit_loss is None or self._jit_loss[0] is not loss:
+      self._jit_loss = (loss, jax.jit(loss))
+    return float(np.mean([float(self._jit_loss[1](params, b))
+                          for b in batches]))
 
   def __call__(self, state: TrainState, run: runs.Run) -> Dict[str, float]:
     step = int(state.step)
-    loss = self._loss_fn(run)
-    batches = [(b, state.model_state) for b in self.batches(run)]
+    loss, batches = self._loss_and_batches(state, run)
     key = jax.random.fold_in(self._key, step)
     out: Dict[str, float] = {}
+    op = hessian.curvature('hessian', state.params, batches, loss_fn=loss)
     if self.sharpness_every and step % self.sharpness_every == 0:
       vals, vecs, info = hessian.top_eigenpairs(
-          loss, state.params, batches, k=1, num_iters=self.num_iters,
-          tol=self.tol, key=key,
+          op, k=1, num_iters=self.num_iters, tol=self.tol, key=key,
           init_vector=self._start('hessian', state.params, key),
           min_iters=self.min_iters, return_info=True)
       self._previous['hessian'] = ravel_pytree(vecs[0])[0]
       out['sharpness'] = float(vals[0])
       out['sharpness_hvps'] = info['num_hvps']
-      out.update(self._preconditioned(loss, state, batches, key))
+      if self.log_loss:
+        out['sharpness_loss'] = self._mean_loss(loss, state.params, batches)
+      out.update(self._preconditioned(op, state, key))
     if self.trace_every and step % self.trace_every == 0:
-      estimate, stderr = hessian.trace(loss, state.params, batches,
-                                       num_probes=self.trace_probes, key=key)
+      estimate, stderr = hessian.trace(op, num_probes=self.trace_probes,
+                                       key=key)
       out['hessian_trace'] = estimate
       out['hessian_trace_stderr'] = stderr
     return out
 
-  def _preconditioned(self, loss, state, batches, key) -> Dict[str, float]:
+  def _preconditioned(self, op, state, key) -> Dict[str, float]:
     try:
       _, count = hessian.find_second_moment(state.opt_state)
     except ValueError:
@@ -196,8 +270,8 @@ class SharpnessProbe:
     if count is not None and int(count) == 0:
       return {}  # nu = 0 before the first update: P^{-1} H is meaningless.
     value, info = hessian.preconditioned_sharpness(
-        loss, state.params, batches, state.opt_state, b2=self.b2,
-        eps=self.eps, num_iters=self.num_iters, tol=self.tol, key=key,
+        op, state.opt_state, b2=self.b2, eps=self.eps,
+        num_iters=self.num_iters, tol=self.tol, key=key,
         init_vector=self._start('preconditioned', state.params, key),
         min_iters=self.min_iters, return_info=True)
     self._previous['preconditioned'] = ravel_pytree(info['eigvec'])[0]
@@ -209,46 +283,70 @@ class SharpnessProbe:
 # Lazy vs rich: how far the NTK moves.
 
 
-class NTKProbe:
-  """Logs NTK statistics on a fixed probe set every ``config.analysis.ntk_every``.
+class NTKProbe(Probe):
+  """Logs NTK statistics on a fixed probe set every ``every`` steps.
 
   Returns ``ntk_top_eig`` (largest eigenvalue of the traced kernel),
   ``ntk_trace``, ``ntk_alignment`` (centered alignment with the probe
-  labels), ``ntk_distance_init`` (kernel distance to the kernel at the first
-  call, i.e. initialization) and ``ntk_velocity`` (kernel distance to the
-  previous call's kernel, per step elapsed; 0 at the first call). The probe
-  set is the first ``config.analysis.ntk_num_examples`` examples of
-  ``run.probe_batches`` (held out).
+  labels), ``ntk_distance_init`` (kernel distance to the kernel at
+  initialization, the first call at step 0) and ``ntk_velocity`` (kernel
+  distance to the previous call's kernel, per step elapsed; 0 at the first
+  call).
 
   The kernel at initialization and the previous ``(step, kernel)`` are the
   probe's saved state: after a resume, ``ntk_distance_init`` is still
-  measured from the initialization and ``ntk_velocity`` continues.
+  measured from the initialization and ``ntk_velocity`` continues. A probe
+  first called after step 0 (turned on at a resume, or in a branch) has no
+  kernel at initialization: it warns, and logs ``ntk_distance_restart``, the
+  distance to the kernel at its first call, with ``ntk_restarted_at``, that
+  step -- never a distance from another step under the name
+  ``ntk_distance_init``.
+
+  Args:
+    every: the period.
+    num_examples: the probe set's size: the first examples of ``batches``.
+    batches: the batches they are taken from, or a function of the run
+      returning them (default: the run's held-out probe batches, as many as
+      ``num_examples`` needs).
+    name: the key of the probe's state in checkpoints.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    self.every = int(config.analysis.ntk_every)
-    self.num_examples = int(config.analysis.ntk_num_examples)
+  def __init__(self, every: int, *, num_examples: int = 64,
+               batches: Optional[BatchSource] = None, name: str = 'ntk'):
+    _check_count('every', every)
+    _check_count('num_examples', num_examples)
+    self.every, self.num_examples, self.name = every, num_examples, name
+    self._batches = None if batches is None else _Batches(batches)
     # Kernels are kept in the dtype they were computed in (saved as is).
     self._init: Optional[np.ndarray] = None
+    self._init_step = 0
     self._prev: Optional[Tuple[int, np.ndarray]] = None
     self._run, self._apply_fn = None, None
 
   def state_dict(self) -> Dict[str, Any]:
-    """The kernel at initialization and the previous ``(step, kernel)``."""
+    """The reference kernel (at initialization) with its step, and the
+    previous ``(step, kernel)``."""
     if self._init is None:
       return {}
-    return {'init': self._init, 'prev_step': int(self._prev[0]),
-            'prev': self._prev[1]}
+    return {'init': self._init, 'init_step': self._init_step,
+            'prev_step': int(self._prev[0]), 'prev': self._prev[1]}
 
   def load_state_dict(self, saved: Mapping[str, Any]) -> None:
     """Restores what `state_dict` saved (on resume)."""
     self._init = np.asarray(saved['init'])
+    self._init_step = int(saved.get('init_step', 0))  # Older checkpoints: 0.
     self._prev = (int(saved['prev_step']), np.asarray(saved['prev']))
 
+  def _probe_set(self, run: runs.Run):
+    if self._batches is not None:
+      batches = self._batches(run)
+    else:
+      per_batch = max(1, int(run.dataset.batch_size))
+      batches = run.probe_batches(math.ceil(self.num_examples / per_batch))
+    return ntk_lib.probe_examples(batches, self.num_examples)
+
   def __call__(self, state: TrainState, run: runs.Run) -> Dict[str, float]:
-    per_batch = max(1, int(run.dataset.batch_size))
-    batches = run.probe_batches(math.ceil(self.num_examples / per_batch))
-    inputs, targets = ntk_lib.probe_examples(batches, self.num_examples)
+    inputs, targets = self._probe_set(run)
     if self._apply_fn is None or state.model_state or run is not self._run:
       # Stateless models keep one apply_fn, hence one compilation, for the run.
       self._run, self._apply_fn = run, run.apply_fn(state.model_state)
@@ -258,18 +356,30 @@ class NTKProbe:
     k = ntk_lib.output_size(apply_fn, state.params, jnp.asarray(inputs))
     step = int(state.step)
     if self._init is None:
-      self._init = ntk
+      self._init, self._init_step = ntk, step
+      if step > 0:
+        warnings.warn(
+            f'NTKProbe {self.name!r}: no kernel at initialization (first '
+            f'called at step {step}: turned on at a resume, or a branch); '
+            f'logging ntk_distance_restart, the distance from the kernel at '
+            f'step {step}, instead of ntk_distance_init', stacklevel=2)
     velocity = 0.0
     if self._prev is not None and step > self._prev[0]:
       velocity = (ntk_lib.kernel_distance_np(self._prev[1], ntk)
                   / (step - self._prev[0]))
     self._prev = (step, ntk)
     ntk_f64 = ntk.astype(np.float64)
-    return {
+    distance = ntk_lib.kernel_distance_np(self._init, ntk)
+    out = {
         'ntk_top_eig': float(np.linalg.eigvalsh(ntk_f64)[-1]),
         'ntk_trace': float(np.trace(ntk_f64)),
         'ntk_alignment': float(ntk_lib.kernel_alignment(ntk_f64, targets,
                                                         num_classes=k)),
-        'ntk_distance_init': ntk_lib.kernel_distance_np(self._init, ntk),
         'ntk_velocity': velocity,
     }
+    if self._init_step == 0:
+      out['ntk_distance_init'] = distance
+    else:
+      out.update(ntk_distance_restart=distance,
+                 ntk_restarted_at=float(self._init_step))
+    return out

@@ -9,12 +9,13 @@ import json
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from dynamics import metrics as metrics_lib
+from dynamics import probes as probes_lib
 from dynamics import progress
 from dynamics import throughput as throughput_lib
 
@@ -69,11 +70,9 @@ class Saver:
   the device-to-host copy only) for ``checkpoint_stall.jsonl``.
   """
 
-  def __init__(self, ckpt, data_iter, callbacks: Sequence[Any],
-               callback_states: Callable[[Sequence[Any]], Dict[str, Any]],
+  def __init__(self, ckpt, data_iter, probes: Sequence[probes_lib.Probe],
                log_stall: bool = False, check_finite: bool = True):
-    self.ckpt, self.data_iter, self.callbacks = ckpt, data_iter, callbacks
-    self._callback_states = callback_states
+    self.ckpt, self.data_iter, self.probes = ckpt, data_iter, probes
     self.log_stall, self.stall = log_stall, []
     self.check_finite = check_finite
 
@@ -89,7 +88,7 @@ class Saver:
           f'non-finite parameters after step {step}')
     start = time.perf_counter()
     self.ckpt.save(step, state, self.data_iter.state(),
-                   self._callback_states(self.callbacks))
+                   probes_lib.states(self.probes))
     if self.log_stall:
       self.stall.append((step, time.perf_counter() - start))
 

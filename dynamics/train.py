@@ -3,7 +3,7 @@
 Data flows one way: ``config -> Run (model, data, optimizer, schedule) ->
 train_step -> checkpoints + metrics``. The step itself lives in
 `dynamics.step`; this module only drives it: resume, place on devices, step,
-evaluate, call the probes, log, checkpoint, stop.
+evaluate, call the probes (`dynamics.probes`), log, checkpoint, stop.
 """
 
 import contextlib
@@ -19,6 +19,7 @@ from dynamics import config_lib
 from dynamics import data as data_lib
 from dynamics import loop_utils
 from dynamics import metrics as metrics_lib
+from dynamics import probes as probes_lib
 from dynamics import runs
 from dynamics import sharding as sharding_lib
 from dynamics import step as step_lib
@@ -68,18 +69,9 @@ def _placement(run: runs.Run, state: TrainState):
           shardings.put_full_batch)
 
 
-def _callback_states(callbacks: Sequence[Any]) -> Dict[str, Any]:
-  """The probes' state to checkpoint: ``{'<i>_<Class>': state_dict}``."""
-  out = {}
-  for i, cb in enumerate(callbacks):
-    state = cb.state_dict() if hasattr(cb, 'state_dict') else None
-    if state:
-      out[f'{i}_{type(cb).__name__}'] = state
-  return out
-
-
 def _resume(run: runs.Run, ckpt: checkpoint_lib.Checkpointer, state: TrainState,
-            data_iter: data_lib.DataIterator, callbacks: Sequence[Any]
+            data_iter: data_lib.DataIterator,
+            probes: Sequence[probes_lib.Probe]
             ) -> Tuple[TrainState, Optional[int]]:
   """The state to start from and the step resumed from (None: a new run).
 
@@ -96,10 +88,7 @@ def _resume(run: runs.Run, ckpt: checkpoint_lib.Checkpointer, state: TrainState,
   if restored is None:
     return state, None
   data_iter.restore(restored.data)
-  for i, cb in enumerate(callbacks):
-    saved = restored.callbacks.get(f'{i}_{type(cb).__name__}')
-    if saved is not None and hasattr(cb, 'load_state_dict'):
-      cb.load_state_dict(saved)
+  probes_lib.restore(probes, restored.callbacks)  # By name.
   return restored.state, restored.step
 
 
@@ -144,8 +133,8 @@ def _record_config(run: runs.Run, resumed_from: Optional[int],
 
 
 def _host_metrics(step: int, state: TrainState, run: runs.Run, eval_fn, put,
-                  callbacks: Sequence[Any]) -> Dict[str, float]:
-  """Eval and callback results due at ``step`` (after ``step`` updates)."""
+                  probes: Sequence[probes_lib.Probe]) -> Dict[str, float]:
+  """Eval and probe results due at ``step`` (after ``step`` updates)."""
   config, out = run.config, {}
   if step % config.eval_every == 0 or step == config.num_steps:
     ev = run.evaluate(state.params, state.model_state, eval_fn=eval_fn, put=put)
@@ -154,49 +143,51 @@ def _host_metrics(step: int, state: TrainState, run: runs.Run, eval_fn, put,
       ev = run.evaluate(state.ema_params, state.model_state, eval_fn=eval_fn,
                         put=put)
       out.update({f'eval_{k}_ema': v for k, v in ev.items()})
-  for cb in callbacks:
-    if step % cb.every == 0:
-      out.update({k: float(v) for k, v in cb(state, run).items()})
+  for probe in probes:
+    if step % probe.every == 0:
+      out.update({k: float(v) for k, v in probe(state, run).items()})
   metrics_lib.check_finite(out, step, config.stop_on_nonfinite)
   return out
 
 
-def _due(step: int, config, callbacks, keep) -> Tuple[bool, bool]:
+def _due(step: int, config, probes, keep) -> Tuple[bool, bool]:
   """``(save, measure)``: whether ``step`` checkpoints / evaluates or probes."""
   save = step % config.checkpoint.every_steps == 0 or step in keep
   measure = step % config.eval_every == 0 or step == config.num_steps or any(
-      step % cb.every == 0 for cb in callbacks)
+      step % probe.every == 0 for probe in probes)
   return save, measure
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       callbacks: Sequence[Any] = ()) -> TrainState:
+                       probes: Sequence[probes_lib.Probe] = ()) -> TrainState:
   """Trains ``config`` into ``workdir``, resuming from its latest checkpoint.
 
   Writes ``workdir/config.json``, ``workdir/metrics.jsonl`` (one line per
   logged step; train metrics at ``log_every``, ``eval_*`` at ``eval_every``
-  and at the end, callback results at their own period) and orbax
+  and at the end, probe results at their own period) and orbax
   checkpoints under ``workdir/checkpoints``.
 
   Args:
     config: a config declaring the fields of ``dynamics/config_schema.py``.
     workdir: output directory; an existing run there is resumed.
-    callbacks: training-time probes: objects with an ``every`` attribute,
-      called as ``cb(state, run) -> dict of scalars`` whenever ``state.step %
-      cb.every == 0`` (step 0 included; ``run`` is the `dynamics.runs.Run`);
-      optional ``state_dict()`` / ``load_state_dict(d)`` are checkpointed
-      with the state, so a resumed run continues the same series.
+    probes: training-time measurements (`dynamics.probes.Probe`): each is
+      called as ``probe(state, run) -> dict of scalars`` whenever
+      ``state.step % probe.every == 0`` (step 0 included; ``run`` is the
+      `dynamics.runs.Run`); its ``state_dict()`` is checkpointed under its
+      ``name``, so a resumed run continues the same series.
 
   Returns:
     The final ``TrainState``.
 
   Raises:
     ConfigError: an invalid value (before compiling).
+    ValueError: two probes with one name, or a bad period.
     NonFiniteError: a NaN/Inf metric; the last good checkpoint is kept.
     Preempted: SIGTERM; the state was saved at the next step boundary.
   """
   sharding_lib.maybe_initialize_distributed(config)  # Before any device use.
   config_lib.validate(config, device_count=jax.device_count())
+  probes_lib.check(probes)
   config = resolve_branch(config)
   is_main, workdir = jax.process_index() == 0, os.path.abspath(workdir)
   with contextlib.ExitStack() as cleanup:  # Closes the checkpointer, unlocks.
@@ -211,7 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         config.checkpoint.async_save))
     data_iter = data_lib.DataIterator(run.dataset, process_index=jax.process_index(),
                                       process_count=jax.process_count())
-    state, resumed_from = _resume(run, ckpt, state, data_iter, callbacks)
+    state, resumed_from = _resume(run, ckpt, state, data_iter, probes)
     if is_main:
       _record_config(run, resumed_from, changes)
       loop_utils.announce(config, run.dataset, state, workdir, resumed_from)
@@ -225,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     eval_fn = step_lib.make_eval_step(p.model, p.options, shardings)
     pipeline = metrics_lib.StepMetrics(config.log_every, final,
                                        config.stop_on_nonfinite)
-    saver = loop_utils.Saver(ckpt, data_iter, callbacks, _callback_states,
+    saver = loop_utils.Saver(ckpt, data_iter, probes,
                              config.checkpoint.log_stall and is_main,
                              config.stop_on_nonfinite)
     cleanup.callback(saver.write_stall, workdir)
@@ -234,20 +225,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if start == 0:
       with saver.guard():
         writer.write_nonempty(0, _host_metrics(0, state, run, eval_fn, put_eval,
-                                               callbacks))
+                                               probes))
         if 0 in keep:  # The initialization, for NTK-drift and Jacobian studies.
           saver.save(0, state)
     for step in range(start + 1, final + 1):
       state, metrics = step_fn(state, put_batch(next(data_iter)))
       pipeline.push(step, metrics)
       preempted = stop.reached(step)
-      save, measure = _due(step, config, callbacks, keep)
+      save, measure = _due(step, config, probes, keep)
       with saver.guard():  # A NaN names the last good checkpoint.
         # Synchronous before a save or a measurement, else one step late.
         lines = pipeline.pop(step if save or measure or preempted else step - 1)
         progress.mark(step)  # Synced on step - 1 (or step): its time.
         extra = _host_metrics(step, state, run, eval_fn, put_eval,
-                              callbacks) if measure else {}
+                              probes) if measure else {}
         if extra:
           lines.setdefault(step, {}).update(extra)
         for s in sorted(lines):

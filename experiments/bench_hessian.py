@@ -79,8 +79,9 @@ def child(which, path):
   if which == 'ours':
     from analysis import hessian as hs
     t0 = time.perf_counter()
-    vals, _, info = hs.top_eigenpairs(loss, params, [batch], k=5,
-                                      return_info=True)
+    vals, _, info = hs.top_eigenpairs(
+        hs.curvature('hessian', params, [batch], loss_fn=loss), k=5,
+        return_info=True)
     seconds = time.perf_counter() - t0
     out = {'seconds': seconds, 'eigenvalues': np.asarray(vals).tolist(),
            'hvps': info['num_hvps']}
@@ -153,9 +154,9 @@ def main(argv, out_path=None):
                   'trace': exact_trace}
   print('model:', out['model'], flush=True)
 
-  # Defaults: converged top-5.
-  vals, _, info = hs.top_eigenpairs(loss, params, [batch], k=5,
-                                    return_info=True)
+  # Defaults: converged top-5. One operator for every measurement.
+  op = hs.curvature('hessian', params, [batch], loss_fn=loss)
+  vals, _, info = hs.top_eigenpairs(op, k=5, return_info=True)
   hvps = info['num_hvps']
   out['top5_defaults'] = {'rel_errors': rel_errors(vals, w[:5]),
                           'hvps': hvps, 'converged': info['converged'],
@@ -163,19 +164,18 @@ def main(argv, out_path=None):
   print('top-5 with the defaults:', out['top5_defaults'], flush=True)
 
   # Warm calls: ours against a plain jitted Lanczos at the same HVPs.
-  op = hs.hvp_fn(loss, params, [batch])
-  ours = timed(lambda: hs.top_eigenpairs(loss, params, [batch], k=5)[0])
-  plain = plain_lanczos(op, params, hvps)
+  ours = timed(lambda: hs.top_eigenpairs(op, k=5)[0])
+  plain = plain_lanczos(op.matvec, params, hvps)
   plain_vals = np.asarray(plain())
   baseline = timed(plain)
   out['warm'] = {'ours_seconds': ours, 'plain_lanczos_seconds': baseline,
                  'ratio': ours / baseline, 'hvps': hvps,
                  'plain_rel_errors': rel_errors(plain_vals, w[:5]),
-                 'hvp_seconds': timed(lambda: op(params))}
+                 'hvp_seconds': timed(lambda: op.matvec(params))}
   # The same at 100 HVPs (tol=0: no early stop), where the loop dominates.
-  ours100 = timed(lambda: hs.top_eigenpairs(loss, params, [batch], k=5,
-                                            num_iters=100, tol=0.0)[0])
-  base100 = timed(plain_lanczos(op, params, 100))
+  ours100 = timed(lambda: hs.top_eigenpairs(op, k=5, num_iters=100,
+                                            tol=0.0)[0])
+  base100 = timed(plain_lanczos(op.matvec, params, 100))
   out['warm'].update(ours_100_seconds=ours100, plain_100_seconds=base100,
                      ratio_100=ours100 / base100)
   print('warm calls:', out['warm'], flush=True)
@@ -214,13 +214,12 @@ def main(argv, out_path=None):
     for name, kwargs in (('ours_default', {}),
                          ('ours_xtrace_100', dict(method='xtrace',
                                                   num_hvps=100))):
-      estimate, stderr, tinfo = hs.trace(loss, params, [batch],
-                                         return_info=True, **kwargs)
+      estimate, stderr, tinfo = hs.trace(op, return_info=True, **kwargs)
       row[name] = {'estimate': estimate, 'stderr': stderr,
                    'rel_error': abs(estimate / exact_trace - 1),
                    'hvps': tinfo['num_hvps'],
                    'seconds_warm': timed(lambda kwargs=kwargs: hs.trace(
-                       loss, params, [batch], **kwargs)[0], repeats=3)}
+                       op, **kwargs)[0], repeats=3)}
     out['trace_vs_pyhessian'] = row
     print('trace vs PyHessian:', out['trace_vs_pyhessian'], flush=True)
 
@@ -229,12 +228,12 @@ def main(argv, out_path=None):
   spread = {}
   for budget in (30, 100):
     for method in ('hutchinson', 'hutch++', 'xtrace'):
-      ests = [hs.trace(loss, params, [batch], method=method, num_hvps=budget,
+      ests = [hs.trace(op, method=method, num_hvps=budget,
                        key=jax.random.PRNGKey(s))[0] for s in seeds]
       spread[f'{method}@{budget}'] = float(np.std(ests) / abs(exact_trace))
     for method in ('hutchinson', 'xdiag'):
       errs = [np.linalg.norm(ravel_pytree(hs.diagonal(
-          loss, params, [batch], method=method, num_hvps=budget,
+          op, method=method, num_hvps=budget,
           key=jax.random.PRNGKey(s)))[0] - exact_diag) for s in seeds]
       spread[f'diag_{method}@{budget}'] = float(
           np.mean(errs) / np.linalg.norm(exact_diag))
@@ -250,7 +249,7 @@ def main(argv, out_path=None):
   slq = {}
   for name, size in (('batched', None), ('sequential', 1)):
     slq[name] = timed(lambda size=size: hs.spectral_density(
-        loss, params, [batch], num_probes=10, num_iters=80, tol=None,
+        op, num_probes=10, num_iters=80, tol=None,
         batch_size=size)[1], repeats=3)
   slq['speedup'] = slq['sequential'] / slq['batched']
   out['slq_10x80_seconds'] = slq
@@ -258,7 +257,7 @@ def main(argv, out_path=None):
 
   # Per-layer report, and the cost of an HVP.
   t0 = time.perf_counter()
-  report = hs.block_report(loss, params, [batch], blocks='layers')
+  report = hs.block_report(op, blocks='layers')
   out['block_report'] = {'seconds_first_call': time.perf_counter() - t0,
                          'rows': report['blocks'] + [report['whole']]}
   grad = jax.jit(jax.grad(loss))

@@ -39,7 +39,7 @@ def main(argv):
   workdir = _WORKDIR.value or os.path.join('runs', config.name)
   try:
     state = train.train_and_evaluate(config, workdir,
-                                     callbacks=probes.from_config(config))
+                                     probes=probes.from_config(config))
   except train.NonFiniteError as e:
     print(f'Training stopped: {e}', file=sys.stderr)
     sys.exit(cli.EXIT_USER_ERROR)

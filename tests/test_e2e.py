@@ -42,17 +42,18 @@ _KILL_SCRIPT = textwrap.dedent('''
     logging.set_verbosity(logging.WARNING)
     from configs import wsd
     from dynamics import train
+    from dynamics.probes import Probe
 
-    class KillAt:
+    class KillAt(Probe):
       """Dies like a preempted machine would: SIGKILL, no cleanup."""
-      every = 1
+      name, every = 'kill_at', 1
       def __call__(self, state, ctx):
         if int(state.step) == {kill_step}:
           os.kill(os.getpid(), signal.SIGKILL)
         return {{}}
 
     train.train_and_evaluate(wsd.get_config('smoke'), sys.argv[1],
-                             callbacks=[KillAt()])
+                             probes=[KillAt()])
 ''')
 
 

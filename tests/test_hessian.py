@@ -142,6 +142,10 @@ def _flat(tree):
   return np.asarray(jax.flatten_util.ravel_pytree(tree)[0], np.float64)
 
 
+def _hessian(loss_fn, params, batches, **kwargs):
+  return hs.curvature('hessian', params, batches, loss_fn=loss_fn, **kwargs)
+
+
 # ---------------------------------------------------------------------------
 # Curvature-vector products: Hessian, GGN, Fisher, empirical Fisher.
 
@@ -214,9 +218,9 @@ def test_ggn_fisher_and_empirical_fisher_match_their_dense_matrices():
       dense['empirical_fisher'] += g.T @ g / (12 * len(batches))
     v = np.random.default_rng(2).normal(size=flat.size)
     for kind, matrix in dense.items():
-      got = _flat(hs.hvp_fn(None, params, batches, kind=kind,
-                            model_fn=model_fn, output_loss_fn=out_loss,
-                            likelihood=lik)(unravel(jnp.asarray(v))))
+      got = _flat(hs.curvature(kind, params, batches, model_fn=model_fn,
+                               output_loss_fn=out_loss, likelihood=lik
+                               ).matvec(unravel(jnp.asarray(v))))
       np.testing.assert_allclose(got, np.asarray(matrix) @ v, rtol=1e-8,
                                  atol=1e-12, err_msg=kind)
     # Gaussian likelihood: the Fisher is J^T J / sigma^2 sampled the same way.
@@ -227,8 +231,8 @@ def test_ggn_fisher_and_empirical_fisher_match_their_dense_matrices():
     eps = (gauss.sample(jax.random.fold_in(jax.random.PRNGKey(0), 0),
                         model_fn(params, b))[0] - model_fn(params, b)) / 0.5
     g = -np.einsum('nc,ncp->np', eps / 0.5, jac)
-    got = _flat(hs.hvp_fn(None, params, [b], kind='fisher', model_fn=model_fn,
-                          likelihood=gauss)(unravel(jnp.asarray(v))))
+    got = _flat(hs.curvature('fisher', params, [b], model_fn=model_fn,
+                             likelihood=gauss).matvec(unravel(jnp.asarray(v))))
     np.testing.assert_allclose(got, g.T @ (g @ v) / 12, rtol=1e-8)
 
 
@@ -247,14 +251,14 @@ def test_top_eigenpairs_defaults_converge_float64():
   """No num_iters, no tol: converged to 1e-6 relative of dense eigh."""
   with jax.enable_x64(True):
     (loss_fn, params, batches), _, w, v = _exact('transformer')
-    vals, vecs, info = hs.top_eigenpairs(loss_fn, params, batches, k=5,
-                                         return_info=True)
+    op = _hessian(loss_fn, params, batches)
+    vals, vecs, info = hs.top_eigenpairs(op, k=5, return_info=True)
     np.testing.assert_allclose(np.asarray(vals), w[:5], rtol=1e-6)
     assert np.all(_angles(vecs, v[:, :5]) < 1e-4)
     assert info['converged'] and info['tol'] == 1e-9
     assert np.all(info['relative_residuals'] <= 1e-9)
     # The most negative curvature (the same compiled solver).
-    low, _ = hs.top_eigenpairs(loss_fn, params, batches, k=2, which='SA')
+    low, _ = hs.top_eigenpairs(op, k=2, which='SA')
     np.testing.assert_allclose(np.asarray(low), w[-2:], rtol=1e-6)
 
 
@@ -262,8 +266,8 @@ def test_top_eigenpairs_defaults_converge_float32():
   """A float32 model with the defaults: within 1e-4 of a float64 dense eigh;
   a cap too small for the tolerance warns and says so in ``info``."""
   loss_fn, params, batches = _mlp_problem(np.float32)
-  vals, _, info = hs.top_eigenpairs(loss_fn, params, batches, k=5,
-                                    return_info=True)
+  op = _hessian(loss_fn, params, batches)
+  vals, _, info = hs.top_eigenpairs(op, k=5, return_info=True)
   with jax.enable_x64(True):
     h = _dense_hessian(loss_fn, params, batches)
   w = np.linalg.eigvalsh(h)[::-1]
@@ -271,8 +275,7 @@ def test_top_eigenpairs_defaults_converge_float32():
   np.testing.assert_allclose(np.asarray(vals), w[:5], rtol=1e-4)
   with pytest.warns(hs.ConvergenceWarning,
                     match=r'top_eigenpairs did not converge: after 6 HVPs'):
-    _, _, info = hs.top_eigenpairs(loss_fn, params, batches, k=3,
-                                   num_iters=6, return_info=True)
+    _, _, info = hs.top_eigenpairs(op, k=3, num_iters=6, return_info=True)
   assert not info['converged'] and info['num_hvps'] == 6
 
 
@@ -284,7 +287,8 @@ def test_slq_density_integrates_to_one_and_matches_moments():
   with jax.enable_x64(True):
     (loss_fn, params, batches), _, w, _ = _exact('mlp')
     grid, density, info = hs.spectral_density(
-        loss_fn, params, batches, num_probes=30, num_iters=40, sigma=1e-3,
+        _hessian(loss_fn, params, batches), num_probes=30, num_iters=40,
+        sigma=1e-3,
         tol=None, key=jax.random.PRNGKey(0), return_info=True)
   assert info['num_hvps'] == 30 * 40 and info['num_iters'] == 40
   np.testing.assert_allclose(np.trapezoid(density, grid), 1, atol=1e-6)
@@ -309,17 +313,19 @@ def test_block_spectrum_and_block_report_match_dense_blocks():
     owner = np.concatenate([np.full(s, p) for p, s in zip(paths, sizes)])
     selected = np.array(['attn' in p for p in owner])
     sub = np.linalg.eigvalsh(h[np.ix_(selected, selected)])[::-1]
-    vals, vecs = hs.top_eigenpairs(loss_fn, params, batches, k=3,
-                                   mask='attention')
+    op = _hessian(loss_fn, params, batches)
+    vals, vecs = hs.top_eigenpairs(op.restrict('attention'), k=3)
     np.testing.assert_allclose(np.asarray(vals), sub[:3], rtol=1e-6)
     # Eigenvectors are full pytrees, zero outside the block.
     assert np.all(_flat(vecs[0])[~selected] == 0)
     with pytest.raises(ValueError, match='selects no parameters.*embed'):
-      hs.top_eigenpairs(loss_fn, params, batches, mask='no_such_layer')
+      op.restrict('no_such_layer')
+    with pytest.raises(ValueError, match='already restricted'):
+      op.restrict('attention').restrict('mlp')
     # Per layer: the top eigenvalue, trace and Frobenius norm of each
     # diagonal block; exact for blocks of at most num_probes parameters.
-    report = hs.block_report(loss_fn, params, batches, blocks='layers',
-                             num_probes=80, key=jax.random.PRNGKey(1))
+    report = hs.block_report(op, blocks='layers', num_probes=80,
+                             key=jax.random.PRNGKey(1))
     layers = {r['name']: r for r in report['blocks']}
     assert set(layers) == {p.rpartition('/')[0] or p for p in paths}
     for name, row in list(layers.items()) + [('whole', report['whole'])]:
@@ -353,33 +359,38 @@ def test_preconditioned_sharpness_matches_dense():
     nu = _flat(state[0].nu) / (1 - 0.99 ** 3)
     precond_h = h / (np.sqrt(nu) + 1e-8)[:, None]  # P^{-1} H at `params`.
     exact = np.max(np.linalg.eigvals(precond_h).real)
-    got = hs.preconditioned_sharpness(loss_fn, params, batches, state, b2=0.99,
-                                      eps=1e-8)
+    op = _hessian(loss_fn, params, batches)
+    got = hs.preconditioned_sharpness(op, state, b2=0.99, eps=1e-8)
     np.testing.assert_allclose(got, exact, rtol=1e-6)
     with pytest.raises(ValueError, match='no Adam-type second moment'):
-      hs.preconditioned_sharpness(loss_fn, params, batches,
-                                  optax.sgd(0.1).init(params))
+      hs.preconditioned_sharpness(op, optax.sgd(0.1).init(params))
 
 
 def test_bad_input_gives_clear_errors():
   loss_fn, params, batches = _mlp_problem(np.float32)
   model_fn, out_loss = _model_fns()
+  op = _hessian(loss_fn, params, batches)
   for k in (0, 256):  # 255 parameters.
     with pytest.raises(ValueError, match='between 1 and the dimension'):
-      hs.top_eigenpairs(loss_fn, params, batches, k=k)
+      hs.top_eigenpairs(op, k=k)
   with pytest.raises(ValueError, match='larger than the cap'):
-    hs.top_eigenpairs(loss_fn, params, batches, k=10, num_iters=8)
-  with pytest.raises(ValueError, match="needs the probabilistic form.*MSE"):
-    hs.top_eigenpairs(None, params, batches, kind='fisher', model_fn=model_fn)
+    hs.top_eigenpairs(op, k=10, num_iters=8)
+  with pytest.raises(ValueError, match=r"'fisher' needs likelihood \(the "
+                     'probabilistic form.*MSE'):
+    hs.curvature('fisher', params, batches, model_fn=model_fn)
+  with pytest.raises(ValueError, match=r"'ggn' needs output_loss_fn \("):
+    hs.curvature('ggn', params, batches, model_fn=model_fn)
+  with pytest.raises(TypeError, match=r"unknown curvature inputs \['modelfn'\]"):
+    hs.curvature('ggn', params, batches, modelfn=model_fn)
   with pytest.raises(ValueError, match='noise model'):
     hs.Likelihood('gaussian')
   with pytest.raises(ValueError, match="kind must be one of"):
-    hs.trace(loss_fn, params, batches, kind='gnn')
+    hs.curvature('gnn', params, batches, loss_fn=loss_fn)
 
   def nan_loss(p, b):  # sqrt of a negative number: NaN curvature.
     return jnp.sqrt(loss_fn(p, b) - 100.0)
   with pytest.raises(FloatingPointError, match=r'HVP 1\)'):
-    hs.top_eigenpairs(nan_loss, params, batches, k=1)
+    hs.top_eigenpairs(_hessian(nan_loss, params, batches), k=1)
   with pytest.raises(ValueError, match='same structure and shapes'):
     hs.hvp_fn(loss_fn, params, [batches[0], {'inputs': np.zeros((3, 4)),
                                              'targets': np.zeros(3, int)}])
@@ -411,17 +422,12 @@ class _State:
 
 
 def test_sharpness_probe_warm_starts_and_logs_adaptive_and_trace():
-  from configs import base
-  config = base.get_config()
-  config.analysis.sharpness_every = 5
-  config.analysis.trace_every = 10
-  config.analysis.sharpness_iters = 30
-  config.analysis.sharpness_batches = 2
-  config.optimizer.b2, config.optimizer.eps = 0.99, 1e-8
   with jax.enable_x64(True):
     (loss_fn, params, batches), h, w, _ = _exact('mlp')
     run = _FakeRun(loss_fn, batches)
-    probe = probes.SharpnessProbe(config, tol=1e-4)
+    probe = probes.SharpnessProbe(5, trace_every=10, num_iters=30,
+                                  batches=probes.held_out(2), b2=0.99,
+                                  eps=1e-8, tol=1e-4)
     assert probe.every == 5
     tx = optax.adam(1e-3, b2=0.99)
     opt_state = tx.init(params)
@@ -438,7 +444,7 @@ def test_sharpness_probe_warm_starts_and_logs_adaptive_and_trace():
     moved = optax.apply_updates(params, updates)
     second = probe(_State(5, moved, opt_state), run)
     assert second['sharpness_hvps'] < first['sharpness_hvps']
-    assert second['sharpness_hvps'] <= config.analysis.sharpness_iters
+    assert second['sharpness_hvps'] <= 30
     assert 'hessian_trace' not in second   # 5 is not a multiple of 10.
     h_moved = _dense_hessian(loss_fn, moved, batches)
     np.testing.assert_allclose(second['sharpness'],
@@ -457,12 +463,13 @@ def _command(*args):
                         capture_output=True, text=True, timeout=600)
 
 
-def test_eos_smoke_run_logs_sharpness_and_command_writes_spectrum(tmp_path):
+def test_eos_smoke_run_logs_sharpness_and_command_writes_spectrum(tmp_path,
+                                                                 capsys):
   from configs import eos
   from dynamics import runs, train
   config = eos.get_config('smoke')
   train.train_and_evaluate(config, str(tmp_path),
-                           callbacks=[probes.SharpnessProbe(config)])
+                           probes=probes.from_config(config))
   lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
   logged = [l for l in lines if 'sharpness' in l]
   assert [l['step'] for l in logged] == list(range(0, 31, 5))
@@ -527,9 +534,12 @@ def test_eos_smoke_run_logs_sharpness_and_command_writes_spectrum(tmp_path):
     else:
       assert lines == [message]
 
-  # kind='ggn': the top eigenvalues of J^T H_out J, against the dense matrix.
+  # kind='ggn': the top eigenvalues of J^T H_out J, against the dense matrix;
+  # the library prints nothing unless given a log.
+  capsys.readouterr()
   ggn = hs.checkpoint_spectrum(run, 20, k=3, kind='ggn', num_batches=1,
                                tol=1e-6)
+  assert capsys.readouterr() == ('', '')
   assert ggn['kind'] == 'ggn'
   model_fn, out_loss = run.model_fn(model_state), run.output_loss_fn()
   np.testing.assert_allclose(out_loss(model_fn(params, batch), batch),

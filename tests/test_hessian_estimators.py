@@ -83,25 +83,24 @@ def test_trace_and_diagonal_of_a_loss_and_the_adaptive_stop():
     _, a = _operator(0.7 ** np.arange(N), seed=2)
     loss_fn = lambda p, b: 0.5 * p['w'] @ b @ p['w']
     params, batches = {'w': jnp.zeros(N)}, [jnp.asarray(a)]
+    op = hs.curvature('hessian', params, batches, loss_fn=loss_fn)
     for method in ('hutch++', 'xtrace'):
-      estimate, stderr, info = hs.trace(loss_fn, params, batches,
-                                        method=method, num_hvps=30,
+      estimate, stderr, info = hs.trace(op, method=method, num_hvps=30,
                                         key=jax.random.PRNGKey(3),
                                         return_info=True)
       assert info['num_hvps'] == 30 and stderr > 0
       assert abs(estimate - np.trace(a)) < 4 * stderr, (method, estimate)
     with pytest.warns(hs.ConvergenceWarning, match=r'after 20 HVPs'):
-      _, stderr, info = hs.trace(loss_fn, params, batches, rtol=1e-6,
-                                 method='hutchinson', max_hvps=20,
-                                 return_info=True)
+      _, stderr, info = hs.trace(op, rtol=1e-6, method='hutchinson',
+                                 max_hvps=20, return_info=True)
     assert not info['converged'] and info['num_hvps'] == 20
     quadratic = lambda p, b: 0.5 * jnp.sum(b * p['w'] ** 2)
-    d = hs.diagonal(quadratic, {'w': jnp.zeros(4)},
-                    [jnp.array([1.0, 2.0, 3.0, 4.0])], num_hvps=2)
+    diag_op = hs.curvature('hessian', {'w': jnp.zeros(4)},
+                           [jnp.array([1.0, 2.0, 3.0, 4.0])],
+                           loss_fn=quadratic)
+    d = hs.diagonal(diag_op, num_hvps=2)
     np.testing.assert_allclose(d['w'], [1, 2, 3, 4], rtol=1e-10)
     with pytest.raises(ValueError, match='not fewer than the dimension'):
-      hs.diagonal(quadratic, {'w': jnp.zeros(4)},
-                  [jnp.array([1.0, 2.0, 3.0, 4.0])], method='xdiag',
-                  num_hvps=10)
+      hs.diagonal(diag_op, method='xdiag', num_hvps=10)
     with pytest.raises(ValueError, match="method must be one of"):
-      hs.trace(loss_fn, params, batches, method='hutch+')
+      hs.trace(op, method='hutch+')

@@ -45,16 +45,18 @@ def _child():
     return jnp.mean(logz - jnp.take_along_axis(x, b['targets'][:, None],
                                                axis=-1)[:, 0])
 
-  ref, _, ref_info = hs.top_eigenpairs(loss_fn, params, [batch, batch], k=3,
-                                       return_info=True)
+  ref, _, ref_info = hs.top_eigenpairs(
+      hs.curvature('hessian', params, [batch, batch], loss_fn=loss_fn), k=3,
+      return_info=True)
   mesh = sharding_lib.make_mesh(ml_collections.ConfigDict(
       {'data': 1, 'fsdp': 8}))
   shardings = sharding_lib.tree_shardings(mesh, params, 256)
   sharded = jax.device_put(params, shardings)
   batches = [jax.device_put(batch, NamedSharding(mesh, P(('data', 'fsdp'))))
              ] * 2
-  got, vecs, info = hs.top_eigenpairs(loss_fn, sharded, batches, k=3,
-                                      return_info=True)
+  got, vecs, info = hs.top_eigenpairs(
+      hs.curvature('hessian', sharded, batches, loss_fn=loss_fn), k=3,
+      return_info=True)
   # The basis itself, laid out like the parameters.
   op = hs.hvp_fn(loss_fn, sharded, batches)
   state, space = lz.run_steps(op, sharded, 32, key=jax.random.PRNGKey(0))

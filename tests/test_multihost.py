@@ -35,6 +35,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+from dynamics.probes import Probe  # noqa: E402  pylint: disable=g-import-not-at-top
+
 NUM_STEPS = 6
 TIMEOUT = 420
 
@@ -57,8 +59,9 @@ def small_config():
   return c
 
 
-class _KillSelf:
-  """Callback: process ``pid`` sends itself SIGTERM after step ``at``."""
+class _KillSelf(Probe):
+  """A probe: process ``pid`` sends itself SIGTERM after step ``at``."""
+  name = 'kill_self'
 
   def __init__(self, at: int, pid: int):
     self.every, self.at, self.pid = 1, at, pid
@@ -80,10 +83,10 @@ def _worker(workdir: str, sigterm_at: int) -> None:
   config = small_config()
   # The single-process reference run has no coordinator to join.
   config.distributed = 'JAX_NUM_PROCESSES' in os.environ
-  callbacks = [_KillSelf(sigterm_at, pid=1)] if sigterm_at else []
+  probes = [_KillSelf(sigterm_at, pid=1)] if sigterm_at else []
   out = {}
   try:
-    state = train.train_and_evaluate(config, workdir, callbacks=callbacks)
+    state = train.train_and_evaluate(config, workdir, probes=probes)
   except train.Preempted as e:
     out['preempted'] = str(e)
     state = None

@@ -196,8 +196,7 @@ def test_probe_remembers_init_and_previous_kernel():
       probe_batches=lambda n: [{'inputs': x[4 * i:4 * i + 4], 'targets': y[4 * i:4 * i + 4]}
                                for i in range(n)],
       apply_fn=lambda ms: (lambda p, xx: module.apply({'params': p}, xx)))
-  config = types.SimpleNamespace(analysis=types.SimpleNamespace(ntk_every=5, ntk_num_examples=6))
-  probe = probes.NTKProbe(config)
+  probe = probes.NTKProbe(5, num_examples=6)
   assert probe.every == 5
   state = lambda p, s: types.SimpleNamespace(params=p, model_state={}, step=s)
   m0 = probe(state(params0, 0), run)
@@ -230,7 +229,7 @@ def test_probe_logs_during_training(tmp_path):
   c.schedule.name, c.schedule.warmup_steps = 'constant', 0
   c.checkpoint.async_save = False
   c.analysis.ntk_every, c.analysis.ntk_num_examples = 2, 20
-  train.train_and_evaluate(c, str(tmp_path), callbacks=probes.from_config(c))
+  train.train_and_evaluate(c, str(tmp_path), probes=probes.from_config(c))
   lines = [json.loads(l) for l in open(os.path.join(tmp_path, 'metrics.jsonl'))]
   logged = {l['step']: l for l in lines if 'ntk_trace' in l}
   assert sorted(logged) == [0, 2, 4]

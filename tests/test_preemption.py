@@ -21,6 +21,7 @@ import pytest  # noqa: E402
 
 from configs import wsd  # noqa: E402
 from dynamics import checkpoint as checkpoint_lib  # noqa: E402
+from dynamics.probes import Probe  # noqa: E402
 from dynamics import throughput  # noqa: E402
 from dynamics import train  # noqa: E402
 
@@ -41,8 +42,9 @@ def small_config(log_stall=False):
   return c
 
 
-class SigtermAt:
-  """Callback sending this process a real SIGTERM after step ``at``."""
+class SigtermAt(Probe):
+  """A probe sending this process a real SIGTERM after step ``at``."""
+  name = 'sigterm_at'
 
   def __init__(self, at: int):
     self.every, self.at = 1, at
@@ -70,7 +72,7 @@ def runs(tmp_path_factory):
   handler_before = signal.getsignal(signal.SIGTERM)
   with pytest.raises(train.Preempted) as info:
     train.train_and_evaluate(small_config(), workdir,
-                             callbacks=[SigtermAt(SIGTERM_AFTER)])
+                             probes=[SigtermAt(SIGTERM_AFTER)])
   preempted = dict(message=str(info.value),
                    steps=checkpoint_lib.available_steps(workdir),
                    handler_restored=signal.getsignal(signal.SIGTERM)

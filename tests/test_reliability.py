@@ -23,6 +23,7 @@ import pytest  # noqa: E402
 from configs import wsd  # noqa: E402
 from dynamics import checkpoint, cli, config_lib, runs, train  # noqa: E402
 from dynamics import workdir as workdir_lib  # noqa: E402
+from dynamics.probes import Probe  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -262,8 +263,8 @@ def test_emitted_slurm_script_requeues_on_the_preemption_code(tmp_path):
 
 # 9. Smaller guarantees.
 
-class _NaNAt:
-  every = 1
+class _NaNAt(Probe):
+  name, every = 'nan_at', 1
 
   def __call__(self, state, run):
     return {'probe': float('nan')} if int(state.step) == 3 else {}
@@ -271,14 +272,14 @@ class _NaNAt:
 
 def test_a_nan_from_a_probe_or_eval_stops_the_run(tmp_path):
   with pytest.raises(train.NonFiniteError, match='non-finite probe=nan at step 3'):
-    train.train_and_evaluate(small_config(), str(tmp_path), callbacks=[_NaNAt()])
+    train.train_and_evaluate(small_config(), str(tmp_path), probes=[_NaNAt()])
 
 
 def test_tensorboard_is_trimmed_on_resume(tmp_path):
   from tensorboard.backend.event_processing import event_accumulator
 
-  class StopAt:
-    every = 1
+  class StopAt(Probe):
+    name, every = 'stop_at', 1
 
     def __call__(self, state, run):
       if int(state.step) == 9:
@@ -288,7 +289,7 @@ def test_tensorboard_is_trimmed_on_resume(tmp_path):
   workdir = str(tmp_path / 'run')
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(small_config(**{'log_every': 1}), workdir,
-                             callbacks=[StopAt()])
+                             probes=[StopAt()])
   train.train_and_evaluate(small_config(**{'log_every': 1}), workdir)
   acc = event_accumulator.EventAccumulator(
       os.path.join(workdir, 'tensorboard'), size_guidance={'tensors': 0})
@@ -297,8 +298,9 @@ def test_tensorboard_is_trimmed_on_resume(tmp_path):
   assert steps == list(range(1, 13))  # Steps 7-9 of the first attempt: once.
 
 
-class _StopAt:
+class _StopAt(Probe):
   """A probe that dies (Ctrl-C) at ``step``, between two checkpoints."""
+  name = 'stop_at'
   every = 1
 
   def __init__(self, step):
@@ -316,7 +318,7 @@ def test_a_torn_metrics_tail_does_not_block_the_resume(tmp_path, capfd, tail):
   workdir = str(tmp_path / 'run')
   config = small_config(**{'log_every': 1})
   with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(config, workdir, callbacks=[_StopAt(9)])
+    train.train_and_evaluate(config, workdir, probes=[_StopAt(9)])
   run = runs.Run.open(workdir)
   with open(run.metrics_path, 'ab') as f:  # What a node or NFS crash leaves.
     f.write(tail)

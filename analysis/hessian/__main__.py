@@ -6,10 +6,13 @@ r"""Curvature of one checkpoint: ``python -m analysis.hessian``.
 Flags:
   --workdir=DIR       the run (required)
   --step=N            checkpoint step (default: the latest)
-  --kind=KIND         hessian | ggn | fisher | empirical_fisher
+  --kind=hessian      the matrix (the choices: --kind below, the keys of
+                      analysis.hessian.registry.PRODUCTS)
   --k=10              top eigenvalues (Lanczos, converged to --tol or said)
   --density           also the SLQ spectral density (--num_probes probes)
-  --trace             also the trace (--trace_method, to 1% standard error)
+  --trace             also the trace (--trace_method, to a standard error of
+                      one percent)
+  --trace_method=xtrace  the estimator (analysis.hessian.registry.TRACE_METHODS)
   --block=NAME|REGEX  one diagonal block (attention, mlp, norm, embedding, or
                       a regular expression on parameter names)
   --blocks=layers     instead: a per-block table (layers, tensors, or a block
@@ -33,15 +36,16 @@ import re
 from absl import flags
 from absl import logging
 
+from analysis.hessian import registry  # JAX-free: the names of the choices.
 from dynamics import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.')
 _STEP = flags.DEFINE_integer('step', None,
                              'Checkpoint step (default: the latest).')
 _KIND = flags.DEFINE_enum(
-    'kind', 'hessian', ['hessian', 'ggn', 'fisher', 'empirical_fisher'],
-    'The Hessian of the loss, its generalized Gauss-Newton part J^T H_out J, '
-    'the Fisher (labels sampled from the model) or the empirical Fisher.')
+    'kind', 'hessian', list(registry.PRODUCTS), 'The matrix: ' + '; '.join(
+        f'{name}: {entry.help}' for name, entry in registry.PRODUCTS.items())
+    + '.')
 _K = flags.DEFINE_integer('k', 10, 'Top eigenvalues.', lower_bound=1)
 _NUM_ITERS = flags.DEFINE_integer(
     'num_iters', None, 'Cap on Lanczos HVPs (default: 40 + 20k + 10 log2 n).',
@@ -58,8 +62,7 @@ _DENSITY_ITERS = flags.DEFINE_integer(
     lower_bound=1)
 _TRACE = flags.DEFINE_boolean('trace', False, 'Also the trace.')
 _TRACE_METHOD = flags.DEFINE_enum(
-    'trace_method', 'xtrace', ['hutchinson', 'hutch++', 'xtrace'],
-    'Trace estimator.')
+    'trace_method', 'xtrace', list(registry.TRACE_METHODS), 'Trace estimator.')
 _NUM_BATCHES = flags.DEFINE_integer('num_batches', 4,
                                     'Held-out batches in the loss.',
                                     lower_bound=1)
@@ -78,6 +81,10 @@ _NOISE_STD = flags.DEFINE_float(
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the start and probe vectors.')
 _OUT = flags.DEFINE_string('out', None,
                            'Output directory (default: the workdir).')
+
+
+def _print(line: str) -> None:
+  print(line, flush=True)
 
 
 def _slug(text: str) -> str:
@@ -106,14 +113,12 @@ def _check(run, hessian):
     where = f'block {_BLOCK.value!r}' if _BLOCK.value else 'the model'
     raise cli.UserError(f'--k={_K.value} exceeds the {count:,} parameters of '
                         f'{where}')
-  if (_KIND.value in ('fisher', 'empirical_fisher') and
-      run.options.loss == 'mse' and _NOISE_STD.value is None):
-    raise cli.UserError(
-        f'--kind={_KIND.value} of an MSE loss needs a noise model: pass '
-        '--noise_std=SIGMA (Gaussian likelihood N(f(x), SIGMA^2); 1 matches '
-        'the loss 0.5 |f - y|^2)')
   if _NOISE_STD.value is not None and _NOISE_STD.value <= 0:
     raise cli.UserError(f'--noise_std={_NOISE_STD.value}: must be > 0')
+  try:  # What the kind needs from the run (a Fisher of an MSE: noise_std).
+    hessian.run_inputs(run, _KIND.value, None, _NOISE_STD.value)
+  except ValueError as e:
+    raise cli.UserError(f'--kind={_KIND.value}: {e}') from None
   return run.resolve_step(_STEP.value)
 
 
@@ -159,7 +164,7 @@ def main(argv):
         run, step, blocks=_BLOCKS.value, kind=_KIND.value,
         num_probes=_BLOCK_PROBES.value, tol=_TOL.value,
         num_batches=_NUM_BATCHES.value, noise_std=_NOISE_STD.value,
-        seed=_SEED.value)
+        seed=_SEED.value, log=_print)
   else:
     stem = f'hessian_{step}_{_KIND.value}_k{_K.value}' + (
         f'_{_slug(_BLOCK.value)}' if _BLOCK.value else '')
@@ -168,7 +173,8 @@ def main(argv):
         tol=_TOL.value, density=_DENSITY.value, num_probes=_NUM_PROBES.value,
         density_iters=_DENSITY_ITERS.value, trace=_TRACE.value,
         trace_method=_TRACE_METHOD.value, num_batches=_NUM_BATCHES.value,
-        block=_BLOCK.value, noise_std=_NOISE_STD.value, seed=_SEED.value)
+        block=_BLOCK.value, noise_std=_NOISE_STD.value, seed=_SEED.value,
+        progress=True, log=_print)
   json_path, png_path = (os.path.join(out, stem + ext)
                          for ext in ('.json', '.png'))
   replaced = os.path.exists(json_path)

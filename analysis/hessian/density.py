@@ -5,29 +5,22 @@ diagonal (`diagonal`: Hutchinson, XDiag)."""
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from analysis import lanczos as lz
-from analysis.hessian import estimators, operators
-from dynamics.types import Batch, LossFn, PyTree
-
-TRACE_METHODS = ('hutchinson', 'hutch++', 'xtrace')
-DIAGONAL_METHODS = ('hutchinson', 'xdiag')
+from analysis.hessian import estimators, operators, registry
+from analysis.hessian.operators import Operator, curvature  # pylint: disable=unused-import (examples)
 
 
-def spectral_density(loss_fn: LossFn | None, params: PyTree,
-                     batches: Iterable[Batch], *, num_probes: int = 10,
+def spectral_density(op: Operator, *, num_probes: int = 10,
                      num_iters: int | None = None, tol: float | None = 1e-2,
                      grid: Any = 2001, sigma: float | None = None,
                      key: jax.Array | None = None, dtype: Any = None,
-                     mask: Any = None, kind: str = 'hessian',
-                     model_fn: Callable | None = None,
-                     output_loss_fn: Callable | None = None,
-                     likelihood: Any = None, batch_size: int | None = None,
+                     batch_size: int | None = None,
                      return_info: bool = False, progress: bool = False):
   r"""Curvature eigenvalue density by stochastic Lanczos quadrature (SLQ).
 
@@ -47,8 +40,7 @@ def spectral_density(loss_fn: LossFn | None, params: PyTree,
   most ``tol`` in L1 norm.
 
   Args:
-    loss_fn, params, batches, key, dtype, mask, kind, model_fn,
-      output_loss_fn, likelihood: as in `top_eigenpairs`.
+    op, key, dtype: as in `top_eigenpairs`.
     num_probes: random probe vectors :math:`n_v`.
     num_iters: Lanczos steps per probe ``m``: the cap with ``tol`` (None:
       `analysis.lanczos.default_max_matvecs` for ``k = 1``).
@@ -73,9 +65,10 @@ def spectral_density(loss_fn: LossFn | None, params: PyTree,
 
   Example:
     >>> loss = lambda w, b: 0.5 * jnp.sum(b * w ** 2)    # eigenvalues 1, 3
+    >>> op = curvature('hessian', jnp.zeros(2), [jnp.array([1., 3.])],
+    ...                loss_fn=loss)
     >>> grid, density, info = spectral_density(
-    ...     loss, jnp.zeros(2), [jnp.array([1., 3.])], num_probes=4,
-    ...     num_iters=2, sigma=0.1, return_info=True)
+    ...     op, num_probes=4, num_iters=2, sigma=0.1, return_info=True)
     >>> np.round(np.sort(info['nodes'][0]), 4)   # n steps: the eigenvalues
     array([1., 3.])
     >>> round(float(np.trapezoid(density, grid)), 3)
@@ -86,9 +79,6 @@ def spectral_density(loss_fn: LossFn | None, params: PyTree,
     via Hessian Eigenvalue Density" (ICML 2019); Lin, Saad & Yang,
     "Approximating Spectral Densities of Large Matrices" (2016).
   """
-  op = operators.make_operator(loss_fn, params, batches, mask=mask, kind=kind,
-                               model_fn=model_fn, output_loss_fn=output_loss_fn,
-                               likelihood=likelihood)
   if num_iters is None:
     num_iters = lz.default_max_matvecs(1, op.dim)
   out = lz.slq_nodes(op.matvec, op.like, num_probes=num_probes,
@@ -129,15 +119,19 @@ def _budget(num_hvps, num_probes, rtol):
   return int(num_hvps), rtol
 
 
-def _check_sketch(method: str, num: int, dim: int) -> None:
+def _method(methods: dict, method: str):
+  if method not in methods:
+    raise ValueError(f'method must be one of {tuple(methods)}, got {method!r}')
+  return methods[method]
+
+
+def _check_sketch(method: str, sketch: int | None, num: int, dim: int) -> None:
   """The sketching estimators need fewer sketch vectors than dimensions."""
-  sketch = {'xtrace': num // 2, 'xdiag': num // 2, 'hutch++': num // 3}.get(
-      method)
-  if sketch is not None and sketch >= dim:
+  if sketch is not None and num // sketch >= dim:
     raise ValueError(
-        f'method={method!r} with {num} HVPs sketches {sketch} directions, '
-        f'not fewer than the dimension ({dim}): use fewer HVPs (the answer '
-        'is then exact already) or method=\'hutchinson\'')
+        f'method={method!r} with {num} HVPs sketches {num // sketch} '
+        f'directions, not fewer than the dimension ({dim}): use fewer HVPs '
+        "(the answer is then exact already) or method='hutchinson'")
 
 
 def _probe_batch(batch_size: int | None) -> int | None:
@@ -148,17 +142,15 @@ def _probe_batch(batch_size: int | None) -> int | None:
   return 1 if jax.default_backend() == 'cpu' else None
 
 
-def trace(loss_fn: LossFn | None, params: PyTree, batches: Iterable[Batch], *,
-          method: str | None = None, num_hvps: int | None = None,
-          num_probes: int | None = None, rtol: float | None = None,
-          max_hvps: int = 1000, key: jax.Array | None = None,
-          mask: Any = None, kind: str = 'hessian',
-          model_fn: Callable | None = None,
-          output_loss_fn: Callable | None = None, likelihood: Any = None,
-          batch_size: int = 16, return_info: bool = False):
+def trace(op: Operator, *, method: str | None = None,
+          num_hvps: int | None = None, num_probes: int | None = None,
+          rtol: float | None = None, max_hvps: int = 1000,
+          key: jax.Array | None = None, batch_size: int = 16,
+          return_info: bool = False):
   r"""A randomized estimate of :math:`\mathrm{tr}(C)` and its standard error.
 
-  ``method`` is 'xtrace' (the default), 'hutch++' or 'hutchinson' (see
+  ``method`` is a key of `analysis.hessian.registry.TRACE_METHODS`: 'xtrace'
+  (the default), 'hutch++' or 'hutchinson' (see
   `analysis.hessian.estimators`). With a budget (``num_hvps``) it spends
   exactly that many HVPs; without one, XTrace / Hutch++ double their budget
   (from 100) and Hutchinson adds probes (10 at a time) until the standard
@@ -172,8 +164,7 @@ def trace(loss_fn: LossFn | None, params: PyTree, batches: Iterable[Batch], *,
      \mathrm{s.e.} = \frac{\mathrm{std}(z_l^\top C z_l)}{\sqrt{p}}.
 
   Args:
-    loss_fn, params, batches, key, mask, kind, model_fn, output_loss_fn,
-      likelihood: as in `top_eigenpairs`.
+    op, key: as in `top_eigenpairs`.
     method: the estimator (default 'xtrace'; 'hutchinson' with
       ``num_probes``).
     num_hvps: HVP budget (None: adaptive to ``rtol``).
@@ -195,8 +186,9 @@ def trace(loss_fn: LossFn | None, params: PyTree, batches: Iterable[Batch], *,
 
   Example:
     >>> loss = lambda w, b: 0.5 * jnp.sum(b * w ** 2)    # C = diag(b): exact
-    >>> trace(loss, jnp.zeros(3), [jnp.array([1., 2., 4.])], num_hvps=4,
-    ...       method='hutchinson')
+    >>> op = curvature('hessian', jnp.zeros(3), [jnp.array([1., 2., 4.])],
+    ...                loss_fn=loss)
+    >>> trace(op, num_hvps=4, method='hutchinson')
     (7.0, 0.0)
 
   References:
@@ -207,44 +199,28 @@ def trace(loss_fn: LossFn | None, params: PyTree, batches: Iterable[Batch], *,
   """
   if method is None:
     method = 'hutchinson' if num_probes is not None else 'xtrace'
-  if method not in TRACE_METHODS:
-    raise ValueError(f'method must be one of {TRACE_METHODS}, got {method!r}')
+  m = _method(registry.TRACE_METHODS, method)
   budget, rtol = _budget(num_hvps, num_probes, rtol)
-  minimum = {'hutchinson': 2, 'hutch++': 3, 'xtrace': 4}[method]
-  if budget is not None and budget < minimum:
-    raise ValueError(f"method={method!r} needs at least {minimum} HVPs (one "
-                     f'standard error needs two estimates), got {budget}')
-  op = operators.make_operator(loss_fn, params, batches, mask=mask, kind=kind,
-                               model_fn=model_fn, output_loss_fn=output_loss_fn,
-                               likelihood=likelihood)
+  if budget is not None and budget < m.min_hvps:
+    raise ValueError(f"method={method!r} needs at least {m.min_hvps} HVPs "
+                     f'(one standard error needs two estimates), got {budget}')
   if budget is not None:
-    _check_sketch(method, budget, op.dim)
+    _check_sketch(method, m.sketch, budget, op.dim)
   key = operators.default_key(key)
-  args = (op.matvec, op.like, op.mask)
   used, round_ = 0, 0
-  values = []
+  values = np.zeros(0)
   while True:
     sub = jax.random.fold_in(key, round_)
-    if method == 'hutchinson':
+    if m.adds_probes:
       num = budget if budget is not None else min(10, max_hvps - used)
-      values.extend(np.asarray(estimators.hutchinson(
-          *args, sub, num=num, batch_size=batch_size), np.float64))
-      estimate, stderr = estimators.summarize(values)
-      used += num
     else:
       num = budget if budget is not None else min(100 * 2 ** round_,
                                                   max_hvps, op.dim)
-      num -= num % 2 if method == 'xtrace' else 0
-      if method == 'xtrace':
-        ests = np.asarray(estimators.xtrace(*args, sub, num=num, dim=op.dim,
-                                            batch_size=batch_size), np.float64)
-        estimate, stderr = estimators.summarize(ests)
-      else:
-        est, forms = estimators.hutch_plus_plus(*args, sub, num=num,
-                                                batch_size=batch_size)
-        estimate = float(est)
-        stderr = estimators.summarize(np.asarray(forms, np.float64))[1]
-      used = num
+      num -= num % m.multiple
+    new = m.estimates(op, sub, num, batch_size)
+    values = np.concatenate([values, new]) if m.adds_probes else new
+    used = used + num if m.adds_probes else num
+    estimate, stderr = estimators.summarize(values)
     if not np.isfinite(estimate):
       raise FloatingPointError(
           f'non-finite Hessian-vector product in the {method} trace estimate '
@@ -266,61 +242,45 @@ def trace(loss_fn: LossFn | None, params: PyTree, batches: Iterable[Batch], *,
   return estimate, stderr
 
 
-def diagonal(loss_fn: LossFn | None, params: PyTree,
-             batches: Iterable[Batch], *, method: str = 'hutchinson',
+def diagonal(op: Operator, *, method: str = 'hutchinson',
              num_hvps: int = 100, key: jax.Array | None = None,
-             mask: Any = None, kind: str = 'hessian',
-             model_fn: Callable | None = None,
-             output_loss_fn: Callable | None = None, likelihood: Any = None,
              batch_size: int = 16, return_info: bool = False):
   r"""A randomized estimate of the diagonal of :math:`C`, shaped like params.
 
+  ``method`` is a key of `analysis.hessian.registry.DIAGONAL_METHODS`:
   'hutchinson': :math:`\frac1p \sum_l z_l \odot C z_l` (unbiased; exact for
   a diagonal :math:`C`), with a per-entry standard error; 'xdiag': Epperly,
   Tropp & Webber's exchangeable estimator (exact when :math:`C` has rank
   below ``num_hvps / 2``; far better when the spectrum decays).
 
   Args:
-    loss_fn, params, batches, key, mask, kind, model_fn, output_loss_fn,
-      likelihood, batch_size: as in `trace`.
+    op, key, batch_size: as in `trace`.
     method: 'hutchinson' or 'xdiag'.
     num_hvps: HVP budget.
     return_info: also return ``{'num_hvps', 'stderr'}`` (the per-entry
       standard error, Hutchinson only).
 
   Returns:
-    A pytree like ``params`` (zero outside ``mask``).
+    A pytree like the parameters (zero outside the operator's block).
 
   Example:
     >>> loss = lambda w, b: 0.5 * jnp.sum(b * w ** 2)
-    >>> diagonal(loss, jnp.zeros(3), [jnp.array([1., 2., 4.])], num_hvps=2)
+    >>> op = curvature('hessian', jnp.zeros(3), [jnp.array([1., 2., 4.])],
+    ...                loss_fn=loss)
+    >>> diagonal(op, num_hvps=2)
     Array([1., 2., 4.], dtype=float32)
   """
-  if method not in DIAGONAL_METHODS:
-    raise ValueError(
-        f'method must be one of {DIAGONAL_METHODS}, got {method!r}')
+  m = _method(registry.DIAGONAL_METHODS, method)
   if num_hvps < 2:
     raise ValueError(f'num_hvps must be >= 2, got {num_hvps}')
-  op = operators.make_operator(loss_fn, params, batches, mask=mask, kind=kind,
-                               model_fn=model_fn, output_loss_fn=output_loss_fn,
-                               likelihood=likelihood)
-  _check_sketch(method, num_hvps, op.dim)
-  args = (op.matvec, op.like, op.mask, operators.default_key(key))
-  stderr = None
-  if method == 'hutchinson':
-    rows = estimators.hutchinson(*args, num=num_hvps, batch_size=batch_size,
-                                 diag=True)
-    flat = jnp.mean(rows, axis=0)
-    stderr = estimators.unflatten_like(
-        jnp.std(rows, axis=0, ddof=1) / np.sqrt(num_hvps), params)
-  else:
-    flat = estimators.xdiag(*args, num=num_hvps - num_hvps % 2,
-                            batch_size=batch_size)
+  _check_sketch(method, m.sketch, num_hvps, op.dim)
+  num = num_hvps - num_hvps % m.multiple
+  flat, stderr = m.estimate(op, operators.default_key(key), num, batch_size)
   if not bool(jnp.all(jnp.isfinite(flat))):
     raise FloatingPointError(f'non-finite Hessian-vector product in the '
                              f'{method} diagonal estimate; stopping.')
-  out = estimators.unflatten_like(flat, params)
+  out = estimators.unflatten_like(flat, op.like)
   if return_info:
-    return out, {'num_hvps': num_hvps - (num_hvps % 2 if method == 'xdiag'
-                                         else 0), 'stderr': stderr}
+    return out, {'num_hvps': num, 'stderr': None if stderr is None else
+                 estimators.unflatten_like(stderr, op.like)}
   return out

@@ -6,12 +6,13 @@ Both stop on a residual tolerance that fits the dtype
 and warn (`analysis.lanczos.ConvergenceWarning`) when their cap, which grows
 with ``k`` and the number of parameters, is reached first. Eigenvalues are
 sorted in descending (algebraic) order; eigenvectors are returned as a list
-of pytrees shaped like ``params``.
+of pytrees shaped like the parameters. Both take an `Operator`
+(`analysis.hessian.curvature`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp  # pylint: disable=unused-import (examples)
@@ -19,31 +20,21 @@ import numpy as np
 
 from analysis import lanczos as lz
 from analysis.hessian import operators
+from analysis.hessian.operators import Operator, curvature  # pylint: disable=unused-import (examples)
 from analysis.lanczos import trees
-from dynamics.types import Batch, LossFn, PyTree
+from dynamics.types import PyTree
 
 
-def _operator(loss_fn, params, batches, mask, kind, model_fn, output_loss_fn,
-              likelihood):
-  return operators.make_operator(
-      loss_fn, params, batches, mask=mask, kind=kind, model_fn=model_fn,
-      output_loss_fn=output_loss_fn, likelihood=likelihood)
-
-
-def top_eigenpairs(loss_fn: LossFn | None, params: PyTree,
-                   batches: Iterable[Batch], k: int = 5, *,
+def top_eigenpairs(op: Operator, k: int = 5, *,
                    num_iters: int | None = None, tol: float | None = None,
                    key: jax.Array | None = None, dtype: Any = None,
-                   which: str = 'LA', mask: Any = None,
-                   kind: str = 'hessian', model_fn: Callable | None = None,
-                   output_loss_fn: Callable | None = None,
-                   likelihood: Any = None, init_vector: PyTree | None = None,
+                   which: str = 'LA', init_vector: PyTree | None = None,
                    min_iters: int = 1, basis_size: int | None = None,
                    return_info: bool = False, progress: bool = False):
   r"""Top-``k`` curvature eigenpairs by Lanczos with full reorthogonalization.
 
-  Runs Lanczos on :math:`C` (the Hessian, or the ``kind`` of
-  `analysis.hessian.operators`) until the ``k`` wanted Ritz pairs
+  Runs Lanczos on the operator :math:`C` (`curvature`: the Hessian, the GGN,
+  a Fisher; whole or one block) until the ``k`` wanted Ritz pairs
   :math:`(\theta_i, y_i)` have residuals
 
   .. math::
@@ -55,9 +46,7 @@ def top_eigenpairs(loss_fn: LossFn | None, params: PyTree,
   ``k``, ``num_iters`` and ``tol`` (see `analysis.lanczos.eigsh`).
 
   Args:
-    loss_fn: ``(params, batch) -> scalar`` (for the Hessian).
-    params: point at which the curvature is taken.
-    batches: list of equally-shaped batches (the loss is their mean).
+    op: the `Operator` (`curvature`, `run_curvature`).
     k: number of eigenpairs.
     num_iters: cap on HVPs (None: `analysis.lanczos.default_max_matvecs`,
       ``40 + 20 k + 10 log2(n)``).
@@ -67,10 +56,6 @@ def top_eigenpairs(loss_fn: LossFn | None, params: PyTree,
     dtype: Lanczos dtype (``jnp.float64`` for float32 params needs x64).
     which: 'LA' (largest algebraic, the default), 'SA' (smallest algebraic:
       the most negative curvature) or 'LM' (largest magnitude).
-    mask: restrict to a block of parameters (see `block_mask`).
-    kind: 'hessian', 'ggn', 'fisher' or 'empirical_fisher' (then pass
-      ``model_fn`` and ``output_loss_fn`` / ``likelihood``; see `hvp_fn`).
-    model_fn, output_loss_fn, likelihood: see `hvp_fn`.
     init_vector: start vector (pytree like ``params``), e.g. the previous top
       eigenvector to warm-start a training-time probe.
     min_iters: never stop before this many HVPs.
@@ -83,13 +68,12 @@ def top_eigenpairs(loss_fn: LossFn | None, params: PyTree,
 
   Returns:
     ``(eigvals (k,), eigvecs)`` with eigenvalues descending and eigenvectors a
-    list of ``k`` unit-norm pytrees like ``params`` (zero outside ``mask``);
+    list of ``k`` unit-norm pytrees like ``op.like`` (zero outside its block);
     plus ``info`` if ``return_info``.
 
   Raises:
-    ValueError: ``k`` outside ``[1, n]`` or above ``num_iters``, an empty
-      mask, or a ``kind`` missing what it needs. FloatingPointError: a
-      non-finite HVP (the iteration is named).
+    ValueError: ``k`` outside ``[1, n]`` or above ``num_iters``.
+    FloatingPointError: a non-finite HVP (the iteration is named).
 
   Warns:
     analysis.lanczos.ConvergenceWarning: the cap was reached first (the
@@ -98,20 +82,19 @@ def top_eigenpairs(loss_fn: LossFn | None, params: PyTree,
 
   Example:
     >>> loss = lambda w, b: 0.5 * jnp.sum(b * w ** 2)
-    >>> vals, vecs = top_eigenpairs(loss, jnp.zeros(4), [jnp.arange(4.)], k=2)
+    >>> op = curvature('hessian', jnp.zeros(4), [jnp.arange(4.)], loss_fn=loss)
+    >>> vals, vecs = top_eigenpairs(op, k=2)
     >>> np.round(np.asarray(vals), 5)
     array([3., 2.], dtype=float32)
   """
-  op = _operator(loss_fn, params, batches, mask, kind, model_fn,
-                 output_loss_fn, likelihood)
   out = lz.eigsh(op.matvec, op.like, k, key=operators.default_key(key),
                  which=which, tol=tol, max_matvecs=num_iters,
                  basis_size=basis_size, dtype=dtype, init_vector=init_vector,
                  min_iters=min_iters, progress=progress, mask=op.mask,
                  dim=op.dim, name='top_eigenpairs', unit='HVPs')
-  dtype = trees.vector_dtype(params, dtype)
+  dtype = trees.vector_dtype(op.like, dtype)
   eigvals = jax.device_put(np.asarray(out.eigvals, dtype))
-  eigvecs = [trees.cast_like(v, params) for v in out.eigvecs]
+  eigvecs = [trees.cast_like(v, op.like) for v in out.eigvecs]
   if not return_info:
     return eigvals, eigvecs
   info = {'num_hvps': out.num_matvecs, 'residuals': out.residuals,
@@ -120,14 +103,10 @@ def top_eigenpairs(loss_fn: LossFn | None, params: PyTree,
   return eigvals, eigvecs, info
 
 
-def power_iteration(loss_fn: LossFn | None, params: PyTree,
-                    batches: Iterable[Batch], k: int = 1, *,
+def power_iteration(op: Operator, k: int = 1, *,
                     max_iters: int | None = None, tol: float | None = None,
                     key: jax.Array | None = None, dtype: Any = None,
-                    mask: Any = None, kind: str = 'hessian',
-                    model_fn: Callable | None = None,
-                    output_loss_fn: Callable | None = None,
-                    likelihood: Any = None, return_info: bool = False):
+                    return_info: bool = False):
   r"""Top-``k`` (by magnitude) eigenpairs by deflated power iteration.
 
   PyHessian's method, for comparison with `top_eigenpairs`: for each
@@ -141,8 +120,7 @@ def power_iteration(loss_fn: LossFn | None, params: PyTree,
   :math:`|\lambda_{i+1}/\lambda_i|` per HVP: clustered eigenvalues take many.
 
   Args:
-    loss_fn, params, batches, key, dtype, mask, kind, model_fn,
-      output_loss_fn, likelihood: as in `top_eigenpairs`.
+    op, key, dtype: as in `top_eigenpairs`.
     k: number of eigenpairs.
     max_iters: HVP cap per eigenpair.
     tol: relative residual at which to stop (None: the dtype's default).
@@ -153,24 +131,24 @@ def power_iteration(loss_fn: LossFn | None, params: PyTree,
 
   Example:
     >>> loss = lambda w, b: 0.5 * jnp.sum(b * w ** 2)
-    >>> vals, _ = power_iteration(loss, jnp.zeros(3), [jnp.array([1., 2., 4.])])
+    >>> op = curvature('hessian', jnp.zeros(3), [jnp.array([1., 2., 4.])],
+    ...                loss_fn=loss)
+    >>> vals, _ = power_iteration(op)
     >>> np.round(np.asarray(vals), 4)
     array([4.], dtype=float32)
 
   References:
     Yao et al., "PyHessian: Neural Networks Through the Lens of the Hessian".
   """
-  op = _operator(loss_fn, params, batches, mask, kind, model_fn,
-                 output_loss_fn, likelihood)
   if not 1 <= k <= op.dim:
     raise ValueError(f'k={k} must be between 1 and the dimension ({op.dim})')
   vals, vecs, num_hvps, converged = lz.run_power_iteration(
       op.matvec, op.like, k, key=operators.default_key(key),
       max_iters=max_iters, tol=tol, dtype=dtype, mask=op.mask)
   order = np.argsort(-vals, kind='stable')
-  dtype = trees.vector_dtype(params, dtype)
+  dtype = trees.vector_dtype(op.like, dtype)
   eigvals = jax.device_put(np.asarray(vals[order], dtype))
-  eigvecs = [trees.cast_like(vecs[i], params) for i in order]
+  eigvecs = [trees.cast_like(vecs[i], op.like) for i in order]
   if return_info:
     return eigvals, eigvecs, {'num_hvps': num_hvps,
                               'converged': bool(np.all(converged))}

@@ -3,7 +3,7 @@ optimizers (Adam and the Adam-type optimizers of `dynamics.optim`)."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +11,8 @@ from jax.tree_util import Partial
 
 from analysis import lanczos as lz
 from analysis.hessian import operators
-from dynamics.types import Batch, LossFn, PyTree
+from analysis.hessian.operators import Operator
+from dynamics.types import PyTree
 
 
 def find_second_moment(opt_state: Any) -> tuple[PyTree, Any]:
@@ -74,8 +75,18 @@ def preconditioner_scale(opt_state: Any, *, b2: float | None = None,
   return scale, None if count is None else int(count)
 
 
-def preconditioned_sharpness(loss_fn: LossFn, params: PyTree,
-                             batches: Iterable[Batch], opt_state: Any, *,
+def preconditioned(op: Operator, opt_state: Any, *, b2: float | None = None,
+                   eps: float = 1e-8) -> Operator:
+  r"""The symmetric form :math:`P^{-1/2} C P^{-1/2}` of :math:`P^{-1} C`,
+  with :math:`P = \mathrm{diag}(\sqrt{\hat\nu} + \epsilon)` from an Adam-type
+  ``opt_state`` (see `preconditioner_scale`): the same eigenvalues, and
+  symmetric, so every solver of this package applies. A block stays a block
+  (diagonal scalings commute with the mask)."""
+  scale, _ = preconditioner_scale(opt_state, b2=b2, eps=eps)
+  return op._replace(matvec=Partial(_scaled_apply, op.matvec, scale))
+
+
+def preconditioned_sharpness(op: Operator, opt_state: Any, *,
                              b2: float | None = None, eps: float = 1e-8,
                              num_iters: int | None = None,
                              tol: float | None = None,
@@ -89,11 +100,12 @@ def preconditioned_sharpness(loss_fn: LossFn, params: PyTree,
   threshold of the preconditioned quadratic is
   :math:`\lambda_1(P^{-1}H) < (2 + 2\beta_1)/((1 - \beta_1)\eta)` (38/η for
   β1 = 0.9), at which adaptive methods hover ("Adaptive Edge of Stability").
-  :math:`P^{-1}H` is similar to the symmetric :math:`P^{-1/2} H P^{-1/2}`, so
-  Lanczos applies.
+  :math:`P^{-1}H` is similar to the symmetric :math:`P^{-1/2} H P^{-1/2}`
+  (`preconditioned`), so Lanczos applies.
 
   Args:
-    loss_fn, params, batches, key, dtype: as in `top_eigenpairs`.
+    op, key, dtype: as in `top_eigenpairs` (``op`` the Hessian, or any
+      curvature :math:`C`: then :math:`\lambda_{\max}(P^{-1}C)`).
     opt_state: optimizer state holding a second moment ``nu`` (`optax.adam`,
       `optax.adamw`, `dynamics.optim`'s Adam-type optimizers).
     b2: the optimizer's second-moment decay, for bias correction (None: use
@@ -111,13 +123,11 @@ def preconditioned_sharpness(loss_fn: LossFn, params: PyTree,
   References:
     Cohen et al., "Adaptive Gradient Methods at the Edge of Stability" (2022).
   """
-  scale, _ = preconditioner_scale(opt_state, b2=b2, eps=eps)
-  op = operators.hvp_fn(loss_fn, params, batches)
-  sym = Partial(_scaled_apply, op, scale)
-  out = lz.eigsh(sym, params, 1, key=operators.default_key(key), tol=tol,
-                 max_matvecs=num_iters, dtype=dtype, init_vector=init_vector,
-                 min_iters=min_iters, name='preconditioned_sharpness',
-                 unit='HVPs')
+  sym = preconditioned(op, opt_state, b2=b2, eps=eps)
+  out = lz.eigsh(sym.matvec, sym.like, 1, key=operators.default_key(key),
+                 tol=tol, max_matvecs=num_iters, dtype=dtype,
+                 init_vector=init_vector, min_iters=min_iters, mask=sym.mask,
+                 dim=sym.dim, name='preconditioned_sharpness', unit='HVPs')
   value = float(out.eigvals[0])
   if not return_info:
     return value

@@ -82,8 +82,9 @@ def analyze_run(run: runs.Run, *, bulk_tol: float = 1e-2,
   loss_fn = run.loss_fn(state0.model_state)
   batches = [jax.tree.map(jnp.asarray, run.dataset.train_batch(i))
              for i in range(4)]
-  eigvals, eigvecs = hessian.top_eigenpairs(loss_fn, params_t, batches,
-                                            k=min(hessian_k, p))
+  eigvals, eigvecs = hessian.top_eigenpairs(
+      hessian.curvature('hessian', params_t, batches, loss_fn=loss_fn),
+      k=min(hessian_k, p))
   h = np.stack([np.asarray(ravel_pytree(v)[0], np.float64) for v in eigvecs])
   parts_mask = {'bulk': np.abs(s - 1) <= bulk_tol, 'amplified': s > 1 + bulk_tol,
                 'contracted': s < 1 - bulk_tol}

@@ -20,12 +20,12 @@ What runs, per seed (init and data): `configs/eos.py` (a 16-64-64-1 tanh
 MLP, MSE on 256 noisy teacher-student examples) through
 `dynamics.train.train_and_evaluate`: GD at each rate; SAM through the
 library's `dynamics.optim.sam_gradient` (``optimizer.sam.rho``,
-``optimizer.sam.normalize=False``); SGD with ``data.batch_size`` small. A
-training-loop callback (`TrainingSetCurvature`) measures the sharpness
-(`analysis.hessian.top_eigenpairs`, warm-started Lanczos) and the Hessian
-trace (`analysis.hessian.trace`, Hutchinson) of the loss on the whole
-training set at the periods ``config.analysis`` declares, the same for every
-optimizer. "Last third" is the mean over the last third of the run.
+``optimizer.sam.normalize=False``); SGD with ``data.batch_size`` small. The
+library's training-time probe (`analysis.probes.SharpnessProbe`, see
+`probe`) measures the sharpness (warm-started Lanczos) and the Hessian trace
+(Hutchinson) of the loss on the whole training set at the periods
+``config.analysis`` declares, the same for every optimizer. "Last third" is
+the mean over the last third of the run.
 """
 
 import math
@@ -33,11 +33,9 @@ import tempfile
 from typing import Any, Dict, List, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
-from analysis import hessian
+from analysis import probes
 from analysis import results
 from configs import eos as eos_config
 from dynamics import runs
@@ -114,65 +112,27 @@ def configs(size: str) -> Dict[str, Any]:
           for label, c in run_configs(size, DEFAULT_SEEDS[0]).items()}
 
 
-class TrainingSetCurvature:
-  """A training-loop callback: sharpness and Hessian trace of the training loss.
-
-  At multiples of ``config.analysis.sharpness_every`` it logs ``sharpness``
-  (top Hessian eigenvalue, Lanczos warm-started from the previous top
-  eigenvector plus 10% noise, stopping at a 3e-3 relative residual, at most
-  ``config.analysis.sharpness_iters`` HVPs), ``sharpness_hvps`` and
-  ``train_set_loss``; at multiples of ``config.analysis.trace_every``,
-  ``hessian_trace`` and its standard error (Hutchinson,
-  ``trace_probes`` probes). Everything is on the whole training set, for every
-  optimizer, with one loss function shared by all runs of the same model (so
-  Lanczos and Hutchinson compile once, not once per run).
-  """
-
-  def __init__(self, config, loss_fn, trace_probes: int):
-    a = config.analysis
-    self.sharpness_every, self.trace_every = a.sharpness_every, a.trace_every
-    self.every = math.gcd(a.sharpness_every, a.trace_every)
-    self.num_iters, self.trace_probes = int(a.sharpness_iters), trace_probes
-    self.loss_fn, self._key = loss_fn, jax.random.PRNGKey(config.seed)
-    self._previous, self._batch = None, None
-
-  def state_dict(self) -> Dict[str, Any]:
-    return {} if self._previous is None else {'previous': self._previous}
-
-  def load_state_dict(self, saved: Mapping[str, Any]) -> None:
-    self._previous = jnp.asarray(saved['previous'])
-
-  def __call__(self, state, run: runs.Run) -> Dict[str, float]:
-    if self._batch is None:
-      self._batch = [jax.tree.map(jnp.asarray, run.dataset.full_batch())]
-    step, out = int(state.step), {}
-    key = jax.random.fold_in(self._key, step)
-    if step % self.sharpness_every == 0:
-      flat, unravel = ravel_pytree(state.params)
-      noise = jax.random.normal(key, flat.shape, flat.dtype)
-      start = noise / jnp.linalg.norm(noise)
-      if self._previous is not None:
-        start = self._previous + 0.1 * start
-      vals, vecs, info = hessian.top_eigenpairs(
-          self.loss_fn, state.params, self._batch, k=1,
-          num_iters=self.num_iters, tol=3e-3, min_iters=3,
-          init_vector=unravel(start), return_info=True)
-      self._previous = ravel_pytree(vecs[0])[0]
-      out.update(sharpness=float(vals[0]), sharpness_hvps=info['num_hvps'],
-                 train_set_loss=float(self.loss_fn(state.params,
-                                                   self._batch[0])))
-    if step % self.trace_every == 0:
-      estimate, stderr = hessian.trace(self.loss_fn, state.params, self._batch,
-                                       num_probes=self.trace_probes, key=key)
-      out.update(hessian_trace=estimate, hessian_trace_stderr=stderr)
-    return out
+def probe(c, loss_fn, trace_probes: int) -> probes.SharpnessProbe:
+  """The library's sharpness probe on the whole training set, at the periods
+  ``c.analysis`` declares: the sharpness (Lanczos warm-started from the
+  previous top eigenvector plus 10% noise, stopping at a 3e-3 relative
+  residual, at most ``c.analysis.sharpness_iters`` HVPs) with the loss
+  there, and the Hessian trace (Hutchinson, ``trace_probes`` probes). The
+  same for every optimizer, with one loss function shared by all runs of
+  the model (so Lanczos and Hutchinson compile once, not once per run)."""
+  a = c.analysis
+  return probes.SharpnessProbe(
+      a.sharpness_every, trace_every=a.trace_every,
+      batches=lambda run: [run.dataset.full_batch()], loss_fn=loss_fn,
+      num_iters=a.sharpness_iters, trace_probes=trace_probes, log_loss=True,
+      seed=c.seed)
 
 
 def _train(c, loss_fn, trace_probes: int) -> Dict[str, List[float]]:
-  """Trains ``c`` in a scratch workdir; the callback's series."""
+  """Trains ``c`` in a scratch workdir; the probe's series."""
   with tempfile.TemporaryDirectory() as workdir:
-    train_lib.train_and_evaluate(
-        c, workdir, callbacks=[TrainingSetCurvature(c, loss_fn, trace_probes)])
+    train_lib.train_and_evaluate(c, workdir,
+                                 probes=[probe(c, loss_fn, trace_probes)])
     records = runs.Run.open(workdir).metrics()
   curve = {'step': [], 'sharpness': [], 'loss': [], 'trace_step': [],
            'trace': []}
@@ -180,7 +140,7 @@ def _train(c, loss_fn, trace_probes: int) -> Dict[str, List[float]]:
     if 'sharpness' in r:
       curve['step'].append(int(r['step']))
       curve['sharpness'].append(round(float(r['sharpness']), 4))
-      curve['loss'].append(float(f"{r['train_set_loss']:.4g}"))
+      curve['loss'].append(float(f"{r['sharpness_loss']:.4g}"))
     if 'hessian_trace' in r:
       curve['trace_step'].append(int(r['step']))
       curve['trace'].append(round(float(r['hessian_trace']), 2))

@@ -81,7 +81,7 @@ def configs(size: str) -> Dict[str, Any]:
 
 def measure(c, workdir: str) -> Dict[str, float]:
   """Trains ``c`` into ``workdir``; the NTK and parameter movement."""
-  state = train.train_and_evaluate(c, workdir, callbacks=probes.from_config(c))
+  state = train.train_and_evaluate(c, workdir, probes=probes.from_config(c))
   run = runs.Run.open(workdir)
   lines = run.metrics()
   at = lambda step, key: next(m[key] for m in lines

@@ -1,0 +1,256 @@
+"""Curvature of a run's checkpoint: `run_curvature`, `checkpoint_spectrum`,
+`checkpoint_blocks`.
+
+`run_curvature` restores only the parameters and model state of one
+checkpoint of a `dynamics.runs.Run` and returns the `Operator` of the
+matrix ``kind`` of its loss on held-out batches, taking from the run what
+the kind's product needs (`analysis.hessian.registry.PRODUCTS`).
+`checkpoint_spectrum` measures on it the cost of an HVP, the top-``k``
+eigenvalues (each with its residual and whether it converged) and optionally
+the SLQ density and the trace; `checkpoint_blocks` the per-block table of
+`block_report`. The command (``python -m analysis.hessian``) writes both as
+JSON and plots them. Nothing here prints unless given a ``log``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from analysis.hessian import density as density_lib
+from analysis.hessian import eigen, registry, report
+from analysis.hessian import likelihood as likelihood_lib
+from analysis.hessian.operators import Operator, curvature
+from dynamics import runs
+from dynamics.types import Batch, PyTree
+
+Log = Optional[Callable[[str], None]]
+
+# How each input of `registry.INPUTS` is taken from a run, its checkpoint's
+# model state and the noise model of an MSE loss.
+_FROM_RUN = {
+    'loss_fn': lambda run, model_state, noise_std: run.loss_fn(model_state),
+    'model_fn': lambda run, model_state, noise_std: run.model_fn(model_state),
+    'output_loss_fn': lambda run, model_state, noise_std: run.output_loss_fn(),
+    'likelihood': lambda run, model_state, noise_std: likelihood_lib.for_loss(
+        run.options.loss, noise_std),
+}
+
+
+def run_inputs(run: runs.Run, kind: str, model_state: PyTree = None,
+               noise_std: Optional[float] = None) -> Dict[str, Any]:
+  """What ``kind``'s product needs (its entry's ``needs``), from ``run``.
+
+  Raises:
+    ValueError: an unknown kind, or a Fisher of an MSE run without
+      ``noise_std`` (its noise model).
+  """
+  return {name: _FROM_RUN[name](run, model_state, noise_std)
+          for name in registry.product(kind).needs}
+
+
+def _checkpoint(run: runs.Run, step: Optional[int], num_batches: int
+                ) -> Tuple[int, PyTree, PyTree, List[Batch]]:
+  """``(step, params, model_state, held-out batches)`` of a checkpoint."""
+  step = run.resolve_step(step)
+  restored = run.restore(step, ('params', 'model_state'))
+  batches = [run.dataset.eval_batch(i) for i in range(num_batches)]
+  return step, restored['params'], restored['model_state'], batches
+
+
+def run_curvature(run: runs.Run, kind: str = 'hessian',
+                  step: Optional[int] = None, *, num_batches: int = 4,
+                  noise_std: Optional[float] = None,
+                  mask: Any = None) -> Operator:
+  """The curvature ``kind`` of ``run``'s loss at checkpoint ``step``.
+
+  Args:
+    run: an opened run (`dynamics.runs.Run.open`).
+    kind: a key of `analysis.hessian.registry.PRODUCTS`.
+    step: a checkpoint step (default: the latest).
+    num_batches: held-out batches ``eval_batch(0..)`` in the loss.
+    noise_std: the Gaussian noise model of an MSE loss (Fisher kinds).
+    mask: restrict to a block of parameters (`Operator.restrict`).
+
+  Raises:
+    RunNotFoundError: no checkpoint at ``step`` (the message lists the
+      available steps). ValueError: see `run_inputs`.
+
+  Example:
+    >>> op = run_curvature(Run.open('runs/eos'), 'ggn', 1500)  # doctest: +SKIP
+    >>> top_eigenpairs(op, k=3)[0]  # doctest: +SKIP
+  """
+  _, params, model_state, batches = _checkpoint(run, step, num_batches)
+  return curvature(kind, params, batches, mask=mask,
+                   **run_inputs(run, kind, model_state, noise_std))
+
+
+def seconds_per_call(fn: Callable[..., Any], *args, repeats: int = 5) -> float:
+  """Median wall time of a compiled call (after one warm-up call)."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def _quiet(log: Log) -> Callable[[str], None]:
+  return log if log is not None else (lambda _: None)
+
+
+def checkpoint_blocks(run: runs.Run, step: Optional[int] = None, *,
+                      blocks: Any = 'layers', kind: str = 'hessian',
+                      num_probes: int = 100, tol: Optional[float] = None,
+                      num_batches: int = 4, noise_std: Optional[float] = None,
+                      seed: int = 0, log: Log = None) -> Dict[str, Any]:
+  """`block_report` of checkpoint ``step`` of ``run`` (held-out batches).
+
+  Args:
+    run, step, kind, num_batches, noise_std, seed: as in
+      `checkpoint_spectrum`.
+    blocks, num_probes, tol: as in `block_report`.
+    log: where the table's lines go (None: nowhere).
+
+  Returns:
+    The report with ``workdir``, ``step``, ``kind``, ``blocks_by`` and
+    timings added.
+  """
+  log = _quiet(log)
+  step, params, model_state, batches = _checkpoint(run, step, num_batches)
+  op = curvature(kind, params, batches,
+                 **run_inputs(run, kind, model_state, noise_std))
+  start = time.perf_counter()
+  out = report.block_report(op, blocks=blocks, num_probes=num_probes, tol=tol,
+                            key=jax.random.PRNGKey(seed))
+  out.update(workdir=run.workdir, step=step, kind=kind, blocks_by=blocks,
+             num_batches=num_batches, seconds=time.perf_counter() - start)
+  log(f"step {step}: {kind} blocks by {blocks} ({out['seconds']:.1f} s)")
+  for row in out['blocks'] + [out['whole']]:
+    log(f"  {row['name']:<24} size {row['size']:>9,}  top {row['top_eigenvalue']:11.5g}"
+        f"  trace {row['trace']:11.5g}  frobenius {row['frobenius']:10.5g}"
+        + ('' if row['converged'] else '  (top NOT CONVERGED)'))
+  return out
+
+
+def checkpoint_spectrum(run: runs.Run, step: Optional[int] = None, *,
+                        kind: str = 'hessian', k: int = 10,
+                        num_iters: Optional[int] = None,
+                        tol: Optional[float] = None, density: bool = False,
+                        num_probes: int = 10,
+                        density_iters: Optional[int] = None,
+                        trace: bool = False, trace_method: str = 'xtrace',
+                        num_batches: int = 4, block: Optional[str] = None,
+                        noise_std: Optional[float] = None, seed: int = 0,
+                        progress: bool = False,
+                        log: Log = None) -> Dict[str, Any]:
+  """Top eigenvalues (and density, trace) of checkpoint ``step`` of ``run``.
+
+  Args:
+    run: an opened run (`dynamics.runs.Run.open`).
+    step: a checkpoint step (default: the latest).
+    kind: a key of `analysis.hessian.registry.PRODUCTS` ('hessian', 'ggn',
+      'fisher', 'empirical_fisher').
+    k: top eigenvalues.
+    num_iters: cap on Lanczos HVPs (default: grows with ``k`` and the size).
+    tol: relative residual to stop at (default: the dtype's).
+    density: also the SLQ spectral density (``num_probes`` probes of at most
+      ``density_iters`` Lanczos steps).
+    num_probes: probes of the density.
+    trace: also the trace (``trace_method``, to 1% standard error).
+    trace_method: a key of `registry.TRACE_METHODS`.
+    num_batches: held-out batches ``eval_batch(0..)`` in the loss.
+    block: a key of `BLOCKS` or a regular expression on parameter names:
+      the spectrum of that diagonal block only.
+    noise_std: the Gaussian noise model of an MSE loss (Fisher kinds).
+    seed: seed of the random start and probe vectors.
+    progress: show progress bars over HVPs.
+    log: where the progress lines go (None: nowhere).
+
+  Returns:
+    A JSON-able dict: ``workdir``, ``step``, ``num_params``, the HVP cost
+    (``hvp_cost_in_gradients``), ``eigenvalues`` (descending) with their
+    ``eigenvalue_residuals``, ``eigenvalue_converged`` and ``converged``, and
+    ``density`` / ``trace`` when asked, with timings.
+
+  Raises:
+    RunNotFoundError: no checkpoint at ``step`` (the message lists the
+      available steps).
+
+  Example:
+    >>> from dynamics.runs import Run
+    >>> checkpoint_spectrum(Run.open('runs/eos'), 1500, k=3)['eigenvalues']  # doctest: +SKIP
+    [10.1, 4.2, 2.9]
+  """
+  log = _quiet(log)
+  step, params, model_state, batches = _checkpoint(run, step, num_batches)
+  inputs = run_inputs(run, kind, model_state, noise_std)
+  op = curvature(kind, params, batches, mask=block, **inputs)
+  num_params = sum(np.size(p) for p in jax.tree.leaves(params))
+  log(f'step {step}: {num_params:,} parameters, {kind} of the loss on '
+      f'{num_batches} held-out batches')
+
+  # Cost of one HVP relative to one gradient, on one batch.
+  loss = run.loss_fn(model_state)
+  grad_s = seconds_per_call(jax.jit(jax.grad(loss)), params,
+                            jax.tree.map(jnp.asarray, batches[0]))
+  hvp_s = seconds_per_call(curvature(kind, params, batches[:1],
+                                     **inputs).matvec, params)
+  result: Dict[str, Any] = {
+      'workdir': run.workdir, 'step': step, 'num_params': int(num_params),
+      'num_batches': num_batches, 'kind': kind, 'block': block,
+      'grad_seconds_per_batch': grad_s, 'hvp_seconds_per_batch': hvp_s,
+      'hvp_cost_in_gradients': hvp_s / grad_s}
+  log(f'one HVP costs {hvp_s / grad_s:.2f} gradients '
+      f'({1e3 * hvp_s:.2f} ms per batch)')
+  key = jax.random.PRNGKey(seed)
+
+  start = time.perf_counter()
+  vals, _, info = eigen.top_eigenpairs(
+      op, k=k, num_iters=num_iters, tol=tol, key=key, return_info=True,
+      progress=progress)
+  each = [bool(r <= info['tol']) for r in info['relative_residuals']]
+  result.update(eigenvalues=[float(v) for v in vals],
+                eigenvalue_residuals=[float(r) for r in info['residuals']],
+                eigenvalue_relative_residuals=[
+                    float(r) for r in info['relative_residuals']],
+                eigenvalue_converged=each, converged=info['converged'],
+                tol=info['tol'], eigen_hvps=info['num_hvps'],
+                eigen_seconds=time.perf_counter() - start)
+  log(f"top-{k} ({info['num_hvps']} HVPs x {num_batches} batches, "
+      f"{result['eigen_seconds']:.1f} s; tol {info['tol']:g}):")
+  for i, (v, r, ok) in enumerate(zip(result['eigenvalues'],
+                                     result['eigenvalue_relative_residuals'],
+                                     each)):
+    log(f"  lambda_{i + 1} = {v:.6g}  relative residual {r:.1e}  "
+        f"{'converged' if ok else 'NOT CONVERGED'}")
+  if density:
+    start = time.perf_counter()
+    grid, values, dinfo = density_lib.spectral_density(
+        op, num_probes=num_probes, num_iters=density_iters, key=key,
+        return_info=True, progress=progress)
+    result['density'] = {
+        'grid': grid.tolist(), 'values': values.tolist(),
+        'sigma': dinfo['sigma'], 'num_probes': num_probes,
+        'num_iters': int(dinfo['num_iters']), 'change': dinfo['change'],
+        'converged': dinfo['converged'],
+        'nodes': dinfo['nodes'].tolist(), 'weights': dinfo['weights'].tolist()}
+    result['density_hvps'] = dinfo['num_hvps']
+    result['density_seconds'] = time.perf_counter() - start
+    log(f"density: {dinfo['num_hvps']} HVPs x {num_batches} batches, "
+        f"{result['density_seconds']:.1f} s")
+  if trace:
+    start = time.perf_counter()
+    estimate, stderr, tinfo = density_lib.trace(
+        op, method=trace_method, key=key, return_info=True)
+    result.update(trace=estimate, trace_stderr=stderr,
+                  trace_method=trace_method, trace_hvps=tinfo['num_hvps'],
+                  trace_seconds=time.perf_counter() - start)
+    log(f'trace ({trace_method}, {tinfo["num_hvps"]} HVPs): {estimate:.5g} '
+        f'+- {stderr:.2g}')
+  return result
