@@ -6,9 +6,10 @@ A checkpoint at step N holds three items:
   `dynamics.step.TrainState`: params, optimizer and model state, rng, EMA);
 * ``data``: the data iterator's position (JSON), so a resumed run continues
   exactly where it stopped;
-* ``callbacks`` (optional): the state of training-time probes (e.g. the
-  kernel at initialization of an NTK probe), so that a resumed run continues
-  the same series.
+* ``probes`` (optional): the state of training-time probes by name (e.g.
+  the kernel at initialization of an NTK probe), so that a resumed run
+  continues the same series. Checkpoints written before the loop called
+  them probes hold the same item as ``callbacks``; both restore.
 
 Periodic checkpoints keep the latest ``max_to_keep``; the steps in
 ``keep_steps`` are kept forever. This module knows nothing of the trainer or
@@ -28,7 +29,8 @@ from orbax.checkpoint import checkpoint_managers
 
 from dynamics.types import PyTree, param_name
 
-_ITEMS = ('state', 'data', 'callbacks')
+# 'callbacks': the probes' item in checkpoints of earlier versions (read only).
+_ITEMS = ('state', 'data', 'probes', 'callbacks')
 
 
 class CheckpointMismatchError(ValueError):
@@ -41,7 +43,7 @@ class Restored(NamedTuple):
   step: int
   state: PyTree
   data: Dict[str, Any]
-  callbacks: Dict[str, Any]
+  probes: Dict[str, Any]
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -116,7 +118,7 @@ def state_mismatch(workdir: str, step: int, abstract_state: PyTree, *,
 
 
 class Checkpointer:
-  """Saves and restores ``(state, data, callbacks)`` under ``workdir``."""
+  """Saves and restores ``(state, data, probes)`` under ``workdir``."""
 
   def __init__(self, workdir: str, max_to_keep: int = 3,
                keep_steps: Iterable[int] = (), async_save: bool = True):
@@ -142,12 +144,12 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: PyTree, data_state: Mapping[str, Any],
-           callbacks: Optional[Mapping[str, Any]] = None) -> None:
+           probes: Optional[Mapping[str, Any]] = None) -> None:
     """Saves checkpoint ``step`` (asynchronously when so configured)."""
     items = dict(state=ocp.args.StandardSave(state),
                  data=ocp.args.JsonSave(dict(data_state)))
-    if callbacks:
-      items['callbacks'] = ocp.args.StandardSave(dict(callbacks))
+    if probes:
+      items['probes'] = ocp.args.StandardSave(dict(probes))
     self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def restore(self, step: int, abstract_state: PyTree) -> Restored:
@@ -166,12 +168,13 @@ class Checkpointer:
           f'than the one asked for (was the config changed?): {mismatch}')
     items = dict(state=ocp.args.StandardRestore(abstract_state),
                  data=ocp.args.JsonRestore())
-    has_callbacks = os.path.isdir(_item_dir(self.workdir, step, 'callbacks'))
-    if has_callbacks:
-      items['callbacks'] = ocp.args.StandardRestore()
+    probe_item = next((name for name in ('probes', 'callbacks') if os.path.isdir(
+        _item_dir(self.workdir, step, name))), None)
+    if probe_item is not None:
+      items[probe_item] = ocp.args.StandardRestore()
     out = self._manager.restore(step, args=ocp.args.Composite(**items))
-    callbacks = dict(out.callbacks) if has_callbacks else {}
-    return Restored(step, out.state, out.data, callbacks)
+    probes = dict(out[probe_item]) if probe_item is not None else {}
+    return Restored(step, out.state, out.data, probes)
 
   def restore_latest(self, abstract_state: PyTree) -> Optional[Restored]:
     """The newest checkpoint that restores; corrupt ones are set aside.

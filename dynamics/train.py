@@ -84,11 +84,12 @@ def _resume(run: runs.Run, ckpt: checkpoint_lib.Checkpointer, state: TrainState,
     parent, step = _branch_parent(config), config.branch.from_step
     parent_state = checkpoint_lib.restore(parent.workdir, step, state)
     data_iter.restore(parent_state.data)
+    probes_lib.restore(probes, parent_state.probes)  # A branch continues them.
     return parent_state.state, None
   if restored is None:
     return state, None
   data_iter.restore(restored.data)
-  probes_lib.restore(probes, restored.callbacks)  # By name.
+  probes_lib.restore(probes, restored.probes)  # By name.
   return restored.state, restored.step
 
 

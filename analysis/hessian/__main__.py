@@ -29,8 +29,6 @@ Writes ``hessian_<step>_<kind>_k<k>[_<block>].json`` and ``.png`` (see
 replaced, and the command says so.
 """
 
-import json
-import os
 import re
 
 from absl import flags
@@ -151,13 +149,12 @@ def main(argv):
   # Deferred: --help answers without loading flax, orbax or matplotlib.
   from analysis import hessian  # pylint: disable=g-import-not-at-top
   from analysis import plots  # pylint: disable=g-import-not-at-top
-  from configs import base  # pylint: disable=g-import-not-at-top
+  from dynamics import outputs  # pylint: disable=g-import-not-at-top
   from dynamics import runs  # pylint: disable=g-import-not-at-top
 
   run = runs.Run.open(_WORKDIR.value)
   step = _check(run, hessian)
   out = _OUT.value or run.workdir
-  os.makedirs(out, exist_ok=True)
   if _BLOCKS.value is not None:
     stem = f'hessian_{step}_{_KIND.value}_blocks-{_slug(_BLOCKS.value)}'
     result = hessian.checkpoint_blocks(
@@ -175,18 +172,9 @@ def main(argv):
         trace_method=_TRACE_METHOD.value, num_batches=_NUM_BATCHES.value,
         block=_BLOCK.value, noise_std=_NOISE_STD.value, seed=_SEED.value,
         progress=True, log=_print)
-  json_path, png_path = (os.path.join(out, stem + ext)
-                         for ext in ('.json', '.png'))
-  replaced = os.path.exists(json_path)
-  with open(json_path, 'w') as f:
-    json.dump(result, f)
-  if _BLOCKS.value is not None:
-    plot_blocks(result, png_path)
-  else:
-    plots.hessian_spectrum(result, png_path)
-  print(f'wrote {json_path} and {png_path}'
-        + (' (replacing the previous ones, of the same arguments)'
-           if replaced else ''))
+  print(outputs.write_report(
+      out, stem, result,
+      plot_blocks if _BLOCKS.value is not None else plots.hessian_spectrum))
   if _BLOCKS.value is None and not result['converged']:
     print('WARNING: not every eigenvalue converged (see above); raise '
           '--num_iters or loosen --tol')

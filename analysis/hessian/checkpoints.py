@@ -26,6 +26,7 @@ from analysis.hessian import eigen, registry, report
 from analysis.hessian import likelihood as likelihood_lib
 from analysis.hessian.operators import Operator, curvature
 from dynamics import runs
+from dynamics.timing import seconds_per_call
 from dynamics.types import Batch, PyTree
 
 Log = Optional[Callable[[str], None]]
@@ -87,17 +88,6 @@ def run_curvature(run: runs.Run, kind: str = 'hessian',
   _, params, model_state, batches = _checkpoint(run, step, num_batches)
   return curvature(kind, params, batches, mask=mask,
                    **run_inputs(run, kind, model_state, noise_std))
-
-
-def seconds_per_call(fn: Callable[..., Any], *args, repeats: int = 5) -> float:
-  """Median wall time of a compiled call (after one warm-up call)."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def _quiet(log: Log) -> Callable[[str], None]:
