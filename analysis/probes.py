@@ -33,6 +33,7 @@ from jax.flatten_util import ravel_pytree
 
 from analysis import hessian
 from analysis import ntk as ntk_lib
+from dynamics import optim as optim_lib
 from dynamics import runs
 from dynamics.step import TrainState
 from dynamics.types import Batch, LossFn, PyTree
@@ -119,7 +120,8 @@ class SharpnessProbe:
     self.num_iters = int(a.sharpness_iters)
     self.num_batches = int(a.sharpness_batches)
     self.data = a.sharpness_data
-    self.b2, self.eps = config.optimizer.b2, config.optimizer.eps
+    hyper = optim_lib.hyperparameters(config.optimizer)  # Adam-type: b2, eps.
+    self.b2, self.eps = hyper.get('b2'), hyper.get('eps')
     self.tol, self.min_iters = tol, min_iters
     self.warm_start_noise, self.trace_probes = warm_start_noise, trace_probes
     self._key = jax.random.PRNGKey(config.seed)

@@ -23,12 +23,12 @@ def apply_variants(c: ml_collections.ConfigDict, arg: Optional[str],
   called as ``fn(c)`` or ``fn(c, value)``, in the order given.
 
   Raises:
-    ValueError: an unknown variant, naming ``where`` and the known ones.
+    ConfigError: an unknown variant, naming ``where`` and the known ones.
   """
   for part in filter(None, (arg or '').split(',')):
     name, _, value = part.partition('=')
     if name not in variants:
-      raise ValueError(f'{where}: unknown variant {name!r} (use '
+      raise config_schema.ConfigError(f'{where}: unknown variant {name!r} (use '
                        f'{" | ".join(variants)}, comma-separated)')
     if value:
       variants[name](c, value)

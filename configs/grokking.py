@@ -53,7 +53,7 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c.data.batch_size = 1024          # >= 480 training pairs: full batch.
   c.optimizer.name = 'adamw'
   c.optimizer.learning_rate = 1e-2
-  c.optimizer.b2 = 0.99
+  c.optimizer.adamw.b2 = 0.99
   c.optimizer.weight_decay = 1.0
   c.optimizer.weight_decay_mask = 'all'
   c.schedule.name = 'constant'

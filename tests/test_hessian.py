@@ -417,7 +417,7 @@ def test_sharpness_probe_warm_starts_and_logs_adaptive_and_trace():
   config.analysis.trace_every = 10
   config.analysis.sharpness_iters = 30
   config.analysis.sharpness_batches = 2
-  config.optimizer.b2, config.optimizer.eps = 0.99, 1e-8
+  config.optimizer.adamw.b2, config.optimizer.adamw.eps = 0.99, 1e-8
   with jax.enable_x64(True):
     (loss_fn, params, batches), h, w, _ = _exact('mlp')
     run = _FakeRun(loss_fn, batches)

@@ -18,55 +18,151 @@ Datasets that need no download:
 Optional loaders (``tfds``, ``huggingface``) need the ``[data]`` extra.
 """
 
-from typing import Any, Dict
+import dataclasses
+import importlib.util
+import os
+from typing import Any, Callable, Dict, Optional
 
+from dynamics import errors
+from dynamics.data import tokens
 from dynamics.data.arrays import ArrayDataset, digits
 from dynamics.data.base import Dataset, DatasetInfo
 from dynamics.data.synthetic import (MODULAR_OPS, MarkovLanguage,
                                      modular_arithmetic, pow_mod_inverse,
                                      teacher_student)
 from dynamics.data.text import (ByteText, default_text_dir, huggingface_text,
-                                tfds_text)
+                                min_text_bytes, text_bytes, tfds_text)
 from dynamics.data.tokens import TokenDataError, TokenFiles
 from dynamics.types import Batch
 
 __all__ = ['ArrayDataset', 'ByteText', 'DATASETS', 'DataIterator', 'Dataset',
-           'DatasetInfo', 'LANGUAGE_DATASETS', 'MODULAR_OPS', 'MarkovLanguage', 'default_text_dir',
-           'digits', 'get_dataset', 'huggingface_text', 'modular_arithmetic',
+           'DatasetInfo', 'Entry', 'LANGUAGE_DATASETS', 'MODULAR_OPS',
+           'MarkovLanguage', 'check', 'default_text_dir', 'digits',
+           'get_dataset', 'huggingface_text', 'modular_arithmetic',
            'pow_mod_inverse', 'teacher_student', 'tfds_text', 'TokenDataError',
            'TokenFiles']
 
-DATASETS = ('markov', 'bytes', 'tokens', 'teacher_student', 'modular', 'digits',
-            'tfds', 'huggingface')
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One dataset of the registry.
+
+  Attributes:
+    build: ``config -> Dataset`` (reads ``config.data`` and ``config.seed``).
+    kind: 'language' (token sequences), 'vector' or 'image': what a model
+      takes (``dynamics.models.MODELS[name].data``).
+    package: the optional package it needs (None: nothing to install).
+    vocab: ``config.data -> vocabulary size`` of language data known before
+      it loads (None: not known, or not language).
+  """
+  build: Callable[[Any], Dataset]
+  kind: str
+  package: Optional[str] = None
+  vocab: Callable[[Any], Optional[int]] = lambda d: None
+
+
+def _markov(c):
+  d = c.data
+  return MarkovLanguage(d.vocab_size, d.seq_len, d.batch_size, d.temperature,
+                        c.seed)
+
+
+def _teacher_student(c):
+  d = c.data
+  return teacher_student(d.input_dim, d.teacher_width, d.output_dim,
+                         d.num_train, d.noise_std, d.batch_size, c.seed)
+
+
+DATASETS: Dict[str, Entry] = {
+    'markov': Entry(_markov, 'language', vocab=lambda d: d.vocab_size),
+    'bytes': Entry(lambda c: ByteText.from_directory(
+        c.data.text_dir, c.data.seq_len, c.data.batch_size,
+        c.data.max_bytes, c.seed), 'language', vocab=lambda d: 256),
+    'tokens': Entry(lambda c: TokenFiles(
+        c.data.path, c.data.seq_len, c.data.batch_size, c.seed,
+        c.model.vocab_size), 'language'),
+    'teacher_student': Entry(_teacher_student, 'vector'),
+    'modular': Entry(lambda c: modular_arithmetic(
+        c.data.modulus, c.data.operation, c.data.train_fraction,
+        c.data.batch_size, c.seed), 'vector'),
+    'digits': Entry(lambda c: digits(c.data.batch_size, c.seed,
+                                     c.data.white_noise, c.data.num_eval),
+                    'image', 'sklearn'),
+    'tfds': Entry(lambda c: tfds_text(
+        c.data.hf_name, c.data.seq_len, c.data.batch_size, c.data.max_bytes,
+        c.seed), 'language', 'tensorflow_datasets', lambda d: 256),
+    'huggingface': Entry(lambda c: huggingface_text(
+        c.data.hf_name, c.data.seq_len, c.data.batch_size, c.data.max_bytes,
+        c.seed), 'language', 'datasets', lambda d: 256),
+}
 # Datasets of token sequences (a transformer's data; throughput in tokens).
-LANGUAGE_DATASETS = ('markov', 'bytes', 'tokens', 'huggingface')
+LANGUAGE_DATASETS = tuple(n for n, e in DATASETS.items()
+                          if e.kind == 'language')
 
 
 def get_dataset(config: Any) -> Dataset:
   """The dataset named by ``config.data.name``, seeded by ``config.seed``."""
-  d, seed = config.data, config.seed
+  name = config.data.name
+  if name not in DATASETS:
+    raise ValueError(f'data.name must be one of {tuple(DATASETS)}, '
+                     f'got {name!r}')
+  return DATASETS[name].build(config)
+
+
+def _installed(package: str) -> bool:
+  return importlib.util.find_spec(package) is not None
+
+
+def _check_text(d: Any) -> None:
+  """Enough local text for ``ByteText`` (before reading any of it)."""
+  need = min_text_bytes(d.seq_len)
+  if d.text_dir is not None:
+    errors.require(os.path.isdir(d.text_dir), 'data.text_dir', d.text_dir,
+                   'is not a directory')
+  errors.require(d.max_bytes >= need, 'data.max_bytes', d.max_bytes,
+                 f'reads too little text for data.seq_len={d.seq_len} (at '
+                 f'least {need} bytes)')
+  have = text_bytes(d.text_dir, need)
+  errors.require(have >= need, 'data.text_dir', d.text_dir, f'holds {have} '
+                 'bytes of .py, .txt and .md text, too few for data.seq_len='
+                 f'{d.seq_len} (at least {need})')
+
+
+def check(config: Any) -> None:
+  """Raises ``ConfigError`` for an invalid ``config.data`` field: names,
+  sizes, local text, optional packages and token files (against
+  ``config.model.vocab_size``, the embedding's rows)."""
+  d = config.data
+  errors.one_of('data.name', d.name, DATASETS)
+  for field in ('batch_size', 'seq_len', 'max_bytes', 'input_dim',
+                'teacher_width', 'output_dim', 'num_train', 'modulus'):
+    errors.integer(f'data.{field}', d[field], 1)
+  errors.number('data.noise_std', d.noise_std, at_least=0)
+  package = DATASETS[d.name].package
+  errors.require(package is None or _installed(package), 'data.name', d.name,
+                 f'needs the optional package {package!r}: pip install -e '
+                 '".[data]" (the embedded datasets need nothing)')
   if d.name == 'markov':
-    return MarkovLanguage(d.vocab_size, d.seq_len, d.batch_size, d.temperature, seed)
+    errors.number('data.temperature', d.temperature, above=0)
+    errors.integer('data.vocab_size', d.vocab_size, 2)
   if d.name == 'bytes':
-    return ByteText.from_directory(d.text_dir, d.seq_len, d.batch_size,
-                                   d.max_bytes, seed)
-  if d.name == 'tokens':
-    return TokenFiles(d.path, d.seq_len, d.batch_size, seed,
-                      config.model.vocab_size)
-  if d.name == 'teacher_student':
-    return teacher_student(d.input_dim, d.teacher_width, d.output_dim,
-                           d.num_train, d.noise_std, d.batch_size, seed)
+    _check_text(d)
   if d.name == 'modular':
-    return modular_arithmetic(d.modulus, d.operation, d.train_fraction,
-                              d.batch_size, seed)
-  if d.name == 'digits':
-    return digits(d.batch_size, seed, d.white_noise, d.num_eval)
-  if d.name == 'tfds':
-    return tfds_text(d.hf_name, d.seq_len, d.batch_size, d.max_bytes, seed)
-  if d.name == 'huggingface':
-    return huggingface_text(d.hf_name, d.seq_len, d.batch_size, d.max_bytes,
-                            seed)
-  raise ValueError(f'data.name must be one of {DATASETS}, got {d.name!r}')
+    errors.integer('data.modulus', d.modulus, 2)
+    errors.number('data.train_fraction', d.train_fraction, above=0, below=1)
+    errors.one_of('data.operation', d.operation, MODULAR_OPS)
+  if d.name == 'digits' and d.num_eval is not None:
+    errors.require(errors.is_int(d.num_eval) and 0 < d.num_eval < 1797,
+                   'data.num_eval', d.num_eval,
+                   'must be in (0, 1797): the digits set has 1,797 images')
+  if d.name in ('tfds', 'huggingface'):
+    errors.require(bool(d.hf_name), 'data.hf_name', d.hf_name,
+                   f'must name the dataset for data.name={d.name}')
+  if d.name == 'tokens':
+    try:
+      tokens.check(d.path, d.seq_len, config.model.vocab_size)
+    except TokenDataError as e:
+      raise errors.ConfigError(f'config.data.path={d.path!r}: {e}') from None
 
 
 class DataIterator:
