@@ -47,13 +47,9 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks the config so the real code path runs in seconds."""
-  c.num_steps = 20
-  c.log_every = 5
-  c.eval_every = 10
-  c.eval_batches = 1
+  base.smoke(c, num_steps=20, log_every=5, eval_every=10, eval_batches=1,
+             checkpoint_every=10)
   c.model.channels = (4, 8)
   c.data.batch_size = 16
   c.schedule.warmup_steps = 2
-  c.checkpoint.every_steps = 10
-  c.progress = False
   return c

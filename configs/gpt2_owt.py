@@ -71,16 +71,12 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A tiny GPT, a few steps: the real code path in seconds."""
   c.name += '_smoke'
-  c.num_steps = 8
-  c.log_every = 2
-  c.eval_every = 4
-  c.eval_batches = 1
+  base.smoke(c, num_steps=8, log_every=2, eval_every=4, eval_batches=1,
+             checkpoint_every=4)
   c.model.d_model, c.model.num_layers, c.model.num_heads = 32, 2, 2
   c.model.max_len = 16
   c.model.vocab_size = None        # The prepared data's vocabulary.
   c.data.seq_len = 16
   c.data.batch_size = 8
   c.schedule.warmup_steps = 2
-  c.checkpoint.every_steps = 4
-  c.progress = False
   return c

@@ -83,9 +83,7 @@ def orthograd(c: ml_collections.ConfigDict) -> None:
 
 
 def smoke(c: ml_collections.ConfigDict) -> None:
-  c.num_steps, c.log_every, c.eval_every = 20, 5, 10
-  c.checkpoint.every_steps = 10
-  c.progress = False
+  base.smoke(c, num_steps=20, log_every=5, eval_every=10, checkpoint_every=10)
 
 
 def smoke_sweep(c: ml_collections.ConfigDict) -> None:

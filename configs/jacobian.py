@@ -52,8 +52,7 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks the run so the real code path runs in seconds."""
-  c.num_steps = 20
-  c.eval_every = 10
+  base.smoke(c, num_steps=20, eval_every=10)
   c.model.hidden_sizes = (8,)
   c.data.batch_size = 16
   return c

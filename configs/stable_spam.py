@@ -37,9 +37,7 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The main job's smoke size, with two momentum resets."""
   wsd.smoke(c)
-  c.num_steps = 20
-  c.eval_every = 10
-  c.eval_batches = 1
+  base.smoke(c, num_steps=20, eval_every=10, eval_batches=1)
   c.model.max_len = 16
   c.optimizer.stable_spam.reset_interval = 8  # Crosses two resets.
   c.schedule.warmup_steps = 2
