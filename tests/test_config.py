@@ -323,3 +323,37 @@ def test_flat_fields_on_the_command_line_warn_and_resolve(tmp_path):
       'Config error: config.optimizer.momentum.momentum=1.5: must be in [0, 1)'
   ], out.stderr
   assert not (tmp_path / 'd').exists()
+
+
+@pytest.mark.parametrize('config_file, args, message', [
+    ('def get_config():\n  return 1 / 0\n', [],
+     'Config error: {path}:2 (return 1 / 0): ZeroDivisionError: division by zero'),
+    ('from configs import base\ndef get_config():\n  c = base.get_config()\n'
+     '  c.optimizer.lr = 0.1\n  return c\n', [],
+     'Config error: {path}:4 (c.optimizer.lr = 0.1): sets or reads a field '
+     'not declared in dynamics/config_schema.py'),
+    ('def get_config():\n  return {"a": 1}\n', [],
+     'Config error: --config={path}: get_config() returned a dict, not the '
+     'ConfigDict of configs/base.py:get_config()'),
+    (None, ['--config.optimizer.adamw.bb2=0.9'],
+     'Config error: config.optimizer.adamw.bb2: unknown field (not declared in '
+     'dynamics/config_schema.py); did you mean b2?'),
+    (None, ['--config.optimizer.sam.rho=abc'],
+     "Config error: config.optimizer.sam.rho='abc': could not convert string "
+     "to float: 'abc'"),
+    (None, ['--workdirr=x'],
+     'Flag error: --workdirr: unknown flag; did you mean --workdir? (see --help)'),
+], ids=['file-raises', 'file-sets-undeclared', 'file-returns-dict',
+        'unknown-field', 'bad-value', 'unknown-flag'])
+def test_flag_errors_are_one_line_from_their_type(tmp_path, config_file, args,
+                                                  message):
+  """Before JAX starts: the line comes from the exception's type, the
+  command line and the config file's traceback."""
+  path = 'configs/wsd.py'
+  if config_file is not None:
+    path = str(tmp_path / 'config.py')
+    with open(path, 'w') as f:
+      f.write(config_file)
+  out = _main(f'--config={path}', *args, f'--workdir={tmp_path}/w')
+  lines = [l for l in out.stderr.splitlines() if l.strip()]
+  assert out.returncode == 1 and lines == [message.format(path=path)], out.stderr
