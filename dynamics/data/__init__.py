@@ -54,11 +54,14 @@ class Entry:
     package: the optional package it needs (None: nothing to install).
     vocab: ``config.data -> vocabulary size`` of language data known before
       it loads (None: not known, or not language).
+    check: ``config -> None``, raising ``ConfigError`` for a field only this
+      dataset reads (None: it has none).
   """
   build: Callable[[Any], Dataset]
   kind: str
   package: Optional[str] = None
   vocab: Callable[[Any], Optional[int]] = lambda d: None
+  check: Optional[Callable[[Any], None]] = None
 
 
 def _markov(c):
@@ -67,33 +70,86 @@ def _markov(c):
                         c.seed)
 
 
+def _check_markov(c):
+  errors.number('data.temperature', c.data.temperature, above=0)
+  errors.integer('data.vocab_size', c.data.vocab_size, 2)
+
+
+def _check_text(c):
+  """Enough local text for ``ByteText`` (before reading any of it)."""
+  d = c.data
+  need = min_text_bytes(d.seq_len)
+  if d.text_dir is not None:
+    errors.require(os.path.isdir(d.text_dir), 'data.text_dir', d.text_dir,
+                   'is not a directory')
+  errors.require(d.max_bytes >= need, 'data.max_bytes', d.max_bytes,
+                 f'reads too little text for data.seq_len={d.seq_len} (at '
+                 f'least {need} bytes)')
+  have = text_bytes(d.text_dir, need)
+  errors.require(have >= need, 'data.text_dir', d.text_dir, f'holds {have} '
+                 'bytes of .py, .txt and .md text, too few for data.seq_len='
+                 f'{d.seq_len} (at least {need})')
+
+
+def _check_tokens(c):
+  """The token files against ``config.model.vocab_size`` (the embedding's
+  rows): `tokens.check`."""
+  d = c.data
+  try:
+    tokens.check(d.path, d.seq_len, c.model.vocab_size)
+  except TokenDataError as e:
+    raise errors.ConfigError(f'config.data.path={d.path!r}: {e}') from None
+
+
 def _teacher_student(c):
   d = c.data
   return teacher_student(d.input_dim, d.teacher_width, d.output_dim,
                          d.num_train, d.noise_std, d.batch_size, c.seed)
 
 
+def _check_modular(c):
+  d = c.data
+  errors.integer('data.modulus', d.modulus, 2)
+  errors.number('data.train_fraction', d.train_fraction, above=0, below=1)
+  errors.one_of('data.operation', d.operation, MODULAR_OPS)
+
+
+def _check_digits(c):
+  n = c.data.num_eval
+  errors.require(n is None or (errors.is_int(n) and 0 < n < 1797),
+                 'data.num_eval', n,
+                 'must be in (0, 1797): the digits set has 1,797 images')
+
+
+def _check_hf_name(c):
+  errors.require(bool(c.data.hf_name), 'data.hf_name', c.data.hf_name,
+                 f'must name the dataset for data.name={c.data.name}')
+
+
 DATASETS: Dict[str, Entry] = {
-    'markov': Entry(_markov, 'language', vocab=lambda d: d.vocab_size),
+    'markov': Entry(_markov, 'language', vocab=lambda d: d.vocab_size,
+                    check=_check_markov),
     'bytes': Entry(lambda c: ByteText.from_directory(
         c.data.text_dir, c.data.seq_len, c.data.batch_size,
-        c.data.max_bytes, c.seed), 'language', vocab=lambda d: 256),
+        c.data.max_bytes, c.seed), 'language', vocab=lambda d: 256,
+                   check=_check_text),
     'tokens': Entry(lambda c: TokenFiles(
         c.data.path, c.data.seq_len, c.data.batch_size, c.seed,
-        c.model.vocab_size), 'language'),
+        c.model.vocab_size), 'language', check=_check_tokens),
     'teacher_student': Entry(_teacher_student, 'vector'),
     'modular': Entry(lambda c: modular_arithmetic(
         c.data.modulus, c.data.operation, c.data.train_fraction,
-        c.data.batch_size, c.seed), 'vector'),
+        c.data.batch_size, c.seed), 'vector', check=_check_modular),
     'digits': Entry(lambda c: digits(c.data.batch_size, c.seed,
                                      c.data.white_noise, c.data.num_eval),
-                    'image', 'sklearn'),
+                    'image', 'sklearn', check=_check_digits),
     'tfds': Entry(lambda c: tfds_text(
         c.data.hf_name, c.data.seq_len, c.data.batch_size, c.data.max_bytes,
-        c.seed), 'language', 'tensorflow_datasets', lambda d: 256),
+        c.seed), 'language', 'tensorflow_datasets', lambda d: 256,
+                  _check_hf_name),
     'huggingface': Entry(lambda c: huggingface_text(
         c.data.hf_name, c.data.seq_len, c.data.batch_size, c.data.max_bytes,
-        c.seed), 'language', 'datasets', lambda d: 256),
+        c.seed), 'language', 'datasets', lambda d: 256, _check_hf_name),
 }
 # Datasets of token sequences (a transformer's data; throughput in tokens).
 LANGUAGE_DATASETS = tuple(n for n, e in DATASETS.items()
@@ -113,56 +169,23 @@ def _installed(package: str) -> bool:
   return importlib.util.find_spec(package) is not None
 
 
-def _check_text(d: Any) -> None:
-  """Enough local text for ``ByteText`` (before reading any of it)."""
-  need = min_text_bytes(d.seq_len)
-  if d.text_dir is not None:
-    errors.require(os.path.isdir(d.text_dir), 'data.text_dir', d.text_dir,
-                   'is not a directory')
-  errors.require(d.max_bytes >= need, 'data.max_bytes', d.max_bytes,
-                 f'reads too little text for data.seq_len={d.seq_len} (at '
-                 f'least {need} bytes)')
-  have = text_bytes(d.text_dir, need)
-  errors.require(have >= need, 'data.text_dir', d.text_dir, f'holds {have} '
-                 'bytes of .py, .txt and .md text, too few for data.seq_len='
-                 f'{d.seq_len} (at least {need})')
-
-
 def check(config: Any) -> None:
-  """Raises ``ConfigError`` for an invalid ``config.data`` field: names,
-  sizes, local text, optional packages and token files (against
-  ``config.model.vocab_size``, the embedding's rows)."""
+  """Raises ``ConfigError`` for an invalid ``config.data`` field: the shared
+  sizes, the optional package, then the selected dataset's own check (local
+  text, token files, ...)."""
   d = config.data
   errors.one_of('data.name', d.name, DATASETS)
   for field in ('batch_size', 'seq_len', 'max_bytes', 'input_dim',
                 'teacher_width', 'output_dim', 'num_train', 'modulus'):
     errors.integer(f'data.{field}', d[field], 1)
   errors.number('data.noise_std', d.noise_std, at_least=0)
-  package = DATASETS[d.name].package
-  errors.require(package is None or _installed(package), 'data.name', d.name,
-                 f'needs the optional package {package!r}: pip install -e '
-                 '".[data]" (the embedded datasets need nothing)')
-  if d.name == 'markov':
-    errors.number('data.temperature', d.temperature, above=0)
-    errors.integer('data.vocab_size', d.vocab_size, 2)
-  if d.name == 'bytes':
-    _check_text(d)
-  if d.name == 'modular':
-    errors.integer('data.modulus', d.modulus, 2)
-    errors.number('data.train_fraction', d.train_fraction, above=0, below=1)
-    errors.one_of('data.operation', d.operation, MODULAR_OPS)
-  if d.name == 'digits' and d.num_eval is not None:
-    errors.require(errors.is_int(d.num_eval) and 0 < d.num_eval < 1797,
-                   'data.num_eval', d.num_eval,
-                   'must be in (0, 1797): the digits set has 1,797 images')
-  if d.name in ('tfds', 'huggingface'):
-    errors.require(bool(d.hf_name), 'data.hf_name', d.hf_name,
-                   f'must name the dataset for data.name={d.name}')
-  if d.name == 'tokens':
-    try:
-      tokens.check(d.path, d.seq_len, config.model.vocab_size)
-    except TokenDataError as e:
-      raise errors.ConfigError(f'config.data.path={d.path!r}: {e}') from None
+  entry = DATASETS[d.name]
+  errors.require(entry.package is None or _installed(entry.package),
+                 'data.name', d.name, f'needs the optional package '
+                 f'{entry.package!r}: pip install -e ".[data]" (the embedded '
+                 'datasets need nothing)')
+  if entry.check is not None:
+    entry.check(config)
 
 
 class DataIterator:

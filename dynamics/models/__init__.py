@@ -6,7 +6,7 @@ its width and hidden matrices. `check` checks the ``config.model`` section.
 """
 
 import dataclasses
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -37,12 +37,18 @@ class Entry:
     hidden_kernels: regex of the matrices whose fan-in and fan-out both grow
       with width (muP's hidden weights).
     residual: whether it has residual branches (for Fixup / ZerO init).
+    own_fields: ``((field, default), ...)`` of ``config.model`` only this
+      model reads; every other model needs them at their default.
+    check: ``model_config -> None``, raising ``ConfigError`` for a value
+      this model cannot take (None: nothing of its own to check).
   """
   build: Callable[[Any, Any, Any, Knobs], nn.Module]
   data: Tuple[str, ...]
   width: Callable[[Any], int]
   hidden_kernels: str
   residual: bool = False
+  own_fields: Tuple[Tuple[str, Any], ...] = ()
+  check: Optional[Callable[[Any], None]] = None
 
 
 def _transformer(m, info, dtype, knobs):
@@ -87,16 +93,44 @@ def _resnet(m, info, dtype, knobs):
                 knobs=knobs)
 
 
+def _check_transformer(m):
+  errors.require(m.d_model % m.num_heads == 0, 'model.num_heads', m.num_heads,
+                 f'must divide model.d_model={m.d_model}')
+  errors.require(m.norm != 'batchnorm', 'model.norm', m.norm,
+                 'batchnorm is not supported by the transformer')
+  head_dim = m.d_model // m.num_heads
+  errors.require(m.position != 'rope' or head_dim % 2 == 0, 'model.position',
+                 m.position, 'rope needs an even head dimension, not d_model '
+                 f'/ num_heads = {head_dim}')
+
+
+def _check_mlp(m):
+  errors.require(not m.antisymmetric_init or (
+      len(m.hidden_sizes) > 0 and m.hidden_sizes[-1] % 2 == 0),
+                 'model.antisymmetric_init', m.antisymmetric_init,
+                 'needs an even last hidden width, not hidden_sizes='
+                 f'{m.hidden_sizes}')
+
+
 MODELS = {
     'transformer': Entry(
         _transformer, ('language',), lambda m: int(m.d_model),
-        r'block_\d+/(attn/(qkv|out)|mlp/(fc_in|fc_out))/kernel', True),
+        r'block_\d+/(attn/(qkv|out)|mlp/(fc_in|fc_out))/kernel',
+        residual=True,
+        own_fields=(('qk_norm', False), ('norm_position', 'pre'),
+                    ('position', 'learned'), ('mlp', 'gelu'),
+                    ('remat', 'none'), ('use_bias', True),
+                    ('vocab_size', None)),
+        check=_check_transformer),
     'mlp': Entry(_mlp, ('vector', 'image'),
-                 lambda m: int(m.hidden_sizes[0]), r'dense_[1-9]\d*/kernel'),
+                 lambda m: int(m.hidden_sizes[0]), r'dense_[1-9]\d*/kernel',
+                 own_fields=(('antisymmetric_init', False),),
+                 check=_check_mlp),
     'cnn': Entry(_cnn, ('image',), lambda m: int(m.channels[0]),
                  r'conv_[1-9]\d*/kernel'),
     'resnet': Entry(_resnet, ('image',), lambda m: int(m.channels[0]),
-                    r'stage\d+_block\d+/conv_(0|1|proj)/kernel', True),
+                    r'stage\d+_block\d+/conv_(0|1|proj)/kernel',
+                    residual=True),
 }
 
 
@@ -120,13 +154,6 @@ def build_model(model_config: Any, dataset_info: Any) -> nn.Module:
   entry = MODELS[m.name]
   return entry.build(m, dataset_info, DTYPES[m.dtype],
                      knobs_from_config(m, entry.width(m)))
-
-
-# Fields only the transformer reads, with the value every other model needs.
-_TRANSFORMER_ONLY = (('qk_norm', False), ('norm_position', 'pre'),
-                     ('position', 'learned'), ('mlp', 'gelu'),
-                     ('remat', 'none'), ('use_bias', True),
-                     ('vocab_size', None))
 
 
 def _cudnn_available() -> bool:
@@ -197,25 +224,12 @@ def check(config: Any) -> None:
                  'model.init', m.init, 'zero-initializes residual branches; '
                  f'model.name={m.name!r} has none (use '
                  f'{" or ".join(n for n, e in MODELS.items() if e.residual)})')
-  if m.antisymmetric_init:
-    errors.require(m.name == 'mlp' and len(m.hidden_sizes) > 0
-                   and m.hidden_sizes[-1] % 2 == 0, 'model.antisymmetric_init',
-                   m.antisymmetric_init, 'needs model.name=mlp with an even '
-                   f'last hidden width, not {m.name!r} with hidden_sizes='
-                   f'{m.hidden_sizes}')
-  if m.name == 'transformer':
-    errors.require(m.d_model % m.num_heads == 0, 'model.num_heads',
-                   m.num_heads, f'must divide model.d_model={m.d_model}')
-    errors.require(m.norm != 'batchnorm', 'model.norm', m.norm,
-                   'batchnorm is not supported by the transformer')
-    head_dim = m.d_model // m.num_heads
-    errors.require(m.position != 'rope' or head_dim % 2 == 0,
-                   'model.position', m.position, 'rope needs an even head '
-                   f'dimension, not d_model / num_heads = {head_dim}')
-  else:
-    for field, default in _TRANSFORMER_ONLY:
+  for name, entry in MODELS.items():
+    for field, default in entry.own_fields if name != m.name else ():
       errors.require(m[field] == default, f'model.{field}', m[field],
-                     f'applies only to model.name=transformer, not {m.name!r}')
+                     f'applies only to model.name={name}, not {m.name!r}')
+  if MODELS[m.name].check is not None:
+    MODELS[m.name].check(m)
 
 
 __all__ = ['CNN', 'DTYPES', 'DyT', 'Entry', 'INITS', 'Knobs', 'MLP', 'MLPS',
