@@ -18,6 +18,9 @@ from absl import app
 from absl import flags
 from ml_collections.config_flags import config_flags
 
+from dynamics import config_schema  # JAX-free, as this module.
+from dynamics import errors
+
 EXIT_USER_ERROR = 1
 EXIT_PREEMPTED = 75      # SIGTERM: checkpointed, resume me (EX_TEMPFAIL).
 EXIT_INTERRUPTED = 130   # Ctrl-C, as shells report SIGINT.
@@ -30,8 +33,8 @@ class UserError(Exception):
 def user_errors() -> Tuple[Type[BaseException], ...]:
   """Exception types that are the user's to fix, not bugs."""
   # pylint: disable=g-import-not-at-top
-  from dynamics import checkpoint, config_lib, runs, sharding, workdir
-  return (UserError, config_lib.ConfigError, runs.RunNotFoundError,
+  from dynamics import checkpoint, runs, sharding, workdir
+  return (UserError, errors.ConfigError, runs.RunNotFoundError,
           checkpoint.CheckpointMismatchError, sharding.DistributedEnvError,
           workdir.WorkdirError, workdir.WorkdirBusyError,
           workdir.ResumeMismatchError, FileExistsError, NotADirectoryError,
@@ -103,16 +106,21 @@ def _unknown_field(name: str, argv: Sequence[str]) -> Optional[str]:
   return None
 
 
-def _bad_value(name: str, argv: Sequence[str], reason: str) -> Optional[str]:
-  """One line for the first ``--<name>.FIELD=VALUE`` its parser refuses."""
-  for field, raw in _overrides(argv, name):
-    flag = flags.FLAGS[f'{name}.{field}'] if f'{name}.{field}' in flags.FLAGS else None
-    if flag is None:
+def _bad_value(argv: Sequence[str]) -> Optional[str]:
+  """One line for the first ``--NAME=VALUE`` whose flag's parser refuses
+  VALUE, with the parser's own reason."""
+  config_names = {f.name for f in _config_flags()}
+  for arg in argv:
+    name, sep, raw = arg[2:].partition('=')
+    if (not arg.startswith('--') or not sep or name in config_names
+        or name not in flags.FLAGS):
       continue
     try:
-      flag.parser.parse(raw)
-    except Exception:  # pylint: disable=broad-except
-      return f'Config error: {name}.{field}={raw!r}: {reason}'
+      flags.FLAGS[name].parser.parse(raw)
+    except Exception as e:  # pylint: disable=broad-except
+      if name.split('.')[0] in config_names:
+        return f'Config error: {name}={raw!r}: {_first_line(e)}'
+      return f'Flag error: --{name}={raw}: {_first_line(e)}'
   return None
 
 
@@ -128,7 +136,6 @@ def _config_file_error(name: str, argv: Sequence[str],
   """One line for an exception raised while ``--<name>=FILE`` loads (the
   file's line that raised it, and what), or None when it did not come out
   of that file."""
-  from dynamics import errors  # pylint: disable=g-import-not-at-top
   argument = _config_argument(argv, name)
   if argument is None:
     return None
@@ -159,7 +166,6 @@ def describe_flag_error(error: BaseException, argv: Sequence[str]) -> str:
   config file raised), never from the wording of absl's or ml_collections'
   messages.
   """
-  from dynamics import errors  # pylint: disable=g-import-not-at-top
   if isinstance(error, errors.ConfigError):
     return f'Config error: {_first_line(error)}'
   if isinstance(error, flags.UnrecognizedFlagError):
@@ -172,11 +178,14 @@ def describe_flag_error(error: BaseException, argv: Sequence[str]) -> str:
   if isinstance(error, config_flags.FlagOrderError):
     return f'Flag error: {_first_line(error)}'
   for flag in _config_flags():
-    line = (_unknown_field(flag.name, argv)
-            or (isinstance(error, flags.IllegalFlagValueError)
-                and _bad_value(flag.name, argv,
-                               _first_line(list(_chain(error))[-1])))
-            or _config_file_error(flag.name, argv, error))
+    line = _unknown_field(flag.name, argv)
+    if line:
+      return line
+  line = isinstance(error, flags.IllegalFlagValueError) and _bad_value(argv)
+  if line:
+    return line
+  for flag in _config_flags():
+    line = _config_file_error(flag.name, argv, error)
     if line:
       return line
   if isinstance(error, flags.Error):
@@ -188,7 +197,6 @@ def _deprecated_flat(argv: List[str]) -> Tuple[List[str], Dict[str, Dict[str, An
   """``argv`` without the deprecated ``--<config>.optimizer.FIELD=NUMBER``
   whose FIELD is a section's name now (``optimizer.momentum``), and those
   values per config flag, for `config_schema.resolve_deprecated`."""
-  from dynamics import config_schema  # pylint: disable=g-import-not-at-top
   colliding = set(config_schema.deprecated_flat_fields()) & set(
       config_schema.optimizer_sections(config_schema.defaults().optimizer))
   kept, given = [], {}
@@ -217,7 +225,6 @@ def parse_flags(argv: List[str]) -> List[str]:
   (`dynamics.config_schema.resolve_deprecated`), so every command sees the
   resolved config.
   """
-  from dynamics import config_schema, errors  # pylint: disable=g-import-not-at-top
   try:
     parsed, given = _deprecated_flat(list(argv))
     parsed = flags.FLAGS(parsed)
@@ -262,11 +269,10 @@ def run(main: Callable[[List[str]], Optional[int]],
       print(f'Flag error: unexpected arguments {argv[1 + allow_args:]} (flags are '
             '--name=value; see --help)', file=sys.stderr)
       sys.exit(EXIT_USER_ERROR)
-    from dynamics import config_lib  # pylint: disable=g-import-not-at-top
     try:
       return main(argv)
     except user_errors() as e:
-      prefix = 'Config error' if isinstance(e, config_lib.ConfigError) else 'Error'
+      prefix = 'Config error' if isinstance(e, errors.ConfigError) else 'Error'
       print(f'{prefix}: {_first_line(e)}', file=sys.stderr)
       sys.exit(EXIT_USER_ERROR)
 

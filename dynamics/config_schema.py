@@ -9,8 +9,14 @@ experiment config nor from the command line
 (``--config.optimizer.learning_rate=1e-3``), and ml_collections rejects a
 value of the wrong type, naming the field.
 
-This module imports nothing but ml_collections, so that configs and
-``--help`` load without JAX.
+Each optimizer's own hyperparameters are its section ``optimizer.<name>``
+(the name in ``dynamics.optim.OPTIMIZERS``). Their flat names of before the
+sections (``optimizer.b2``, ...) are accepted for one release:
+`resolve_deprecated` moves them into the selected optimizer's section, and
+`migrate_flat_fields` converts a run record of before the sections.
+
+This module imports nothing but ml_collections (and the plain-Python
+``dynamics.errors``), so that configs and ``--help`` load without JAX.
 """
 
 import copy

@@ -37,8 +37,9 @@ def integer(field: str, value: Any, minimum: int, *,
   """``value`` is an integer >= ``minimum`` (or None when ``optional``)."""
   if optional and value is None:
     return
+  bound = '> 0' if minimum == 1 else f'>= {minimum}'
   require(is_int(value) and value >= minimum, field, value,
-          f'must be an integer >= {minimum}' + (' or None' if optional else ''))
+          f'must be an integer {bound}' + (' or None' if optional else ''))
 
 
 def _interval(above, at_least, below, at_most) -> str:

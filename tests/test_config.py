@@ -172,7 +172,7 @@ def _set(c, **fields):
     ({'schedule.final_value': 1.0},
      'schedule.final_value=1.0: must be <= the peak optimizer.learning_rate'),
     ({'optimizer.name': 'stable_spam', 'optimizer.stable_spam.beta1_decay_steps': 0},
-     'optimizer.stable_spam.beta1_decay_steps=0: must be an integer >= 1'),
+     'optimizer.stable_spam.beta1_decay_steps=0: must be an integer > 0'),
     ({'optimizer.name': 'stable_spam', 'optimizer.stable_spam.beta1_decay_min': 2.0},
      'optimizer.stable_spam.beta1_decay_min=2.0: must be in [0, 1]'),
     ({'optimizer.name': 'adamp', 'optimizer.adamp.wd_ratio': -1.0},
@@ -258,7 +258,7 @@ def test_every_check_message_is_one_line_naming_the_field():
   assert str(err.value) == 'config.a.b=nan: must be a finite number > 0'
   with pytest.raises(errors.ConfigError) as err:
     errors.integer('a.b', True, 1)
-  assert str(err.value) == 'config.a.b=True: must be an integer >= 1'
+  assert str(err.value) == 'config.a.b=True: must be an integer > 0'
   assert config_lib.ConfigError is errors.ConfigError
 
 
