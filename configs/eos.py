@@ -63,7 +63,8 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks the config so the real code path runs in seconds."""
-  base.smoke(c, num_steps=30, log_every=5, eval_every=15, checkpoint_every=10)
+  base.smoke(c, num_steps=30, log_every=5, eval_every=15,
+             checkpoint_every=10)
   c.data.num_train = 32
   c.data.batch_size = 32
   c.model.hidden_sizes = (16, 16)

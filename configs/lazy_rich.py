@@ -96,7 +96,8 @@ def ntk(c: ml_collections.ConfigDict) -> None:
 
 def smoke(c: ml_collections.ConfigDict) -> None:
   """Shrinks the run so the real code path runs in seconds."""
-  base.smoke(c, num_steps=40, log_every=10, eval_every=20, checkpoint_every=20)
+  base.smoke(c, num_steps=40, log_every=10, eval_every=20,
+             checkpoint_every=20)
   c.model.hidden_sizes = (32,)
   c.data.num_train = 128
   c.data.batch_size = 16

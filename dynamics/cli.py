@@ -48,8 +48,9 @@ def _first_line(text: Any) -> str:
 
 def _config_flags() -> List[Any]:
   """The ml_collections config flags of this command (``--config``, ...)."""
-  return [f for f in flags.FLAGS._flags().values()  # pylint: disable=protected-access
-          if isinstance(f, config_flags._ConfigFlag)]  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  return [f for f in flags.FLAGS._flags().values()
+          if isinstance(f, config_flags._ConfigFlag)]
 
 
 def _overrides(argv: Sequence[str], name: str) -> List[Tuple[str, str]]:
@@ -193,7 +194,8 @@ def describe_flag_error(error: BaseException, argv: Sequence[str]) -> str:
   return f'Flag error: {type(error).__name__}: {_first_line(error)}'
 
 
-def _deprecated_flat(argv: List[str]) -> Tuple[List[str], Dict[str, Dict[str, Any]]]:
+def _deprecated_flat(argv: List[str]
+                     ) -> Tuple[List[str], Dict[str, Dict[str, Any]]]:
   """``argv`` without the deprecated ``--<config>.optimizer.FIELD=NUMBER``
   whose FIELD is a section's name now (``optimizer.momentum``), and those
   values per config flag, for `config_schema.resolve_deprecated`."""

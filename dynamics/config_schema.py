@@ -317,7 +317,8 @@ def migrate_flat_fields(record: Mapping[str, Any]) -> Dict[str, Any]:
   flat = {k: opt.pop(k) for k in list(opt)
           if k in flat_names and not isinstance(opt[k], Mapping)}
   name = opt.get('name')
-  section_fields = {n: tuple(s) for n, s in optimizer_sections(declared).items()}
+  section_fields = {n: tuple(s)
+                    for n, s in optimizer_sections(declared).items()}
   if name in section_fields and any(v is not None for v in flat.values()):
     opt[name] = dict(opt.get(name) or {})
   _move_flat(opt, flat, section_fields)

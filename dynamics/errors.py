@@ -16,7 +16,8 @@ class ConfigError(ValueError):
 
 
 def require(ok: bool, field: str, value: Any, requirement: str) -> None:
-  """Raises ``ConfigError('config.<field>=<value!r>: <requirement>')`` unless ``ok``."""
+  """Raises ``ConfigError('config.<field>=<value!r>: <requirement>')``
+  unless ``ok``."""
   if not ok:
     raise ConfigError(f'config.{field}={value!r}: {requirement}')
 

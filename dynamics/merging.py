@@ -46,8 +46,9 @@ def check(config) -> None:
   mg = config.merge
   errors.integer('merge.interval', mg.interval, 1, optional=True)
   if mg.window is not None:
-    errors.require(errors.is_int(mg.window) and 0 < mg.window <= config.num_steps,
-                   'merge.window', mg.window,
+    errors.require(errors.is_int(mg.window)
+                   and 0 < mg.window <= config.num_steps, 'merge.window',
+                   mg.window,
                    f'must be an integer in (0, num_steps={config.num_steps}]')
   errors.one_of('merge.shape', mg.shape, MERGE_SHAPES)
 

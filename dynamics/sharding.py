@@ -85,8 +85,9 @@ def check(config: ml_collections.ConfigDict, device_count: int) -> None:
   devices and the global batch splits over it."""
   mesh, batch_size = config.mesh, config.data.batch_size
   errors.integer('mesh.fsdp', mesh.fsdp, 1)
-  errors.require(mesh.data == -1 or (errors.is_int(mesh.data) and mesh.data >= 1),
-                 'mesh.data', mesh.data, 'must be -1 (all devices) or >= 1')
+  errors.require(
+      mesh.data == -1 or (errors.is_int(mesh.data) and mesh.data >= 1),
+      'mesh.data', mesh.data, 'must be -1 (all devices) or >= 1')
   errors.integer('mesh.fsdp_min_size', mesh.fsdp_min_size, 1)
   try:
     data, fsdp = mesh_shape(mesh, device_count)

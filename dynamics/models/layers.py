@@ -116,7 +116,7 @@ def make_norm(kind: str, name: str, *, train: bool = False,
 def output_head(x: jax.Array, num_outputs: int, knobs: 'Knobs', *,
                 dtype: Any = jnp.float32, output_scale: float = 1.0,
                 use_bias: bool = True,
-                init: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
+                init: Optional[Callable[..., Dict[str, Any]]] = None
                 ) -> jax.Array:
   """The readout of the MLP and the CNNs: a Dense named ``head`` (muP's
   output layer, ``knobs.linear('output', ...)``; ``init`` may rewrite its

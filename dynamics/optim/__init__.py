@@ -224,7 +224,8 @@ def _check_sam(s: Any) -> None:
 
 def check(config: ml_collections.ConfigDict) -> None:
   """Raises ``ConfigError`` for an invalid ``config.optimizer`` field: the
-  shared ones, the selected optimizer's section (its entry's check) and SAM's."""
+  shared ones, the selected optimizer's section (its entry's check) and
+  SAM's."""
   o = config.optimizer
   errors.one_of('optimizer.name', o.name, OPTIMIZERS)
   errors.number('optimizer.learning_rate', o.learning_rate, above=0)
