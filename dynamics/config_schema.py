@@ -282,10 +282,21 @@ def resolve_deprecated(config: ml_collections.ConfigDict,
   Returns:
     One line per moved field, the deprecation notice to show.
   """
-  o = config.optimizer
-  flat = {k: o[k] for k in _flat_fields(o)
-          if k in o and not isinstance(o[k], ml_collections.ConfigDict)}
-  flat.update(given or {})
+  return resolve_deprecated_optimizer(config.optimizer, given)
+
+
+def set_flat_fields(opt_config: Any) -> Dict[str, Any]:
+  """``{field: value}`` of the deprecated flat fields set in ``opt_config``."""
+  return {k: opt_config[k] for k in _flat_fields(opt_config)
+          if k in opt_config and opt_config[k] is not None
+          and not isinstance(opt_config[k], ml_collections.ConfigDict)}
+
+
+def resolve_deprecated_optimizer(o: Any,
+                                 given: Optional[Mapping[str, Any]] = None
+                                 ) -> List[str]:
+  """`resolve_deprecated` of the optimizer section ``o`` alone."""
+  flat = {**set_flat_fields(o), **(given or {})}
   sections = optimizer_sections(o)
   notices = _move_flat({'name': o.name, **sections}, flat,
                        {n: tuple(s) for n, s in sections.items()})

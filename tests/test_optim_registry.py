@@ -107,3 +107,16 @@ def test_a_section_check_names_the_section_field():
   c.optimizer.sgdp.momentum = 0.9
   c.optimizer.adamp.delta = -1.0  # Not selected: not checked.
   optim.check(c)
+
+
+def test_a_flat_field_applies_without_validate(caplog):
+  """A config built straight into a `Run` (no `validate`) still honours a
+  deprecated flat field, with the notice, and is left unchanged."""
+  c = base.get_config().optimizer
+  c.name, c.b2 = 'adamw', 0.5
+  assert optim.hyperparameters(c).b2 == 0.5
+  assert c.adamw.b2 == 0.95 and c.b2 == 0.5
+  assert any('optimizer.b2 is deprecated' in r.getMessage()
+             for r in caplog.records)
+  _assert_same(_updates(optim.build_optimizer(c, 0.1)), _updates(optax.adamw(
+      0.1, b2=0.5, weight_decay=0.0, mask=optim.weight_decay_mask('matrices'))))

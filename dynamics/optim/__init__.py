@@ -19,7 +19,9 @@ from typing import Any, Callable, Dict, Optional
 import jax
 import ml_collections
 import optax
+from absl import logging
 
+from dynamics import config_schema
 from dynamics import errors
 from dynamics.config_schema import migrate_flat_fields
 from dynamics.optim.adamp import adamp, sgdp
@@ -173,12 +175,20 @@ def hyperparameters(opt_config: Any) -> ml_collections.ConfigDict:
   """The selected optimizer's own section, ``opt_config[opt_config.name]``
   (empty for an optimizer without one, e.g. sgd).
 
+  Deprecated flat fields still set (a config built without `validate`,
+  which moves them) apply too, with a warning: the section comes back as a
+  copy holding them.
+
   Example:
     >>> from dynamics import config_schema
     >>> hyperparameters(config_schema.defaults().optimizer).b2   # adamw's
     0.95
   """
   _entry(opt_config.name)
+  if config_schema.set_flat_fields(opt_config):
+    opt_config = ml_collections.ConfigDict(opt_config.to_dict())
+    for notice in config_schema.resolve_deprecated_optimizer(opt_config):
+      logging.warning(notice)
   if opt_config.name in opt_config:
     return opt_config[opt_config.name]
   return ml_collections.ConfigDict()
