@@ -21,18 +21,22 @@ def min_text_bytes(seq_len: int) -> int:
   return 20 * (seq_len + 1)
 
 
-def text_files(root: pathlib.Path) -> Iterator[pathlib.Path]:
-  """The ``*.py``, ``*.txt`` and ``*.md`` files under ``root``, sorted."""
-  for path in sorted(root.rglob('*')):
+def text_files(root: pathlib.Path, ordered: bool = True
+               ) -> Iterator[pathlib.Path]:
+  """The ``*.py``, ``*.txt`` and ``*.md`` files under ``root`` (sorted, or
+  in directory order)."""
+  paths = root.rglob('*')
+  for path in sorted(paths) if ordered else paths:
     if path.suffix in ('.py', '.txt', '.md') and path.is_file():
       yield path
 
 
 def text_bytes(text_dir: Optional[str], limit: int) -> int:
-  """Bytes of text ``ByteText.from_directory`` would read from ``text_dir``,
-  counted (from file sizes) up to ``limit``."""
+  """Bytes of text ``ByteText.from_directory`` can read from ``text_dir``,
+  counted (from file sizes, in any order: a total) up to ``limit``."""
   total = 0
-  for path in text_files(pathlib.Path(text_dir or default_text_dir())):
+  for path in text_files(pathlib.Path(text_dir or default_text_dir()),
+                         ordered=False):
     total += path.stat().st_size
     if total >= limit:
       return limit
