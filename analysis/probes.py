@@ -33,6 +33,7 @@ from jax.flatten_util import ravel_pytree
 from analysis import hessian
 from analysis import ntk as ntk_lib
 from dynamics import config_lib, runs
+from dynamics import optim as optim_lib
 from dynamics.probes import Probe
 from dynamics.step import TrainState
 from dynamics.types import Batch, LossFn, PyTree
@@ -89,16 +90,18 @@ def from_config(config: ml_collections.ConfigDict) -> List[Probe]:
   Raises:
     ConfigError: a value a probe refuses (the message names the field).
   """
+  config_lib.check_analysis(config)
   a, out = config.analysis, []
   if a.sharpness_every is not None or a.trace_every is not None:
-    sources = {'eval': held_out, 'train': training}
+    sources = {'eval': held_out, 'train': training}  # analysis.sharpness_data
     if a.sharpness_data not in sources:
       raise config_lib.ConfigError(
           f'config.analysis.sharpness_data={a.sharpness_data!r}: must be one '
           f'of {", ".join(sources)}')
     with _fields(every='sharpness_every', trace_every='trace_every',
                  num_iters='sharpness_iters', num_batches='sharpness_batches'):
-      b2, eps = config.optimizer.b2, config.optimizer.eps  # Adam-type's.
+      hyper = optim_lib.hyperparameters(config.optimizer)  # Adam-type's.
+      b2, eps = hyper.get('b2'), hyper.get('eps', 1e-8)
       out.append(SharpnessProbe(
           a.sharpness_every, trace_every=a.trace_every,
           batches=sources[a.sharpness_data](a.sharpness_batches),

@@ -35,10 +35,10 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c.data.batch_size = 64
   c.optimizer.name = 'adamp'
   c.optimizer.learning_rate = 3e-3
-  c.optimizer.b2 = 0.999
+  c.optimizer.adamp.b2 = 0.999
   c.optimizer.weight_decay = 1e-2
-  c.optimizer.delta = 0.1
-  c.optimizer.wd_ratio = 0.1
+  c.optimizer.adamp.delta = 0.1
+  c.optimizer.adamp.wd_ratio = 0.1
   c.schedule.name = 'cosine'
   c.schedule.warmup_steps = 30
   c.checkpoint.every_steps = 200
@@ -47,13 +47,9 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks the config so the real code path runs in seconds."""
-  c.num_steps = 20
-  c.log_every = 5
-  c.eval_every = 10
-  c.eval_batches = 1
+  base.smoke(c, num_steps=20, log_every=5, eval_every=10, eval_batches=1,
+             checkpoint_every=10)
   c.model.channels = (4, 8)
   c.data.batch_size = 16
   c.schedule.warmup_steps = 2
-  c.checkpoint.every_steps = 10
-  c.progress = False
   return c

@@ -63,14 +63,11 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks the config so the real code path runs in seconds."""
-  c.num_steps = 30
-  c.log_every = 5
-  c.eval_every = 15
+  base.smoke(c, num_steps=30, log_every=5, eval_every=15,
+             checkpoint_every=10)
   c.data.num_train = 32
   c.data.batch_size = 32
   c.model.hidden_sizes = (16, 16)
   c.analysis.sharpness_every = 5
   c.analysis.sharpness_iters = 10
-  c.checkpoint.every_steps = 10
-  c.progress = False
   return c

@@ -58,7 +58,8 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c.data.seq_len = 1024
   c.data.batch_size = 512
   o = c.optimizer
-  o.name, o.learning_rate, o.b1, o.b2, o.eps = 'adamw', 6e-4, 0.9, 0.95, 1e-8
+  o.name, o.learning_rate = 'adamw', 6e-4
+  o.adamw.b1, o.adamw.b2, o.adamw.eps = 0.9, 0.95, 1e-8
   o.weight_decay, o.weight_decay_mask, o.clip_norm = 0.1, 'matrices', 1.0
   sc = c.schedule
   sc.name, sc.warmup_steps = 'wsd', 700
@@ -70,16 +71,12 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A tiny GPT, a few steps: the real code path in seconds."""
   c.name += '_smoke'
-  c.num_steps = 8
-  c.log_every = 2
-  c.eval_every = 4
-  c.eval_batches = 1
+  base.smoke(c, num_steps=8, log_every=2, eval_every=4, eval_batches=1,
+             checkpoint_every=4)
   c.model.d_model, c.model.num_layers, c.model.num_heads = 32, 2, 2
   c.model.max_len = 16
   c.model.vocab_size = None        # The prepared data's vocabulary.
   c.data.seq_len = 16
   c.data.batch_size = 8
   c.schedule.warmup_steps = 2
-  c.checkpoint.every_steps = 4
-  c.progress = False
   return c

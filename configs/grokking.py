@@ -53,7 +53,7 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c.data.batch_size = 1024          # >= 480 training pairs: full batch.
   c.optimizer.name = 'adamw'
   c.optimizer.learning_rate = 1e-2
-  c.optimizer.b2 = 0.99
+  c.optimizer.adamw.b2 = 0.99
   c.optimizer.weight_decay = 1.0
   c.optimizer.weight_decay_mask = 'all'
   c.schedule.name = 'constant'
@@ -83,9 +83,7 @@ def orthograd(c: ml_collections.ConfigDict) -> None:
 
 
 def smoke(c: ml_collections.ConfigDict) -> None:
-  c.num_steps, c.log_every, c.eval_every = 20, 5, 10
-  c.checkpoint.every_steps = 10
-  c.progress = False
+  base.smoke(c, num_steps=20, log_every=5, eval_every=10, checkpoint_every=10)
 
 
 def smoke_sweep(c: ml_collections.ConfigDict) -> None:

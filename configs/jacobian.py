@@ -42,7 +42,7 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c.data.num_eval = 197
   c.optimizer.name = 'momentum'
   c.optimizer.learning_rate = 0.1
-  c.optimizer.momentum = 0.9
+  c.optimizer.momentum.momentum = 0.9
   c.optimizer.weight_decay = 0.0
   c.schedule.name = 'cosine'
   c.schedule.warmup_steps = 0
@@ -52,8 +52,7 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks the run so the real code path runs in seconds."""
-  c.num_steps = 20
-  c.eval_every = 10
+  base.smoke(c, num_steps=20, eval_every=10)
   c.model.hidden_sizes = (8,)
   c.data.batch_size = 16
   return c

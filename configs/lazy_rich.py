@@ -96,13 +96,11 @@ def ntk(c: ml_collections.ConfigDict) -> None:
 
 def smoke(c: ml_collections.ConfigDict) -> None:
   """Shrinks the run so the real code path runs in seconds."""
-  c.num_steps = 40
-  c.log_every = 10
-  c.eval_every = 20
+  base.smoke(c, num_steps=40, log_every=10, eval_every=20,
+             checkpoint_every=20)
   c.model.hidden_sizes = (32,)
   c.data.num_train = 128
   c.data.batch_size = 16
-  c.checkpoint.every_steps = 20
   c.checkpoint.keep_steps = ()
   c.checkpoint.async_save = False
   c.analysis.ntk_every = 20

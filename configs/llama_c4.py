@@ -126,7 +126,8 @@ def _warmup(c: ml_collections.ConfigDict) -> None:
 def adam(c: ml_collections.ConfigDict) -> None:
   """GaLore's full-rank baseline: Adam, no weight decay, no clipping."""
   o = c.optimizer
-  o.name, o.learning_rate, o.b1, o.b2 = 'adam', 1e-3, 0.9, 0.999
+  o.name, o.learning_rate = 'adam', 1e-3
+  o.adam.b1, o.adam.b2 = 0.9, 0.999
   o.weight_decay, o.clip_norm = 0.0, None
   _warmup(c)
 
@@ -134,8 +135,10 @@ def adam(c: ml_collections.ConfigDict) -> None:
 def stable_spam(c: ml_collections.ConfigDict) -> None:
   """Stable-SPAM with its released scripts' hyperparameters."""
   o = c.optimizer
-  o.name, o.learning_rate, o.b1, o.b2 = 'stable_spam', 4e-4, 0.9, 0.999
-  o.gamma1, o.gamma2, o.theta, o.reset_interval = 0.7, 0.9, 0.999, 500
+  o.name, o.learning_rate = 'stable_spam', 4e-4
+  s = o.stable_spam
+  s.b1, s.b2, s.gamma1, s.gamma2, s.theta = 0.9, 0.999, 0.7, 0.9, 0.999
+  s.reset_interval = 500
   o.weight_decay, o.clip_norm = 0.0, None
   c.name += '_stable_spam'
   _warmup(c)

@@ -66,7 +66,4 @@ def width(c: ml_collections.ConfigDict, value: str) -> None:
 
 
 def smoke(c: ml_collections.ConfigDict) -> None:
-  c.num_steps = 3
-  c.checkpoint.every_steps = 3
-  c.eval_every = 3
-  c.progress = False
+  base.smoke(c, num_steps=3, eval_every=3, checkpoint_every=3)

@@ -59,9 +59,8 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks everything so the reproduction's smoke test runs in seconds."""
-  c.num_steps = 400
-  c.eval_every = 25
-  c.eval_batches = 4
+  base.smoke(c, num_steps=400, eval_every=25, eval_batches=4,
+             checkpoint_every=100)
   c.model.d_model = 32
   c.model.num_layers = 1
   c.model.num_heads = 2
@@ -72,8 +71,6 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.optimizer.learning_rate = 0.06  # A high plateau: the decay shows in 400 steps.
   c.schedule.warmup_steps = 25
   c.schedule.budgets = (200, 400)
-  c.checkpoint.every_steps = 100
   c.merge.interval = 25
   c.merge.window = 100
-  c.progress = False
   return c

@@ -33,7 +33,7 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c.optimizer = base.get_config().optimizer
   c.optimizer.name = 'momentum'
   c.optimizer.learning_rate = 0.05
-  c.optimizer.momentum = 0.9
+  c.optimizer.momentum.momentum = 0.9
   c.optimizer.sam.rho = 0.05
   c.optimizer.sam.mask = 'all'
   return base.apply_variants(c, arg, {'smoke': smoke}, 'configs/sam.py')

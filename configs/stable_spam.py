@@ -27,9 +27,9 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c.eval_batches = 4
   c.optimizer.name = 'stable_spam'
   c.optimizer.learning_rate = 3e-3
-  c.optimizer.b2 = 0.999
+  c.optimizer.stable_spam.b2 = 0.999
   c.optimizer.clip_norm = None  # Stable-SPAM clips adaptively itself.
-  c.optimizer.reset_interval = 500
+  c.optimizer.stable_spam.reset_interval = 500
   c.schedule.name = 'cosine'
   return base.apply_variants(c, arg, {'smoke': smoke}, 'configs/stable_spam.py')
 
@@ -37,10 +37,8 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The main job's smoke size, with two momentum resets."""
   wsd.smoke(c)
-  c.num_steps = 20
-  c.eval_every = 10
-  c.eval_batches = 1
+  base.smoke(c, num_steps=20, eval_every=10, eval_batches=1)
   c.model.max_len = 16
-  c.optimizer.reset_interval = 8  # Crosses two resets.
+  c.optimizer.stable_spam.reset_interval = 8  # Crosses two resets.
   c.schedule.warmup_steps = 2
   return c

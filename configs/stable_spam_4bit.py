@@ -53,7 +53,7 @@ def adam(c: ml_collections.ConfigDict) -> None:
   """The baseline: AdamW with the same quantization."""
   c.name = 'stable_spam_4bit_adam'
   c.optimizer.name = 'adamw'
-  c.optimizer.b2 = 0.999
+  c.optimizer.adamw.b2 = 0.999
 
 
 def fp4(c: ml_collections.ConfigDict) -> None:

@@ -58,10 +58,8 @@ def _smoke_run(c: ml_collections.ConfigDict) -> None:
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks a config so the real code path runs in seconds."""
-  c.num_steps = 40
-  c.log_every = 5
-  c.eval_every = 20
-  c.eval_batches = 2
+  base.smoke(c, num_steps=40, log_every=5, eval_every=20, eval_batches=2,
+             checkpoint_every=10)
   c.model.d_model = 32
   c.model.num_layers = 2
   c.model.num_heads = 2
@@ -70,6 +68,4 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.data.seq_len = 16
   c.data.batch_size = 8
   c.schedule.warmup_steps = 5
-  c.checkpoint.every_steps = 10
-  c.progress = False
   return c

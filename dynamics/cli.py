@@ -5,14 +5,21 @@ one line and exits 1; an interruption says where it stopped; only a bug prints
 a traceback. Commands call `run(main)` instead of ``absl.app.run(main)``.
 """
 
+import ast
 import difflib
-import re
+import os
 import runpy
 import sys
-from typing import Callable, List, Optional, Sequence, Tuple, Type
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
+import ml_collections
 from absl import app
 from absl import flags
+from ml_collections.config_flags import config_flags
+
+from dynamics import config_schema  # JAX-free, as this module.
+from dynamics import errors
 
 EXIT_USER_ERROR = 1
 EXIT_PREEMPTED = 75      # SIGTERM: checkpointed, resume me (EX_TEMPFAIL).
@@ -26,113 +33,218 @@ class UserError(Exception):
 def user_errors() -> Tuple[Type[BaseException], ...]:
   """Exception types that are the user's to fix, not bugs."""
   # pylint: disable=g-import-not-at-top
-  from dynamics import checkpoint, config_lib, runs, sharding, workdir
-  return (UserError, config_lib.ConfigError, runs.RunNotFoundError,
+  from dynamics import checkpoint, runs, sharding, workdir
+  return (UserError, errors.ConfigError, runs.RunNotFoundError,
           runs.RunFileError, checkpoint.CheckpointMismatchError,
           sharding.DistributedEnvError, workdir.WorkdirError,
           workdir.WorkdirBusyError, workdir.ResumeMismatchError,
           FileExistsError, NotADirectoryError, PermissionError)
 
 
-def _first_line(text: str) -> str:
+def _first_line(text: Any) -> str:
   lines = [l.strip() for l in str(text).splitlines() if l.strip()]
   return lines[0] if lines else ''
 
 
-def _config_field(argv: Sequence[str], name: str) -> Optional[str]:
-  """The ``config.a.b`` prefix of an override in ``argv`` up to part ``name``."""
-  for arg in argv:
-    m = re.match(r'--(config\.[\w.]+)', arg)
-    if m and name in m.group(1).split('.')[1:]:
-      parts = m.group(1).split('.')
-      return '.'.join(parts[:parts.index(name, 1) + 1])
-  return None
+def _config_flags() -> List[Any]:
+  """The ml_collections config flags of this command (``--config``, ...)."""
+  # pylint: disable=protected-access
+  return [f for f in flags.FLAGS._flags().values()
+          if isinstance(f, config_flags._ConfigFlag)]
 
 
-def _config_value(name: str, argv: Sequence[str]):
-  """The config of flag ``--name``: parsed, or loaded from ``argv`` again."""
+def _overrides(argv: Sequence[str], name: str) -> List[Tuple[str, str]]:
+  """``(field, raw value)`` of each ``--<name>.FIELD=VALUE`` in ``argv``."""
+  prefix = f'--{name}.'
+  return [tuple(a[len(prefix):].partition('=')[::2]) for a in argv
+          if a.startswith(prefix)]
+
+
+def _config_argument(argv: Sequence[str], name: str) -> Optional[str]:
+  """The raw ``--<name>=PATH[:ARG]`` value in ``argv``."""
+  values = [a[len(name) + 3:] for a in argv if a.startswith(f'--{name}=')]
+  return values[-1] if values else None
+
+
+def _load_config(name: str, argv: Sequence[str]) -> Any:
+  """The config of flag ``--name``: parsed, or loaded from ``argv`` again
+  (without the overrides)."""
   value = flags.FLAGS[name].value if name in flags.FLAGS else None
   if value is not None:
     return value
-  for arg in argv:
-    if arg.startswith(f'--{name}='):
-      path, _, variant = arg[len(name) + 3:].partition(':')
-      get_config = runpy.run_path(path)['get_config']
-      return get_config(variant) if variant else get_config()
+  path, _, variant = (_config_argument(argv, name) or '').partition(':')
+  get_config = runpy.run_path(path)['get_config']
+  return get_config(variant) if variant else get_config()
+
+
+def _declared(config: Any, field: str) -> Tuple[bool, List[str]]:
+  """Whether ``field`` ('a.b.c') is declared in ``config``; else the fields
+  declared where it departs."""
+  node = config
+  for part in field.split('.'):
+    if not hasattr(node, 'keys'):
+      return True, []  # Below a leaf: a value, not a field, is wrong.
+    if part not in node:
+      return False, sorted(node.keys())
+    node = node[part]
+  return True, []
+
+
+def _unknown_field(name: str, argv: Sequence[str]) -> Optional[str]:
+  """One line for the first ``--<name>.FIELD`` not declared, or None."""
+  try:
+    config = _load_config(name, argv)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  for field, _ in _overrides(argv, name):
+    declared, siblings = _declared(config, field)
+    if not declared:
+      close = difflib.get_close_matches(field.split('.')[-1], siblings, n=3)
+      hint = (f'; did you mean {", ".join(close)}?' if close else
+              f'; fields here: {", ".join(siblings)}')
+      return (f'Config error: {name}.{field}: unknown field (not declared in '
+              f'dynamics/config_schema.py){hint}')
   return None
 
 
-def _siblings(field: str, argv: Sequence[str]) -> List[str]:
-  """The fields declared next to ``config.a.b`` (those of ``config.a``)."""
-  try:
-    node = _config_value(field.split('.')[0], argv)
-    for part in field.split('.')[1:-1]:
-      node = node[part]
-    return sorted(node.keys())
-  except Exception:  # pylint: disable=broad-except
-    return []
+def _bad_value(argv: Sequence[str]) -> Optional[str]:
+  """One line for the first ``--NAME=VALUE`` whose flag's parser refuses
+  VALUE, with the parser's own reason."""
+  config_names = {f.name for f in _config_flags()}
+  for arg in argv:
+    name, sep, raw = arg[2:].partition('=')
+    if (not arg.startswith('--') or not sep or name in config_names
+        or name not in flags.FLAGS):
+      continue
+    try:
+      flags.FLAGS[name].parser.parse(raw)
+    except Exception as e:  # pylint: disable=broad-except
+      if name.split('.')[0] in config_names:
+        return f'Config error: {name}={raw!r}: {_first_line(e)}'
+      return f'Flag error: --{name}={raw}: {_first_line(e)}'
+  return None
 
 
-def _unknown_field(field: str, argv: Sequence[str]) -> str:
-  siblings = _siblings(field, argv)
-  close = difflib.get_close_matches(field.split('.')[-1], siblings, n=3)
-  hint = (f'; did you mean {", ".join(close)}?' if close else
-          f'; fields here: {", ".join(siblings)}' if siblings else '')
-  return (f'Config error: {field}: unknown field (not declared in '
-          f'dynamics/config_schema.py){hint}')
+def _chain(error: BaseException):
+  """``error``, then what it was raised from or while handling, in turn."""
+  while error is not None:
+    yield error
+    error = error.__cause__ or error.__context__
+
+
+def _config_file_error(name: str, argv: Sequence[str],
+                       error: BaseException) -> Optional[str]:
+  """One line for an exception raised while ``--<name>=FILE`` loads (the
+  file's line that raised it, and what), or None when it did not come out
+  of that file."""
+  argument = _config_argument(argv, name)
+  if argument is None:
+    return None
+  path = argument.partition(':')[0]
+  if not os.path.isfile(path):
+    return f'Config error: --{name}={path}: no such config file'
+  for raised in _chain(error):
+    frames = [f for f in traceback.extract_tb(raised.__traceback__)
+              if os.path.abspath(f.filename) == os.path.abspath(path)]
+    if not frames:
+      continue
+    if isinstance(raised, errors.ConfigError):  # The file's own message.
+      return f'Config error: --{name}={argument}: {_first_line(raised)}'
+    where = f'{path}:{frames[-1].lineno} ({frames[-1].line})'
+    if isinstance(raised, (KeyError, AttributeError)):
+      return (f'Config error: {where}: sets or reads a field not declared in '
+              'dynamics/config_schema.py')
+    return (f'Config error: {where}: {type(raised).__name__}: '
+            f'{_first_line(raised)}')
+  return None
 
 
 def describe_flag_error(error: BaseException, argv: Sequence[str]) -> str:
-  """One line for a flag-parsing error, naming the flag or config field."""
-  text = str(error).strip()
-  if isinstance(error, KeyError) and len(error.args) == 1:
-    text = str(error.args[0])
-  m = re.search(r"Unknown command line flag '([^']+)'", text)
-  if m:
-    name = m.group(1)
-    if name.startswith('config.'):
-      return _unknown_field(name, argv)
-    close = difflib.get_close_matches(name, list(flags.FLAGS), n=3)
+  """One line for a flag-parsing error, naming the flag or config field.
+
+  The line comes from the exception's type and from ``argv`` (which override
+  names no declared field, which value its parser refuses, which line of the
+  config file raised), never from the wording of absl's or ml_collections'
+  messages.
+  """
+  if isinstance(error, errors.ConfigError):
+    return f'Config error: {_first_line(error)}'
+  if isinstance(error, flags.UnrecognizedFlagError):
+    if error.flagname.startswith(tuple(f'{f.name}.' for f in _config_flags())):
+      return (f'Config error: {error.flagname}: unknown field (not declared '
+              'in dynamics/config_schema.py)')
+    close = difflib.get_close_matches(error.flagname, list(flags.FLAGS), n=3)
     hint = f'; did you mean {", ".join("--" + c for c in close)}?' if close else ''
-    return f'Flag error: --{name}: unknown flag{hint} (see --help)'
-  if 'No such file' in text or 'Errno 2' in text:
-    paths = re.findall(r"No such file or directory: '([^']+)'", text)
-    return (f'Config error: --config={paths[0] if paths else "?"}: no such '
-            'config file')
-  m = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', text)
-  if m:
-    field = _config_field(argv, m.group(2)) or m.group(2)
-    return (f'Config error: {field}: unknown field (not declared in '
-            f'dynamics/config_schema.py); did you mean {m.group(1)}?')
-  if isinstance(error, (AttributeError, KeyError)):
-    name = _first_line(text).strip("'\"")
-    field = _config_field(argv, name)
-    if field is not None:
-      return _unknown_field(field, argv)
-  if 'unknown variant' in text:
-    line = [l for l in text.splitlines() if 'unknown variant' in l][-1]
-    return 'Config error: ' + line.strip().split('Error: ')[-1]
-  m = re.match(r'flag --(config\.[\w.]+)=(.*?): (.*)', _first_line(text))
-  if m:
-    return f'Config error: {m.group(1)}={m.group(2)!r}: {m.group(3)}'
-  m = re.match(r'flag --([\w.]+)=(.*?): (.*)', _first_line(text))
-  if m:
-    return f'Flag error: --{m.group(1)}={m.group(2)}: {m.group(3)}'
-  if isinstance(error, flags.IllegalFlagValueError) or 'required' in text:
-    return f'Flag error: {_first_line(text)}'
-  return f'Flag error: {type(error).__name__}: {_first_line(text)}'
+    return f'Flag error: --{error.flagname}: unknown flag{hint} (see --help)'
+  if isinstance(error, config_flags.FlagOrderError):
+    return f'Flag error: {_first_line(error)}'
+  for flag in _config_flags():
+    line = _unknown_field(flag.name, argv)
+    if line:
+      return line
+  line = isinstance(error, flags.IllegalFlagValueError) and _bad_value(argv)
+  if line:
+    return line
+  for flag in _config_flags():
+    line = _config_file_error(flag.name, argv, error)
+    if line:
+      return line
+  if isinstance(error, flags.Error):
+    return f'Flag error: {_first_line(error)}'
+  return f'Flag error: {type(error).__name__}: {_first_line(error)}'
+
+
+def _deprecated_flat(argv: List[str]
+                     ) -> Tuple[List[str], Dict[str, Dict[str, Any]]]:
+  """``argv`` without the deprecated ``--<config>.optimizer.FIELD=NUMBER``
+  whose FIELD is a section's name now (``optimizer.momentum``), and those
+  values per config flag, for `config_schema.resolve_deprecated`."""
+  colliding = set(config_schema.deprecated_flat_fields()) & set(
+      config_schema.optimizer_sections(config_schema.defaults().optimizer))
+  kept, given = [], {}
+  names = [f.name for f in _config_flags()]
+  for arg in argv:
+    for name in names:
+      field, _, raw = arg[len(f'--{name}.optimizer.'):].partition('=')
+      if arg.startswith(f'--{name}.optimizer.') and field in colliding:
+        try:
+          value = ast.literal_eval(raw)
+        except (SyntaxError, ValueError):
+          value = raw
+        if not isinstance(value, dict):
+          given.setdefault(name, {})[field] = value
+          break
+    else:
+      kept.append(arg)
+  return kept, given
 
 
 def parse_flags(argv: List[str]) -> List[str]:
-  """absl's parser; a bad flag or config field prints one line and exits 1."""
+  """absl's parser; a bad flag or config field prints one line and exits 1.
+
+  Deprecated flat optimizer fields (``--config.optimizer.b2=0.99``) are
+  moved into the selected optimizer's section here, one warning line each
+  (`dynamics.config_schema.resolve_deprecated`), so every command sees the
+  resolved config.
+  """
   try:
-    argv = flags.FLAGS(argv)
-    for flag in flags.FLAGS._flags().values():  # pylint: disable=protected-access
+    parsed, given = _deprecated_flat(list(argv))
+    parsed = flags.FLAGS(parsed)
+    for flag in _config_flags():
       # ml_collections loads config files lazily: load them now, so that a
       # bad file fails here, in one line, not at first use.
-      if 'ConfigFlag' in type(flag).__name__ and flag.value is not None:
-        flag.value.keys()
-    return argv
+      if flag.value is None:
+        continue
+      flag.value.keys()  # A file that failed to load raises here.
+      if not isinstance(flag.value, ml_collections.ConfigDict):
+        raise errors.ConfigError(
+            f'--{flag.name}={_config_argument(argv, flag.name)}: get_config() '
+            f'returned a {type(flag.value).__name__}, not the ConfigDict of '
+            'configs/base.py:get_config()')
+      for notice in config_schema.resolve_deprecated(
+          flag.value, given.get(flag.name)):
+        print(f'Warning: {notice}', file=sys.stderr)
+    return parsed
   except Exception as e:  # pylint: disable=broad-except
     # ml_collections raises AttributeError / KeyError / ValueError for a bad
     # config file or field, absl its own flags.Error.
@@ -159,11 +271,10 @@ def run(main: Callable[[List[str]], Optional[int]],
       print(f'Flag error: unexpected arguments {argv[1 + allow_args:]} (flags are '
             '--name=value; see --help)', file=sys.stderr)
       sys.exit(EXIT_USER_ERROR)
-    from dynamics import config_lib  # pylint: disable=g-import-not-at-top
     try:
       return main(argv)
     except user_errors() as e:
-      prefix = 'Config error' if isinstance(e, config_lib.ConfigError) else 'Error'
+      prefix = 'Config error' if isinstance(e, errors.ConfigError) else 'Error'
       print(f'{prefix}: {_first_line(e)}', file=sys.stderr)
       sys.exit(EXIT_USER_ERROR)
 

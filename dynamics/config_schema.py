@@ -9,12 +9,32 @@ experiment config nor from the command line
 (``--config.optimizer.learning_rate=1e-3``), and ml_collections rejects a
 value of the wrong type, naming the field.
 
-This module imports nothing but ml_collections, so that configs and
-``--help`` load without JAX.
+Each optimizer's own hyperparameters are its section ``optimizer.<name>``
+(the name in ``dynamics.optim.OPTIMIZERS``). Their flat names of before the
+sections (``optimizer.b2``, ...) are accepted for one release:
+`resolve_deprecated` moves them into the selected optimizer's section, and
+`migrate_flat_fields` converts a run record of before the sections.
+
+This module imports nothing but ml_collections (and the plain-Python
+``dynamics.errors``), so that configs and ``--help`` load without JAX.
 """
+
+import copy
+from typing import Any, Dict, List, Mapping, Optional
 
 import ml_collections
 from ml_collections.config_dict import placeholder
+
+from dynamics.errors import ConfigError  # Config files raise it (variants).
+
+
+def _adam_moments() -> ml_collections.ConfigDict:
+  """The fields an Adam-type optimizer's section starts with."""
+  a = ml_collections.ConfigDict()
+  a.b1 = 0.9                       # First-moment decay.
+  a.b2 = 0.95                      # Second-moment decay.
+  a.eps = 1e-8                     # Epsilon added to sqrt(v).
+  return a
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -94,27 +114,17 @@ def defaults() -> ml_collections.ConfigDict:
   c.loss.name = 'auto'             # auto (from the dataset) | cross_entropy | mse
   c.loss.z_loss = 0.0              # Coefficient of the log^2 Z auxiliary loss.
 
-  # Optimizer (dynamics/optim). Fields a given optimizer does not use are ignored.
+  # Optimizer (dynamics/optim). The fields every optimizer shares are flat;
+  # each optimizer's own hyperparameters are its section optimizer.<name>,
+  # read only when it is selected (sgd has none). The section of the
+  # momentum optimizer is optimizer.momentum: its coefficient is
+  # optimizer.momentum.momentum (sgdp's is optimizer.sgdp.momentum).
   c.optimizer = o = ml_collections.ConfigDict()
   o.name = 'adamw'                 # sgd | momentum | adam | adamw | adamp | sgdp | stable_spam
   o.learning_rate = 3e-3           # Peak learning rate (the schedule scales it).
-  o.b1 = 0.9                       # Adam-type first-moment decay.
-  o.b2 = 0.95                      # Adam-type second-moment decay.
-  o.eps = 1e-8                     # Adam-type epsilon.
-  o.momentum = 0.9                 # momentum / sgdp: momentum coefficient.
-  o.dampening = 0.0                # sgdp: dampening.
-  o.nesterov = False               # Nesterov momentum.
-  o.weight_decay = 0.0             # Decoupled weight decay.
+  o.weight_decay = 0.0             # Weight decay (decoupled; sgd, momentum, adam: coupled L2).
   o.weight_decay_mask = 'matrices' # all | matrices (ndim >= 2 only)
   o.clip_norm = placeholder(float) # Global-norm gradient clipping threshold.
-  o.delta = 0.1                    # adamp / sgdp: cosine threshold.
-  o.wd_ratio = 0.1                 # adamp / sgdp: weight-decay ratio when projecting.
-  o.gamma1 = 0.7                   # stable_spam: AdaGN first-moment decay.
-  o.gamma2 = 0.9                   # stable_spam: AdaGN second-moment decay.
-  o.theta = 0.999                  # stable_spam: AdaClip threshold decay.
-  o.reset_interval = 1000          # stable_spam: momentum reset period.
-  o.beta1_decay_steps = placeholder(int) # stable_spam: steps over which b1 decays (None: off).
-  o.beta1_decay_min = 0.5          # stable_spam: final b1 of that decay.
   o.lr_multipliers = None          # Set by parametrizations (muP); leave None.
   o.orthograd = False              # ⊥Grad: drop the gradient's component along each weight.
   o.grad_accum_steps = 1           # Micro-batches per update (gradient accumulation, memory of one).
@@ -126,6 +136,40 @@ def defaults() -> ml_collections.ConfigDict:
   s.normalize = True               # False: unnormalized SAM, eps = rho * grad (Andriushchenko & Flammarion 2022).
   s.mask = 'all'                   # all | norm (SAM-ON: only normalization parameters)
   s.num_microbatches = 1           # m-sharpness: perturb per micro-batch.
+
+  o.momentum = om = ml_collections.ConfigDict()  # SGD with heavy-ball momentum.
+  om.momentum = 0.9                # Momentum coefficient.
+  om.nesterov = False              # Nesterov momentum.
+  o.adam = _adam_moments()         # Adam (coupled L2 weight decay).
+  o.adamw = _adam_moments()        # AdamW (decoupled weight decay).
+  o.adamp = ap = _adam_moments()   # AdamP (Heo et al., 2021).
+  ap.nesterov = False              # The reference's Nesterov direction.
+  ap.delta = 0.1                   # Cosine threshold below which the update is projected.
+  ap.wd_ratio = 0.1                # Weight-decay ratio when projecting.
+  o.sgdp = sp = ml_collections.ConfigDict()  # SGDP (Heo et al., 2021).
+  sp.momentum = 0.9                # Momentum coefficient.
+  sp.dampening = 0.0               # Dampening, in [0, 1].
+  sp.nesterov = False              # Nesterov momentum.
+  sp.eps = 1e-8                    # Epsilon of the cosine similarity.
+  sp.delta = 0.1                   # Cosine threshold below which the update is projected.
+  sp.wd_ratio = 0.1                # Weight-decay ratio when projecting.
+  o.stable_spam = ss = _adam_moments()  # Stable-SPAM (Huang et al., 2025).
+  ss.gamma1 = 0.7                  # AdaGN first-moment decay.
+  ss.gamma2 = 0.9                  # AdaGN second-moment decay.
+  ss.theta = 0.999                 # AdaClip threshold decay.
+  ss.reset_interval = 1000         # Momentum reset period.
+  ss.beta1_decay_steps = placeholder(int) # Steps over which b1 (and gamma1) decay (None: off).
+  ss.beta1_decay_min = 0.5         # Final factor of that decay, in [0, 1].
+  # Deprecated for one release: the flat names the fields above had before
+  # each optimizer had its section (optimizer.b1, optimizer.gamma1, ...), as
+  # "unset" placeholders. Set, `resolve_deprecated` moves each into the
+  # selected optimizer's section with a one-line notice, before validation.
+  # optimizer.momentum is the momentum optimizer's section now, so a number
+  # there is accepted on the command line (dynamics.cli) and in old run
+  # records (`migrate_flat_fields`), not in a config file.
+  for name, kind in _flat_fields(o).items():
+    if name not in o:
+      o[name] = placeholder(kind)
 
   # Learning-rate schedule (dynamics/schedules.py).
   c.schedule = sc = ml_collections.ConfigDict()
@@ -174,3 +218,120 @@ def defaults() -> ml_collections.ConfigDict:
   c.mesh.fsdp_min_size = 1024      # Arrays smaller than this stay replicated under FSDP.
   c.lock()
   return c
+
+
+# ---------------------------------------------------------------------------
+# The optimizer sections, and the flat names they replace (one release).
+
+
+def optimizer_sections(opt_config: Any) -> Dict[str, Any]:
+  """``{optimizer name: its section}``: the sections of ``config.optimizer``
+  (every sub-section but ``sam``, which any optimizer's step may use)."""
+  return {k: v for k, v in opt_config.items()
+          if isinstance(v, (ml_collections.ConfigDict, Mapping)) and k != 'sam'}
+
+
+def deprecated_flat_fields() -> Dict[str, type]:
+  """``{field: type}`` of the deprecated flat ``optimizer.<field>`` names."""
+  return _flat_fields(defaults().optimizer)
+
+
+def _flat_fields(opt_config: Any) -> Dict[str, type]:
+  """``{field: type}`` of every field of every optimizer section: the flat
+  ``optimizer.<field>`` names of before the sections (deprecated)."""
+  out = {}
+  for section in optimizer_sections(opt_config).values():
+    for field in section:
+      out.setdefault(field, section.get_type(field))
+  return out
+
+
+def _move_flat(opt: Dict[str, Any], flat: Mapping[str, Any],
+               section_fields: Mapping[str, Any]) -> List[str]:
+  """Moves the set ``flat`` values into ``opt[opt['name']]``; the notices."""
+  name, notices = opt.get('name'), []
+  fields = section_fields.get(name, ())
+  for field, value in flat.items():
+    if value is None:
+      continue
+    if field in fields:
+      opt[name][field] = value
+      notices.append(f'config.optimizer.{field} is deprecated: use '
+                     f'optimizer.{name}.{field} (set to {value!r})')
+    else:
+      owners = [n for n, f in section_fields.items() if field in f]
+      notices.append(f'config.optimizer.{field} is deprecated and '
+                     f'optimizer.name={name} has no such field: ignored (use '
+                     + ' or '.join(f'optimizer.{n}.{field}' for n in owners)
+                     + ')')
+  return notices
+
+
+def resolve_deprecated(config: ml_collections.ConfigDict,
+                       given: Optional[Mapping[str, Any]] = None) -> List[str]:
+  """Moves the deprecated flat optimizer fields into the selected section.
+
+  Every flat ``config.optimizer.<field>`` that is set (not None) is copied
+  into ``config.optimizer.<name>.<field>`` of the selected optimizer (or
+  ignored, when that optimizer has no such field, as before the sections)
+  and reset to None, so the recorded config holds only the nested values;
+  a second call does nothing. ``given`` adds flat values that cannot sit in
+  the config (``optimizer.momentum=0.9`` from the command line: that name is
+  the momentum optimizer's section now).
+
+  Returns:
+    One line per moved field, the deprecation notice to show.
+  """
+  return resolve_deprecated_optimizer(config.optimizer, given)
+
+
+def set_flat_fields(opt_config: Any) -> Dict[str, Any]:
+  """``{field: value}`` of the deprecated flat fields set in ``opt_config``."""
+  return {k: opt_config[k] for k in _flat_fields(opt_config)
+          if k in opt_config and opt_config[k] is not None
+          and not isinstance(opt_config[k], ml_collections.ConfigDict)}
+
+
+def resolve_deprecated_optimizer(o: Any,
+                                 given: Optional[Mapping[str, Any]] = None
+                                 ) -> List[str]:
+  """`resolve_deprecated` of the optimizer section ``o`` alone."""
+  flat = {**set_flat_fields(o), **(given or {})}
+  sections = optimizer_sections(o)
+  notices = _move_flat({'name': o.name, **sections}, flat,
+                       {n: tuple(s) for n, s in sections.items()})
+  for field in flat:
+    if field in o and not isinstance(o[field], ml_collections.ConfigDict):
+      o[field] = None
+  return notices
+
+
+def migrate_flat_fields(record: Mapping[str, Any]) -> Dict[str, Any]:
+  """A ``config.json`` record of before the optimizer sections, in today's
+  layout: the flat ``optimizer.<field>`` values move into the selected
+  optimizer's section (``optimizer.b2`` of an ``adamw`` run becomes
+  ``optimizer.adamw.b2``); the fields that optimizer does not have, which it
+  ignored, and unset placeholders are dropped (a record in today's layout
+  loses only those). Pure: the input is not changed.
+
+  Example:
+    >>> old = {'optimizer': {'name': 'momentum', 'momentum': 0.8, 'b1': 0.9}}
+    >>> migrate_flat_fields(old)['optimizer']
+    {'name': 'momentum', 'momentum': {'momentum': 0.8}}
+  """
+  record = copy.deepcopy(dict(record))
+  if not isinstance(record.get('optimizer'), Mapping):
+    return record
+  declared = defaults().optimizer
+  flat_names = _flat_fields(declared)
+  opt = dict(record['optimizer'])
+  flat = {k: opt.pop(k) for k in list(opt)
+          if k in flat_names and not isinstance(opt[k], Mapping)}
+  name = opt.get('name')
+  section_fields = {n: tuple(s)
+                    for n, s in optimizer_sections(declared).items()}
+  if name in section_fields and any(v is not None for v in flat.values()):
+    opt[name] = dict(opt.get(name) or {})
+  _move_flat(opt, flat, section_fields)
+  record['optimizer'] = opt
+  return record

@@ -16,18 +16,18 @@ training instabilities", 2023) keeps ``log Z`` near 0 to stop output-logit
 divergence.
 """
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dynamics import errors
 from dynamics.types import Batch, PyTree, param_name
 
 # ``options`` below is a `dynamics.step.StepOptions` (or anything with its
 # ``loss``, ``z_loss``, ``softmax`` and ``log_per_layer`` fields).
 Options = Any
-SOFTMAXES = ('softmax', 'stablemax')
 
 
 def resolve_loss_name(name: str, task: str) -> str:
@@ -44,16 +44,26 @@ def stablemax_s(x: jax.Array) -> jax.Array:
   return jnp.where(x >= 0, x + 1.0, 1.0 / (1.0 - jnp.minimum(x, 0.0)))
 
 
+def _stablemax_log_normalizer(logits: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  s = stablemax_s(logits.astype(jnp.float32))
+  return jnp.log(jnp.sum(s, axis=-1)), jnp.log(s)
+
+
+# ``config.model.softmax``: ``logits -> (log Z, log p_unnormalized)``.
+SOFTMAXES = {
+    'softmax': lambda logits: (jax.nn.logsumexp(logits, axis=-1), logits),
+    'stablemax': _stablemax_log_normalizer,
+}
+
+
 def log_normalizer(logits: jax.Array, softmax: str = 'softmax'
                    ) -> Tuple[jax.Array, jax.Array]:
   """``(log Z, log p_unnormalized)``: the cross-entropy of class ``y`` is
   ``log Z - log_unnorm[y]`` (``log_unnorm = logits`` for the softmax)."""
-  if softmax == 'softmax':
-    return jax.nn.logsumexp(logits, axis=-1), logits
-  if softmax == 'stablemax':
-    s = stablemax_s(logits.astype(jnp.float32))
-    return jnp.log(jnp.sum(s, axis=-1)), jnp.log(s)
-  raise ValueError(f'model.softmax must be one of {SOFTMAXES}, got {softmax!r}')
+  if softmax not in SOFTMAXES:
+    raise ValueError(f'model.softmax must be one of {tuple(SOFTMAXES)}, '
+                     f'got {softmax!r}')
+  return SOFTMAXES[softmax](logits)
 
 
 def intermediate_metrics(intermediates: PyTree) -> Dict[str, jax.Array]:
@@ -119,23 +129,57 @@ def loss_from_outputs(outputs: jax.Array, targets: jax.Array,
     ``accuracy`` (and ``output_log_z`` with ``log_z_metric``; ``z_loss`` and
     ``cross_entropy`` when a z-loss is on).
   """
-  metrics = {}
-  if options.loss == 'cross_entropy':
-    log_z, log_unnorm = log_normalizer(outputs, options.softmax)
-    label_logits = jnp.take_along_axis(log_unnorm, targets[..., None], axis=-1)[..., 0]
-    loss = jnp.mean(log_z - label_logits)
-    metrics['accuracy'] = jnp.mean(jnp.argmax(outputs, -1) == targets)
-    if log_z_metric:
-      metrics['output_log_z'] = jnp.mean(log_z)
-    if options.z_loss:
-      z_term = options.z_loss * jnp.mean(log_z ** 2)
-      metrics['z_loss'] = z_term
-      metrics['cross_entropy'] = loss
-      loss = loss + z_term
-  elif options.loss == 'mse':
-    err = outputs - targets.reshape(outputs.shape)
-    loss = 0.5 * jnp.mean(jnp.sum(err.reshape(err.shape[0], -1) ** 2, axis=-1))
-  else:
-    raise ValueError(f'loss.name must be cross_entropy | mse, got {options.loss!r}')
+  if options.loss not in LOSSES:
+    raise ValueError(f'loss.name must be one of {tuple(LOSSES)}, '
+                     f'got {options.loss!r}')
+  loss, metrics = LOSSES[options.loss](outputs, targets, options,
+                                       log_z_metric)
   metrics['loss'] = loss
   return loss, metrics
+
+
+def _cross_entropy(outputs, targets, options, log_z_metric):
+  metrics = {}
+  log_z, log_unnorm = log_normalizer(outputs, options.softmax)
+  label_logits = jnp.take_along_axis(log_unnorm, targets[..., None], axis=-1)[..., 0]
+  loss = jnp.mean(log_z - label_logits)
+  metrics['accuracy'] = jnp.mean(jnp.argmax(outputs, -1) == targets)
+  if log_z_metric:
+    metrics['output_log_z'] = jnp.mean(log_z)
+  if options.z_loss:
+    z_term = options.z_loss * jnp.mean(log_z ** 2)
+    metrics['z_loss'] = z_term
+    metrics['cross_entropy'] = loss
+    loss = loss + z_term
+  return loss, metrics
+
+
+def _mse(outputs, targets, options, log_z_metric):
+  del options, log_z_metric
+  err = outputs - targets.reshape(outputs.shape)
+  loss = 0.5 * jnp.mean(jnp.sum(err.reshape(err.shape[0], -1) ** 2, axis=-1))
+  return loss, {}
+
+
+# ``config.loss.name`` ('auto' resolves to one of these by the task):
+# ``(outputs, targets, options, log_z_metric) -> (loss, metrics)``.
+LOSSES: Dict[str, Callable[..., Tuple[jax.Array, Dict[str, jax.Array]]]] = {
+    'cross_entropy': _cross_entropy,
+    'mse': _mse,
+}
+
+
+def check(config: Any) -> None:
+  """Raises ``ConfigError`` for an invalid ``config.loss`` field or output
+  nonlinearity (``config.model.softmax``, which only cross-entropy reads)."""
+  loss = config.loss
+  errors.one_of('loss.name', loss.name, ('auto',) + tuple(LOSSES))
+  errors.number('loss.z_loss', loss.z_loss, at_least=0)
+  errors.require(not loss.z_loss or loss.name != 'mse', 'loss.z_loss',
+                 loss.z_loss, 'applies only to the cross-entropy loss, not '
+                 'loss.name=mse')
+  softmax = config.model.softmax
+  errors.one_of('model.softmax', softmax, SOFTMAXES)
+  errors.require(softmax == 'softmax' or loss.name != 'mse', 'model.softmax',
+                 softmax, 'applies only to the cross-entropy loss, not '
+                 'loss.name=mse')

@@ -27,29 +27,30 @@ References:
 """
 
 from collections.abc import Iterable, Sequence
-from typing import Literal
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dynamics import decay
+from dynamics import errors
 from dynamics.types import PyTree
-MergeShape = Literal['uniform', 'linear', 'cosine', '1-sqrt']
-MERGE_SHAPES = ('uniform', 'linear', 'cosine', '1-sqrt')
+
+MergeShape = str  # A name of MERGE_SHAPES.
+MERGE_SHAPES = tuple(decay.MERGE_SHAPES)
 
 
-def _decay_multiplier_f64(progress: np.ndarray, shape: str) -> np.ndarray:
-  # Same formulas as dynamics.schedules.decay_multiplier, in float64 NumPy so
-  # the weights are exact (the schedule runs in float32 under jit).
-  p = np.clip(np.asarray(progress, np.float64), 0.0, 1.0)
-  if shape == 'linear':
-    return 1.0 - p
-  if shape == 'cosine':
-    return 0.5 * (1.0 + np.cos(np.pi * p))
-  if shape == '1-sqrt':
-    return 1.0 - np.sqrt(p)
-  raise ValueError(f'shape must be one of {MERGE_SHAPES}, got {shape!r}')
+def check(config) -> None:
+  """Raises ``ConfigError`` for an invalid ``config.merge`` field."""
+  mg = config.merge
+  errors.integer('merge.interval', mg.interval, 1, optional=True)
+  if mg.window is not None:
+    errors.require(errors.is_int(mg.window)
+                   and 0 < mg.window <= config.num_steps, 'merge.window',
+                   mg.window,
+                   f'must be an integer in (0, num_steps={config.num_steps}]')
+  errors.one_of('merge.shape', mg.shape, MERGE_SHAPES)
 
 
 def emulated_multipliers(shape: MergeShape, num_checkpoints: int) -> np.ndarray:
@@ -62,8 +63,9 @@ def emulated_multipliers(shape: MergeShape, num_checkpoints: int) -> np.ndarray:
     raise ValueError(
         f'num_checkpoints must be a positive integer, got {num_checkpoints!r}')
   progress = np.arange(num_checkpoints + 1) / num_checkpoints
-  return _decay_multiplier_f64(progress,
-                               'linear' if shape == 'uniform' else shape)
+  # Float64 NumPy, so the weights are exact (the schedule runs in float32).
+  return decay.decay_multiplier(progress.astype(np.float64), shape, np,
+                                decay.MERGE_SHAPES)
 
 
 def merge_weights(shape: MergeShape, num_checkpoints: int) -> np.ndarray:

@@ -31,40 +31,32 @@ config and ``dynamics.optim.build_optimizer`` applies them with
 :func:`scale_by_lr_multipliers`.
 """
 
-import re
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
+from dynamics import models as models_lib
+from dynamics import optim as optim_lib
+from dynamics.optim.multipliers import (Rules, multiplier_tree,
+                                        scale_by_lr_multipliers)
 from dynamics.types import PyTree, param_name
 
-Rules = Sequence[Tuple[str, float]]
-
-ADAM_LIKE = ('adam', 'adamw', 'adamp', 'stable_spam')
-SGD_LIKE = ('sgd', 'momentum', 'sgdp')
-# Matrices whose fan-in and fan-out both grow with width, per model.
-HIDDEN_KERNELS = {
-    'transformer': r'block_\d+/(attn/(qkv|out)|mlp/(fc_in|fc_out))/kernel',
-    'mlp': r'dense_[1-9]\d*/kernel',
-    'cnn': r'conv_[1-9]\d*/kernel',
-    'resnet': r'stage\d+_block\d+/conv_(0|1|proj)/kernel',
-}
 # Parameters whose size does not grow with width.
 FIXED_SIZE = r'(head/bias|.*/alpha)'
+# muP's rules per optimizer family (``dynamics.optim.OPTIMIZERS[name].family``),
+# as a function of the hidden-kernel regex and the width ratio r.
+MUP_RULES: Dict[str, Callable[[str, float], Tuple[Tuple[str, float], ...]]] = {
+    'adam': lambda hidden, r: ((hidden, 1.0 / r),),
+    'sgd': lambda hidden, r: ((hidden, 1.0), (FIXED_SIZE, 1.0), (r'.*', r)),
+}
 
 
 def width(model_config: Any) -> int:
-  """The width muP's ``base_width`` refers to: ``d_model`` (transformer), the
-  first hidden size (MLP), the first channel count (CNN / ResNet)."""
-  m = model_config
-  if m.name == 'transformer':
-    return int(m.d_model)
-  if m.name == 'mlp':
-    return int(m.hidden_sizes[0])
-  return int(m.channels[0])
+  """The width muP's ``base_width`` refers to (the model's registry entry:
+  ``d_model``, the first hidden size, the first channel count)."""
+  return models_lib.MODELS[model_config.name].width(model_config)
 
 
 def mup_lr_multipliers(model_config: Any, optimizer_name: str
@@ -74,8 +66,8 @@ def mup_lr_multipliers(model_config: Any, optimizer_name: str
   Args:
     model_config: ``config.model`` with ``parametrization='mup'`` and
       ``base_width`` set.
-    optimizer_name: ``config.optimizer.name``; Adam-type and SGD-type
-      optimizers get different rules (module docstring).
+    optimizer_name: ``config.optimizer.name``; its family in the optimizer
+      registry (Adam-type or SGD-type) picks the rules (module docstring).
 
   Returns:
     Rules for :func:`scale_by_lr_multipliers`; the first match wins and
@@ -87,14 +79,14 @@ def mup_lr_multipliers(model_config: Any, optimizer_name: str
     >>> mup_lr_multipliers(m, 'adam')
     (('dense_[1-9]\\\\d*/kernel', 0.25),)
   """
+  family = optim_lib.OPTIMIZERS[optimizer_name].family
+  if family not in MUP_RULES:
+    raise ValueError(f'muP has no learning-rate rule for optimizer.name='
+                     f'{optimizer_name!r} (family {family!r}); known '
+                     f'families: {tuple(MUP_RULES)}')
   r = width(model_config) / float(model_config.base_width)
-  hidden = HIDDEN_KERNELS[model_config.name]
-  if optimizer_name in SGD_LIKE:
-    return ((hidden, 1.0), (FIXED_SIZE, 1.0), (r'.*', r))
-  if optimizer_name in ADAM_LIKE:
-    return ((hidden, 1.0 / r),)
-  raise ValueError(f'muP has no learning-rate rule for optimizer.name='
-                   f'{optimizer_name!r}; known: {ADAM_LIKE + SGD_LIKE}')
+  return MUP_RULES[family](models_lib.MODELS[model_config.name].hidden_kernels,
+                           r)
 
 
 def optimizer_config(config: ml_collections.ConfigDict
@@ -108,62 +100,6 @@ def optimizer_config(config: ml_collections.ConfigDict
   opt = ml_collections.ConfigDict(config.optimizer.to_dict())
   opt.lr_multipliers = mup_lr_multipliers(config.model, config.optimizer.name)
   return opt
-
-
-def multiplier_tree(params: PyTree, rules: Rules) -> PyTree:
-  """The multiplier of each leaf: the first rule whose regex fully matches
-  its path (`dynamics.types.param_name`), else 1."""
-  compiled = [(re.compile(pattern), float(mult)) for pattern, mult in rules]
-
-  def find(path, _):
-    name = param_name(path)
-    for pattern, mult in compiled:
-      if pattern.fullmatch(name):
-        return mult
-    return 1.0
-
-  return jax.tree_util.tree_map_with_path(find, params)
-
-
-def scale_by_lr_multipliers(rules: Optional[Rules]
-                            ) -> optax.GradientTransformation:
-  """Multiplies each parameter's update by its learning-rate multiplier.
-
-  .. math:: u_\\ell \\leftarrow c_\\ell \\, u_\\ell
-
-  with ``c_l`` the multiplier of the first rule matching the parameter's path.
-  Chained after an optimizer, this is a per-layer learning rate
-  ``c_l * lr`` (decoupled weight decay included).
-
-  Args:
-    rules: ``(regex, multiplier)`` pairs (e.g. :func:`mup_lr_multipliers`);
-      ``None`` or empty is the identity.
-
-  Returns:
-    A stateless ``optax.GradientTransformation``.
-
-  Example:
-    >>> tx = optax.chain(optax.adam(1e-3),
-    ...                  scale_by_lr_multipliers([('hidden/kernel', 0.25)]))
-
-  References:
-    Yang et al., "Tensor Programs V", 2021 (per-layer learning rates of muP).
-  """
-  rules = tuple((str(p), float(m)) for p, m in (rules or ()))
-
-  def init_fn(params):
-    del params
-    return optax.EmptyState()
-
-  def update_fn(updates, state, params=None):
-    del params
-    mults = multiplier_tree(updates, rules)
-    updates = jax.tree.map(
-        lambda u, c: u if c == 1.0 else u * jnp.asarray(c, u.dtype),
-        updates, mults)
-    return updates, state
-
-  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def rotation_metrics(params: PyTree, new_params: PyTree,
@@ -211,3 +147,8 @@ def rotation_metrics(params: PyTree, new_params: PyTree,
     out[f'layers/effective_lr/{name}'] = learning_rate / jnp.maximum(sq, tiny)
     out[f'layers/angular_update/{name}'] = 2.0 * jnp.arcsin(chord)
   return out
+
+
+__all__ = ['FIXED_SIZE', 'MUP_RULES', 'Rules',
+           'multiplier_tree', 'mup_lr_multipliers', 'optimizer_config',
+           'rotation_metrics', 'scale_by_lr_multipliers', 'width']

@@ -72,6 +72,9 @@ def config_record(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 def read_record(workdir: str) -> Dict[str, Any]:
   """``workdir/config.json`` as a dict (with the lineage ``parent``, if any).
 
+  A record of the flat optimizer layout comes back in today's sections
+  (`config_schema.migrate_flat_fields`): old runs open with their values.
+
   Raises:
     RunNotFoundError: ``workdir`` holds no recorded run.
     RunFileError: the file is not JSON (named, with the line).
@@ -81,9 +84,10 @@ def read_record(workdir: str) -> Dict[str, Any]:
     raise RunNotFoundError(f'{workdir} holds no run ({CONFIG_FILE} is missing)')
   try:
     with open(path) as f:
-      return json.load(f)
+      record = json.load(f)
   except ValueError as e:
     raise RunFileError(f'{path}: not a JSON record ({e})') from None
+  return config_schema.migrate_flat_fields(record)
 
 
 def holds_run(workdir: str) -> bool:

@@ -7,25 +7,21 @@ exactly 0, which would waste the first step) and reach ``peak`` at step
 ``warmup_steps - 1``.
 """
 
-from typing import Literal
+from typing import Any, Callable, Dict
 
 import jax.numpy as jnp
 import optax
 
-DecayShape = Literal['linear', 'cosine', '1-sqrt']
-DECAY_SHAPES = ('linear', 'cosine', '1-sqrt')
+from dynamics import decay
+from dynamics import errors
+
+DecayShape = str  # A name of DECAY_SHAPES.
+DECAY_SHAPES = decay.DECAY_SHAPES
 
 
 def decay_multiplier(progress: jnp.ndarray, shape: DecayShape) -> jnp.ndarray:
   """Multiplier in [0, 1] of a decay at ``progress`` in [0, 1] (1 -> 0)."""
-  p = jnp.clip(progress, 0.0, 1.0)
-  if shape == 'linear':
-    return 1.0 - p
-  if shape == 'cosine':
-    return 0.5 * (1.0 + jnp.cos(jnp.pi * p))
-  if shape == '1-sqrt':
-    return 1.0 - jnp.sqrt(p)
-  raise ValueError(f'decay_shape must be one of {DECAY_SHAPES}, got {shape!r}')
+  return decay.decay_multiplier(progress, shape, jnp)
 
 
 def _warmup(peak_value: float, warmup_steps: int) -> optax.Schedule:
@@ -97,13 +93,13 @@ def wsd(peak_value: float, total_steps: int, warmup_steps: int,
         f'warmup_steps={warmup_steps} runs into the decay, which starts at '
         f'step {decay_start} (total_steps={total_steps}, '
         f'decay_fraction={decay_fraction})')
-  decay = decay_schedule(peak_value, decay_steps, decay_shape, final_value)
+  decaying = decay_schedule(peak_value, decay_steps, decay_shape, final_value)
   if warmup_steps == 0:
     return optax.join_schedules(
-        [optax.constant_schedule(peak_value), decay], [decay_start])
+        [optax.constant_schedule(peak_value), decaying], [decay_start])
   return optax.join_schedules(
       [_warmup(peak_value, warmup_steps), optax.constant_schedule(peak_value),
-       decay], [warmup_steps, decay_start])
+       decaying], [warmup_steps, decay_start])
 
 
 def constant(peak_value: float, warmup_steps: int = 0) -> optax.Schedule:
@@ -120,11 +116,11 @@ def warmup_cosine(peak_value: float, total_steps: int, warmup_steps: int,
   """Linear warmup then cosine decay to ``final_value`` at ``total_steps``."""
   if warmup_steps > total_steps:
     raise ValueError(f'warmup_steps={warmup_steps} > total_steps={total_steps}')
-  decay = decay_schedule(peak_value, total_steps - warmup_steps, 'cosine',
-                         final_value)
+  decaying = decay_schedule(peak_value, total_steps - warmup_steps, 'cosine',
+                            final_value)
   if warmup_steps == 0:
-    return decay
-  return optax.join_schedules([_warmup(peak_value, warmup_steps), decay],
+    return decaying
+  return optax.join_schedules([_warmup(peak_value, warmup_steps), decaying],
                               [warmup_steps])
 
 
@@ -138,21 +134,13 @@ def from_config(config) -> optax.Schedule:
   sc, peak = config.schedule, config.optimizer.learning_rate
   if config.branch.from_step is not None:
     stable = constant(peak, sc.warmup_steps)
-    decay = decay_schedule(peak, config.branch.decay_steps, sc.decay_shape,
-                           sc.final_value)
-    return optax.join_schedules([stable, decay], [config.branch.from_step])
-  if sc.name == 'wsd':
-    return wsd(peak, config.num_steps, sc.warmup_steps, sc.decay_fraction,
-               sc.decay_shape, sc.final_value)
-  if sc.name == 'constant':
-    return constant(peak, sc.warmup_steps)
-  if sc.name == 'cosine':
-    return warmup_cosine(peak, config.num_steps, sc.warmup_steps,
-                         sc.final_value)
-  if sc.name == 'wsd_s':
-    return wsd_s(peak, sc.budgets, sc.warmup_steps, sc.decay_fraction,
-                 sc.decay_shape, sc.final_value)
-  raise ValueError(f'schedule.name must be one of {SCHEDULES}, got {sc.name!r}')
+    decaying = decay_schedule(peak, config.branch.decay_steps, sc.decay_shape,
+                              sc.final_value)
+    return optax.join_schedules([stable, decaying], [config.branch.from_step])
+  if sc.name not in SCHEDULES:
+    raise ValueError(f'schedule.name must be one of {tuple(SCHEDULES)}, '
+                     f'got {sc.name!r}')
+  return SCHEDULES[sc.name](config, peak)
 
 
 def _check_budgets(budgets) -> tuple[int, ...]:
@@ -245,4 +233,53 @@ def wsd_s(peak_value: float, budgets, warmup_steps: int,
   return optax.join_schedules(pieces, boundaries)
 
 
-SCHEDULES = ('wsd', 'wsd_s', 'constant', 'cosine')
+# ``config.schedule.name``: ``(config, peak learning rate) -> schedule``.
+SCHEDULES: Dict[str, Callable[[Any, float], optax.Schedule]] = {
+    'wsd': lambda c, peak: wsd(
+        peak, c.num_steps, c.schedule.warmup_steps, c.schedule.decay_fraction,
+        c.schedule.decay_shape, c.schedule.final_value),
+    'wsd_s': lambda c, peak: wsd_s(
+        peak, c.schedule.budgets, c.schedule.warmup_steps,
+        c.schedule.decay_fraction, c.schedule.decay_shape,
+        c.schedule.final_value),
+    'constant': lambda c, peak: constant(peak, c.schedule.warmup_steps),
+    'cosine': lambda c, peak: warmup_cosine(
+        peak, c.num_steps, c.schedule.warmup_steps, c.schedule.final_value),
+}
+
+
+def check(config: Any) -> None:
+  """Raises ``ConfigError`` for an invalid ``config.schedule`` field, against
+  the run it schedules (``num_steps``, the peak ``optimizer.learning_rate``,
+  a branch's decay)."""
+  sc, steps = config.schedule, config.num_steps
+  errors.one_of('schedule.name', sc.name, SCHEDULES)
+  errors.one_of('schedule.decay_shape', sc.decay_shape, DECAY_SHAPES)
+  errors.number('schedule.decay_fraction', sc.decay_fraction, at_least=0,
+                at_most=1)
+  errors.integer('schedule.warmup_steps', sc.warmup_steps, 0)
+  errors.number('schedule.final_value', sc.final_value, at_least=0)
+  peak = config.optimizer.learning_rate
+  errors.require(sc.final_value <= peak, 'schedule.final_value',
+                 sc.final_value, 'must be <= the peak optimizer.learning_rate='
+                 f'{peak} (a decay ends below its start)')
+  if sc.name == 'wsd' and config.branch.from_step is None:
+    decay_start = steps - int(round(sc.decay_fraction * steps))
+    errors.require(sc.warmup_steps <= decay_start, 'schedule.warmup_steps',
+                   sc.warmup_steps, 'runs into the decay, which starts at '
+                   f'step {decay_start} (num_steps={steps}, '
+                   f'decay_fraction={sc.decay_fraction})')
+  else:
+    errors.require(sc.warmup_steps <= steps, 'schedule.warmup_steps',
+                   sc.warmup_steps, f'must be <= num_steps={steps}')
+  if sc.name == 'wsd_s' or sc.budgets is not None:
+    budgets = sc.budgets
+    ok = isinstance(budgets, (tuple, list)) and len(budgets) > 0 and all(
+        errors.is_int(b) for b in budgets)
+    errors.require(ok, 'schedule.budgets', budgets, 'must list the step '
+                   'budgets (a tuple of integers) for schedule.name=wsd_s')
+    errors.require(all(b > a for a, b in zip((0,) + tuple(budgets), budgets)),
+                   'schedule.budgets', budgets,
+                   'must be strictly increasing and > 0')
+    errors.require(budgets[-1] <= steps, 'schedule.budgets', budgets,
+                   f'must not exceed num_steps={steps}')

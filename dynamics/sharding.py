@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from dynamics import errors
 from dynamics.types import Batch, PyTree
 
 AXES = ('data', 'fsdp')
@@ -77,6 +78,25 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict,
                     f'{data * fsdp} devices, but there are {device_count} '
                     '(set mesh.data=-1 to use all of them)')
   return data, fsdp
+
+
+def check(config: ml_collections.ConfigDict, device_count: int) -> None:
+  """Raises ``ConfigError`` unless ``config.mesh`` fits ``device_count``
+  devices and the global batch splits over it."""
+  mesh, batch_size = config.mesh, config.data.batch_size
+  errors.integer('mesh.fsdp', mesh.fsdp, 1)
+  errors.require(
+      mesh.data == -1 or (errors.is_int(mesh.data) and mesh.data >= 1),
+      'mesh.data', mesh.data, 'must be -1 (all devices) or >= 1')
+  errors.integer('mesh.fsdp_min_size', mesh.fsdp_min_size, 1)
+  try:
+    data, fsdp = mesh_shape(mesh, device_count)
+  except MeshError as e:
+    raise errors.ConfigError(str(e)) from None
+  errors.require(batch_size % (data * fsdp) == 0, 'data.batch_size',
+                 batch_size, f'must be divisible by the device count '
+                 f'({device_count}): the batch is split over mesh.data={data} '
+                 f'x mesh.fsdp={fsdp} devices')
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict,

@@ -56,9 +56,8 @@ class StepOptions:
     loss: 'cross_entropy' or 'mse'.
     z_loss: coefficient of the ``log^2 Z`` auxiliary loss.
     softmax: 'softmax' or 'stablemax' (see `dynamics.losses`).
-    sam_rho, sam_adaptive, sam_eta, sam_mask, sam_microbatches, sam_normalize,
-      sam_all_leaves: the SAM gradient estimator (``sam_rho=None``: plain
-      gradients; see `dynamics.optim.sam.sam_gradient`).
+    sam: the SAM gradient estimator (`dynamics.optim.SamOptions`;
+      ``sam.rho=None``: plain gradients).
     ema_decay: decay of the parameters' EMA (None: off).
     log_per_layer: also measure per-parameter norms and the sown probes.
     log_every, num_steps: norms are measured only on the steps the loop logs
@@ -68,13 +67,7 @@ class StepOptions:
   loss: str = 'cross_entropy'
   z_loss: float = 0.0
   softmax: str = 'softmax'
-  sam_rho: Optional[float] = None
-  sam_adaptive: bool = False
-  sam_eta: float = 0.01
-  sam_mask: str = 'all'
-  sam_microbatches: int = 1
-  sam_normalize: bool = True
-  sam_all_leaves: bool = False
+  sam: optim_lib.SamOptions = optim_lib.SamOptions()
   ema_decay: Optional[float] = None
   log_per_layer: bool = False
   log_every: int = 1
@@ -84,14 +77,9 @@ class StepOptions:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, task: str
                   ) -> 'StepOptions':
-    s = config.optimizer.sam
     return cls(loss=losses.resolve_loss_name(config.loss.name, task),
                z_loss=float(config.loss.z_loss), softmax=config.model.softmax,
-               sam_rho=None if s.rho is None else float(s.rho),
-               sam_adaptive=bool(s.adaptive), sam_eta=float(s.eta),
-               sam_mask=s.mask, sam_microbatches=int(s.num_microbatches),
-               sam_normalize=bool(s.normalize),
-               sam_all_leaves=bool(s.all_leaves),
+               sam=optim_lib.SamOptions.from_config(config.optimizer.sam),
                ema_decay=config.ema.decay, log_per_layer=config.log_per_layer,
                log_every=config.log_every, num_steps=config.num_steps,
                grad_accum_steps=int(config.optimizer.grad_accum_steps))
@@ -146,22 +134,21 @@ def _gradient(params: PyTree, model_state: PyTree, batch: Batch,
               rng: jax.Array, model: nn.Module, options: StepOptions
               ) -> Tuple[PyTree, Metrics, PyTree]:
   """``(new_model_state, metrics, gradient)`` of one (micro-)batch: plain, or
-  SAM's when ``options.sam_rho`` is set."""
+  SAM's when ``options.sam.rho`` is set."""
 
   def loss_fn(p, b):
     return losses.compute_loss(model, p, model_state, b, rng, options,
                                train=True)
 
-  if options.sam_rho is None:
+  s = options.sam
+  if s.rho is None:
     (_, (model_state, metrics)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(params, batch)
   else:
     (_, (model_state, metrics)), grads = optim_lib.sam_gradient(
-        loss_fn, params, batch, rho=options.sam_rho,
-        adaptive=options.sam_adaptive, eta=options.sam_eta,
-        mask=optim_lib.sam_mask(options.sam_mask),
-        num_microbatches=options.sam_microbatches, has_aux=True,
-        normalize=options.sam_normalize, all_leaves=options.sam_all_leaves)
+        loss_fn, params, batch, rho=s.rho, adaptive=s.adaptive, eta=s.eta,
+        mask=optim_lib.sam_mask(s.mask), num_microbatches=s.num_microbatches,
+        has_aux=True, normalize=s.normalize, all_leaves=s.all_leaves)
   return model_state, metrics, grads
 
 
@@ -189,7 +176,7 @@ def accumulated_gradient(params: PyTree, model_state: PyTree, batch: Batch,
 
   * SAM: each micro-batch is perturbed along its own gradient, so the update
     is m-sharpness with ``m`` = the micro-batch (split further by
-    ``sam_microbatches``), not SAM on the whole batch.
+    ``sam.num_microbatches``), not SAM on the whole batch.
   * Stable-SPAM (and every optimizer): the optimizer runs once per update on
     the accumulated gradient, so its spike clipping and gradient-norm
     statistics see one (mean) gradient per update, as without accumulation.

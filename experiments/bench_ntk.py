@@ -65,7 +65,8 @@ def reference_style_train_fn(config, parts):
   batches = [parts.dataset.train_batch(i) for i in range(config.num_steps)]
   xs = jnp.asarray(np.stack([b['inputs'] for b in batches]))
   ys = jnp.asarray(np.stack([b['targets'] for b in batches]))
-  tx = optax.sgd(schedules.from_config(config), momentum=config.optimizer.momentum)
+  tx = optax.sgd(schedules.from_config(config),
+                 momentum=config.optimizer.momentum.momentum)
 
   def loss(params, x, y):
     logits = parts.model.apply({'params': params}, x, train=False)

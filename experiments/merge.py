@@ -22,6 +22,7 @@ from absl import flags
 from absl import logging
 
 from dynamics import cli
+from dynamics import decay  # JAX-free: the shape names for --help.
 
 
 def _check_output(output: str, source: str) -> None:
@@ -111,7 +112,7 @@ def define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'The constant-rate run.')
   flags.DEFINE_integer('window', None, 'Steps covered by the merge '
                        '(default: the run\'s merge.window).')
-  flags.DEFINE_enum('shape', None, ['uniform', 'linear', 'cosine', '1-sqrt'],
+  flags.DEFINE_enum('shape', None, list(decay.MERGE_SHAPES),
                     'Emulated decay shape (default: the run\'s merge.shape).')
   flags.DEFINE_integer('interval', None, 'Steps between merged checkpoints '
                        '(default: the run\'s merge.interval).')

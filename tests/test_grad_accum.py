@@ -1,5 +1,6 @@
 """Gradient accumulation: the whole batch's update, with one micro-batch's memory."""
 
+import dataclasses
 import functools
 
 import jax
@@ -62,9 +63,9 @@ def test_sam_accumulated_is_m_sharpness_over_the_micro_batches():
   grads = {}
   for name, b, opts in (
       ('accumulated', batch, options),
-      ('m-sharpness', reordered, step_lib.StepOptions(
-          **{**options.__dict__, 'grad_accum_steps': 1,
-             'sam_microbatches': 2}))):
+      ('m-sharpness', reordered, dataclasses.replace(
+          options, grad_accum_steps=1, sam=dataclasses.replace(
+              options.sam, num_microbatches=2)))):
     fn = jax.jit(functools.partial(step_lib.accumulated_gradient,
                                    model=run.model, options=opts))
     grads[name] = fn(state.params, state.model_state,

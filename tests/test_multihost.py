@@ -51,7 +51,7 @@ def small_config():
   c.eval_batches = 1
   c.model.num_layers = 1
   c.schedule.warmup_steps = 2
-  c.optimizer.eps = 1e-6  # See tests/test_sharding.py: zero-gradient noise.
+  c.optimizer.adamw.eps = 1e-6  # See tests/test_sharding.py: zero-gradient noise.
   c.checkpoint.every_steps = 3
   c.mesh.fsdp = 2
   c.mesh.fsdp_min_size = 256

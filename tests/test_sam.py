@@ -171,7 +171,7 @@ def test_asam_eta_defaults_to_the_official_value():
     np.testing.assert_array_equal(a, b)
   assert not np.allclose(default['dense']['kernel'], zero['dense']['kernel'])
   assert base.get_config().optimizer.sam.eta == 0.01
-  assert StepOptions().sam_eta == 0.01
+  assert StepOptions().sam.eta == 0.01
 
 
 def test_unnormalized_sam_is_gradient_at_w_plus_rho_g():
@@ -209,7 +209,8 @@ def test_train_step_reads_unnormalized_sam_and_asam_leaves_from_config():
   config.optimizer.sam.rho = 0.05
   config.optimizer.sam.normalize = False
   run = Run(config)
-  assert not run.options.sam_normalize and not run.options.sam_all_leaves
+  assert not run.options.sam.normalize and not run.options.sam.all_leaves
+  assert run.options.sam.rho == 0.05
   state = run.init_state()
   params = state.params
   batch = jax.tree.map(jnp.asarray, run.dataset.train_batch(0))

@@ -162,3 +162,23 @@ def test_from_config_wsd_s_and_branch():
   sched = schedules.from_config(config)
   np.testing.assert_allclose(values(sched, [29, 30, 35, 40]), [2, 2, 1, 0],
                              rtol=1e-6)
+
+
+def test_schedules_and_merges_share_one_decay_formula():
+  """`dynamics.decay` holds the one formula per shape: the schedule's
+  multiplier (float32, under jit) and the merge's emulated multipliers
+  (float64 NumPy) agree, and a merge's 'uniform' is the linear decay."""
+  from dynamics import decay, merging
+  k = 8
+  progress = np.arange(k + 1) / k
+  for shape in schedules.DECAY_SHAPES:
+    jitted = jax.jit(lambda p, s=shape: schedules.decay_multiplier(p, s))
+    np.testing.assert_allclose(merging.emulated_multipliers(shape, k),
+                               jitted(jnp.asarray(progress, jnp.float32)),
+                               rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(merging.emulated_multipliers('uniform', k),
+                                merging.emulated_multipliers('linear', k))
+  assert set(merging.MERGE_SHAPES) == {'uniform', *schedules.DECAY_SHAPES}
+  assert schedules.DECAY_SHAPES is decay.DECAY_SHAPES
+  with pytest.raises(ValueError, match="'uniform'"):
+    schedules.decay_multiplier(0.5, 'uniform')  # Not a schedule's shape.

@@ -63,7 +63,7 @@ def smoke_config(**overrides):
   # Attention's key bias has an exactly-zero gradient; with eps=1e-8 Adam
   # blows its float32 rounding noise (different on every layout) up to a
   # full step. A larger eps keeps the comparison about the sharding.
-  c.optimizer.eps = 1e-6
+  c.optimizer.adamw.eps = 1e-6
   for key, value in overrides.items():
     *path, leaf = key.split('.')
     node = c

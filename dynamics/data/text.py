@@ -3,7 +3,7 @@
 import importlib
 import pathlib
 import sysconfig
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -13,6 +13,34 @@ from dynamics.data.base import _EVAL, _TRAIN, Batch, Dataset, DatasetInfo, _rng
 def default_text_dir() -> str:
   """The Python standard library's source directory (always present)."""
   return sysconfig.get_paths()['stdlib']
+
+
+def min_text_bytes(seq_len: int) -> int:
+  """The fewest bytes of text `ByteText` takes for ``seq_len``: twenty
+  windows, so the held-out 10% holds at least two."""
+  return 20 * (seq_len + 1)
+
+
+def text_files(root: pathlib.Path, ordered: bool = True
+               ) -> Iterator[pathlib.Path]:
+  """The ``*.py``, ``*.txt`` and ``*.md`` files under ``root`` (sorted, or
+  in directory order)."""
+  paths = root.rglob('*')
+  for path in sorted(paths) if ordered else paths:
+    if path.suffix in ('.py', '.txt', '.md') and path.is_file():
+      yield path
+
+
+def text_bytes(text_dir: Optional[str], limit: int) -> int:
+  """Bytes of text ``ByteText.from_directory`` can read from ``text_dir``,
+  counted (from file sizes, in any order: a total) up to ``limit``."""
+  total = 0
+  for path in text_files(pathlib.Path(text_dir or default_text_dir()),
+                         ordered=False):
+    total += path.stat().st_size
+    if total >= limit:
+      return limit
+  return total
 
 
 class ByteText(Dataset):
@@ -27,7 +55,7 @@ class ByteText(Dataset):
                source: str = 'text'):
     self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
     data = np.frombuffer(text, np.uint8)
-    if len(data) < 20 * (seq_len + 1):
+    if len(data) < min_text_bytes(seq_len):
       raise ValueError(f'{source} holds only {len(data)} bytes of text, too '
                        f'few for seq_len={seq_len}')
     split = int(0.9 * len(data))
@@ -44,9 +72,7 @@ class ByteText(Dataset):
     if not root.is_dir():
       raise FileNotFoundError(f'data.text_dir={str(root)!r} is not a directory')
     chunks, total = [], 0
-    for path in sorted(root.rglob('*')):
-      if path.suffix not in ('.py', '.txt', '.md') or not path.is_file():
-        continue
+    for path in text_files(root):
       chunks.append(path.read_bytes()[:max_bytes - total])
       total += len(chunks[-1])
       if total >= max_bytes:

@@ -38,10 +38,9 @@ class CNN(nn.Module):
       x = act(x)
       if min(x.shape[1:3]) >= 2:
         x = nn.avg_pool(x, (2, 2), (2, 2))
-    x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_outputs, dtype=self.dtype, name='head',
-                 **self.knobs.linear('output', x.shape[-1]))(x)
-    return self.output_scale * x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return layers.output_head(jnp.mean(x, axis=(1, 2)), self.num_outputs,
+                              self.knobs, dtype=self.dtype,
+                              output_scale=self.output_scale)
 
 
 class ResidualBlock(nn.Module):
@@ -127,7 +126,6 @@ class ResNet(nn.Module):
             ch, strides, self.norm, self.activation, self.dtype, self.knobs,
             num_blocks, layers.depth_scale(self.layernorm_scaling, depth),
             name=f'stage{s}_block{b}')(x, train=train)
-    x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_outputs, dtype=self.dtype, name='head',
-                 **self.knobs.linear('output', x.shape[-1]))(x)
-    return self.output_scale * x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return layers.output_head(jnp.mean(x, axis=(1, 2)), self.num_outputs,
+                              self.knobs, dtype=self.dtype,
+                              output_scale=self.output_scale)

@@ -17,7 +17,6 @@ import numpy as np
 
 from dynamics import quantization
 
-NORMS = ('layernorm', 'rmsnorm', 'batchnorm', 'none', 'dyt')
 NORM_POSITIONS = ('pre', 'post', 'peri', 'mix', 'deepnorm')
 POSITIONS = ('learned', 'rope')
 MLPS = ('gelu', 'swiglu')
@@ -77,6 +76,28 @@ class Identity(nn.Module):
     return x
 
 
+def _layernorm(name, train, dtype, extra, use_bias):
+  del train
+  if not use_bias:
+    extra['use_bias'] = False
+  return nn.LayerNorm(name=name, dtype=dtype, **extra)
+
+
+# ``config.model.norm``: ``(name, train, dtype, extra, use_bias) -> module``,
+# ``extra`` the scale init of a zero-started norm.
+NORMS: Dict[str, Callable[..., nn.Module]] = {
+    'layernorm': _layernorm,
+    'rmsnorm': lambda name, train, dtype, extra, use_bias: nn.RMSNorm(
+        name=name, dtype=dtype, **extra),
+    'batchnorm': lambda name, train, dtype, extra, use_bias: nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, name=name, dtype=dtype,
+        **extra),
+    'none': lambda name, train, dtype, extra, use_bias: Identity(name=name),
+    'dyt': lambda name, train, dtype, extra, use_bias: DyT(
+        name=name, scale_init=0.0 if extra else 1.0),
+}
+
+
 def make_norm(kind: str, name: str, *, train: bool = False,
               dtype=jnp.float32, zero_scale: bool = False,
               use_bias: bool = True) -> nn.Module:
@@ -86,21 +107,27 @@ def make_norm(kind: str, name: str, *, train: bool = False,
   0): how Fixup / ZerO zero a residual branch that ends in a norm.
   ``use_bias=False`` drops LayerNorm's bias (RMSNorm has none).
   """
+  if kind not in NORMS:
+    raise ValueError(f'model.norm must be one of {tuple(NORMS)}, got {kind!r}')
   extra = {'scale_init': nn.initializers.zeros} if zero_scale else {}
-  if kind == 'layernorm':
-    if not use_bias:
-      extra['use_bias'] = False
-    return nn.LayerNorm(name=name, dtype=dtype, **extra)
-  if kind == 'rmsnorm':
-    return nn.RMSNorm(name=name, dtype=dtype, **extra)
-  if kind == 'batchnorm':
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                        name=name, dtype=dtype, **extra)
-  if kind == 'dyt':
-    return DyT(name=name, scale_init=0.0 if zero_scale else 1.0)
-  if kind == 'none':
-    return Identity(name=name)
-  raise ValueError(f'model.norm must be one of {NORMS}, got {kind!r}')
+  return NORMS[kind](name, train, dtype, extra, use_bias)
+
+
+def output_head(x: jax.Array, num_outputs: int, knobs: 'Knobs', *,
+                dtype: Any = jnp.float32, output_scale: float = 1.0,
+                use_bias: bool = True,
+                init: Optional[Callable[..., Dict[str, Any]]] = None
+                ) -> jax.Array:
+  """The readout of the MLP and the CNNs: a Dense named ``head`` (muP's
+  output layer, ``knobs.linear('output', ...)``; ``init`` may rewrite its
+  kwargs) times ``output_scale``, in at least float32. Call it inside a
+  module's ``@nn.compact`` method."""
+  kwargs = knobs.linear('output', x.shape[-1])
+  if init is not None:
+    kwargs = init(kwargs)
+  y = nn.Dense(num_outputs, use_bias=use_bias, dtype=dtype, name='head',
+               **kwargs)(x)
+  return output_scale * y.astype(jnp.promote_types(y.dtype, jnp.float32))
 
 
 def depth_scale(enabled: bool, depth: int) -> float:

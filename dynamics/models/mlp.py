@@ -87,14 +87,14 @@ class MLP(nn.Module):
         x = layers.make_norm(self.norm, f'norm_{i}', train=train)(x)
         x = layers.scaled(x, layers.depth_scale(self.layernorm_scaling, i + 1))
       x = act(x)
-    kwargs = self.knobs.linear('output', x.shape[-1])
+    paired = None
     if self.antisymmetric_init:
       if last < 0:
         raise ValueError('antisymmetric_init needs a hidden layer')
-      kwargs = self._paired(kwargs, axis=0, sign=-1.0)
-    x = nn.Dense(self.num_outputs, use_bias=self.use_bias, dtype=self.dtype,
-                 name='head', **kwargs)(x)
-    return self.output_scale * x.astype(jnp.promote_types(x.dtype, jnp.float32))
+      paired = lambda kwargs: self._paired(kwargs, axis=0, sign=-1.0)
+    return layers.output_head(x, self.num_outputs, self.knobs,
+                              dtype=self.dtype, output_scale=self.output_scale,
+                              use_bias=self.use_bias, init=paired)
 
   @staticmethod
   def _paired(kwargs, axis: int, sign: float):

@@ -54,6 +54,10 @@ import jax.numpy as jnp
 
 from dynamics.models import layers
 
+# ``config.model.attention_impl`` (None: XLA picks): the ``implementation`` of
+# ``jax.nn.dot_product_attention``.
+ATTENTION_IMPLS = ('xla', 'cudnn')
+
 
 class Attention(nn.Module):
   num_heads: int

@@ -25,7 +25,8 @@ normalization offsets keep :math:`T_w = 1` (still inside the norm), and
 would never be perturbed). ``all_leaves=True`` scales every leaf instead.
 """
 
-from typing import Any, Callable, Union
+import dataclasses
+from typing import Any, Callable, Dict, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -96,12 +97,41 @@ def asam_scaled(params: PyTree) -> PyTree:
       params)
 
 
+# ``config.optimizer.sam.mask``: the parameters SAM perturbs.
+SAM_MASKS: Dict[str, Mask] = {'all': None, 'norm': norm_mask}
+
+
 def sam_mask(name: str) -> Mask:
   """The mask for ``config.optimizer.sam.mask``: 'all' -> None, 'norm' -> SAM-ON."""
-  masks = {'all': None, 'norm': norm_mask}
-  if name not in masks:
-    raise ValueError(f"optimizer.sam.mask must be one of {tuple(masks)}, got {name!r}")
-  return masks[name]
+  if name not in SAM_MASKS:
+    raise ValueError(f'optimizer.sam.mask must be one of {tuple(SAM_MASKS)}, '
+                     f'got {name!r}')
+  return SAM_MASKS[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamOptions:
+  """The train step's SAM settings (``config.optimizer.sam``), hashable.
+
+  ``rho=None`` is plain gradients; the other fields are the arguments of
+  :func:`sam_gradient` of the same names (``mask`` by its name in
+  `SAM_MASKS`).
+  """
+  rho: Optional[float] = None
+  adaptive: bool = False
+  eta: float = 0.01
+  mask: str = 'all'
+  num_microbatches: int = 1
+  normalize: bool = True
+  all_leaves: bool = False
+
+  @classmethod
+  def from_config(cls, sam_config: Any) -> 'SamOptions':
+    s = sam_config
+    return cls(rho=None if s.rho is None else float(s.rho),
+               adaptive=bool(s.adaptive), eta=float(s.eta), mask=s.mask,
+               num_microbatches=int(s.num_microbatches),
+               normalize=bool(s.normalize), all_leaves=bool(s.all_leaves))
 
 
 def _resolve_mask(mask: Mask, params: PyTree) -> list:
@@ -323,5 +353,5 @@ def sam_gradient(loss_fn: Callable[..., Any], params: PyTree, batch: PyTree, *,
   return ((loss, aux), grads) if has_aux else (loss, grads)
 
 
-__all__ = ['ASAM_SCALED_NAMES', 'asam_scaled', 'norm_mask', 'sam_gradient',
-           'sam_mask', 'sam_perturbation']
+__all__ = ['ASAM_SCALED_NAMES', 'SAM_MASKS', 'SamOptions', 'asam_scaled',
+           'norm_mask', 'sam_gradient', 'sam_mask', 'sam_perturbation']
