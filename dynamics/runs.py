@@ -65,13 +65,13 @@ def _write_json(path: str, value: Mapping[str, Any]) -> None:
 
 
 def config_record(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """The JSON-able dict that ``config.json`` holds."""
-  return json.loads(config.to_json_best_effort())
+  """The JSON-able dict that ``config.json`` holds (no deprecated fields)."""
+  return config_schema.migrate_flat_fields(
+      json.loads(config.to_json_best_effort()))
 
 
 def read_record(workdir: str) -> Dict[str, Any]:
   """``workdir/config.json`` as a dict (with the lineage ``parent``, if any).
-
   A record of the flat optimizer layout comes back in today's sections
   (`config_schema.migrate_flat_fields`): old runs open with their values.
 

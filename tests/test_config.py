@@ -301,7 +301,7 @@ def test_old_records_migrate_to_the_sections():
   assert old['optimizer']['momentum'] == 0.9  # Pure.
   assert new['optimizer']['momentum'] == {'momentum': 0.9, 'nesterov': False}
   assert 'b2' not in new['optimizer']  # The momentum optimizer had none.
-  config = runs.config_from_record(new, base.get_config())
+  config = runs.config_from_record(new)
   assert config.optimizer.momentum.momentum == 0.9
   assert config_schema.migrate_flat_fields(new) == new
   stable = {'optimizer': {'name': 'stable_spam', 'b2': 0.999,

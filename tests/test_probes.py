@@ -188,9 +188,9 @@ def test_probe_names_are_unique_and_legacy_states_still_load():
 def test_from_config_names_the_field_a_probe_refuses():
   from dynamics import config_lib
   for field, value, message in [
-      ('sharpness_batches', 0, 'sharpness_batches=0: must be a positive'),
+      ('sharpness_batches', 0, 'sharpness_batches=0: must be an integer > 0'),
       ('sharpness_data', 'foo', "sharpness_data='foo': must be one of"),
-      ('ntk_num_examples', 0, 'ntk_num_examples=0: must be a positive')]:
+      ('ntk_num_examples', 0, 'ntk_num_examples=0: must be an integer > 0')]:
     config = tiny_config()
     config.analysis[field] = value
     with pytest.raises(config_lib.ConfigError, match=message):

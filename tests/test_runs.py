@@ -72,7 +72,9 @@ def test_create_records_every_field_and_the_lineage(recorded, tmp_path):
   assert on_disk['parent'] == {'workdir': os.path.abspath('elsewhere'),
                                'step': 7}
   declared = workdir.flatten(config_schema.defaults().to_dict())
-  assert set(declared) <= set(workdir.flatten(on_disk))
+  deprecated = {f'optimizer.{f}' for f in config_schema.deprecated_flat_fields()}
+  assert set(declared) - deprecated <= set(workdir.flatten(on_disk))
+  assert not deprecated & set(workdir.flatten(on_disk))
   opened = runs.Run.open(str(tmp_path))
   assert opened.config.to_dict() == recorded.config.to_dict()
   assert opened.config.is_locked
