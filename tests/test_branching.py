@@ -32,12 +32,7 @@ def _config(**changes):
   c.checkpoint.async_save = False
   c.checkpoint.keep_steps = (10, 11)  # Consecutive, to check the EMA update.
   c.ema.decay = EMA_DECAY  # Every run keeps an EMA; a branch continues it.
-  for key, value in changes.items():
-    target = c
-    *path, leaf = key.split('.')
-    for p in path:
-      target = target[p]
-    target[leaf] = value
+  c.update_from_flattened_dict(changes)
   return c
 
 

@@ -153,12 +153,7 @@ def test_optional_fields_parse_from_the_command_line(tmp_path):
 
 def _set(c, **fields):
   with c.ignore_type():
-    for key, value in fields.items():
-      *path, leaf = key.split('.')
-      node = c
-      for part in path:
-        node = node[part]
-      node[leaf] = value
+    c.update_from_flattened_dict(fields)
   return c
 
 

@@ -16,12 +16,7 @@ def _config(**overrides):
   c = wsd.get_config('smoke')
   c.model.d_model, c.model.num_heads = 16, 2
   c.data.seq_len, c.data.batch_size = 8, 4
-  for key, value in overrides.items():
-    node = c
-    *path, last = key.split('.')
-    for name in path:
-      node = node[name]
-    node[last] = value
+  c.update_from_flattened_dict(overrides)
   return c
 
 

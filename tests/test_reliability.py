@@ -34,12 +34,7 @@ def small_config(**changes):
   c.checkpoint.every_steps = 6
   c.checkpoint.async_save = False
   c.model.num_layers = 1
-  for key, value in changes.items():
-    node = c
-    *path, leaf = key.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(changes)
   return c
 
 

@@ -64,12 +64,7 @@ def smoke_config(**overrides):
   # blows its float32 rounding noise (different on every layout) up to a
   # full step. A larger eps keeps the comparison about the sharding.
   c.optimizer.adamw.eps = 1e-6
-  for key, value in overrides.items():
-    *path, leaf = key.split('.')
-    node = c
-    for p in path:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(overrides)
   return c
 
 
