@@ -105,7 +105,8 @@ def from_config(config: ml_collections.ConfigDict) -> List[Probe]:
       out.append(SharpnessProbe(
           a.sharpness_every, trace_every=a.trace_every,
           batches=sources[a.sharpness_data](a.sharpness_batches),
-          num_iters=a.sharpness_iters, b2=b2, eps=eps, seed=config.seed))
+          num_iters=a.sharpness_iters, b2=b2, eps=eps, seed=config.seed,
+          optimizer=(config.optimizer.name, hyper)))
   if a.ntk_every is not None:
     with _fields(every='ntk_every', num_examples='ntk_num_examples'):
       out.append(NTKProbe(a.ntk_every, num_examples=a.ntk_num_examples))
@@ -167,6 +168,10 @@ class SharpnessProbe(Probe):
     trace_probes: Rademacher probes per trace estimate.
     b2, eps: the Adam-type optimizer's second-moment decay (None: no bias
       correction) and epsilon, for the preconditioned sharpness.
+    optimizer: ``(config.optimizer.name, its section)``: that optimizer's
+      own ``P`` (`analysis.hessian.precondition.PRECONDITIONERS`; none
+      logged for one without a diagonal preconditioner, e.g. muon, lion);
+      None: the first Adam-type ``nu`` in the state, with ``b2``, ``eps``.
     log_loss: also log ``sharpness_loss``.
     seed: seed of the start vectors and trace probes (folded with the step).
     name: the key of the probe's state in checkpoints.
@@ -180,7 +185,8 @@ class SharpnessProbe(Probe):
                warm_start_noise: float = 0.1, trace_probes: int = 10,
                b2: Optional[float] = None, eps: float = 1e-8,
                log_loss: bool = False, seed: int = 0,
-               name: str = 'sharpness'):
+               name: str = 'sharpness',
+               optimizer: Optional[Tuple[str, Any]] = None):
     periods = [p for p in (every, trace_every) if p is not None]
     if not periods:
       raise ValueError('SharpnessProbe needs every (the sharpness) or '
@@ -196,7 +202,7 @@ class SharpnessProbe(Probe):
     self.name, self.num_iters, self.tol = name, num_iters, tol
     self.min_iters, self.warm_start_noise = min_iters, warm_start_noise
     self.trace_probes, self.b2, self.eps = trace_probes, b2, eps
-    self.log_loss = log_loss
+    self.log_loss, self.optimizer = log_loss, optimizer
     self._batches, self._loss_fn = _Batches(batches), loss_fn
     self._key = jax.random.PRNGKey(seed)
     self._run, self._run_loss, self._jit_loss = None, None, None
@@ -266,14 +272,20 @@ class SharpnessProbe(Probe):
     return out
 
   def _preconditioned(self, op, state, key) -> Dict[str, float]:
+    name, hyper = self.optimizer or (None, None)
+    if name is not None and not hessian.has_preconditioner(name):
+      return {}  # No diagonal preconditioner (muon, lion, ...).
     try:
       _, count = hessian.find_second_moment(state.opt_state)
     except ValueError:
-      return {}  # Not an adaptive optimizer.
+      if name is None:
+        return {}  # Not an adaptive optimizer.
+      count = state.step  # Adafactor: a factored moment, no nu.
     if count is not None and int(count) == 0:
       return {}  # nu = 0 before the first update: P^{-1} H is meaningless.
     value, info = hessian.preconditioned_sharpness(
-        op, state.opt_state, b2=self.b2, eps=self.eps,
+        op, state.opt_state, b2=self.b2, eps=self.eps, optimizer=name,
+        hyper=hyper, params=state.params,
         num_iters=self.num_iters, tol=self.tol, key=key,
         init_vector=self._start('preconditioned', state.params, key),
         min_iters=self.min_iters, return_info=True)

@@ -170,6 +170,58 @@ def defaults() -> ml_collections.ConfigDict:
   for name, kind in _flat_fields(o).items():
     if name not in o:
       o[name] = placeholder(kind)
+  # Today's optimizers by their optax names (dynamics/optim/catalog.py):
+  # after the loop above, so they add no deprecated flat names.
+  o.nadamw = _adam_moments()       # NAdamW (optax.nadamw).
+  o.lion = li = ml_collections.ConfigDict()  # Lion (optax.lion).
+  li.b1 = 0.9                      # Interpolation of momentum and gradient (the sign's argument).
+  li.b2 = 0.99                     # Momentum decay.
+  o.adafactor = af = ml_collections.ConfigDict()  # Adafactor (optax.adafactor).
+  af.decay_rate = 0.8              # Second-moment decay 1 - (t + 1)^-decay_rate.
+  af.decay_offset = 0              # Step offset of that decay.
+  af.min_dim_size_to_factor = 128  # Factor the second moment of leaves with both last dims >= this.
+  af.factored = True               # Factor the second moment (False: full, as RMSProp).
+  af.multiply_by_parameter_scale = True # Scale steps by each leaf's RMS.
+  af.clipping_threshold = ml_collections.FieldReference(1.0, float) # Update RMS clipping per leaf (None: off).
+  af.momentum = placeholder(float) # First-moment decay (None: none, as the paper).
+  af.eps = 1e-30                   # Added to the squared gradient.
+  o.muon = mu = ml_collections.ConfigDict()  # Muon (optax.contrib.muon).
+  mu.beta = 0.95                   # Momentum decay.
+  mu.ns_steps = 5                  # Newton-Schulz iterations.
+  mu.nesterov = True               # Nesterov momentum.
+  mu.eps = 1e-8                    # Epsilon of the normalization (and of the AdamW fallback).
+  mu.adam_params = r'(embed|pos_embed|head)(/.*)?' # Regex of 2-D leaves left to AdamW (embeddings, head).
+  mu.adam_b1 = 0.9                 # AdamW fallback's first-moment decay.
+  mu.adam_b2 = 0.999               # AdamW fallback's second-moment decay.
+  mu.adam_weight_decay = 0.0       # AdamW fallback's decay (every fallback leaf; optax has no mask).
+  mu.consistent_rms = placeholder(float) # Consistent-RMS scale (e.g. 0.2; None: width scaling).
+  o.schedule_free_adamw = sf = ml_collections.ConfigDict()  # Schedule-free AdamW (optax.contrib).
+  sf.b1 = 0.9                      # Interpolation y = b1 x + (1 - b1) z, in (0, 1).
+  sf.b2 = 0.999                    # Second-moment decay.
+  sf.eps = 1e-8                    # Epsilon added to sqrt(v).
+  sf.weight_lr_power = 2.0         # Averaging weight max_lr^power.
+  o.ademamix = am = ml_collections.ConfigDict()  # AdEMAMix (optax.contrib.ademamix).
+  am.b1 = 0.9                      # Fast EMA decay.
+  am.b2 = 0.999                    # Second-moment decay.
+  am.b3 = 0.9999                   # Slow EMA decay.
+  am.alpha = 5.0                   # Weight of the slow EMA.
+  am.eps = 1e-8                    # Epsilon added to sqrt(v).
+  o.adopt = ad = ml_collections.ConfigDict()  # ADOPT (optax.contrib.adopt).
+  ad.b1 = 0.9                      # First-moment decay.
+  ad.b2 = 0.9999                   # Second-moment decay.
+  ad.eps = 1e-6                    # Floor of sqrt(v).
+  ad.nesterov = False              # Nesterov momentum.
+  ad.use_clipping = True           # Clip the normalized gradient at step^0.25.
+  o.prodigy = pr = ml_collections.ConfigDict()  # Prodigy (optax.contrib.prodigy; learning_rate=1 is its default).
+  pr.b1 = 0.9                      # First-moment decay.
+  pr.b2 = 0.999                    # Second-moment decay.
+  pr.beta3 = placeholder(float)    # Step-size estimate decay (None: sqrt(b2)).
+  pr.eps = 1e-8                    # Epsilon added to sqrt(v).
+  pr.estim_lr0 = 1e-6              # Initial step-size estimate d0.
+  pr.estim_lr_coef = 1.0           # Multiplier of the estimate.
+  pr.safeguard_warmup = False      # Leave the rate out of the estimate during warmup.
+  o.signum = sg = ml_collections.ConfigDict()  # Signum (optax.signum).
+  sg.beta = 0.9                    # Momentum decay.
 
   # Learning-rate schedule (dynamics/schedules.py).
   c.schedule = sc = ml_collections.ConfigDict()

@@ -138,7 +138,8 @@ def _host_metrics(step: int, state: TrainState, run: runs.Run, eval_fn, put,
   """Eval and probe results due at ``step`` (after ``step`` updates)."""
   config, out = run.config, {}
   if step % config.eval_every == 0 or step == config.num_steps:
-    ev = run.evaluate(state.params, state.model_state, eval_fn=eval_fn, put=put)
+    ev = run.evaluate(run.eval_params(state), state.model_state,
+                      eval_fn=eval_fn, put=put)
     out.update({f'eval_{k}': v for k, v in ev.items()})
     if state.ema_params is not None:
       ev = run.evaluate(state.ema_params, state.model_state, eval_fn=eval_fn,

@@ -100,6 +100,7 @@ _LAZY = {
     'find_second_moment': 'precondition', 'preconditioned': 'precondition',
     'preconditioned_sharpness': 'precondition',
     'preconditioner_scale': 'precondition',
+    'has_preconditioner': 'precondition',
     'block_report': 'report',
     'run_curvature': 'checkpoints', 'run_inputs': 'checkpoints',
     'checkpoint_spectrum': 'checkpoints', 'checkpoint_blocks': 'checkpoints',

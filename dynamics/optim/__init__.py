@@ -24,6 +24,7 @@ from absl import logging
 from dynamics import config_schema
 from dynamics import errors
 from dynamics.config_schema import migrate_flat_fields
+from dynamics.optim import catalog
 from dynamics.optim.adamp import adamp, sgdp
 from dynamics.optim.multipliers import scale_by_lr_multipliers
 from dynamics.optim.orthograd import orthograd
@@ -56,10 +57,13 @@ class Entry:
       learning-rate rule applies (``dynamics.parametrization.MUP_RULES``).
     check: ``(hyper, prefix) -> None``, raising ``ConfigError`` for an
       invalid value of the section (None: the optimizer has no section).
+    eval_params: ``(opt_state, params) -> params`` where the model is
+      evaluated (schedule-free: the averaged point); None: at ``params``.
   """
   build: Builder
   family: str
   check: Optional[Check] = None
+  eval_params: Optional[Callable[[Any, Any], Any]] = None
 
 
 def weight_decay_mask(kind: str) -> Callable[[Any], Any]:
@@ -148,6 +152,12 @@ def _check_stable_spam(h, prefix: str) -> None:
                 at_most=1)
 
 
+def _catalog(name: str) -> Builder:
+  """``catalog.<name>`` with the weight-decay mask of ``o``."""
+  fn = getattr(catalog, name)
+  return lambda h, o, lr: fn(h, o, lr, weight_decay_mask(o.weight_decay_mask))
+
+
 OPTIMIZERS: Dict[str, Entry] = {
     'sgd': Entry(lambda h, o, lr: _coupled_l2(optax.sgd(lr), o), 'sgd'),
     'momentum': Entry(lambda h, o, lr: _coupled_l2(optax.sgd(
@@ -161,6 +171,19 @@ OPTIMIZERS: Dict[str, Entry] = {
     'adamp': Entry(_adamp, 'adam', _check_adamp),
     'sgdp': Entry(_sgdp, 'sgd', _check_sgdp),
     'stable_spam': Entry(_stable_spam, 'adam', _check_stable_spam),
+    # Today's optimizers by their optax names (dynamics/optim/catalog.py).
+    **{name: Entry(_catalog(name), family, check, eval_fn)
+       for name, family, check, eval_fn in (
+           ('nadamw', 'adam', catalog.check_adam, None),
+           ('lion', 'adam', catalog.check_lion, None),
+           ('adafactor', 'adam', catalog.check_adafactor, None),
+           ('muon', 'adam', catalog.check_muon, None),
+           ('schedule_free_adamw', 'adam', catalog.check_schedule_free_adamw,
+            catalog.schedule_free_eval),
+           ('ademamix', 'adam', catalog.check_ademamix, None),
+           ('adopt', 'adam', catalog.check_adopt, None),
+           ('prodigy', 'adam', catalog.check_prodigy, None),
+           ('signum', 'adam', catalog.check_signum, None))},
 }
 
 
@@ -222,6 +245,14 @@ def build_optimizer(opt_config: Any, schedule: optax.Schedule
   return tx
 
 
+def eval_params(opt_config: Any, opt_state: Any, params: Any) -> Any:
+  """The parameters at which the model is evaluated: ``params``, or the
+  optimizer's evaluation point (its entry's ``eval_params``: schedule-free
+  AdamW's averaged iterate ``x``)."""
+  fn = _entry(opt_config.name).eval_params
+  return params if fn is None else fn(opt_state, params)
+
+
 def _check_sam(s: Any) -> None:
   errors.number('optimizer.sam.rho', s.rho, at_least=0, optional=True)
   errors.boolean('optimizer.sam.adaptive', s.adaptive)
@@ -237,6 +268,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   shared ones, the selected optimizer's section (its entry's check) and
   SAM's."""
   o = config.optimizer
+  catalog.refuse_unsupported(o.name)
   errors.one_of('optimizer.name', o.name, OPTIMIZERS)
   errors.number('optimizer.learning_rate', o.learning_rate, above=0)
   errors.number('optimizer.weight_decay', o.weight_decay, at_least=0)
@@ -258,6 +290,7 @@ def check(config: ml_collections.ConfigDict) -> None:
 
 __all__ = ['Entry', 'OPTIMIZERS', 'SAM_MASKS', 'SamOptions',
            'WEIGHT_DECAY_MASKS', 'adamp', 'build_optimizer', 'check',
+           'eval_params',
            'hyperparameters', 'migrate_flat_fields', 'norm_mask',
            'sam_gradient', 'sam_mask', 'sgdp', 'stable_spam',
            'weight_decay_mask']
