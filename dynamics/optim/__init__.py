@@ -29,6 +29,7 @@ from dynamics.optim.multipliers import scale_by_lr_multipliers
 from dynamics.optim.orthograd import orthograd
 from dynamics.optim.sam import (SAM_MASKS, SamOptions, norm_mask, sam_gradient,
                                 sam_mask)
+from dynamics.optim.soap import check_section as check_soap, soap
 from dynamics.optim.stable_spam import stable_spam
 
 # ``build(hyper, opt_config, learning_rate)``: ``hyper`` is the optimizer's
@@ -161,6 +162,16 @@ OPTIMIZERS: Dict[str, Entry] = {
     'adamp': Entry(_adamp, 'adam', _check_adamp),
     'sgdp': Entry(_sgdp, 'sgd', _check_sgdp),
     'stable_spam': Entry(_stable_spam, 'adam', _check_stable_spam),
+    # SOAP (dynamics/optim/soap.py): Adam in Shampoo's eigenbasis.
+    'soap': Entry(lambda h, o, lr: soap(
+        lr, b1=h.b1, b2=h.b2, shampoo_beta=h.shampoo_beta, eps=h.eps,
+        weight_decay=o.weight_decay,
+        precondition_frequency=h.precondition_frequency,
+        max_precond_dim=h.max_precond_dim, merge_dims=h.merge_dims,
+        precondition_1d=h.precondition_1d, normalize_grads=h.normalize_grads,
+        correct_bias=h.correct_bias,
+        weight_decay_mask=weight_decay_mask(o.weight_decay_mask)), 'adam',
+                  check_soap),
 }
 
 
