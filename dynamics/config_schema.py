@@ -160,6 +160,15 @@ def defaults() -> ml_collections.ConfigDict:
   ss.reset_interval = 1000         # Momentum reset period.
   ss.beta1_decay_steps = placeholder(int) # Steps over which b1 (and gamma1) decay (None: off).
   ss.beta1_decay_min = 0.5         # Final factor of that decay, in [0, 1].
+  o.soap = so = _adam_moments()    # SOAP (Vyas et al., 2024): Adam in Shampoo's eigenbasis.
+  so.b1 = 0.95                     # First-moment decay (the reference's default).
+  so.shampoo_beta = placeholder(float) # Decay of Shampoo's factors L, R (None: b2).
+  so.precondition_frequency = 10   # Refresh the eigenbases (power iteration + QR) every this many steps.
+  so.max_precond_dim = 10000       # Axes longer than this get no preconditioner (identity basis).
+  so.merge_dims = False            # Merge adjacent axes while their product <= max_precond_dim.
+  so.precondition_1d = False       # Precondition vectors too (one full factor).
+  so.normalize_grads = False       # Divide each leaf's step direction by its RMS.
+  so.correct_bias = True           # Adam's bias correction.
   # Deprecated for one release: the flat names the fields above had before
   # each optimizer had its section (optimizer.b1, optimizer.gamma1, ...), as
   # "unset" placeholders. Set, `resolve_deprecated` moves each into the
@@ -288,11 +297,18 @@ def deprecated_flat_fields() -> Dict[str, type]:
   return _flat_fields(defaults().optimizer)
 
 
+# The optimizers that had flat fields before the sections; a later
+# optimizer's fields never had a flat name.
+_FLAT_ERA = ('momentum', 'adam', 'adamw', 'adamp', 'sgdp', 'stable_spam')
+
+
 def _flat_fields(opt_config: Any) -> Dict[str, type]:
-  """``{field: type}`` of every field of every optimizer section: the flat
-  ``optimizer.<field>`` names of before the sections (deprecated)."""
+  """``{field: type}`` of every field of the flat-era optimizer sections: the
+  flat ``optimizer.<field>`` names of before the sections (deprecated)."""
   out = {}
-  for section in optimizer_sections(opt_config).values():
+  for name, section in optimizer_sections(opt_config).items():
+    if name not in _FLAT_ERA:
+      continue
     for field in section:
       out.setdefault(field, section.get_type(field))
   return out

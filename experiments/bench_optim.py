@@ -11,7 +11,9 @@ optimizer in turn, so drifts in machine load hit all of them alike). The table
 reports, per optimizer, the median per-step time over rounds and the median over
 rounds of its ratio to AdamW *in the same round* (a paired ratio: on a shared,
 noisy machine it is far steadier than a ratio of medians). Targets: AdamP/SGDP <= 1.10x and Stable-SPAM <= 1.05x on the CPU smoke
-transformer (<= 1.03x on GPT-2 small on a GPU); SAM <= 2.05x.
+transformer (<= 1.03x on GPT-2 small on a GPU); SAM <= 2.05x. SOAP and Muon
+(``optax.contrib.muon``, AdamW on its non-matrix leaves) are today's baselines:
+SOAP's step here includes its eigenbasis refresh every 10 steps, amortized.
 """
 
 import statistics
@@ -22,12 +24,14 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import optax
+import optax.contrib
 
 from configs import wsd
 from dynamics import data as data_lib
 from dynamics import models as models_lib
 from dynamics.optim.adamp import adamp, sgdp
 from dynamics.optim.sam import sam_gradient
+from dynamics.optim.soap import soap
 from dynamics.optim.stable_spam import stable_spam
 
 _PRESET = flags.DEFINE_enum('preset', 'smoke', ['smoke', 'gpt2_small'],
@@ -42,6 +46,10 @@ OPTIMIZERS = {
     'sgdp': lambda: sgdp(LR, momentum=0.9, weight_decay=0.1),
     'stable_spam': lambda: stable_spam(LR, weight_decay=0.1),
     'sam(adamw)': lambda: optax.adamw(LR, weight_decay=0.1),
+    # The reference's defaults (refresh every 10 steps: one per timing round).
+    'soap': lambda: soap(LR, weight_decay=0.1, precondition_frequency=10),
+    'muon': lambda: optax.contrib.muon(LR, weight_decay=0.1,
+                                       adam_weight_decay=0.1),
 }
 
 

@@ -30,6 +30,7 @@ from dynamics.optim.multipliers import scale_by_lr_multipliers
 from dynamics.optim.orthograd import orthograd
 from dynamics.optim.sam import (SAM_MASKS, SamOptions, norm_mask, sam_gradient,
                                 sam_mask)
+from dynamics.optim.soap import check_section as check_soap, soap
 from dynamics.optim.stable_spam import stable_spam
 
 # ``build(hyper, opt_config, learning_rate)``: ``hyper`` is the optimizer's
@@ -184,6 +185,16 @@ OPTIMIZERS: Dict[str, Entry] = {
            ('adopt', 'adam', catalog.check_adopt, None),
            ('prodigy', 'adam', catalog.check_prodigy, None),
            ('signum', 'adam', catalog.check_signum, None))},
+    # SOAP (dynamics/optim/soap.py): Adam in Shampoo's eigenbasis.
+    'soap': Entry(lambda h, o, lr: soap(
+        lr, b1=h.b1, b2=h.b2, shampoo_beta=h.shampoo_beta, eps=h.eps,
+        weight_decay=o.weight_decay,
+        precondition_frequency=h.precondition_frequency,
+        max_precond_dim=h.max_precond_dim, merge_dims=h.merge_dims,
+        precondition_1d=h.precondition_1d, normalize_grads=h.normalize_grads,
+        correct_bias=h.correct_bias,
+        weight_decay_mask=weight_decay_mask(o.weight_decay_mask)), 'adam',
+                  check_soap),
 }
 
 
