@@ -19,6 +19,7 @@ from absl import flags
 from ml_collections.config_flags import config_flags
 
 from dynamics import config_schema  # JAX-free, as this module.
+from dynamics import config_migrate  # JAX-free too.
 from dynamics import errors
 
 EXIT_USER_ERROR = 1
@@ -198,9 +199,9 @@ def _deprecated_flat(argv: List[str]
                      ) -> Tuple[List[str], Dict[str, Dict[str, Any]]]:
   """``argv`` without the deprecated ``--<config>.optimizer.FIELD=NUMBER``
   whose FIELD is a section's name now (``optimizer.momentum``), and those
-  values per config flag, for `config_schema.resolve_deprecated`."""
-  colliding = set(config_schema.deprecated_flat_fields()) & set(
-      config_schema.optimizer_sections(config_schema.defaults().optimizer))
+  values per config flag, for `config_migrate.resolve_deprecated`."""
+  colliding = set(config_migrate.deprecated_flat_fields()) & set(
+      config_migrate.optimizer_sections(config_schema.defaults().optimizer))
   kept, given = [], {}
   names = [f.name for f in _config_flags()]
   for arg in argv:
@@ -224,7 +225,7 @@ def parse_flags(argv: List[str]) -> List[str]:
 
   Deprecated flat optimizer fields (``--config.optimizer.b2=0.99``) are
   moved into the selected optimizer's section here, one warning line each
-  (`dynamics.config_schema.resolve_deprecated`), so every command sees the
+  (`dynamics.config_migrate.resolve_deprecated`), so every command sees the
   resolved config.
   """
   try:
@@ -241,7 +242,7 @@ def parse_flags(argv: List[str]) -> List[str]:
             f'--{flag.name}={_config_argument(argv, flag.name)}: get_config() '
             f'returned a {type(flag.value).__name__}, not the ConfigDict of '
             'configs/base.py:get_config()')
-      for notice in config_schema.resolve_deprecated(
+      for notice in config_migrate.resolve_deprecated(
           flag.value, given.get(flag.name)):
         print(f'Warning: {notice}', file=sys.stderr)
     return parsed

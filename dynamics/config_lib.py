@@ -12,7 +12,7 @@ read.
 import ml_collections
 from absl import logging
 
-from dynamics import config_schema
+from dynamics import config_migrate
 from dynamics import data as data_lib
 from dynamics import errors
 from dynamics import losses
@@ -31,13 +31,13 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
   Unknown fields never get here: ``configs.base.get_config()`` is locked, so
   ml_collections itself rejects them (and values of the wrong type). Set
   deprecated flat optimizer fields are first moved into their section
-  (`dynamics.config_schema.resolve_deprecated`, one warning each).
+  (`dynamics.config_migrate.resolve_deprecated`, one warning each).
 
   Args:
     config: the experiment config.
     device_count: devices the global batch is split over.
   """
-  for notice in config_schema.resolve_deprecated(config):
+  for notice in config_migrate.resolve_deprecated(config):
     logging.warning(notice)
   _check_run(config)
   for check in (models_lib.check, data_lib.check, losses.check,

@@ -12,20 +12,19 @@ value of the wrong type, naming the field.
 Each optimizer's own hyperparameters are its section ``optimizer.<name>``
 (the name in ``dynamics.optim.OPTIMIZERS``). Their flat names of before the
 sections (``optimizer.b2``, ...) are accepted for one release:
-`resolve_deprecated` moves them into the selected optimizer's section, and
-`migrate_flat_fields` converts a run record of before the sections.
+``dynamics.config_migrate`` moves them into the selected optimizer's section
+and converts a run record of before the sections.
 
 This module imports nothing but ml_collections (and the plain-Python
 ``dynamics.errors``), so that configs and ``--help`` load without JAX.
 """
 
-import copy
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Mapping
 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from dynamics.errors import ConfigError  # Config files raise it (variants).
+from dynamics.errors import ConfigError  # noqa: F401  (config files raise it)
 
 
 def _adam_moments() -> ml_collections.ConfigDict:
@@ -120,7 +119,7 @@ def defaults() -> ml_collections.ConfigDict:
   # momentum optimizer is optimizer.momentum: its coefficient is
   # optimizer.momentum.momentum (sgdp's is optimizer.sgdp.momentum).
   c.optimizer = o = ml_collections.ConfigDict()
-  o.name = 'adamw'                 # sgd | momentum | adam | adamw | adamp | sgdp | stable_spam
+  o.name = 'adamw'                 # A key of dynamics.optim.OPTIMIZERS (each has its section below).
   o.learning_rate = 3e-3           # Peak learning rate (the schedule scales it).
   o.weight_decay = 0.0             # Weight decay (decoupled; sgd, momentum, adam: coupled L2).
   o.weight_decay_mask = 'matrices' # all | matrices (ndim >= 2 only)
@@ -281,8 +280,8 @@ def defaults() -> ml_collections.ConfigDict:
   return c
 
 
-# ---------------------------------------------------------------------------
-# The optimizer sections, and the flat names they replace (one release).
+# The optimizer sections, and which of them had flat fields before the
+# sections (dynamics.config_migrate moves those).
 
 
 def optimizer_sections(opt_config: Any) -> Dict[str, Any]:
@@ -290,11 +289,6 @@ def optimizer_sections(opt_config: Any) -> Dict[str, Any]:
   (every sub-section but ``sam``, which any optimizer's step may use)."""
   return {k: v for k, v in opt_config.items()
           if isinstance(v, (ml_collections.ConfigDict, Mapping)) and k != 'sam'}
-
-
-def deprecated_flat_fields() -> Dict[str, type]:
-  """``{field: type}`` of the deprecated flat ``optimizer.<field>`` names."""
-  return _flat_fields(defaults().optimizer)
 
 
 # The optimizers that had flat fields before the sections; a later
@@ -312,94 +306,3 @@ def _flat_fields(opt_config: Any) -> Dict[str, type]:
     for field in section:
       out.setdefault(field, section.get_type(field))
   return out
-
-
-def _move_flat(opt: Dict[str, Any], flat: Mapping[str, Any],
-               section_fields: Mapping[str, Any]) -> List[str]:
-  """Moves the set ``flat`` values into ``opt[opt['name']]``; the notices."""
-  name, notices = opt.get('name'), []
-  fields = section_fields.get(name, ())
-  for field, value in flat.items():
-    if value is None:
-      continue
-    if field in fields:
-      opt[name][field] = value
-      notices.append(f'config.optimizer.{field} is deprecated: use '
-                     f'optimizer.{name}.{field} (set to {value!r})')
-    else:
-      owners = [n for n, f in section_fields.items() if field in f]
-      notices.append(f'config.optimizer.{field} is deprecated and '
-                     f'optimizer.name={name} has no such field: ignored (use '
-                     + ' or '.join(f'optimizer.{n}.{field}' for n in owners)
-                     + ')')
-  return notices
-
-
-def resolve_deprecated(config: ml_collections.ConfigDict,
-                       given: Optional[Mapping[str, Any]] = None) -> List[str]:
-  """Moves the deprecated flat optimizer fields into the selected section.
-
-  Every flat ``config.optimizer.<field>`` that is set (not None) is copied
-  into ``config.optimizer.<name>.<field>`` of the selected optimizer (or
-  ignored, when that optimizer has no such field, as before the sections)
-  and reset to None, so the recorded config holds only the nested values;
-  a second call does nothing. ``given`` adds flat values that cannot sit in
-  the config (``optimizer.momentum=0.9`` from the command line: that name is
-  the momentum optimizer's section now).
-
-  Returns:
-    One line per moved field, the deprecation notice to show.
-  """
-  return resolve_deprecated_optimizer(config.optimizer, given)
-
-
-def set_flat_fields(opt_config: Any) -> Dict[str, Any]:
-  """``{field: value}`` of the deprecated flat fields set in ``opt_config``."""
-  return {k: opt_config[k] for k in _flat_fields(opt_config)
-          if k in opt_config and opt_config[k] is not None
-          and not isinstance(opt_config[k], ml_collections.ConfigDict)}
-
-
-def resolve_deprecated_optimizer(o: Any,
-                                 given: Optional[Mapping[str, Any]] = None
-                                 ) -> List[str]:
-  """`resolve_deprecated` of the optimizer section ``o`` alone."""
-  flat = {**set_flat_fields(o), **(given or {})}
-  sections = optimizer_sections(o)
-  notices = _move_flat({'name': o.name, **sections}, flat,
-                       {n: tuple(s) for n, s in sections.items()})
-  for field in flat:
-    if field in o and not isinstance(o[field], ml_collections.ConfigDict):
-      o[field] = None
-  return notices
-
-
-def migrate_flat_fields(record: Mapping[str, Any]) -> Dict[str, Any]:
-  """A ``config.json`` record of before the optimizer sections, in today's
-  layout: the flat ``optimizer.<field>`` values move into the selected
-  optimizer's section (``optimizer.b2`` of an ``adamw`` run becomes
-  ``optimizer.adamw.b2``); the fields that optimizer does not have, which it
-  ignored, and unset placeholders are dropped (a record in today's layout
-  loses only those). Pure: the input is not changed.
-
-  Example:
-    >>> old = {'optimizer': {'name': 'momentum', 'momentum': 0.8, 'b1': 0.9}}
-    >>> migrate_flat_fields(old)['optimizer']
-    {'name': 'momentum', 'momentum': {'momentum': 0.8}}
-  """
-  record = copy.deepcopy(dict(record))
-  if not isinstance(record.get('optimizer'), Mapping):
-    return record
-  declared = defaults().optimizer
-  flat_names = _flat_fields(declared)
-  opt = dict(record['optimizer'])
-  flat = {k: opt.pop(k) for k in list(opt)
-          if k in flat_names and not isinstance(opt[k], Mapping)}
-  name = opt.get('name')
-  section_fields = {n: tuple(s)
-                    for n, s in optimizer_sections(declared).items()}
-  if name in section_fields and any(v is not None for v in flat.values()):
-    opt[name] = dict(opt.get(name) or {})
-  _move_flat(opt, flat, section_fields)
-  record['optimizer'] = opt
-  return record

@@ -28,6 +28,7 @@ import optax
 
 from dynamics import checkpoint as checkpoint_lib
 from dynamics import config_schema
+from dynamics import config_migrate
 from dynamics import data as data_lib
 from dynamics import metrics as metrics_lib
 from dynamics import optim as optim_lib
@@ -67,14 +68,14 @@ def _write_json(path: str, value: Mapping[str, Any]) -> None:
 
 def config_record(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """The JSON-able dict that ``config.json`` holds (no deprecated fields)."""
-  return config_schema.migrate_flat_fields(
+  return config_migrate.migrate_flat_fields(
       json.loads(config.to_json_best_effort()))
 
 
 def read_record(workdir: str) -> Dict[str, Any]:
   """``workdir/config.json`` as a dict (with the lineage ``parent``, if any).
   A record of the flat optimizer layout comes back in today's sections
-  (`config_schema.migrate_flat_fields`): old runs open with their values.
+  (`config_migrate.migrate_flat_fields`): old runs open with their values.
 
   Raises:
     RunNotFoundError: ``workdir`` holds no recorded run.
@@ -88,7 +89,7 @@ def read_record(workdir: str) -> Dict[str, Any]:
       record = json.load(f)
   except ValueError as e:
     raise RunFileError(f'{path}: not a JSON record ({e})') from None
-  return config_schema.migrate_flat_fields(record)
+  return config_migrate.migrate_flat_fields(record)
 
 
 def holds_run(workdir: str) -> bool:

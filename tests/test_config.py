@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from configs import base, wsd
-from dynamics import config_lib, config_schema
+from dynamics import config_lib, config_migrate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +29,7 @@ def test_every_shipped_config_validates():
     ('schedule.warmup_steps', 39, 'schedule.warmup_steps=39: runs into the decay'),
     ('model.name', 'rnn', "model.name='rnn': must be one of"),
     ('data.name', 'imagenet', "data.name='imagenet': must be one of"),
-    ('optimizer.name', 'lion', "optimizer.name='lion': must be one of"),
+    ('optimizer.name', 'lamb', "optimizer.name='lamb': must be one of"),
     ('optimizer.adamw.b2', 1.0, 'optimizer.adamw.b2=1.0: must be in [0, 1)'),
     ('optimizer.sam.rho', -0.1, 'optimizer.sam.rho=-0.1'),
     ('optimizer.adamw.eps', -1.0, 'optimizer.adamw.eps=-1.0: must be >= 0'),
@@ -272,14 +272,14 @@ def test_a_flat_field_moves_into_the_selected_section(caplog):
   assert any(n.startswith('config.optimizer.gamma1 is deprecated and '
                           'optimizer.name=adamw has no such field: ignored')
              for n in notices)
-  assert config_schema.resolve_deprecated(c) == []  # Nothing left to move.
+  assert config_migrate.resolve_deprecated(c) == []  # Nothing left to move.
 
 
 def test_a_flat_momentum_goes_to_the_momentum_of_the_selected_optimizer():
   for name in ('momentum', 'sgdp'):
     c = _smoke()
     c.optimizer.name = name
-    config_schema.resolve_deprecated(c, {'momentum': 0.5})
+    config_migrate.resolve_deprecated(c, {'momentum': 0.5})
     assert c.optimizer[name].momentum == 0.5
     other = 'sgdp' if name == 'momentum' else 'momentum'
     assert c.optimizer[other].momentum == 0.9
@@ -292,16 +292,16 @@ def test_old_records_migrate_to_the_sections():
   with open(os.path.join(ROOT, 'results', 'training_jacobian.json')) as f:
     old = json.load(f)['configs']['digits']
   assert old['optimizer']['momentum'] == 0.9 and 'b2' in old['optimizer']
-  new = config_schema.migrate_flat_fields(old)
+  new = config_migrate.migrate_flat_fields(old)
   assert old['optimizer']['momentum'] == 0.9  # Pure.
   assert new['optimizer']['momentum'] == {'momentum': 0.9, 'nesterov': False}
   assert 'b2' not in new['optimizer']  # The momentum optimizer had none.
   config = runs.config_from_record(new)
   assert config.optimizer.momentum.momentum == 0.9
-  assert config_schema.migrate_flat_fields(new) == new
+  assert config_migrate.migrate_flat_fields(new) == new
   stable = {'optimizer': {'name': 'stable_spam', 'b2': 0.999,
                           'reset_interval': 500, 'momentum': 0.9}}
-  assert config_schema.migrate_flat_fields(stable)['optimizer'] == {
+  assert config_migrate.migrate_flat_fields(stable)['optimizer'] == {
       'name': 'stable_spam', 'stable_spam': {'b2': 0.999, 'reset_interval': 500}}
 
 

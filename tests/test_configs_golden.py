@@ -4,7 +4,7 @@ sections and the shared smoke shrink (``configs/base.py:smoke``).
 ``configs_golden.json`` holds the values captured from the configs at
 4c182e5 (flat optimizer fields): the defaults, and per config and variant the
 fields that differ from them. Both sides are brought to today's layout by
-`dynamics.config_schema.migrate_flat_fields`, and the sections of the
+`dynamics.config_migrate.migrate_flat_fields`, and the sections of the
 optimizers a config does not select are left out (nothing reads them).
 
 One change is intended: the shared smoke shrink turns the progress bar off,
@@ -18,7 +18,7 @@ import os
 import pytest
 
 from configs import base
-from dynamics import config_schema
+from dynamics import config_migrate
 
 GOLDEN_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            'configs_golden.json')
@@ -52,8 +52,8 @@ def _nested(flat):
 def canonical(record):
   """Flat values in today's layout, without the unselected optimizers'
   sections."""
-  record = config_schema.migrate_flat_fields(record)
-  sections = config_schema.optimizer_sections(record['optimizer'])
+  record = config_migrate.migrate_flat_fields(record)
+  sections = config_migrate.optimizer_sections(record['optimizer'])
   others = tuple(f'optimizer.{n}.' for n in sections
                  if n != record['optimizer']['name'])
   return {k: v for k, v in _flat(record).items() if not k.startswith(others)}

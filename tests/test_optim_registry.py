@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from configs import base
-from dynamics import config_lib, config_schema, optim, parametrization
+from dynamics import config_lib, config_migrate, optim, parametrization
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -36,7 +36,7 @@ def _assert_same(a, b):
 def test_the_sections_are_the_registry():
   """One name list: the registry's keys. Each optimizer's section (if any)
   is declared under its name, and nothing else is an optimizer section."""
-  sections = config_schema.optimizer_sections(base.get_config().optimizer)
+  sections = config_migrate.optimizer_sections(base.get_config().optimizer)
   assert set(sections) <= set(optim.OPTIMIZERS)
   for name, entry in optim.OPTIMIZERS.items():
     assert (entry.check is None) == (name not in sections), name

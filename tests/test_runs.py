@@ -19,7 +19,7 @@ jax.config.update('jax_numpy_rank_promotion', 'raise')
 import pytest  # noqa: E402
 
 from configs import wsd  # noqa: E402
-from dynamics import config_schema, metrics, runs, workdir  # noqa: E402
+from dynamics import config_migrate, config_schema, metrics, runs, workdir  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_FILES = (runs.CONFIG_FILE, runs.METRICS_FILE, runs.RESUMES_FILE,
@@ -72,7 +72,7 @@ def test_create_records_every_field_and_the_lineage(recorded, tmp_path):
   assert on_disk['parent'] == {'workdir': os.path.abspath('elsewhere'),
                                'step': 7}
   declared = workdir.flatten(config_schema.defaults().to_dict())
-  deprecated = {f'optimizer.{f}' for f in config_schema.deprecated_flat_fields()}
+  deprecated = {f'optimizer.{f}' for f in config_migrate.deprecated_flat_fields()}
   assert set(declared) - deprecated <= set(workdir.flatten(on_disk))
   assert not deprecated & set(workdir.flatten(on_disk))
   opened = runs.Run.open(str(tmp_path))

@@ -21,9 +21,9 @@ import ml_collections
 import optax
 from absl import logging
 
-from dynamics import config_schema
+from dynamics import config_migrate
 from dynamics import errors
-from dynamics.config_schema import migrate_flat_fields
+from dynamics.config_migrate import migrate_flat_fields
 from dynamics.optim import catalog
 from dynamics.optim.adamp import adamp, sgdp
 from dynamics.optim.multipliers import scale_by_lr_multipliers
@@ -219,9 +219,9 @@ def hyperparameters(opt_config: Any) -> ml_collections.ConfigDict:
     0.95
   """
   _entry(opt_config.name)
-  if config_schema.set_flat_fields(opt_config):
+  if config_migrate.set_flat_fields(opt_config):
     opt_config = ml_collections.ConfigDict(opt_config.to_dict())
-    for notice in config_schema.resolve_deprecated_optimizer(opt_config):
+    for notice in config_migrate.resolve_deprecated_optimizer(opt_config):
       logging.warning(notice)
   if opt_config.name in opt_config:
     return opt_config[opt_config.name]
