@@ -12,7 +12,11 @@
   difference (model, data, loss, optimizer, schedule, seed, ``num_steps``,
   EMA, branch...) refuses the resume, naming the fields and the way out. A
   field not listed is trajectory-changing by default, so a new field is safe
-  until someone decides otherwise.
+  until someone decides otherwise. A field in `SAME_MATH_UNLESS` changes the
+  math where the run has what its entry names (``grad_accum_steps`` draws
+  new dropout masks per micro-batch, takes BatchNorm statistics per
+  micro-batch, and SAM perturbs per micro-batch): there it is refused too,
+  naming why.
 """
 
 import contextlib
@@ -34,6 +38,24 @@ RESUMABLE = (
     'mesh.', 'optimizer.grad_accum_steps', 'model.remat', 'model.attention_impl',
 )
 LOCK_FILE = '.lock'
+
+
+def _accumulation_changes_math(record: Mapping[str, Any]) -> list:
+  """What in a flattened record makes ``grad_accum_steps`` change the math
+  (see `dynamics.step`): each a ``config.FIELD=VALUE`` string."""
+  why = []
+  if record.get('model.dropout'):
+    why.append(f"config.model.dropout={record['model.dropout']!r}")
+  if record.get('model.norm') == 'batchnorm':
+    why.append("config.model.norm='batchnorm'")
+  if record.get('optimizer.sam.rho') is not None:
+    why.append(f"config.optimizer.sam.rho={record['optimizer.sam.rho']!r}")
+  return why
+
+
+# Resumable fields that change the math where the run's record has what the
+# function returns (a list of 'config.FIELD=VALUE' reasons; [] = same math).
+SAME_MATH_UNLESS = {'optimizer.grad_accum_steps': _accumulation_changes_math}
 
 
 class WorkdirBusyError(RuntimeError):
@@ -179,6 +201,16 @@ def check_resume(recorded: Mapping[str, Any], requested: Mapping[str, Any],
   """
   changes = config_changes(recorded, requested)
   refused = {k: v for k, v in changes.items() if not resumable(k)}
+  old = flatten({k: v for k, v in recorded.items() if k != 'parent'})
+  for field, reasons in SAME_MATH_UNLESS.items():
+    why = reasons(old) if field in changes and field not in refused else []
+    if why:
+      raise ResumeMismatchError(
+          f'{workdir} holds a run with another config (config.{field}: '
+          f'{changes[field][0]!r} -> {changes[field][1]!r}); with '
+          f'{" and ".join(why)} it changes the trajectory (new dropout masks, '
+          'BatchNorm statistics or SAM perturbations per micro-batch). Keep '
+          f'config.{field}={changes[field][0]!r}, or use a new --workdir.')
   if refused:
     listed = ', '.join(f'config.{k}: {a!r} -> {b!r}'
                        for k, (a, b) in list(refused.items())[:5])
