@@ -109,12 +109,26 @@ def _branch_parent(config: ml_collections.ConfigDict) -> runs.Run:
   return parent
 
 
-def _config_changes(config: ml_collections.ConfigDict, workdir: str
+def _config_changes(config: ml_collections.ConfigDict, workdir: str,
+                    rerecord_config: bool = False
                     ) -> Dict[str, Tuple[Any, Any]]:
-  """The allowed config changes of a resume (see `dynamics.workdir`)."""
+  """The allowed config changes of a resume (see `dynamics.workdir`).
+
+  Raises:
+    WorkdirError: checkpoints without ``config.json`` (nothing to check the
+      resume against), unless ``rerecord_config``.
+  """
   try:
     recorded = runs.read_record(workdir)
-  except runs.RunNotFoundError:  # A new run.
+  except runs.RunNotFoundError:  # A new run, or a record lost.
+    steps = checkpoint_lib.available_steps(workdir)
+    if steps and not rerecord_config:
+      raise workdir_lib.WorkdirError(
+          f'{workdir} holds checkpoints (steps {steps[0]}..{steps[-1]}) but no '
+          f'{runs.CONFIG_FILE}, so this resume cannot be checked against the '
+          f'config that trained them: put {runs.CONFIG_FILE} back, or pass '
+          '--rerecord_config to record this config after checking it against '
+          'the checkpoint\'s shapes (only the shapes can be checked)') from None
     return {}
   return workdir_lib.check_resume(recorded, runs.config_record(config),
                                   workdir)
@@ -123,8 +137,9 @@ def _config_changes(config: ml_collections.ConfigDict, workdir: str
 def _record_config(run: runs.Run, resumed_from: Optional[int],
                    changes: Dict[str, Tuple[Any, Any]]) -> None:
   """Records a new run (after a good start, so a start that failed leaves no
-  record to refuse the corrected config); a resume's allowed changes."""
-  if resumed_from is None:
+  record to refuse the corrected config) or a run whose record was lost; a
+  resume's allowed changes."""
+  if resumed_from is None or not run.has_record:
     b = run.config.branch
     runs.Run.create(run.workdir, run.config, parent=None
                     if b.from_workdir is None else
@@ -160,7 +175,8 @@ def _due(step: int, config, probes, keep) -> Tuple[bool, bool]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       probes: Sequence[probes_lib.Probe] = ()) -> TrainState:
+                       probes: Sequence[probes_lib.Probe] = (),
+                       rerecord_config: bool = False) -> TrainState:
   """Trains ``config`` into ``workdir``, resuming from its latest checkpoint.
 
   Writes ``workdir/config.json``, ``workdir/metrics.jsonl`` (one line per
@@ -176,6 +192,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       ``state.step % probe.every == 0`` (step 0 included; ``run`` is the
       `dynamics.runs.Run`); its ``state_dict()`` is checkpointed under its
       ``name``, so a resumed run continues the same series.
+    rerecord_config: a workdir whose checkpoints lost their ``config.json``
+      resumes with ``config`` (checked against the checkpoint's shapes) and
+      records it; without it such a workdir is refused.
 
   Returns:
     The final ``TrainState``.
@@ -195,7 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if is_main:  # One writer per workdir; under jax.distributed, process 0.
       cleanup.enter_context(workdir_lib.open_for_writing(workdir))
     stop = cleanup.enter_context(loop_utils.SigtermFlag())  # Saves, then stops.
-    changes = _config_changes(config, workdir)
+    changes = _config_changes(config, workdir, rerecord_config)
     run = runs.Run(config, workdir)
     state, shardings, put_batch, put_eval = _placement(run, run.init_state())
     ckpt = cleanup.enter_context(checkpoint_lib.Checkpointer(

@@ -26,6 +26,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (configs/*.py[:variant]).', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Output directory (default: runs/<config.name>).')
+_RERECORD = flags.DEFINE_bool(
+    'rerecord_config', False, 'A workdir whose checkpoints lost config.json: '
+    'resume with --config (checked against the checkpoint shapes) and record '
+    'it.')
 
 
 def main(argv):
@@ -39,7 +43,8 @@ def main(argv):
   workdir = _WORKDIR.value or os.path.join('runs', config.name)
   try:
     state = train.train_and_evaluate(config, workdir,
-                                     probes=probes.from_config(config))
+                                     probes=probes.from_config(config),
+                                     rerecord_config=_RERECORD.value)
   except train.NonFiniteError as e:
     print(f'Training stopped: {e}', file=sys.stderr)
     sys.exit(cli.EXIT_USER_ERROR)

@@ -106,9 +106,27 @@ def test_a_differently_shaped_checkpoint_is_a_mismatch_not_corruption(run_copy):
   os.remove(os.path.join(run_copy, 'config.json'))  # No record to compare.
   before = _snapshot(run_copy)
   with pytest.raises(checkpoint.CheckpointMismatchError, match='model|shape'):
-    train.train_and_evaluate(small_config(**{'model.d_model': 64}), run_copy)
+    train.train_and_evaluate(small_config(**{'model.d_model': 64}), run_copy,
+                             rerecord_config=True)
   assert not os.path.exists(os.path.join(run_copy, 'corrupt_checkpoints'))
   assert _snapshot(run_copy) == before
+
+
+def test_checkpoints_without_config_json_are_refused_with_the_way_out(
+    run_copy):
+  """Issue 28 item 9: the resume check was skipped (a changed learning rate
+  was accepted) and config.json was never rewritten."""
+  os.remove(os.path.join(run_copy, 'config.json'))
+  before = _snapshot(run_copy)
+  changed = small_config(**{'optimizer.learning_rate': 1e-2})
+  with pytest.raises(workdir_lib.WorkdirError) as err:
+    train.train_and_evaluate(changed, run_copy)
+  assert 'no config.json' in str(err.value)
+  assert '--rerecord_config' in str(err.value) and '\n' not in str(err.value)
+  assert _snapshot(run_copy) == before
+  train.train_and_evaluate(small_config(), run_copy, rerecord_config=True)
+  assert runs.Run.open(run_copy).config.optimizer.learning_rate == (
+      small_config().optimizer.learning_rate)
 
 
 def test_a_resume_may_change_logging_and_records_it(run_copy):
