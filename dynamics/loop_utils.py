@@ -92,6 +92,11 @@ class Saver:
     if self.log_stall:
       self.stall.append((step, time.perf_counter() - start))
 
+  def check(self) -> None:
+    """Raises `dynamics.checkpoint.CheckpointSaveError` as soon as an
+    asynchronous save has failed (a full disk): training stops at once."""
+    self.ckpt.check_for_errors()
+
   @contextlib.contextmanager
   def guard(self):
     """Turns a `NonFiniteError` into one naming the last good checkpoint."""

@@ -199,12 +199,6 @@ class Run:
     return self._record
 
   @property
-  def has_record(self) -> bool:
-    """Whether the workdir holds this run's ``config.json``."""
-    return self.workdir is not None and os.path.isfile(
-        self._path(CONFIG_FILE))
-
-  @property
   def parent(self) -> Optional[Dict[str, Any]]:
     """``{'workdir', 'step'}`` of the run this one branched (or was merged)
     from, if any."""

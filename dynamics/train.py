@@ -17,6 +17,7 @@ import ml_collections
 from dynamics import checkpoint as checkpoint_lib
 from dynamics import config_lib
 from dynamics import data as data_lib
+from dynamics import interrupts
 from dynamics import loop_utils
 from dynamics import metrics as metrics_lib
 from dynamics import probes as probes_lib
@@ -139,7 +140,8 @@ def _record_config(run: runs.Run, resumed_from: Optional[int],
   """Records a new run (after a good start, so a start that failed leaves no
   record to refuse the corrected config) or a run whose record was lost; a
   resume's allowed changes."""
-  if resumed_from is None or not run.has_record:
+  if resumed_from is None or not os.path.isfile(
+      os.path.join(run.workdir, runs.CONFIG_FILE)):
     b = run.config.branch
     runs.Run.create(run.workdir, run.config, parent=None
                     if b.from_workdir is None else
@@ -266,6 +268,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if save or preempted:
           saver.save(step, state)  # Refuses non-finite parameters.
       progress.update(step, pipeline.last)
+      saver.check()  # A failed async save stops training here.
+      interrupts.check()  # A Ctrl-C that a library swallowed stops here.
       if preempted and step != final:
         raise Preempted(f'SIGTERM: saved step {step} in {workdir}; re-run the '
                         'same command to resume.')

@@ -142,10 +142,23 @@ def open_for_writing(workdir: str) -> Iterator[WorkdirLock]:
   except PermissionError:
     raise WorkdirError(f'--workdir={workdir}: cannot create it (permission '
                        'denied)') from None
+  except OSError as e:  # A read-only file system, a name too long...
+    raise WorkdirError(f'--workdir={workdir}: cannot create it '
+                       f'({e.strerror or e})') from None
   if not os.access(workdir, os.W_OK | os.X_OK):
     raise WorkdirError(f'--workdir={workdir}: not writable')
-  with WorkdirLock(workdir) as lock:
+  try:
+    lock = WorkdirLock(workdir).acquire()
+  except WorkdirBusyError:
+    raise
+  except OSError as e:  # A file system without flock, say.
+    raise WorkdirError(f'--workdir={workdir}: cannot lock {LOCK_FILE} '
+                       f'({e.strerror or e}); use a workdir on a file system '
+                       'with flock') from None
+  try:
     yield lock
+  finally:
+    lock.release()
 
 
 def flatten(record: Mapping[str, Any], prefix: str = '') -> Dict[str, Any]:

@@ -16,11 +16,15 @@ scripts requeue on it); 130 interrupted (Ctrl-C).
 import os
 import sys
 
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
+if __name__ == '__main__':  # Signals from the first line (before JAX).
+  from dynamics import interrupts  # pylint: disable=g-import-not-at-top
+  interrupts.install()
 
-from dynamics import cli
+from absl import flags  # noqa: E402  pylint: disable=g-import-not-at-top
+from absl import logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from dynamics import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (configs/*.py[:variant]).', lock_config=True)
@@ -36,7 +40,7 @@ def main(argv):
   del argv
   # Imported here so that --help answers before JAX starts.
   from analysis import probes  # pylint: disable=g-import-not-at-top
-  from dynamics import checkpoint, runs, summary, train  # pylint: disable=g-import-not-at-top
+  from dynamics import checkpoint, interrupts, runs, summary, train  # pylint: disable=g-import-not-at-top
 
   logging.set_verbosity(logging.ERROR)  # orbax logs every save at INFO.
   config = _CONFIG.value
@@ -55,9 +59,10 @@ def main(argv):
     steps = checkpoint.available_steps(workdir)
     where = (f'the latest checkpoint in {os.path.abspath(workdir)} is step '
              f'{steps[-1]}' if steps else f'no checkpoint yet in {workdir}')
-    print(f'\nInterrupted (Ctrl-C); {where}. Re-run the same command to '
-          'resume.', file=sys.stderr)
-    sys.exit(cli.EXIT_INTERRUPTED)
+    # os._exit after a flush: the interpreter's shutdown with XLA threads
+    # still compiling could segfault (dynamics.interrupts).
+    interrupts.exit_now(cli.EXIT_INTERRUPTED, f'\nInterrupted (Ctrl-C); '
+                        f'{where}. Re-run the same command to resume.')
   print(summary.summarize(runs.Run.open(workdir), state))
 
 

@@ -61,7 +61,7 @@ def merge_and_evaluate(workdir: str, window: int | None = None,
   """
   # pylint: disable=g-import-not-at-top
   import jax
-  from dynamics import checkpoint, merging, runs
+  from dynamics import checkpoint, merging, outputs, runs
   from dynamics import workdir as workdir_lib
 
   run = runs.Run.open(workdir)
@@ -75,9 +75,11 @@ def merge_and_evaluate(workdir: str, window: int | None = None,
                        f'--{name}')
   step = run.resolve_step(step)
   steps = merging.window_steps(step, window, interval)
+  default_output = output is None
   output = os.path.abspath(output or os.path.join(run.workdir, 'merged',
                                                   f'{shape}-w{window}'))
   _check_output(output, run.workdir)
+  outputs.check_writable(output, '--output', default=default_output)
   if step in checkpoint.available_steps(output):
     raise FileExistsError(f'checkpoint {step} already exists in {output}; a '
                           'merge never overwrites one (pass another --output)')

@@ -56,6 +56,8 @@ def main(argv):
 
   config = _CONFIG.value
   config_lib.validate(config)  # A bad value: one line, before compiling.
+  out = _OUTPUT_DIR.value or os.path.join('runs', config.name, 'jacobian')
+  outputs.check_writable(out, '--output_dir', default=_OUTPUT_DIR.value is None)
   try:
     report = jacobian.analyze_run(
         runs.Run(config), bulk_tol=_BULK_TOL.value, hessian_k=_HESSIAN_K.value,
@@ -63,7 +65,6 @@ def main(argv):
         chunk_size=_CHUNK_SIZE.value)
   except jacobian.RandomnessNotFixedError as e:
     raise cli.UserError(str(e)) from None
-  out = _OUTPUT_DIR.value or os.path.join('runs', config.name, 'jacobian')
   wrote = outputs.write_report(out, 'spectrum', report, plots.jacobian_spectrum)
   sp = report['split']
   print(f"{report['num_params']} parameters, {report['num_steps']} steps: "
