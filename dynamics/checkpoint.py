@@ -26,6 +26,7 @@ from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
 from dynamics.types import PyTree, param_name
@@ -116,9 +117,14 @@ def state_mismatch(workdir: str, step: int, abstract_state: PyTree, *,
   read (a damaged checkpoint is not a mismatch). With ``partial``, entries
   stored but not asked for are not a difference.
   """
-  try:
-    with ocp.PyTreeCheckpointer() as reader:
-      meta = reader.metadata(_item_dir(workdir, step, 'state'))
+  try:  # The handler, not a Checkpointer: that one looks for a step's
+    # metadata file in the item's directory and warns, for every healthy
+    # checkpoint, that it does not exist.
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      meta = handler.metadata(epath.Path(_item_dir(workdir, step, 'state')))
+    finally:
+      handler.close()
     stored = _shapes(getattr(meta, 'item_metadata', meta).tree)
   except Exception:  # pylint: disable=broad-except
     return None
@@ -144,6 +150,21 @@ def state_mismatch(workdir: str, step: int, abstract_state: PyTree, *,
     parts.append('only in the checkpoint: ' + ', '.join(extra[:3])
                  + (f' and {len(extra) - 3} more' if len(extra) > 3 else ''))
   return '; '.join(parts)
+
+
+def _placed(abstract_state: PyTree) -> PyTree:
+  """``abstract_state`` with a sharding on every leaf that has none (the
+  first local device): orbax then restores onto today's devices whatever
+  topology saved the checkpoint (without a sharding it reuses the saved one,
+  and a checkpoint of 2 devices cannot be read on 1: "Topology mismatch")."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def place(x):
+    if isinstance(x, jax.ShapeDtypeStruct) and getattr(x, 'sharding',
+                                                       None) is None:
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device)
+    return x
+  return jax.tree.map(place, abstract_state)
 
 
 class Checkpointer:
@@ -208,7 +229,7 @@ class Checkpointer:
       raise CheckpointMismatchError(
           f'checkpoint {step} in {self.directory} holds a different state '
           f'than the one asked for (was the config changed?): {mismatch}')
-    items = dict(state=ocp.args.StandardRestore(abstract_state),
+    items = dict(state=ocp.args.StandardRestore(_placed(abstract_state)),
                  data=ocp.args.JsonRestore())
     probe_item = next((name for name in ('probes', 'callbacks') if os.path.isdir(
         _item_dir(self.workdir, step, name))), None)
