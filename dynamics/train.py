@@ -107,6 +107,15 @@ def _branch_parent(config: ml_collections.ConfigDict) -> runs.Run:
   except runs.RunNotFoundError as e:
     raise config_lib.ConfigError(
         f'config.branch.from_step={b.from_step}: {e}') from None
+  if 'data_manifest' in parent.record and config.data.name == 'tokens':
+    from dynamics.data import manifest  # pylint: disable=g-import-not-at-top
+    differs = manifest.manifest_difference(parent.record['data_manifest'],
+                                           _data_manifest(config))
+    if differs is not None:
+      raise config_lib.ConfigError(
+          f'config.branch.from_workdir={b.from_workdir}: its run was trained '
+          f'on other data than config.data.path={config.data.path} holds '
+          f'({differs})')
   return parent
 
 
@@ -131,8 +140,45 @@ def _config_changes(config: ml_collections.ConfigDict, workdir: str,
           '--rerecord_config to record this config after checking it against '
           'the checkpoint\'s shapes (only the shapes can be checked)') from None
     return {}
-  return workdir_lib.check_resume(recorded, runs.config_record(config),
-                                  workdir)
+  requested = runs.config_record(config)
+  recorded, moved = _same_data(recorded, requested, config, workdir)
+  return {**workdir_lib.check_resume(recorded, requested, workdir), **moved}
+
+
+def _data_manifest(config: ml_collections.ConfigDict) -> Optional[Dict]:
+  """What identifies the run's token files (None for other data)."""
+  if config.data.name != 'tokens':
+    return None
+  from dynamics.data import manifest  # pylint: disable=g-import-not-at-top
+  return manifest.manifest(config.data.path)
+
+
+def _same_data(recorded: Dict[str, Any], requested: Dict[str, Any],
+               config: ml_collections.ConfigDict, workdir: str
+               ) -> Tuple[Dict[str, Any], Dict[str, Tuple[Any, Any]]]:
+  """``(recorded, moved)``: token data is the same by its manifest, not by
+  its path. The same data elsewhere is an allowed change of ``data.path``
+  (``moved``, for ``resumes.jsonl``); other data is refused naming the shard.
+  Runs recorded before manifests compare real paths."""
+  old, new = recorded.get('data', {}), requested['data']
+  if config.data.name != 'tokens' or old.get('name') != 'tokens':
+    return recorded, {}
+  same_place = (old.get('path') is not None and
+                os.path.realpath(old['path']) == new['path'])
+  if 'data_manifest' in recorded:
+    from dynamics.data import manifest  # pylint: disable=g-import-not-at-top
+    differs = manifest.manifest_difference(recorded['data_manifest'],
+                                           _data_manifest(config))
+    if differs is not None:
+      raise workdir_lib.ResumeMismatchError(
+          f'{workdir} was trained on other data than config.data.path='
+          f'{config.data.path} holds now ({differs}); a resume must read the '
+          'same token files. Use a new --workdir, or prepare the data again.')
+  elif not same_place:
+    return recorded, {}  # Nothing to compare but the paths: they differ.
+  recorded = {**recorded, 'data': {**old, 'path': new['path']}}
+  return recorded, {} if same_place else {'data.path': (old['path'],
+                                                        new['path'])}
 
 
 def _record_config(run: runs.Run, resumed_from: Optional[int],
@@ -145,7 +191,8 @@ def _record_config(run: runs.Run, resumed_from: Optional[int],
     b = run.config.branch
     runs.Run.create(run.workdir, run.config, parent=None
                     if b.from_workdir is None else
-                    {'workdir': b.from_workdir, 'step': b.from_step})
+                    {'workdir': b.from_workdir, 'step': b.from_step},
+                    data_manifest=_data_manifest(run.config))
   else:
     run.record_resume(resumed_from, changes)
 

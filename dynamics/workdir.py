@@ -38,6 +38,8 @@ RESUMABLE = (
     'mesh.', 'optimizer.grad_accum_steps', 'model.remat', 'model.attention_impl',
 )
 LOCK_FILE = '.lock'
+# Entries of config.json that are not config fields: the lineage, the data.
+NOT_FIELDS = ('parent', 'data_manifest')
 
 
 def _accumulation_changes_math(record: Mapping[str, Any]) -> list:
@@ -193,10 +195,11 @@ def config_changes(recorded: Mapping[str, Any], requested: Mapping[str, Any]
   """``{field: (recorded, requested)}`` for every differing field.
 
   Both are ``config.json``-style records; fields the recorded run lacks (it
-  predates them) are not compared, and the branch ``parent`` entry is ignored.
+  predates them) are not compared, and the entries in `NOT_FIELDS` are
+  ignored.
   """
-  old = flatten({k: v for k, v in recorded.items() if k != 'parent'})
-  new = flatten({k: v for k, v in requested.items() if k != 'parent'})
+  old = flatten({k: v for k, v in recorded.items() if k not in NOT_FIELDS})
+  new = flatten({k: v for k, v in requested.items() if k not in NOT_FIELDS})
   return {k: (_as_json(old[k]), _as_json(new[k])) for k in sorted(new)
           if k in old and _as_json(old[k]) != _as_json(new[k])}
 
@@ -214,7 +217,7 @@ def check_resume(recorded: Mapping[str, Any], requested: Mapping[str, Any],
   """
   changes = config_changes(recorded, requested)
   refused = {k: v for k, v in changes.items() if not resumable(k)}
-  old = flatten({k: v for k, v in recorded.items() if k != 'parent'})
+  old = flatten({k: v for k, v in recorded.items() if k not in NOT_FIELDS})
   for field, reasons in SAME_MATH_UNLESS.items():
     why = reasons(old) if field in changes and field not in refused else []
     if why:
