@@ -9,6 +9,7 @@ the path. One tiny run (module fixture) serves the tests that need a run.
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,3 +191,48 @@ def _wait_until_caught(pid, sig, timeout=60):
       return
     time.sleep(0.005)
   raise AssertionError(f'process {pid} never caught {sig!r}')
+
+
+# Also seen: a merge output holds one merge.
+
+def test_a_merge_output_holds_one_merge(finished, tmp_path):
+  """Was: a second merge at another step overwrote merge.json and appended
+  metrics out of order; a merge into the run itself could never succeed."""
+  from experiments import merge
+  finished = str(shutil.copytree(finished, tmp_path / 'run'))
+  out = str(tmp_path / 'merged')
+  merge.merge_and_evaluate(finished, window=4, shape='linear', interval=4,
+                           step=8, output=out)
+  with pytest.raises(cli.UserError, match='holds the merge at step 8; an '
+                     'output holds one merge'):
+    merge.merge_and_evaluate(finished, window=4, shape='linear', interval=4,
+                             step=4, output=out)
+  with pytest.raises(cli.UserError, match='is the run being merged'):
+    merge.merge_and_evaluate(finished, window=4, shape='linear', interval=4,
+                             output=finished)
+  assert [r['step'] for r in runs.Run.open(out).metrics()] == [8]
+  default = merge.merge_and_evaluate(finished, window=4, shape='linear',
+                                     interval=4, step=4)
+  assert default['output'].endswith('merged/linear-w4-step4')
+
+
+# Also seen: analysis.jacobian's flags and its Lanczos-path line.
+
+def test_jacobian_dense_max_is_checked_and_lanczos_gives_no_bulk_share():
+  """Was: --dense_max=-5 accepted; on the Lanczos path a "bulk 0.0%" from 40
+  extreme singular values where the dense answer is 53.9%."""
+  line = _one_line(_cmd('-m', 'analysis.jacobian',
+                        '--config=configs/jacobian.py:smoke', '--dense_max=-5'))
+  assert line.startswith('Flag error: --dense_max=-5:')
+  from analysis.jacobian import report
+  split = {'bulk_fraction': 0.5, 'amplified_fraction': 0.25,
+           'contracted_fraction': 0.25, 'bulk_tol': 0.1}
+  base = {'num_params': 610, 'num_steps': 20, 'seconds_jacobian': 1.0,
+          'singular_values': [4.0, 1.0, 1.0, 0.5], 'split': split}
+  assert report.spectrum_line({**base, 'dense': True}).endswith(
+      'bulk 50.0%, amplified 25.0%, contracted 25.0% (|s-1| <= 0.1)')
+  lanczos = report.spectrum_line({**base, 'dense': False})
+  assert 'bulk' not in lanczos.replace('no bulk fraction', '')
+  assert lanczos.endswith('only the 4 extreme singular values were computed '
+                          '(Lanczos), so no bulk fraction; pass '
+                          '--dense_max=610 for the dense spectrum')

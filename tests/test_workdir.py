@@ -50,3 +50,35 @@ def test_other_allowed_changes_stay_allowed_with_dropout():
   requested = _record(**{'model.dropout': 0.1, 'log_every': 3})
   assert workdir_lib.check_resume(recorded, requested, 'w') == {
       'log_every': (20, 3)}
+
+
+def test_a_file_system_without_flock_is_one_error(tmp_path, monkeypatch):
+  """Was a traceback (the lock's OSError, e.g. ENOLCK on some NFS mounts)."""
+  import errno
+  import fcntl
+
+  def no_flock(*args):
+    raise OSError(errno.ENOLCK, 'No locks available')
+  monkeypatch.setattr(fcntl, 'flock', no_flock)
+  with pytest.raises(workdir_lib.WorkdirError) as err:
+    with workdir_lib.open_for_writing(str(tmp_path / 'run')):
+      pass
+  assert str(err.value).startswith(f'--workdir={tmp_path / "run"}: cannot '
+                                   'lock .lock (No locks available)')
+
+
+def test_the_progress_bar_shows_no_placeholder_before_the_first_log():
+  """Was 'loss=nan, lr=0.00e+00' until the first log line (read as a
+  diverged run)."""
+  from configs import wsd
+  from dynamics import loop_utils
+  config = wsd.get_config('smoke')
+  config.progress, config.log_every = True, 2
+  progress = loop_utils.Progress(config, 0, 10)
+  try:
+    progress.update(2, {})  # The first logged step's values are not in yet.
+    assert 'nan' not in str(progress._bar.postfix)
+    progress.update(4, {'train_loss': 1.5, 'learning_rate': 0.1})
+    assert progress._bar.postfix == 'loss=1.500, lr=1.00e-01'
+  finally:
+    progress.close()
