@@ -132,3 +132,22 @@ def test_a_branch_from_a_run_on_other_data_is_refused(trained, tmp_path):
     train.train_and_evaluate(config, str(tmp_path / 'branch'))
   assert str(err.value).startswith(f'config.branch.from_workdir={run}: ')
   assert 'shard train_00000.bin differs (tokens: 600 -> 700)' in str(err.value)
+
+
+def test_a_token_outside_the_vocabulary_past_the_sample_names_the_file(
+    tmp_path):
+  """Was: the check samples the first 65,536 tokens of a shard; an id past
+  them surfaced as a NaN at step 24 naming grad_norm, not the file."""
+  path = write_tokens(str(tmp_path / 'data'), eval_count=70_000)
+  shard = os.path.join(path, 'eval_00000.bin')
+  ids = np.fromfile(shard, 'uint16')
+  ids[66_000] = VOCAB + 5  # Past the sample; meta.json's max_id says less.
+  ids.tofile(shard)
+  dataset = tokens.TokenFiles(path, seq_len=16, batch_size=8, seed=0)
+  batch = 66_000 // 16 // 8
+  dataset.eval_batch(batch - 1)  # Clean batches read as before.
+  with pytest.raises(tokens.TokenDataError) as err:
+    dataset.eval_batch(batch)
+  assert str(err.value) == (f'{shard} holds token id {VOCAB + 5} at token '
+                            f'66,000, outside the vocabulary of meta.json '
+                            f'({VOCAB})')
