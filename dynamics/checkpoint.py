@@ -17,6 +17,7 @@ of configs: callers hand it pytrees and abstract pytrees
 (`dynamics.runs.Run` is the one that knows what a run's state looks like).
 """
 
+import errno
 import os
 import shutil
 import traceback
@@ -25,6 +26,7 @@ from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
 from dynamics.types import PyTree, param_name
@@ -36,6 +38,34 @@ _ITEMS = ('state', 'data', 'probes', 'callbacks')
 class CheckpointMismatchError(ValueError):
   """A checkpoint is intact but holds a differently shaped state (the run's
   config changed); the message names the first differing parameters."""
+
+
+class CheckpointSaveError(OSError):
+  """A checkpoint could not be written (a full disk, a read-only file
+  system); the message names the directory and the cause, in one line."""
+
+
+def _save_error(step: int, directory: str, error: BaseException
+                ) -> CheckpointSaveError:
+  """One line for a failed save of checkpoint ``step``."""
+  cause = next((e for e in _chain(error) if isinstance(e, OSError)), None)
+  if cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+    why = f'the disk is full ({cause.strerror})'
+  elif cause is not None:
+    why = f'{cause.strerror or cause}' + (f' ({cause.filename})'
+                                          if cause.filename else '')
+  else:
+    why = f'{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}'
+  return CheckpointSaveError(
+      f'checkpoint {step} could not be saved in {directory}: {why}; training '
+      'stopped (the checkpoints before it are intact; free space or fix the '
+      'path, then re-run the same command to resume)')
+
+
+def _chain(error: BaseException):
+  while error is not None:
+    yield error
+    error = error.__cause__ or error.__context__
 
 
 class Restored(NamedTuple):
@@ -87,9 +117,14 @@ def state_mismatch(workdir: str, step: int, abstract_state: PyTree, *,
   read (a damaged checkpoint is not a mismatch). With ``partial``, entries
   stored but not asked for are not a difference.
   """
-  try:
-    with ocp.PyTreeCheckpointer() as reader:
-      meta = reader.metadata(_item_dir(workdir, step, 'state'))
+  try:  # The handler, not a Checkpointer: that one looks for a step's
+    # metadata file in the item's directory and warns, for every healthy
+    # checkpoint, that it does not exist.
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      meta = handler.metadata(epath.Path(_item_dir(workdir, step, 'state')))
+    finally:
+      handler.close()
     stored = _shapes(getattr(meta, 'item_metadata', meta).tree)
   except Exception:  # pylint: disable=broad-except
     return None
@@ -117,6 +152,21 @@ def state_mismatch(workdir: str, step: int, abstract_state: PyTree, *,
   return '; '.join(parts)
 
 
+def _placed(abstract_state: PyTree) -> PyTree:
+  """``abstract_state`` with a sharding on every leaf that has none (the
+  first local device): orbax then restores onto today's devices whatever
+  topology saved the checkpoint (without a sharding it reuses the saved one,
+  and a checkpoint of 2 devices cannot be read on 1: "Topology mismatch")."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def place(x):
+    if isinstance(x, jax.ShapeDtypeStruct) and getattr(x, 'sharding',
+                                                       None) is None:
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device)
+    return x
+  return jax.tree.map(place, abstract_state)
+
+
 class Checkpointer:
   """Saves and restores ``(state, data, probes)`` under ``workdir``."""
 
@@ -125,6 +175,7 @@ class Checkpointer:
     self.workdir = os.path.abspath(workdir)
     self.directory = checkpoint_dir(workdir)
     self.async_save = async_save
+    self._last_saved = None
     self._options = dict(max_to_keep=max_to_keep, keep_steps=tuple(keep_steps),
                          async_save=async_save)
     self._manager = self._make_manager()
@@ -150,7 +201,19 @@ class Checkpointer:
                  data=ocp.args.JsonSave(dict(data_state)))
     if probes:
       items['probes'] = ocp.args.StandardSave(dict(probes))
-    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    self._last_saved = step
+    try:
+      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+      self._manager.check_for_errors()  # An earlier async save's, too.
+    except Exception as e:  # pylint: disable=broad-except
+      raise _save_error(step, self.directory, e) from e
+
+  def check_for_errors(self) -> None:
+    """Raises `CheckpointSaveError` if an asynchronous save failed."""
+    try:
+      self._manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      raise _save_error(self._last_saved, self.directory, e) from e
 
   def restore(self, step: int, abstract_state: PyTree) -> Restored:
     """Checkpoint ``step`` restored into the layout of ``abstract_state``.
@@ -166,7 +229,7 @@ class Checkpointer:
       raise CheckpointMismatchError(
           f'checkpoint {step} in {self.directory} holds a different state '
           f'than the one asked for (was the config changed?): {mismatch}')
-    items = dict(state=ocp.args.StandardRestore(abstract_state),
+    items = dict(state=ocp.args.StandardRestore(_placed(abstract_state)),
                  data=ocp.args.JsonRestore())
     probe_item = next((name for name in ('probes', 'callbacks') if os.path.isdir(
         _item_dir(self.workdir, step, name))), None)
@@ -217,9 +280,12 @@ class Checkpointer:
   def close(self) -> None:
     """Waits for pending saves and closes (idempotent)."""
     if self._manager is not None:
-      self._manager.wait_until_finished()
-      self._manager.close()
-      self._manager = None
+      manager, self._manager = self._manager, None
+      try:
+        manager.wait_until_finished()
+        manager.close()
+      except Exception as e:  # pylint: disable=broad-except
+        raise _save_error(self._last_saved, self.directory, e) from e
 
   def __enter__(self) -> 'Checkpointer':
     return self

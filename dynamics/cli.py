@@ -21,10 +21,11 @@ from ml_collections.config_flags import config_flags
 from dynamics import config_schema  # JAX-free, as this module.
 from dynamics import config_migrate  # JAX-free too.
 from dynamics import errors
+from dynamics import interrupts  # JAX-free, as this module.
 
 EXIT_USER_ERROR = 1
-EXIT_PREEMPTED = 75      # SIGTERM: checkpointed, resume me (EX_TEMPFAIL).
-EXIT_INTERRUPTED = 130   # Ctrl-C, as shells report SIGINT.
+EXIT_PREEMPTED = interrupts.EXIT_PREEMPTED      # SIGTERM: resume me.
+EXIT_INTERRUPTED = interrupts.EXIT_INTERRUPTED  # Ctrl-C, as shells report it.
 
 
 class UserError(Exception):
@@ -34,9 +35,11 @@ class UserError(Exception):
 def user_errors() -> Tuple[Type[BaseException], ...]:
   """Exception types that are the user's to fix, not bugs."""
   # pylint: disable=g-import-not-at-top
-  from dynamics import checkpoint, runs, sharding, workdir
+  from dynamics import checkpoint, data, outputs, runs, sharding, workdir
   return (UserError, errors.ConfigError, runs.RunNotFoundError,
           runs.RunFileError, checkpoint.CheckpointMismatchError,
+          checkpoint.CheckpointSaveError, data.TokenDataError,
+          outputs.OutputPathError,
           sharding.DistributedEnvError, workdir.WorkdirError,
           workdir.WorkdirBusyError, workdir.ResumeMismatchError,
           FileExistsError, NotADirectoryError, PermissionError)
@@ -255,7 +258,8 @@ def parse_flags(argv: List[str]) -> List[str]:
 
 def run(main: Callable[[List[str]], Optional[int]],
         required: Sequence[str] = (), allow_args: int = 0) -> None:
-  """``absl.app.run(main)`` with one-line user errors.
+  """``absl.app.run(main)`` with one-line user errors, SIGTERM exiting 75
+  and Ctrl-C 130 at any moment (`dynamics.interrupts`).
 
   Args:
     main: the command's ``main(argv)``.
@@ -272,11 +276,23 @@ def run(main: Callable[[List[str]], Optional[int]],
       print(f'Flag error: unexpected arguments {argv[1 + allow_args:]} (flags are '
             '--name=value; see --help)', file=sys.stderr)
       sys.exit(EXIT_USER_ERROR)
+    interrupts.raise_keyboard_interrupt()  # Caught below, or by main.
     try:
-      return main(argv)
+      result = main(argv)
+    except KeyboardInterrupt:  # The command did not say where it stopped.
+      interrupts.exit_now(EXIT_INTERRUPTED, '\nInterrupted (Ctrl-C).')
     except user_errors() as e:
       prefix = 'Config error' if isinstance(e, errors.ConfigError) else 'Error'
       print(f'{prefix}: {_first_line(e)}', file=sys.stderr)
       sys.exit(EXIT_USER_ERROR)
+    except OSError as e:  # A path the user gave or a full disk: not a bug.
+      from dynamics import outputs  # pylint: disable=g-import-not-at-top
+      print(f'Error: {outputs.describe_os_error(e)}', file=sys.stderr)
+      sys.exit(EXIT_USER_ERROR)
+    if interrupts.interrupted:  # A Ctrl-C that something swallowed.
+      interrupts.exit_now(EXIT_INTERRUPTED, '\nInterrupted (Ctrl-C).')
+    return result
 
+  if not interrupts.installed():
+    interrupts.install()  # Commands that did not from their first line.
   app.run(checked_main, flags_parser=parse_flags)

@@ -117,6 +117,8 @@ def check_analysis(config: ml_collections.ConfigDict) -> None:
   errors.integer('analysis.sharpness_iters', a.sharpness_iters, 2)
   errors.integer('analysis.sharpness_batches', a.sharpness_batches, 1)
   errors.integer('analysis.ntk_num_examples', a.ntk_num_examples, 1)
+  # The probe's batch sources (analysis.probes.SharpnessProbe.from_config).
+  errors.one_of('analysis.sharpness_data', a.sharpness_data, ('eval', 'train'))
 
 
 __all__ = ['ConfigError', 'check_analysis', 'validate']

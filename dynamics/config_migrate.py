@@ -5,14 +5,17 @@ Before each optimizer had its own section ``optimizer.<name>``
 (``optimizer.b2``, ...). For one release they are still accepted:
 `resolve_deprecated` moves them into the selected optimizer's section (one
 notice each), and `migrate_flat_fields` converts a run record written before
-the sections, so old runs keep opening with their values.
+the sections, so old runs keep opening with their values;
+`config_from_record` turns a record into a locked config.
 """
 
 import copy
+import logging
 from typing import Any, Dict, List, Mapping, Optional
 
 import ml_collections
 
+from dynamics import workdir  # JAX-free: the lock and the record flattening.
 from dynamics.config_schema import _flat_fields, defaults, optimizer_sections
 
 
@@ -110,3 +113,25 @@ def migrate_flat_fields(record: Mapping[str, Any]) -> Dict[str, Any]:
   _move_flat(opt, flat, section_fields)
   record['optimizer'] = opt
   return record
+
+
+def config_from_record(record: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A locked config from a ``config.json`` record.
+
+  Fields the record lacks (a run recorded before the field existed) keep
+  their default from `dynamics.config_schema.defaults`; recorded fields that
+  are no longer declared are dropped with a warning.
+  """
+  config = defaults()
+  known = workdir.flatten(config.to_dict())
+  values = {k: tuple(v) if isinstance(v, list) else v  # JSON has no tuples.
+            for k, v in workdir.flatten(record).items()
+            if k.split('.')[0] not in workdir.NOT_FIELDS}
+  dropped = sorted(k for k in values if k not in known)
+  if dropped:
+    logging.warning('run record: fields no longer declared, ignored: %s',
+                    ', '.join(dropped))
+  with config.ignore_type():  # A recorded value is what the run used.
+    config.update_from_flattened_dict(
+        {k: v for k, v in values.items() if k in known})
+  return config

@@ -92,6 +92,11 @@ class Saver:
     if self.log_stall:
       self.stall.append((step, time.perf_counter() - start))
 
+  def check(self) -> None:
+    """Raises `dynamics.checkpoint.CheckpointSaveError` as soon as an
+    asynchronous save has failed (a full disk): training stops at once."""
+    self.ckpt.check_for_errors()
+
   @contextlib.contextmanager
   def guard(self):
     """Turns a `NonFiniteError` into one naming the last good checkpoint."""
@@ -173,17 +178,23 @@ class Progress:
     return out
 
   def update(self, step: int, last: Dict[str, float]) -> None:
+    """Advances the bar; at logged steps shows the latest logged values
+    (none before the first log line: no placeholder NaN that reads as a
+    diverged run)."""
     self._bar.update(1)
     if step % self.log_every == 0:
-      extra = {}
+      shown = {}
+      if 'train_loss' in last:
+        shown['loss'] = f"{last['train_loss']:.3f}"
+      if 'learning_rate' in last:
+        shown['lr'] = f"{last['learning_rate']:.2e}"
       rate = self._shown.get(self.meter.key)
       if rate is not None:
-        extra['rate'] = f'{rate:.4g}/s'
+        shown['rate'] = f'{rate:.4g}/s'
       if 'mfu' in self._shown:
-        extra['mfu'] = f"{100 * self._shown['mfu']:.1f}%"
-      self._bar.set_postfix(
-          loss=f"{last.get('train_loss', float('nan')):.3f}",
-          lr=f"{last.get('learning_rate', 0.0):.2e}", **extra, refresh=False)
+        shown['mfu'] = f"{100 * self._shown['mfu']:.1f}%"
+      if shown:
+        self._bar.set_postfix(**shown, refresh=False)
 
   def close(self) -> None:
     self._bar.close()

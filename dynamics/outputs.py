@@ -7,9 +7,66 @@ says what it wrote with `wrote`; `write_report` does both, and draws the
 figure, for the commonest case.
 """
 
+import errno
 import json
 import os
+import tempfile
 from typing import Any, Callable, Optional, Sequence
+
+
+class OutputPathError(ValueError):
+  """An output path that cannot be written; the message names it and the
+  flag that moves it."""
+
+
+def check_writable(out_dir: str, flag: str, default: bool = False) -> None:
+  """Raises `OutputPathError` unless files can be made in ``out_dir`` (or,
+  where it does not exist yet, in its nearest existing parent): checked
+  before a command computes, so a result is never lost to its path.
+
+  Args:
+    out_dir: the directory a command will write into.
+    flag: the flag that names it (``'--out'``), for the message.
+    default: ``out_dir`` is the flag's default (e.g. next to a run): the
+      message then says to pass the flag.
+  """
+  path = os.path.abspath(out_dir)
+  way_out = f'; pass {flag}=DIR to write elsewhere' if default else ''
+  name_max = 255
+  for part in path.split(os.sep):
+    if len(part.encode()) > name_max:
+      raise OutputPathError(f'{flag}={out_dir}: a name in the path is longer '
+                            f'than {name_max} bytes{way_out}')
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise OutputPathError(f'{flag}={out_dir}: {existing} is a file, not a '
+                          f'directory{way_out}')
+  try:  # A real file: os.access says yes to root on a read-only mount.
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    raise OutputPathError(f'{flag}={out_dir}: cannot write in {existing} '
+                          f'({e.strerror or e}){way_out}') from None
+
+
+def describe_os_error(error: OSError) -> str:
+  """One line for an ``OSError``: the path, what happened, and a full disk
+  named as such.
+
+  Example:
+    >>> describe_os_error(OSError(errno.ENOSPC, 'No space left on device',
+    ...                           '/runs/a/metrics.jsonl'))
+    '/runs/a/metrics.jsonl: the disk is full (No space left on device)'
+  """
+  where = error.filename or 'a file'
+  if error.filename2:
+    where = f'{where} -> {error.filename2}'
+  what = error.strerror or str(error)
+  if error.errno in (errno.ENOSPC, errno.EDQUOT):
+    what = f'the disk is full ({what})'
+  return f'{where}: {what}'
 
 
 def write_json(path: str, record: Any, *, indent: Optional[int] = 1,

@@ -16,7 +16,6 @@ workdir) is the same handle for a config not trained, e.g. in a notebook.
 
 import functools
 import json
-import logging
 import operator
 import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -27,7 +26,6 @@ import ml_collections
 import optax
 
 from dynamics import checkpoint as checkpoint_lib
-from dynamics import config_schema
 from dynamics import config_migrate
 from dynamics import data as data_lib
 from dynamics import metrics as metrics_lib
@@ -67,9 +65,13 @@ def _write_json(path: str, value: Mapping[str, Any]) -> None:
 
 
 def config_record(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """The JSON-able dict that ``config.json`` holds (no deprecated fields)."""
-  return config_migrate.migrate_flat_fields(
+  """The JSON-able dict that ``config.json`` holds (no deprecated fields;
+  ``data.path`` absolute, so that the run opens from any directory)."""
+  record = config_migrate.migrate_flat_fields(
       json.loads(config.to_json_best_effort()))
+  if record.get('data', {}).get('path'):
+    record['data']['path'] = os.path.realpath(record['data']['path'])
+  return record
 
 
 def read_record(workdir: str) -> Dict[str, Any]:
@@ -107,28 +109,6 @@ def merge_source(workdir: str) -> Optional[str]:
     return None
 
 
-def config_from_record(record: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """A locked config from a ``config.json`` record.
-
-  Fields the record lacks (a run recorded before the field existed) keep
-  their default from `dynamics.config_schema.defaults`; recorded fields that
-  are no longer declared are dropped with a warning.
-  """
-  config = config_schema.defaults()
-  known = workdir_lib.flatten(config.to_dict())
-  values = {k: tuple(v) if isinstance(v, list) else v  # JSON has no tuples.
-            for k, v in workdir_lib.flatten(record).items()
-            if k.split('.')[0] != 'parent'}
-  dropped = sorted(k for k in values if k not in known)
-  if dropped:
-    logging.warning('%s: fields no longer declared, ignored: %s', CONFIG_FILE,
-                    ', '.join(dropped))
-  with config.ignore_type():  # A recorded value is what the run used.
-    config.update_from_flattened_dict(
-        {k: v for k, v in values.items() if k in known})
-  return config
-
-
 # ---------------------------------------------------------------------------
 # The handle.
 
@@ -155,15 +135,19 @@ class Run:
 
   @classmethod
   def create(cls, workdir: str, config: ml_collections.ConfigDict,
-             parent: Optional[Mapping[str, Any]] = None) -> 'Run':
+             parent: Optional[Mapping[str, Any]] = None,
+             data_manifest: Optional[Mapping[str, Any]] = None) -> 'Run':
     """Records a run in ``workdir`` (created and locked by the caller):
-    ``config.json`` holds every field of ``config`` and, as ``parent``, the
+    ``config.json`` holds every field of ``config``, as ``parent`` the
     ``{'workdir', 'step'}`` of the checkpoint it starts from (a branch's
-    parent, a merge's source)."""
+    parent, a merge's source) and, as ``data_manifest``, what identifies its
+    token files (`dynamics.data.manifest`)."""
     record = config_record(config)
     if parent is not None:
       record['parent'] = {'workdir': os.path.abspath(parent['workdir']),
                           'step': int(parent['step'])}
+    if data_manifest is not None:
+      record['data_manifest'] = dict(data_manifest)
     run = cls(config, workdir)
     _write_json(run._path(CONFIG_FILE), record)
     run._record = record
@@ -172,14 +156,14 @@ class Run:
   @classmethod
   def open(cls, workdir: str) -> 'Run':
     """Opens the run recorded in ``workdir`` (its ``config.json``); fields
-    an older run lacks get their declared default (`config_from_record`).
+    an older run lacks get their declared default (`config_migrate.config_from_record`).
 
     Raises:
       RunNotFoundError: ``workdir`` holds no recorded run.
       RunFileError: its ``config.json`` is damaged.
     """
     record = read_record(workdir)
-    run = cls(config_from_record(record), workdir)
+    run = cls(config_migrate.config_from_record(record), workdir)
     run._record = record
     return run
 
@@ -234,14 +218,14 @@ class Run:
   def record_resume(self, step: int,
                     changes: Mapping[str, Tuple[Any, Any]]) -> None:
     """Appends a resume's allowed config changes (``{field: (old, new)}``)
-    to ``resumes.jsonl`` and re-records ``config.json``, lineage kept."""
+    to ``resumes.jsonl`` and re-records ``config.json``, lineage and data
+    manifest kept."""
     if not changes:
       return
-    parent = self.parent
+    kept = {k: self.record[k] for k in workdir_lib.NOT_FIELDS
+            if k in self.record}
     workdir_lib.record_resume(self._path(RESUMES_FILE), step, changes)
-    record = config_record(self.config)
-    if parent is not None:
-      record['parent'] = parent
+    record = {**config_record(self.config), **kept}
     _write_json(self._path(CONFIG_FILE), record)
     self._record = record
 
@@ -264,24 +248,19 @@ class Run:
     return self._parts
 
   @property
-  def dataset(self) -> data_lib.Dataset:
-    return self.parts.dataset
+  def dataset(self) -> data_lib.Dataset: return self.parts.dataset  # noqa: E704
 
   @property
-  def model(self) -> nn.Module:
-    return self.parts.model
+  def model(self) -> nn.Module: return self.parts.model  # noqa: E704
 
   @property
-  def schedule(self) -> optax.Schedule:
-    return self.parts.schedule
+  def schedule(self) -> optax.Schedule: return self.parts.schedule  # noqa: E704
 
   @property
-  def tx(self) -> optax.GradientTransformation:
-    return self.parts.tx
+  def tx(self) -> optax.GradientTransformation: return self.parts.tx  # noqa: E704
 
   @property
-  def options(self) -> step_lib.StepOptions:
-    return self.parts.options
+  def options(self) -> step_lib.StepOptions: return self.parts.options  # noqa: E704
 
   # -- states ---------------------------------------------------------------
 
@@ -343,10 +322,7 @@ class Run:
     stored = {f: v for f, v in wanted.items() if jax.tree.leaves(v)}
     out = (checkpoint_lib.restore_subtree(self.workdir, step, stored)
            if stored else {})
-    for f, v in wanted.items():
-      if f not in out:
-        out[f] = v
-    return out
+    return {**wanted, **out}
 
   def params(self, step: Optional[int] = None) -> PyTree:
     """The parameters of checkpoint ``step`` only (orbax partial restore),

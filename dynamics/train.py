@@ -17,6 +17,7 @@ import ml_collections
 from dynamics import checkpoint as checkpoint_lib
 from dynamics import config_lib
 from dynamics import data as data_lib
+from dynamics import interrupts
 from dynamics import loop_utils
 from dynamics import metrics as metrics_lib
 from dynamics import probes as probes_lib
@@ -106,29 +107,92 @@ def _branch_parent(config: ml_collections.ConfigDict) -> runs.Run:
   except runs.RunNotFoundError as e:
     raise config_lib.ConfigError(
         f'config.branch.from_step={b.from_step}: {e}') from None
+  if 'data_manifest' in parent.record and config.data.name == 'tokens':
+    from dynamics.data import manifest  # pylint: disable=g-import-not-at-top
+    differs = manifest.manifest_difference(parent.record['data_manifest'],
+                                           _data_manifest(config))
+    if differs is not None:
+      raise config_lib.ConfigError(
+          f'config.branch.from_workdir={b.from_workdir}: its run was trained '
+          f'on other data than config.data.path={config.data.path} holds '
+          f'({differs})')
   return parent
 
 
-def _config_changes(config: ml_collections.ConfigDict, workdir: str
+def _config_changes(config: ml_collections.ConfigDict, workdir: str,
+                    rerecord_config: bool = False
                     ) -> Dict[str, Tuple[Any, Any]]:
-  """The allowed config changes of a resume (see `dynamics.workdir`)."""
+  """The allowed config changes of a resume (see `dynamics.workdir`).
+
+  Raises:
+    WorkdirError: checkpoints without ``config.json`` (nothing to check the
+      resume against), unless ``rerecord_config``.
+  """
   try:
     recorded = runs.read_record(workdir)
-  except runs.RunNotFoundError:  # A new run.
+  except runs.RunNotFoundError:  # A new run, or a record lost.
+    steps = checkpoint_lib.available_steps(workdir)
+    if steps and not rerecord_config:
+      raise workdir_lib.WorkdirError(
+          f'{workdir} holds checkpoints (steps {steps[0]}..{steps[-1]}) but no '
+          f'{runs.CONFIG_FILE}, so this resume cannot be checked against the '
+          f'config that trained them: put {runs.CONFIG_FILE} back, or pass '
+          '--rerecord_config to record this config after checking it against '
+          'the checkpoint\'s shapes (only the shapes can be checked)') from None
     return {}
-  return workdir_lib.check_resume(recorded, runs.config_record(config),
-                                  workdir)
+  requested = runs.config_record(config)
+  recorded, moved = _same_data(recorded, requested, config, workdir)
+  return {**workdir_lib.check_resume(recorded, requested, workdir), **moved}
+
+
+def _data_manifest(config: ml_collections.ConfigDict) -> Optional[Dict]:
+  """What identifies the run's token files (None for other data)."""
+  if config.data.name != 'tokens':
+    return None
+  from dynamics.data import manifest  # pylint: disable=g-import-not-at-top
+  return manifest.manifest(config.data.path)
+
+
+def _same_data(recorded: Dict[str, Any], requested: Dict[str, Any],
+               config: ml_collections.ConfigDict, workdir: str
+               ) -> Tuple[Dict[str, Any], Dict[str, Tuple[Any, Any]]]:
+  """``(recorded, moved)``: token data is the same by its manifest, not by
+  its path. The same data elsewhere is an allowed change of ``data.path``
+  (``moved``, for ``resumes.jsonl``); other data is refused naming the shard.
+  Runs recorded before manifests compare real paths."""
+  old, new = recorded.get('data', {}), requested['data']
+  if config.data.name != 'tokens' or old.get('name') != 'tokens':
+    return recorded, {}
+  same_place = (old.get('path') is not None and
+                os.path.realpath(old['path']) == new['path'])
+  if 'data_manifest' in recorded:
+    from dynamics.data import manifest  # pylint: disable=g-import-not-at-top
+    differs = manifest.manifest_difference(recorded['data_manifest'],
+                                           _data_manifest(config))
+    if differs is not None:
+      raise workdir_lib.ResumeMismatchError(
+          f'{workdir} was trained on other data than config.data.path='
+          f'{config.data.path} holds now ({differs}); a resume must read the '
+          'same token files. Use a new --workdir, or prepare the data again.')
+  elif not same_place:
+    return recorded, {}  # Nothing to compare but the paths: they differ.
+  recorded = {**recorded, 'data': {**old, 'path': new['path']}}
+  return recorded, {} if same_place else {'data.path': (old['path'],
+                                                        new['path'])}
 
 
 def _record_config(run: runs.Run, resumed_from: Optional[int],
                    changes: Dict[str, Tuple[Any, Any]]) -> None:
   """Records a new run (after a good start, so a start that failed leaves no
-  record to refuse the corrected config); a resume's allowed changes."""
-  if resumed_from is None:
+  record to refuse the corrected config) or a run whose record was lost; a
+  resume's allowed changes."""
+  if resumed_from is None or not os.path.isfile(
+      os.path.join(run.workdir, runs.CONFIG_FILE)):
     b = run.config.branch
     runs.Run.create(run.workdir, run.config, parent=None
                     if b.from_workdir is None else
-                    {'workdir': b.from_workdir, 'step': b.from_step})
+                    {'workdir': b.from_workdir, 'step': b.from_step},
+                    data_manifest=_data_manifest(run.config))
   else:
     run.record_resume(resumed_from, changes)
 
@@ -161,7 +225,8 @@ def _due(step: int, config, probes, keep) -> Tuple[bool, bool]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       probes: Sequence[probes_lib.Probe] = ()) -> TrainState:
+                       probes: Sequence[probes_lib.Probe] = (),
+                       rerecord_config: bool = False) -> TrainState:
   """Trains ``config`` into ``workdir``, resuming from its latest checkpoint.
 
   Writes ``workdir/config.json``, ``workdir/metrics.jsonl`` (one line per
@@ -177,6 +242,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       ``state.step % probe.every == 0`` (step 0 included; ``run`` is the
       `dynamics.runs.Run`); its ``state_dict()`` is checkpointed under its
       ``name``, so a resumed run continues the same series.
+    rerecord_config: a workdir whose checkpoints lost their ``config.json``
+      resumes with ``config`` (checked against the checkpoint's shapes) and
+      records it; without it such a workdir is refused.
 
   Returns:
     The final ``TrainState``.
@@ -196,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if is_main:  # One writer per workdir; under jax.distributed, process 0.
       cleanup.enter_context(workdir_lib.open_for_writing(workdir))
     stop = cleanup.enter_context(loop_utils.SigtermFlag())  # Saves, then stops.
-    changes = _config_changes(config, workdir)
+    changes = _config_changes(config, workdir, rerecord_config)
     run = runs.Run(config, workdir)
     state, shardings, put_batch, put_eval = _placement(run, run.init_state())
     ckpt = cleanup.enter_context(checkpoint_lib.Checkpointer(
@@ -248,6 +316,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if save or preempted:
           saver.save(step, state)  # Refuses non-finite parameters.
       progress.update(step, pipeline.last)
+      saver.check()  # A failed async save stops training here.
+      interrupts.check()  # A Ctrl-C that a library swallowed stops here.
       if preempted and step != final:
         raise Preempted(f'SIGTERM: saved step {step} in {workdir}; re-run the '
                         'same command to resume.')

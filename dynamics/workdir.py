@@ -12,7 +12,11 @@
   difference (model, data, loss, optimizer, schedule, seed, ``num_steps``,
   EMA, branch...) refuses the resume, naming the fields and the way out. A
   field not listed is trajectory-changing by default, so a new field is safe
-  until someone decides otherwise.
+  until someone decides otherwise. A field in `SAME_MATH_UNLESS` changes the
+  math where the run has what its entry names (``grad_accum_steps`` draws
+  new dropout masks per micro-batch, takes BatchNorm statistics per
+  micro-batch, and SAM perturbs per micro-batch): there it is refused too,
+  naming why.
 """
 
 import contextlib
@@ -34,6 +38,26 @@ RESUMABLE = (
     'mesh.', 'optimizer.grad_accum_steps', 'model.remat', 'model.attention_impl',
 )
 LOCK_FILE = '.lock'
+# Entries of config.json that are not config fields: the lineage, the data.
+NOT_FIELDS = ('parent', 'data_manifest')
+
+
+def _accumulation_changes_math(record: Mapping[str, Any]) -> list:
+  """What in a flattened record makes ``grad_accum_steps`` change the math
+  (see `dynamics.step`): each a ``config.FIELD=VALUE`` string."""
+  why = []
+  if record.get('model.dropout'):
+    why.append(f"config.model.dropout={record['model.dropout']!r}")
+  if record.get('model.norm') == 'batchnorm':
+    why.append("config.model.norm='batchnorm'")
+  if record.get('optimizer.sam.rho') is not None:
+    why.append(f"config.optimizer.sam.rho={record['optimizer.sam.rho']!r}")
+  return why
+
+
+# Resumable fields that change the math where the run's record has what the
+# function returns (a list of 'config.FIELD=VALUE' reasons; [] = same math).
+SAME_MATH_UNLESS = {'optimizer.grad_accum_steps': _accumulation_changes_math}
 
 
 class WorkdirBusyError(RuntimeError):
@@ -120,10 +144,23 @@ def open_for_writing(workdir: str) -> Iterator[WorkdirLock]:
   except PermissionError:
     raise WorkdirError(f'--workdir={workdir}: cannot create it (permission '
                        'denied)') from None
+  except OSError as e:  # A read-only file system, a name too long...
+    raise WorkdirError(f'--workdir={workdir}: cannot create it '
+                       f'({e.strerror or e})') from None
   if not os.access(workdir, os.W_OK | os.X_OK):
     raise WorkdirError(f'--workdir={workdir}: not writable')
-  with WorkdirLock(workdir) as lock:
+  try:
+    lock = WorkdirLock(workdir).acquire()
+  except WorkdirBusyError:
+    raise
+  except OSError as e:  # A file system without flock, say.
+    raise WorkdirError(f'--workdir={workdir}: cannot lock {LOCK_FILE} '
+                       f'({e.strerror or e}); use a workdir on a file system '
+                       'with flock') from None
+  try:
     yield lock
+  finally:
+    lock.release()
 
 
 def flatten(record: Mapping[str, Any], prefix: str = '') -> Dict[str, Any]:
@@ -158,10 +195,11 @@ def config_changes(recorded: Mapping[str, Any], requested: Mapping[str, Any]
   """``{field: (recorded, requested)}`` for every differing field.
 
   Both are ``config.json``-style records; fields the recorded run lacks (it
-  predates them) are not compared, and the branch ``parent`` entry is ignored.
+  predates them) are not compared, and the entries in `NOT_FIELDS` are
+  ignored.
   """
-  old = flatten({k: v for k, v in recorded.items() if k != 'parent'})
-  new = flatten({k: v for k, v in requested.items() if k != 'parent'})
+  old = flatten({k: v for k, v in recorded.items() if k not in NOT_FIELDS})
+  new = flatten({k: v for k, v in requested.items() if k not in NOT_FIELDS})
   return {k: (_as_json(old[k]), _as_json(new[k])) for k in sorted(new)
           if k in old and _as_json(old[k]) != _as_json(new[k])}
 
@@ -179,6 +217,16 @@ def check_resume(recorded: Mapping[str, Any], requested: Mapping[str, Any],
   """
   changes = config_changes(recorded, requested)
   refused = {k: v for k, v in changes.items() if not resumable(k)}
+  old = flatten({k: v for k, v in recorded.items() if k not in NOT_FIELDS})
+  for field, reasons in SAME_MATH_UNLESS.items():
+    why = reasons(old) if field in changes and field not in refused else []
+    if why:
+      raise ResumeMismatchError(
+          f'{workdir} holds a run with another config (config.{field}: '
+          f'{changes[field][0]!r} -> {changes[field][1]!r}); with '
+          f'{" and ".join(why)} it changes the trajectory (new dropout masks, '
+          'BatchNorm statistics or SAM perturbations per micro-batch). Keep '
+          f'config.{field}={changes[field][0]!r}, or use a new --workdir.')
   if refused:
     listed = ', '.join(f'config.{k}: {a!r} -> {b!r}'
                        for k, (a, b) in list(refused.items())[:5])

@@ -14,7 +14,8 @@ from dynamics.cli import EXIT_PREEMPTED
 
 
 def _slurm_script(p: Any, repo: str, python: str, nodes: int, tasks: int,
-                  gpus: int, time_limit: str, partition: Optional[str]) -> str:
+                  gpus: int, time_limit: str, partition: Optional[str],
+                  log_dir: str) -> str:
   args = list(p.args)
   if nodes * tasks > 1:  # SLURM's environment also says so; explicit is clearer.
     args.insert(-1, '--config.distributed=True')
@@ -25,7 +26,9 @@ def _slurm_script(p: Any, repo: str, python: str, nodes: int, tasks: int,
       f'#SBATCH --ntasks-per-node={tasks}',
       f'#SBATCH --gpus-per-node={gpus}',
       f'#SBATCH --time={time_limit}',
-      f'#SBATCH --output={p.workdir}/slurm-%j.out',
+      # SLURM opens the log before the job runs: a directory that exists
+      # now (the workdir is made by the run).
+      f'#SBATCH --output={log_dir}/{p.name}-%j.out',
       '#SBATCH --open-mode=append',
       '# Preemption notice 2 minutes before the time limit: the run saves a',
       f'# checkpoint at the next step and exits {EXIT_PREEMPTED}; the script then',
@@ -71,6 +74,7 @@ def _tpu_script(p: Any, repo: str, python: str, tpu: str, zone: str) -> str:
 def emit(kind: str, points: Sequence[Any], root: str, *, repo: str,
          python: str = 'python', **opts) -> List[str]:
   """Writes ``root/jobs/<point>.sh`` and ``submit_all.sh``; returns the paths.
+  SLURM logs go to ``root/jobs/<point>-<job id>.out``.
 
   Args:
     kind: 'slurm' or 'tpu'.
@@ -84,7 +88,8 @@ def emit(kind: str, points: Sequence[Any], root: str, *, repo: str,
   os.makedirs(jobs, exist_ok=True)
   paths = []
   for p in points:
-    text = (_slurm_script(p, repo, python, **opts) if kind == 'slurm'
+    text = (_slurm_script(p, repo, python, log_dir=jobs, **opts)
+            if kind == 'slurm'
             else _tpu_script(p, repo, python, **opts))
     path = os.path.join(jobs, f'{p.name}.sh')
     with open(path, 'w') as f:

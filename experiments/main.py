@@ -16,30 +16,39 @@ scripts requeue on it); 130 interrupted (Ctrl-C).
 import os
 import sys
 
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
+if __name__ == '__main__':  # Signals from the first line (before JAX).
+  from dynamics import interrupts  # pylint: disable=g-import-not-at-top
+  interrupts.install()
 
-from dynamics import cli
+from absl import flags  # noqa: E402  pylint: disable=g-import-not-at-top
+from absl import logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from dynamics import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (configs/*.py[:variant]).', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Output directory (default: runs/<config.name>).')
+_RERECORD = flags.DEFINE_bool(
+    'rerecord_config', False, 'A workdir whose checkpoints lost config.json: '
+    'resume with --config (checked against the checkpoint shapes) and record '
+    'it.')
 
 
 def main(argv):
   del argv
   # Imported here so that --help answers before JAX starts.
   from analysis import probes  # pylint: disable=g-import-not-at-top
-  from dynamics import checkpoint, runs, summary, train  # pylint: disable=g-import-not-at-top
+  from dynamics import checkpoint, interrupts, runs, summary, train  # pylint: disable=g-import-not-at-top
 
   logging.set_verbosity(logging.ERROR)  # orbax logs every save at INFO.
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join('runs', config.name)
   try:
     state = train.train_and_evaluate(config, workdir,
-                                     probes=probes.from_config(config))
+                                     probes=probes.from_config(config),
+                                     rerecord_config=_RERECORD.value)
   except train.NonFiniteError as e:
     print(f'Training stopped: {e}', file=sys.stderr)
     sys.exit(cli.EXIT_USER_ERROR)
@@ -50,9 +59,10 @@ def main(argv):
     steps = checkpoint.available_steps(workdir)
     where = (f'the latest checkpoint in {os.path.abspath(workdir)} is step '
              f'{steps[-1]}' if steps else f'no checkpoint yet in {workdir}')
-    print(f'\nInterrupted (Ctrl-C); {where}. Re-run the same command to '
-          'resume.', file=sys.stderr)
-    sys.exit(cli.EXIT_INTERRUPTED)
+    # os._exit after a flush: the interpreter's shutdown with XLA threads
+    # still compiling could segfault (dynamics.interrupts).
+    interrupts.exit_now(cli.EXIT_INTERRUPTED, f'\nInterrupted (Ctrl-C); '
+                        f'{where}. Re-run the same command to resume.')
   print(summary.summarize(runs.Run.open(workdir), state))
 
 

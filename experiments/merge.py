@@ -8,12 +8,13 @@ with the weights that emulate a ``--shape`` decay
 (``dynamics.merging.merge_weights``). The interval, window and shape default
 to the run's own ``merge.interval``, ``merge.window`` and ``merge.shape``.
 Writes the merged model as checkpoint ``step`` of ``--output`` (default
-``<workdir>/merged/<shape>-w<window>``) and prints its eval loss next to the
+``<workdir>/merged/<shape>-w<window>-step<step>``) and prints its eval loss next to the
 raw checkpoint's.
 
 A merge never overwrites a checkpoint and never writes into another run: the
-output is a new directory, an earlier merge output of the same run, or the
-run itself.
+output is a new directory (or an earlier merge of the same run at the same
+step, which refuses to overwrite its checkpoint). One output holds one merge,
+so its ``merge.json`` and metrics always describe it.
 """
 
 import os
@@ -25,17 +26,28 @@ from dynamics import cli
 from dynamics import decay  # JAX-free: the shape names for --help.
 
 
-def _check_output(output: str, source: str) -> None:
-  """Refuses an output directory that holds another run."""
-  from dynamics import runs  # pylint: disable=g-import-not-at-top
+def _check_output(output: str, source: str, step: int) -> None:
+  """Refuses an output directory that holds another run, the source run
+  itself, or a merge of another step (one merge per output: its
+  ``merge.json`` and metrics describe that one)."""
+  # pylint: disable=g-import-not-at-top
+  from dynamics import checkpoint, runs
   output, source = os.path.abspath(output), os.path.abspath(source)
-  if output == source or not runs.holds_run(output):
+  if output == source:
+    raise cli.UserError(f'--output={output} is the run being merged; a merge '
+                        'writes into a directory of its own (pass another '
+                        '--output)')
+  if not runs.holds_run(output):
     return
-  if runs.merge_source(output) == source:
-    return
-  raise cli.UserError(
-      f'--output={output} holds another run; a merge writes only into a new '
-      f'directory, an earlier merge of {source}, or {source} itself')
+  if runs.merge_source(output) != source:
+    raise cli.UserError(
+        f'--output={output} holds another run; a merge writes only into a new '
+        f'directory or an earlier merge of {source} at the same step')
+  steps = checkpoint.available_steps(output)
+  if steps and step not in steps:
+    raise cli.UserError(
+        f'--output={output} holds the merge at step {steps[-1]}; an output '
+        f'holds one merge, so a merge at step {step} needs another --output')
 
 
 def merge_and_evaluate(workdir: str, window: int | None = None,
@@ -61,7 +73,7 @@ def merge_and_evaluate(workdir: str, window: int | None = None,
   """
   # pylint: disable=g-import-not-at-top
   import jax
-  from dynamics import checkpoint, merging, optim, runs
+  from dynamics import checkpoint, merging, optim, outputs, runs
   from dynamics import workdir as workdir_lib
 
   run = runs.Run.open(workdir)
@@ -75,9 +87,11 @@ def merge_and_evaluate(workdir: str, window: int | None = None,
                        f'--{name}')
   step = run.resolve_step(step)
   steps = merging.window_steps(step, window, interval)
-  output = os.path.abspath(output or os.path.join(run.workdir, 'merged',
-                                                  f'{shape}-w{window}'))
-  _check_output(output, run.workdir)
+  default_output = output is None
+  output = os.path.abspath(output or os.path.join(
+      run.workdir, 'merged', f'{shape}-w{window}-step{step}'))
+  _check_output(output, run.workdir, step)
+  outputs.check_writable(output, '--output', default=default_output)
   if step in checkpoint.available_steps(output):
     raise FileExistsError(f'checkpoint {step} already exists in {output}; a '
                           'merge never overwrites one (pass another --output)')
@@ -99,13 +113,12 @@ def merge_and_evaluate(workdir: str, window: int | None = None,
   with workdir_lib.open_for_writing(output):  # No concurrent writer.
     checkpoint.save(output, step, raw.replace(params=params),
                     {'position': step})
-    if output != run.workdir:  # The source keeps its own config and metrics.
-      merged = runs.Run.create(output, run.config,
-                               parent={'workdir': run.workdir, 'step': step})
-      merged.write_merge(record)
-      with merged.metric_writer() as writer:
-        writer.write(step, {f'eval_{k}': float(v) for k, v in
-                            jax.device_get(merged_eval).items()})
+    merged = runs.Run.create(output, run.config,
+                             parent={'workdir': run.workdir, 'step': step})
+    merged.write_merge(record)
+    with merged.metric_writer() as writer:
+      writer.write(step, {f'eval_{k}': float(v) for k, v in
+                          jax.device_get(merged_eval).items()})
   record['output'] = output
   return record
 

@@ -288,7 +288,6 @@ def test_a_flat_momentum_goes_to_the_momentum_of_the_selected_optimizer():
 def test_old_records_migrate_to_the_sections():
   """The flat layout of a run recorded before the sections (the configs of
   results/training_jacobian.json) opens with its values in place."""
-  from dynamics import runs
   with open(os.path.join(ROOT, 'results', 'training_jacobian.json')) as f:
     old = json.load(f)['configs']['digits']
   assert old['optimizer']['momentum'] == 0.9 and 'b2' in old['optimizer']
@@ -296,7 +295,7 @@ def test_old_records_migrate_to_the_sections():
   assert old['optimizer']['momentum'] == 0.9  # Pure.
   assert new['optimizer']['momentum'] == {'momentum': 0.9, 'nesterov': False}
   assert 'b2' not in new['optimizer']  # The momentum optimizer had none.
-  config = runs.config_from_record(new)
+  config = config_migrate.config_from_record(new)
   assert config.optimizer.momentum.momentum == 0.9
   assert config_migrate.migrate_flat_fields(new) == new
   stable = {'optimizer': {'name': 'stable_spam', 'b2': 0.999,

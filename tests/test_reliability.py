@@ -101,9 +101,27 @@ def test_a_differently_shaped_checkpoint_is_a_mismatch_not_corruption(run_copy):
   os.remove(os.path.join(run_copy, 'config.json'))  # No record to compare.
   before = _snapshot(run_copy)
   with pytest.raises(checkpoint.CheckpointMismatchError, match='model|shape'):
-    train.train_and_evaluate(small_config(**{'model.d_model': 64}), run_copy)
+    train.train_and_evaluate(small_config(**{'model.d_model': 64}), run_copy,
+                             rerecord_config=True)
   assert not os.path.exists(os.path.join(run_copy, 'corrupt_checkpoints'))
   assert _snapshot(run_copy) == before
+
+
+def test_checkpoints_without_config_json_are_refused_with_the_way_out(
+    run_copy):
+  """Issue 28 item 9: the resume check was skipped (a changed learning rate
+  was accepted) and config.json was never rewritten."""
+  os.remove(os.path.join(run_copy, 'config.json'))
+  before = _snapshot(run_copy)
+  changed = small_config(**{'optimizer.learning_rate': 1e-2})
+  with pytest.raises(workdir_lib.WorkdirError) as err:
+    train.train_and_evaluate(changed, run_copy)
+  assert 'no config.json' in str(err.value)
+  assert '--rerecord_config' in str(err.value) and '\n' not in str(err.value)
+  assert _snapshot(run_copy) == before
+  train.train_and_evaluate(small_config(), run_copy, rerecord_config=True)
+  assert runs.Run.open(run_copy).config.optimizer.learning_rate == (
+      small_config().optimizer.learning_rate)
 
 
 def test_a_resume_may_change_logging_and_records_it(run_copy):
@@ -167,6 +185,22 @@ def test_a_merge_into_another_run_is_refused(finished, tmp_path):
     ('model.max_len', 0, 'model.max_len=0: must be'),
     ('schedule.budgets', ('abc',), 'schedule.budgets='),
     ('checkpoint.keep_steps', (5, 'abc'), 'checkpoint.keep_steps='),
+    # Issue 28 item 6: each passed validation (then a traceback, or a wrong
+    # run: final_value=-1 trained by gradient ascent, sharpness_data=foo as
+    # eval; inf only stopped later as a NaN).
+    ('analysis.sharpness_data', 'foo', "sharpness_data='foo': must be one of"),
+    ('schedule.final_value', -1.0, 'final_value=-1.0: must be >= 0'),
+    ('schedule.final_value', float('nan'), 'final_value=nan: must be a finite'),
+    ('optimizer.learning_rate', float('inf'), 'learning_rate=inf: must be a '
+     'finite number > 0'),
+    ('model.init_scale', float('inf'), 'init_scale=inf: must be a finite'),
+    ('model.output_scale', float('inf'), 'output_scale=inf: must be a finite'),
+    ('optimizer.sam.rho', float('inf'), 'sam.rho=inf: must be a finite'),
+    ('analysis.sharpness_batches', 0, 'sharpness_batches=0: must be'),
+    ('analysis.ntk_num_examples', 0, 'ntk_num_examples=0: must be'),
+    ('seed', 99999999999999999999, 'seed=99999999999999999999: must be'),
+    ('model.attention_impl', 'cudnn', "attention_impl='cudnn': needs a CUDA"),
+    ('data.name', 'huggingface', "needs the optional package 'datasets'"),
 ])
 def test_bad_values_fail_before_the_workdir_exists(tmp_path, field, value,
                                                    message):
@@ -187,6 +221,32 @@ def test_a_missing_text_dir_is_a_config_error(tmp_path):
   config = small_config(**{'data.name': 'bytes', 'data.text_dir': '/nonexistent'})
   with pytest.raises(config_lib.ConfigError, match='data.text_dir'):
     train.train_and_evaluate(config, str(tmp_path / 'never'))
+  assert not (tmp_path / 'never').exists()
+
+
+@pytest.mark.parametrize('changes, message', [
+    ({'data.text_dir': 'EMPTY'}, 'text_dir=.*holds 0 bytes'),
+    ({'data.max_bytes': 10}, 'max_bytes=10: reads too little text'),
+    ({'optimizer.name': 'stable_spam',
+      'optimizer.stable_spam.beta1_decay_steps': 0}, 'beta1_decay_steps=0'),
+    ({'optimizer.name': 'stable_spam',
+      'optimizer.stable_spam.beta1_decay_min': 2.0}, 'beta1_decay_min=2.0'),
+    ({'optimizer.name': 'adamp', 'optimizer.adamp.wd_ratio': -1.0},
+     'wd_ratio=-1.0: must be >= 0'),
+    ({'optimizer.name': 'sgdp', 'optimizer.sgdp.dampening': -1.0},
+     r'dampening=-1.0: must be in \[0, 1\]'),
+])
+def test_malformed_values_of_one_section_fail_before_the_workdir(
+    tmp_path, changes, message):
+  """Issue 28 item 6: values needing another field set first (bytes data,
+  an optimizer's own section)."""
+  if changes.get('data.text_dir') == 'EMPTY':
+    (tmp_path / 'empty').mkdir()
+    changes = {'data.text_dir': str(tmp_path / 'empty')}
+  if 'optimizer.name' not in changes:
+    changes = {'data.name': 'bytes', 'model.vocab_size': None, **changes}
+  with pytest.raises(config_lib.ConfigError, match=message):
+    train.train_and_evaluate(small_config(**changes), str(tmp_path / 'never'))
   assert not (tmp_path / 'never').exists()
 
 

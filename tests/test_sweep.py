@@ -128,8 +128,9 @@ def test_emit_slurm_writes_one_sbatch_script_per_point(tmp_path):
                '#SBATCH --gpus-per-node=8', '#SBATCH --time=02:00:00',
                '#SBATCH --partition=gpu', '#SBATCH --signal=TERM@120',
                '#SBATCH --requeue', 'cd /home/me/dynamics',
-               f'#SBATCH --output={workdir}/slurm-%j.out']:
+               f'#SBATCH --output={tmp_path}/jobs/{name}-%j.out']:
     assert line + '\n' in text, line
+  assert (tmp_path / 'jobs').is_dir()  # SLURM opens the log before the job.
   assert (f"srun python -m experiments.main --config={CONFIG_ARG} "
           '--config.num_steps=50 --config.optimizer.learning_rate=3e-3 '
           '--config.seed=0 --config.distributed=True '

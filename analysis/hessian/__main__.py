@@ -155,6 +155,7 @@ def main(argv):
   run = runs.Run.open(_WORKDIR.value)
   step = _check(run, hessian)
   out = _OUT.value or run.workdir
+  outputs.check_writable(out, '--out', default=_OUT.value is None)
   if _BLOCKS.value is not None:
     stem = f'hessian_{step}_{_KIND.value}_blocks-{_slug(_BLOCKS.value)}'
     result = hessian.checkpoint_blocks(

@@ -33,7 +33,8 @@ _HESSIAN_K = flags.DEFINE_integer('hessian_k', 10,
                                   'Top Hessian eigenvectors compared.',
                                   lower_bound=1)
 _DENSE_MAX = flags.DEFINE_integer('dense_max', 5000,
-                                  'Largest model for the dense Jacobian.')
+                                  'Largest model for the dense Jacobian.',
+                                  lower_bound=0)
 _SVD_K = flags.DEFINE_integer('svd_k', 20,
                               'Singular triplets per end (larger models).',
                               lower_bound=1)
@@ -56,6 +57,8 @@ def main(argv):
 
   config = _CONFIG.value
   config_lib.validate(config)  # A bad value: one line, before compiling.
+  out = _OUTPUT_DIR.value or os.path.join('runs', config.name, 'jacobian')
+  outputs.check_writable(out, '--output_dir', default=_OUTPUT_DIR.value is None)
   try:
     report = jacobian.analyze_run(
         runs.Run(config), bulk_tol=_BULK_TOL.value, hessian_k=_HESSIAN_K.value,
@@ -63,15 +66,8 @@ def main(argv):
         chunk_size=_CHUNK_SIZE.value)
   except jacobian.RandomnessNotFixedError as e:
     raise cli.UserError(str(e)) from None
-  out = _OUTPUT_DIR.value or os.path.join('runs', config.name, 'jacobian')
   wrote = outputs.write_report(out, 'spectrum', report, plots.jacobian_spectrum)
-  sp = report['split']
-  print(f"{report['num_params']} parameters, {report['num_steps']} steps: "
-        f"Jacobian in {report['seconds_jacobian']:.1f}s; singular values "
-        f"{min(report['singular_values']):.3g}.."
-        f"{max(report['singular_values']):.3g}; bulk {sp['bulk_fraction']:.1%}, "
-        f"amplified {sp['amplified_fraction']:.1%}, contracted "
-        f"{sp['contracted_fraction']:.1%} (|s-1| <= {sp['bulk_tol']:g})")
+  print(jacobian.report.spectrum_line(report))
   bulk = report['hessian']['overlap']['bulk']
   print('overlap of the top Hessian eigenvectors with the bulk: '
         + ', '.join(f'{b:.2f}' for b in bulk))

@@ -98,3 +98,24 @@ def analyze_run(run: runs.Run, *, bulk_tol: float = 1e-2,
                   ' (only the computed extreme singular vectors)')),
   }
   return report
+
+
+def spectrum_line(report: Dict[str, Any]) -> str:
+  """The command's line about the spectrum of `analyze_run`'s ``report``.
+
+  The bulk / amplified / contracted fractions only for a dense spectrum:
+  from the ``2 * svd_k`` extreme singular values of the Lanczos path they
+  would say nothing of the bulk (a "0.0%" where the dense answer is 54%).
+  """
+  sp, s = report['split'], report['singular_values']
+  if report['dense']:
+    parts = (f"bulk {sp['bulk_fraction']:.1%}, amplified "
+             f"{sp['amplified_fraction']:.1%}, contracted "
+             f"{sp['contracted_fraction']:.1%} (|s-1| <= {sp['bulk_tol']:g})")
+  else:
+    parts = (f'only the {len(s)} extreme singular values were computed '
+             '(Lanczos), so no bulk fraction; pass '
+             f"--dense_max={report['num_params']} for the dense spectrum")
+  return (f"{report['num_params']} parameters, {report['num_steps']} steps: "
+          f"Jacobian in {report['seconds_jacobian']:.1f}s; singular values "
+          f'{min(s):.3g}..{max(s):.3g}; {parts}')

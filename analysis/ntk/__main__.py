@@ -67,6 +67,8 @@ def main(argv):
 
   steps = _steps(_STEPS.value)
   run = runs.Run.open(_WORKDIR.value)
+  out = _OUTPUT_DIR.value or os.path.join(run.workdir, 'ntk')
+  outputs.check_writable(out, '--output_dir', default=_OUTPUT_DIR.value is None)
   try:
     report = ntk.analyze_checkpoints(
         run, steps, num_examples=_NUM_EXAMPLES.value, num_eigs=_NUM_EIGS.value,
@@ -76,7 +78,6 @@ def main(argv):
             _MEMORY.value * 2 ** 30))
   except ntk.NTKMemoryError as e:
     raise cli.UserError(str(e)) from None
-  out = _OUTPUT_DIR.value or os.path.join(run.workdir, 'ntk')
   wrote = outputs.write_report(out, 'ntk', report, plots.ntk_report)
   for rec in report['per_step']:
     print(f"step {rec['step']:>7}: top eig {rec['eigenvalues'][0]:.4g}  trace "

@@ -198,8 +198,8 @@ class _Windows:
   """The windows of ``seq_len + 1`` tokens of some shards, by global index."""
 
   def __init__(self, files: Sequence[str], counts: Sequence[int], dtype: str,
-               seq_len: int):
-    self.seq_len = seq_len
+               seq_len: int, vocab: int):
+    self.seq_len, self.files, self.vocab = seq_len, list(files), vocab
     self.maps = [np.memmap(f, dtype, 'r', shape=(n,))
                  for f, n in zip(files, counts)]
     per_shard = [(n - 1) // seq_len for n in counts]
@@ -214,6 +214,14 @@ class _Windows:
     width = self.seq_len + 1
     for row, (s, o) in enumerate(zip(shard.tolist(), offsets.tolist())):
       out[row] = self.maps[s][o:o + width]
+    bad = np.flatnonzero((out >= self.vocab).any(axis=1))  # `check` samples.
+    if bad.size:
+      row = int(bad[0])
+      col = int(np.argmax(out[row] >= self.vocab))
+      raise TokenDataError(
+          f'{self.files[shard[row]]} holds token id {out[row, col]} at token '
+          f'{int(offsets[row]) + col:,}, outside the vocabulary of '
+          f'{META_FILE} ({self.vocab})')
     return out
 
 
@@ -237,8 +245,9 @@ class TokenFiles(Dataset):
       files, counts = split[shard['split']]
       files.append(os.path.join(path, shard['file']))
       counts.append(int(shard['tokens']))
-    self._train = _Windows(*split['train'], self.meta['dtype'], seq_len)
-    self._eval = _Windows(*split['eval'], self.meta['dtype'], seq_len)
+    vocab = int(self.meta['vocab_size'])
+    self._train = _Windows(*split['train'], self.meta['dtype'], seq_len, vocab)
+    self._eval = _Windows(*split['eval'], self.meta['dtype'], seq_len, vocab)
     self.num_windows = self._train.count
     self.read_windows = np.zeros((0,), np.int64)
     vocab = int(model_vocab_size or self.meta['vocab_size'])
