@@ -113,6 +113,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.name = 'auto'             # auto (from the dataset) | cross_entropy | mse
   c.loss.z_loss = 0.0              # Coefficient of the log^2 Z auxiliary loss.
+  c.loss.vocab_chunk = placeholder(int) # Cross-entropy by vocabulary chunks of this many columns: no [batch x seq x vocab] logits (None: plain).
 
   # Optimizer (dynamics/optim). The fields every optimizer shares are flat;
   # each optimizer's own hyperparameters are its section optimizer.<name>,
