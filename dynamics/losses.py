@@ -119,25 +119,31 @@ def compute_loss(model: nn.Module, params: PyTree, model_state: PyTree,
     metrics.update(intermediate_metrics(new_model_state.pop('intermediates', {})))
     if not model_state:
       new_model_state = model_state
+  mask = batch.get('mask')
   if chunk:
     loss, loss_metrics = _chunked_cross_entropy(
-        model, params, outputs, batch['targets'], options, probes)
+        model, params, outputs, batch['targets'], options, probes, mask)
     loss_metrics['loss'] = loss
   else:
     loss, loss_metrics = loss_from_outputs(outputs, batch['targets'], options,
-                                           log_z_metric=probes)
+                                           log_z_metric=probes, mask=mask)
   metrics.update(loss_metrics)
   return loss, (new_model_state, metrics)
 
 
 def loss_from_outputs(outputs: jax.Array, targets: jax.Array,
-                      options: Options, *, log_z_metric: bool = False
+                      options: Options, *, log_z_metric: bool = False,
+                      mask: Optional[jax.Array] = None
                       ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
   """The loss of `compute_loss` as a function of the model's outputs.
 
   ``compute_loss(...)[0] == loss_from_outputs(model(inputs), targets)[0]``:
   the split a generalized Gauss-Newton matrix needs (the Hessian of this
   function of the outputs, sandwiched between the model's Jacobians).
+
+  ``mask`` (the batch's ``mask``, ``data.packing='truncate'``; shaped like
+  ``targets``) weighs each position of the cross-entropy: means are over
+  the positions where it is 1, padding counts for nothing.
 
   Returns:
     ``(loss, metrics)``; metrics hold ``loss``, and for cross-entropy
@@ -147,22 +153,23 @@ def loss_from_outputs(outputs: jax.Array, targets: jax.Array,
   if options.loss not in LOSSES:
     raise ValueError(f'loss.name must be one of {tuple(LOSSES)}, '
                      f'got {options.loss!r}')
+  extra = {} if mask is None else {'mask': mask}
   loss, metrics = LOSSES[options.loss](outputs, targets, options,
-                                       log_z_metric)
+                                       log_z_metric, **extra)
   metrics['loss'] = loss
   return loss, metrics
 
 
-def _cross_entropy(outputs, targets, options, log_z_metric):
+def _cross_entropy(outputs, targets, options, log_z_metric, mask=None):
   log_z, log_unnorm = log_normalizer(outputs, options.softmax)
   label_logits = jnp.take_along_axis(log_unnorm, targets[..., None], axis=-1)[..., 0]
   return _cross_entropy_terms(log_z - label_logits, log_z,
                               jnp.argmax(outputs, -1), targets, options,
-                              log_z_metric)
+                              log_z_metric, mask)
 
 
 def _chunked_cross_entropy(model, params, hidden, targets, options,
-                           log_z_metric):
+                           log_z_metric, mask=None):
   """`_cross_entropy` of the transformer's hidden states, its head applied
   by vocabulary chunks (``loss.vocab_chunk``; `dynamics.chunked_loss`)."""
   w_dV, b_V, scale, dtype = model.readout(params)
@@ -173,18 +180,23 @@ def _chunked_cross_entropy(model, params, hidden, targets, options,
   shape = targets.shape
   return _cross_entropy_terms(per_token.reshape(shape), log_z.reshape(shape),
                               top.reshape(shape), targets, options,
-                              log_z_metric)
+                              log_z_metric, mask)
 
 
 def _cross_entropy_terms(per_token, log_z, predicted, targets, options,
-                         log_z_metric):
+                         log_z_metric, mask=None):
+  if mask is None:
+    mean = jnp.mean
+  else:
+    weight = mask.astype(jnp.float32)
+    mean = lambda x: jnp.sum(x * weight) / jnp.maximum(jnp.sum(weight), 1.0)
   metrics = {}
-  loss = jnp.mean(per_token)
-  metrics['accuracy'] = jnp.mean(predicted == targets)
+  loss = mean(per_token)
+  metrics['accuracy'] = mean(predicted == targets)
   if log_z_metric:
-    metrics['output_log_z'] = jnp.mean(log_z)
+    metrics['output_log_z'] = mean(log_z)
   if options.z_loss:
-    z_term = options.z_loss * jnp.mean(log_z ** 2)
+    z_term = options.z_loss * mean(log_z ** 2)
     metrics['z_loss'] = z_term
     metrics['cross_entropy'] = loss
     loss = loss + z_term
