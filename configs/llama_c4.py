@@ -5,7 +5,31 @@ Command (LLaMA-60M, Adam, cosine; the data prepared once, below):
 
 Variants, comma-separated (``:130m,stable_spam,wsd``): a size ``60m`` |
 ``130m`` | ``350m`` | ``1b``; an optimizer recipe ``adam`` (default) |
-``stable_spam``; a schedule ``cosine`` (default) | ``wsd``; ``smoke``.
+``stable_spam``; a schedule ``cosine`` (default) | ``wsd``; a data and
+precision recipe ``packed`` (default) | ``galore``; ``smoke``.
+
+Which recipe, and what its perplexity compares with:
+
+* ``packed`` (default; this project's): float32 parameters and optimizer
+  state, bf16 compute; documents concatenated and cut into 256-token
+  windows across their boundaries (``data.packing='concat'``), every token a
+  target. Its eval perplexity is per token of packed text: tokens late in a
+  window see context from the previous document, and no padding is
+  predicted. It is *not* the number of GaLore's / Stable-SPAM's tables;
+  compare it with other packed runs (nanoGPT-style) only.
+* ``galore`` (the papers' recipe exactly): weights and Adam states in
+  bfloat16 (``model.param_dtype='bfloat16'``: GaLore's
+  ``model.to(dtype=torch.bfloat16)``; the optimizer state follows the
+  parameters' dtype) and each C4 document truncated/padded to 256 tokens
+  (``data.packing='truncate'``: HF ``max_length=256, truncation=True,
+  padding='max_length'``, padding and the last position masked out of the
+  loss, as the labels' -100). Its eval perplexity, ``exp`` of the mean
+  cross-entropy over the unmasked tokens of the eval documents, is the
+  quantity of GaLore's Table 2 and Stable-SPAM's tables (their validation
+  loop averages the batch losses of 10M eval tokens; the per-batch mean
+  here weighs tokens equally -- the same up to how padding splits across
+  batches). The C4 files must be prepared with the EOS id that ends each
+  document (``prepare_text`` writes it).
 
 Data: C4 (en) tokenized with the T5 tokenizer (vocabulary 32,000, as in
 GaLore and Stable-SPAM; the 100 sentinel ids above it never occur in text)::
@@ -101,7 +125,7 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   adam(c)
   cosine(c)
   variants = {'adam': adam, 'stable_spam': stable_spam, 'cosine': cosine,
-              'wsd': wsd, 'smoke': smoke}
+              'wsd': wsd, 'packed': packed, 'galore': galore, 'smoke': smoke}
   for name in SIZES:
     variants[name] = lambda c, name=name: size(c, name)
   return base.apply_variants(c, arg, variants, 'configs/llama_c4.py')
@@ -142,6 +166,21 @@ def stable_spam(c: ml_collections.ConfigDict) -> None:
   o.weight_decay, o.clip_norm = 0.0, None
   c.name += '_stable_spam'
   _warmup(c)
+
+
+def packed(c: ml_collections.ConfigDict) -> None:
+  """This project's recipe (the default): float32 parameters and optimizer
+  state, documents packed across boundaries (module doc)."""
+  c.model.param_dtype = 'float32'
+  c.data.packing = 'concat'
+
+
+def galore(c: ml_collections.ConfigDict) -> None:
+  """GaLore's recipe exactly: bfloat16 weights and Adam states, each
+  document truncated/padded to the sequence length, padding masked."""
+  c.model.param_dtype = 'bfloat16'
+  c.data.packing = 'truncate'
+  c.name += '_galore_recipe'
 
 
 def cosine(c: ml_collections.ConfigDict) -> None:

@@ -78,6 +78,7 @@ def defaults() -> ml_collections.ConfigDict:
   m.quantization = placeholder(str) # None | int4 | fp4 (fake-quantized training).
   m.softmax = 'softmax'            # softmax | stablemax (output nonlinearity in the loss).
   m.dtype = 'float32'              # Compute dtype: float32 | bfloat16.
+  m.param_dtype = 'float32'        # Parameters (and so the optimizer state): float32 | bfloat16 (GaLore's recipe).
   m.attention_impl = placeholder(str) # None (XLA picks) | xla | cudnn.
   m.position = 'learned'           # learned (GPT-2 table of max_len rows) | rope (rotary, LLaMA).
   m.rope_theta = 10_000.0          # RoPE base period theta.
@@ -108,10 +109,12 @@ def defaults() -> ml_collections.ConfigDict:
   d.num_eval = placeholder(int)    # digits: held-out images (None: 20%, i.e. 360 of 1,797).
   d.hf_name = placeholder(str)     # huggingface / tfds: dataset name (optional [data] extra).
   d.path = placeholder(str)        # tokens: directory of token shards (python -m experiments.prepare_text).
+  d.packing = 'concat'             # tokens: concat (windows across documents) | truncate (one padded document per example, padding masked).
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = 'auto'             # auto (from the dataset) | cross_entropy | mse
   c.loss.z_loss = 0.0              # Coefficient of the log^2 Z auxiliary loss.
+  c.loss.vocab_chunk = placeholder(int) # Cross-entropy by vocabulary chunks of this many columns: no [batch x seq x vocab] logits (None: plain).
 
   # Optimizer (dynamics/optim). The fields every optimizer shares are flat;
   # each optimizer's own hyperparameters are its section optimizer.<name>,

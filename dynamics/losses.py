@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dynamics import chunked_loss
 from dynamics import errors
 from dynamics.types import Batch, PyTree, param_name
 
@@ -48,6 +49,13 @@ def _stablemax_log_normalizer(logits: jax.Array) -> Tuple[jax.Array, jax.Array]:
   s = stablemax_s(logits.astype(jnp.float32))
   return jnp.log(jnp.sum(s, axis=-1)), jnp.log(s)
 
+
+# ``config.model.softmax``: ``logit -> log p_unnormalized`` elementwise, the
+# ``phi`` of the chunked cross-entropy (`dynamics.chunked_loss`).
+PHIS = {
+    'softmax': chunked_loss.identity,
+    'stablemax': lambda x: jnp.log(stablemax_s(x)),
+}
 
 # ``config.model.softmax``: ``logits -> (log Z, log p_unnormalized)``.
 SOFTMAXES = {
@@ -100,8 +108,10 @@ def compute_loss(model: nn.Module, params: PyTree, model_state: PyTree,
   if probes:
     mutable = (mutable or []) + ['intermediates']
   rngs = {'dropout': rng} if rng is not None else {}
+  chunk = getattr(options, 'vocab_chunk', None)
+  extra = {'return_hidden': True} if chunk else {}
   out = model.apply(variables, batch['inputs'], train=train, rngs=rngs,
-                    mutable=mutable)
+                    mutable=mutable, **extra)
   outputs, new_model_state = out if mutable else (out, model_state)
   metrics = {}
   if probes:
@@ -109,20 +119,31 @@ def compute_loss(model: nn.Module, params: PyTree, model_state: PyTree,
     metrics.update(intermediate_metrics(new_model_state.pop('intermediates', {})))
     if not model_state:
       new_model_state = model_state
-  loss, loss_metrics = loss_from_outputs(outputs, batch['targets'], options,
-                                         log_z_metric=probes)
+  mask = batch.get('mask')
+  if chunk:
+    loss, loss_metrics = _chunked_cross_entropy(
+        model, params, outputs, batch['targets'], options, probes, mask)
+    loss_metrics['loss'] = loss
+  else:
+    loss, loss_metrics = loss_from_outputs(outputs, batch['targets'], options,
+                                           log_z_metric=probes, mask=mask)
   metrics.update(loss_metrics)
   return loss, (new_model_state, metrics)
 
 
 def loss_from_outputs(outputs: jax.Array, targets: jax.Array,
-                      options: Options, *, log_z_metric: bool = False
+                      options: Options, *, log_z_metric: bool = False,
+                      mask: Optional[jax.Array] = None
                       ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
   """The loss of `compute_loss` as a function of the model's outputs.
 
   ``compute_loss(...)[0] == loss_from_outputs(model(inputs), targets)[0]``:
   the split a generalized Gauss-Newton matrix needs (the Hessian of this
   function of the outputs, sandwiched between the model's Jacobians).
+
+  ``mask`` (the batch's ``mask``, ``data.packing='truncate'``; shaped like
+  ``targets``) weighs each position of the cross-entropy: means are over
+  the positions where it is 1, padding counts for nothing.
 
   Returns:
     ``(loss, metrics)``; metrics hold ``loss``, and for cross-entropy
@@ -132,22 +153,50 @@ def loss_from_outputs(outputs: jax.Array, targets: jax.Array,
   if options.loss not in LOSSES:
     raise ValueError(f'loss.name must be one of {tuple(LOSSES)}, '
                      f'got {options.loss!r}')
+  extra = {} if mask is None else {'mask': mask}
   loss, metrics = LOSSES[options.loss](outputs, targets, options,
-                                       log_z_metric)
+                                       log_z_metric, **extra)
   metrics['loss'] = loss
   return loss, metrics
 
 
-def _cross_entropy(outputs, targets, options, log_z_metric):
-  metrics = {}
+def _cross_entropy(outputs, targets, options, log_z_metric, mask=None):
   log_z, log_unnorm = log_normalizer(outputs, options.softmax)
   label_logits = jnp.take_along_axis(log_unnorm, targets[..., None], axis=-1)[..., 0]
-  loss = jnp.mean(log_z - label_logits)
-  metrics['accuracy'] = jnp.mean(jnp.argmax(outputs, -1) == targets)
+  return _cross_entropy_terms(log_z - label_logits, log_z,
+                              jnp.argmax(outputs, -1), targets, options,
+                              log_z_metric, mask)
+
+
+def _chunked_cross_entropy(model, params, hidden, targets, options,
+                           log_z_metric, mask=None):
+  """`_cross_entropy` of the transformer's hidden states, its head applied
+  by vocabulary chunks (``loss.vocab_chunk``; `dynamics.chunked_loss`)."""
+  w_dV, b_V, scale, dtype = model.readout(params)
+  h_Nd = hidden.reshape(-1, hidden.shape[-1]).astype(dtype)
+  per_token, log_z, top = chunked_loss.chunked_cross_entropy(
+      h_Nd, w_dV, b_V, targets.reshape(-1), scale=scale,
+      chunk=options.vocab_chunk, phi=PHIS[options.softmax])
+  shape = targets.shape
+  return _cross_entropy_terms(per_token.reshape(shape), log_z.reshape(shape),
+                              top.reshape(shape), targets, options,
+                              log_z_metric, mask)
+
+
+def _cross_entropy_terms(per_token, log_z, predicted, targets, options,
+                         log_z_metric, mask=None):
+  if mask is None:
+    mean = jnp.mean
+  else:
+    weight = mask.astype(jnp.float32)
+    mean = lambda x: jnp.sum(x * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+  metrics = {}
+  loss = mean(per_token)
+  metrics['accuracy'] = mean(predicted == targets)
   if log_z_metric:
-    metrics['output_log_z'] = jnp.mean(log_z)
+    metrics['output_log_z'] = mean(log_z)
   if options.z_loss:
-    z_term = options.z_loss * jnp.mean(log_z ** 2)
+    z_term = options.z_loss * mean(log_z ** 2)
     metrics['z_loss'] = z_term
     metrics['cross_entropy'] = loss
     loss = loss + z_term
@@ -175,6 +224,17 @@ def check(config: Any) -> None:
   loss = config.loss
   errors.one_of('loss.name', loss.name, ('auto',) + tuple(LOSSES))
   errors.number('loss.z_loss', loss.z_loss, at_least=0)
+  errors.integer('loss.vocab_chunk', loss.vocab_chunk, 1, optional=True)
+  if loss.vocab_chunk is not None:
+    errors.require(config.model.name == 'transformer', 'loss.vocab_chunk',
+                   loss.vocab_chunk, 'applies only to model.name=transformer '
+                   f'(the language model), not {config.model.name!r}')
+    errors.require(loss.name != 'mse', 'loss.vocab_chunk', loss.vocab_chunk,
+                   'applies only to the cross-entropy loss, not '
+                   'loss.name=mse')
+    errors.require(config.model.quantization is None, 'loss.vocab_chunk',
+                   loss.vocab_chunk, 'does not fake-quantize the head: needs '
+                   f'model.quantization=None, not {config.model.quantization!r}')
   errors.require(not loss.z_loss or loss.name != 'mse', 'loss.z_loss',
                  loss.z_loss, 'applies only to the cross-entropy loss, not '
                  'loss.name=mse')

@@ -56,7 +56,8 @@ def init_state(config: ml_collections.ConfigDict, parts: Parts
   variables = init({'params': init_key, 'dropout': init_key},
                    jnp.asarray(example))
   variables = flax.core.unfreeze(variables)
-  params = variables.pop('params')
+  params = models_lib.cast_params(variables.pop('params'),
+                                  config.model.param_dtype)
   # A copy, not an alias: the donated state must not hold one buffer twice.
   ema = (jax.tree.map(jnp.copy, params) if config.ema.decay is not None
          else None)

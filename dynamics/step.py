@@ -63,6 +63,8 @@ class StepOptions:
     log_every, num_steps: norms are measured only on the steps the loop logs
       (after update ``t + 1`` when ``(t + 1) % log_every == 0``, and the last).
     grad_accum_steps: micro-batches per update (`accumulated_gradient`).
+    vocab_chunk: cross-entropy by vocabulary chunks (``loss.vocab_chunk``;
+      `dynamics.chunked_loss`); None: from the model's logits.
   """
   loss: str = 'cross_entropy'
   z_loss: float = 0.0
@@ -73,6 +75,7 @@ class StepOptions:
   log_every: int = 1
   num_steps: Optional[int] = None
   grad_accum_steps: int = 1
+  vocab_chunk: Optional[int] = None
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, task: str
@@ -82,7 +85,8 @@ class StepOptions:
                sam=optim_lib.SamOptions.from_config(config.optimizer.sam),
                ema_decay=config.ema.decay, log_per_layer=config.log_per_layer,
                log_every=config.log_every, num_steps=config.num_steps,
-               grad_accum_steps=int(config.optimizer.grad_accum_steps))
+               grad_accum_steps=int(config.optimizer.grad_accum_steps),
+               vocab_chunk=config.loss.vocab_chunk)
 
 
 def train_step(state: TrainState, batch: Batch, *, model: nn.Module,

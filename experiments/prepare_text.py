@@ -33,6 +33,11 @@ where it stopped and writes the same bytes as an uninterrupted one;
 ``meta.json`` is written last. Re-running a finished preparation with the
 same inputs and settings does nothing; with others it refuses to touch the
 directory.
+
+A file that cannot be parsed (a JSON line without a "text" field, a corrupt
+gzip) stops the preparation with ``FILE:LINE`` and the reason; with
+``--skip_bad_files`` every input file is read once first and the unparsable
+ones are listed and left out (the recorded inputs are the rest).
 """
 
 import glob
@@ -43,6 +48,7 @@ import json
 import os
 import shutil
 import sys
+import zlib
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from absl import flags
@@ -67,6 +73,10 @@ _SHARD_TOKENS = flags.DEFINE_integer('shard_tokens', 100_000_000,
 _BPE_BYTES = flags.DEFINE_integer('bpe_train_bytes', 100_000_000,
                                   'bpe:VOCAB trains on this much text.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+_SKIP_BAD = flags.DEFINE_bool(
+    'skip_bad_files', False, 'Read every input file first and skip (and '
+    'list) those that cannot be parsed; without it the first bad line stops '
+    'the preparation, naming its file and line.')
 
 TEXT_SUFFIXES = ('.txt', '.md', '.py', '.rst', '.json', '.jsonl')
 EOS_CANDIDATES = ('</s>', '<|endoftext|>', '<|end_of_text|>', '<eos>')
@@ -89,16 +99,64 @@ def input_files(pattern: str, what: str = '--input') -> List[str]:
 
 
 def _pieces(path: str) -> Iterator[Tuple[str, bool]]:
-  """``(text, ends_a_document)`` pieces of one file (module docstring)."""
+  """``(text, ends_a_document)`` pieces of one file (module docstring).
+
+  Raises:
+    cli.UserError: naming ``path:line`` where the file cannot be parsed (a
+      JSON line without a "text" field, a corrupt or truncated gzip).
+  """
+  line = [0]
+  try:
+    yield from _parsed_pieces(path, line)
+  except (OSError, EOFError, zlib.error) as e:
+    raise cli.UserError(f'{path}:{line[0] + 1}: cannot be read '
+                        f'({type(e).__name__}: {e})') from None
+
+
+def bad_files(files: Sequence[str]) -> List[Tuple[str, str]]:
+  """``(file, why)`` of each of ``files`` that `_pieces` cannot parse
+  (each file is read through once)."""
+  bad = []
+  for path in files:
+    try:
+      for _ in _pieces(path):
+        pass
+    except cli.UserError as e:
+      bad.append((path, str(e)))
+  return bad
+
+
+def usable_files(files: Sequence[str], what: str) -> List[str]:
+  """``files`` less the unparsable ones (`bad_files`), each listed on
+  stdout (``--skip_bad_files``).
+
+  Raises:
+    cli.UserError: none of ``files`` can be parsed.
+  """
+  bad = bad_files(files)
+  if bad:
+    print(f'{what}: skipping {len(bad)} file(s) that cannot be parsed '
+          '(--skip_bad_files):')
+    for _, why in bad:
+      print(f'  {why}')
+  skipped = {path for path, _ in bad}
+  good = [f for f in files if f not in skipped]
+  if not good:
+    raise cli.UserError(f'{what}: no file can be parsed')
+  return good
+
+
+def _parsed_pieces(path: str, line: List[int]) -> Iterator[Tuple[str, bool]]:
   raw = open(path, 'rb')
   with raw:
     stream = gzip.GzipFile(fileobj=raw) if path.endswith('.gz') else raw
     text = io.TextIOWrapper(stream, encoding='utf-8', errors='replace')
     if path.removesuffix('.gz').endswith(('.json', '.jsonl')):
-      for number, line in enumerate(text, 1):
-        if line.strip():
+      for number, row in enumerate(text, 1):
+        line[0] = number
+        if row.strip():
           try:
-            yield json.loads(line)['text'], True
+            yield json.loads(row)['text'], True
           except (ValueError, KeyError, TypeError):
             raise cli.UserError(f'{path}:{number}: not a JSON object with a '
                                 '"text" field') from None
@@ -106,6 +164,7 @@ def _pieces(path: str) -> Iterator[Tuple[str, bool]]:
     piece = text.read(_CHUNK)
     while piece:
       piece += text.readline()  # End pieces at line breaks.
+      line[0] += piece.count('\n')
       following = text.read(_CHUNK)
       yield piece, not following
       piece = following
@@ -356,8 +415,12 @@ def main(argv):
       raise cli.UserError(f'--{flag.name}={flag.value}: must be > 0')
   eval_files = (input_files(_EVAL_INPUT.value, '--eval_input')
                 if _EVAL_INPUT.value else [])
+  files = input_files(_INPUT.value)
+  if _SKIP_BAD.value:
+    files = usable_files(files, '--input')
+    eval_files = usable_files(eval_files, '--eval_input') if eval_files else []
   try:
-    prepare(input_files(_INPUT.value), _OUTPUT.value, tokenizer,
+    prepare(files, _OUTPUT.value, tokenizer,
             eval_files=eval_files, eval_tokens=_EVAL_TOKENS.value,
             shard_tokens=_SHARD_TOKENS.value, eos=_EOS.value,
             bpe_train_bytes=_BPE_BYTES.value, progress=_PROGRESS.value)

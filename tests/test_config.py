@@ -185,6 +185,9 @@ def _set(c, **fields):
     ({'ema.decay': 1.0}, 'ema.decay=1.0: must be in [0, 1) or None'),
     ({'merge.shape': 'exp'}, "merge.shape='exp': must be one of"),
     ({'loss.name': 'hinge'}, "loss.name='hinge': must be one of"),
+    ({'loss.vocab_chunk': 0}, 'loss.vocab_chunk=0: must be an integer > 0'),
+    ({'loss.vocab_chunk': 8, 'model.quantization': 'int4'},
+     'loss.vocab_chunk=8: does not fake-quantize the head'),
 ])
 def test_malformed_values_name_the_field(fields, message):
   with pytest.raises(config_lib.ConfigError) as err:

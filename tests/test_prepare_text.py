@@ -155,3 +155,33 @@ def test_bpe_is_trained_locally_and_reused_from_its_file(text, tmp_path):
                                eval_tokens=20, shard_tokens=50,
                                progress=False)
   assert again['shards'] == meta['shards'] and again['eos_id'] == meta['eos_id']
+
+
+def test_bad_files_fail_naming_file_and_line_unless_skipped(text, tmp_path):
+  src = tmp_path / 'src'
+  (src / 'd.jsonl').write_text('{"text": "fine"}\n{"title": "no text"}\n')
+  (src / 'e.json.gz').write_bytes(gzip.compress(b'{"text": "x"}\n' * 50)[:40])
+  files = prepare_text.input_files(str(src))
+  with pytest.raises(cli.UserError, match='d.jsonl:2: not a JSON object'):
+    prepare_text.prepare(files, str(tmp_path / 'o1'), eval_tokens=60,
+                         progress=False)
+  bad = prepare_text.bad_files(files)
+  assert [os.path.basename(f) for f, _ in bad] == ['d.jsonl', 'e.json.gz']
+  assert 'e.json.gz:' in bad[1][1] and 'cannot be read' in bad[1][1]
+  out = str(tmp_path / 'cmd')
+  done = subprocess.run(
+      [sys.executable, '-m', 'experiments.prepare_text', f'--input={src}',
+       f'--output={out}', '--eval_tokens=60', '--shard_tokens=150',
+       '--skip_bad_files', '--noprogress'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  assert 'skipping 2 file(s) that cannot be parsed' in done.stdout
+  assert 'd.jsonl:2: not a JSON object' in done.stdout
+  inputs = [os.path.basename(f) for f, _ in tokens.read_meta(out)['spec']['inputs']]
+  assert inputs == ['a.txt', 'b.jsonl', 'c.json.gz']
+  done = subprocess.run(
+      [sys.executable, '-m', 'experiments.prepare_text', f'--input={src}',
+       f'--output={tmp_path / "cmd2"}', '--eval_tokens=60', '--noprogress'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 1 and 'd.jsonl:2: not a JSON object' in (
+      done.stdout + done.stderr), done.stderr

@@ -24,6 +24,7 @@ import os
 from typing import Any, Callable, Dict, Optional
 
 from dynamics import errors
+from dynamics.data import documents
 from dynamics.data import tokens
 from dynamics.data.arrays import ArrayDataset, digits
 from dynamics.data.base import Dataset, DatasetInfo
@@ -135,7 +136,7 @@ DATASETS: Dict[str, Entry] = {
                    check=_check_text),
     'tokens': Entry(lambda c: TokenFiles(
         c.data.path, c.data.seq_len, c.data.batch_size, c.seed,
-        c.model.vocab_size), 'language', check=_check_tokens),
+        c.model.vocab_size, c.data.packing), 'language', check=_check_tokens),
     'teacher_student': Entry(_teacher_student, 'vector'),
     'modular': Entry(lambda c: modular_arithmetic(
         c.data.modulus, c.data.operation, c.data.train_fraction,
@@ -179,6 +180,9 @@ def check(config: Any) -> None:
                 'teacher_width', 'output_dim', 'num_train', 'modulus'):
     errors.integer(f'data.{field}', d[field], 1)
   errors.number('data.noise_std', d.noise_std, at_least=0)
+  errors.one_of('data.packing', d.packing, documents.PACKINGS)
+  errors.require(d.packing == 'concat' or d.name == 'tokens', 'data.packing',
+                 d.packing, f'applies only to data.name=tokens, not {d.name!r}')
   entry = DATASETS[d.name]
   errors.require(entry.package is None or _installed(entry.package),
                  'data.name', d.name, f'needs the optional package '

@@ -20,8 +20,13 @@ position is one integer in the checkpoint and a resumed run reads the same
 bits. A process of a multi-process run reads only its rows of each batch
 (`TokenFiles.train_slice`). Evaluation reads the eval shards' windows in
 order.
+
+``packing='concat'`` (default) takes these windows across document
+boundaries; ``'truncate'`` makes each document one padded example, the
+padding masked (GaLore's C4 loader; `dynamics.data.documents`).
 """
 
+import functools
 import json
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -30,6 +35,7 @@ import numpy as np
 
 from dynamics.data.base import _TRAIN, Batch, Dataset, DatasetInfo
 from dynamics.data.base import _rng
+from dynamics.data import documents
 
 META_FILE = 'meta.json'
 FORMAT = 'dynamics-tokens'
@@ -236,8 +242,10 @@ class TokenFiles(Dataset):
   """
 
   def __init__(self, path: str, seq_len: int, batch_size: int, seed: int,
-               model_vocab_size: Optional[int] = None):
-    self.path, self.seq_len = path, seq_len
+               model_vocab_size: Optional[int] = None,
+               packing: str = 'concat'):
+    documents.check_packing(packing)
+    self.path, self.seq_len, self.packing = path, seq_len, packing
     self.batch_size, self.seed = batch_size, seed
     self.meta = check(path, seq_len, model_vocab_size)
     split = {'train': ([], []), 'eval': ([], [])}
@@ -246,8 +254,13 @@ class TokenFiles(Dataset):
       files.append(os.path.join(path, shard['file']))
       counts.append(int(shard['tokens']))
     vocab = int(self.meta['vocab_size'])
-    self._train = _Windows(*split['train'], self.meta['dtype'], seq_len, vocab)
-    self._eval = _Windows(*split['eval'], self.meta['dtype'], seq_len, vocab)
+    # Packed windows check every read against the vocabulary (a bad id names
+    # its file); documents are checked by their own reader's sample.
+    reader = (functools.partial(_Windows, vocab=vocab) if packing == 'concat'
+              else functools.partial(documents.Documents,
+                                     eos_id=int(self.meta['eos_id'])))
+    self._train = reader(*split['train'], self.meta['dtype'], seq_len)
+    self._eval = reader(*split['eval'], self.meta['dtype'], seq_len)
     self.num_windows = self._train.count
     self.read_windows = np.zeros((0,), np.int64)
     vocab = int(model_vocab_size or self.meta['vocab_size'])
@@ -273,7 +286,11 @@ class TokenFiles(Dataset):
     bounds = _split_bounds(self.batch_size, num_parts)
     self.read_windows = self.train_windows(index, bounds[part],
                                            bounds[part + 1])
-    return _pair(self._train.read(self.read_windows))
+    return self._batch(self._train, self.read_windows)
+
+  def _batch(self, reader, ids):  # Documents give the mask with the pair.
+    out = reader.read(ids)
+    return out if isinstance(out, dict) else _pair(out)
 
   def train_batch(self, index: int) -> Batch:
     return self.train_slice(index, 0, 1)
@@ -281,7 +298,7 @@ class TokenFiles(Dataset):
   def eval_batch(self, index: int) -> Batch:
     windows = (index * self.batch_size
                + np.arange(self.batch_size, dtype=np.int64)) % self._eval.count
-    return _pair(self._eval.read(windows))
+    return self._batch(self._eval, windows)
 
 
 def _pair(seq: np.ndarray) -> Batch:

@@ -156,6 +156,23 @@ def build_model(model_config: Any, dataset_info: Any) -> nn.Module:
                      knobs_from_config(m, entry.width(m)))
 
 
+def cast_params(params: Any, param_dtype: str) -> Any:
+  """``params`` with every floating leaf in ``param_dtype``
+  (``config.model.param_dtype``): initialized in float32, then rounded, as
+  GaLore's ``model.to(dtype=torch.bfloat16)``. The optimizer state, built
+  from the parameters, follows (Adam's moments in bfloat16, as
+  ``torch.optim.Adam`` on bfloat16 parameters).
+
+  Example:
+    >>> cast_params({'w': jnp.ones(2), 'i': jnp.arange(2)}, 'bfloat16')['w'].dtype
+    dtype(bfloat16)
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  dtype = DTYPES[param_dtype]
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(
+      x.dtype, jnp.floating) else x, params)
+
+
 def _cudnn_available() -> bool:
   import jax  # pylint: disable=g-import-not-at-top
   return jax.default_backend() in ('gpu', 'cuda')
@@ -183,6 +200,7 @@ def check(config: Any) -> None:
   errors.one_of('model.norm', m.norm, NORMS)
   errors.one_of('model.norm_position', m.norm_position, NORM_POSITIONS)
   errors.one_of('model.dtype', m.dtype, DTYPES)
+  errors.one_of('model.param_dtype', m.param_dtype, DTYPES)
   errors.one_of('model.activation', m.activation, ACTIVATIONS)
   errors.one_of('model.attention_impl', m.attention_impl,
                 (None,) + ATTENTION_IMPLS)
@@ -235,5 +253,5 @@ def check(config: Any) -> None:
 __all__ = ['CNN', 'DTYPES', 'DyT', 'Entry', 'INITS', 'Knobs', 'MLP', 'MLPS',
            'MODELS', 'NORMS', 'NORM_POSITIONS', 'PARAMETRIZATIONS',
            'POSITIONS', 'REMAT_POLICIES', 'ResNet', 'ResidualBlock',
-           'Transformer', 'apply_rope', 'build_model', 'check',
+           'Transformer', 'apply_rope', 'build_model', 'cast_params', 'check',
            'knobs_from_config', 'make_norm', 'output_head', 'swiglu_hidden']

@@ -46,7 +46,7 @@ Transformer training instabilities", 2023. Nothing is computed otherwise.
 """
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -282,8 +282,31 @@ class Transformer(nn.Module):
              else self.mix_ln_split)
     return tuple('post' if i < split else 'pre' for i in range(self.num_layers))
 
+  def readout(self, params) -> Tuple[jax.Array, Optional[jax.Array], float,
+                                     jnp.dtype]:
+    """The output head as ``(W (d, V), b (V,) or None, scale, dtype)``:
+    ``logits = scale * (h.astype(dtype) @ W + b)`` for the hidden states
+    ``h`` that ``__call__(..., return_hidden=True)`` returns (what the
+    chunked cross-entropy, `dynamics.chunked_loss`, needs)."""
+    mult = 1.0
+    if self.knobs.parametrization == 'mup':
+      mult = 1.0 / self.knobs.width_mult
+    elif self.knobs.parametrization == 'ntk' and not self.tie_embeddings:
+      mult = 1.0 / math.sqrt(self.d_model)
+    if self.knobs.quantization is not None:
+      raise ValueError('the chunked cross-entropy does not fake-quantize '
+                       'the head: model.quantization must be None')
+    if self.tie_embeddings:
+      return (params['embed']['embedding'].T, None,
+              self.output_scale * mult, jnp.float32)
+    head, bias = params['head'], params['head'].get('bias')
+    # The parametrization's multiplier scales ``h W`` only, not the bias.
+    if bias is not None and mult != 1.0:
+      bias = bias / mult
+    return head['kernel'], bias, self.output_scale * mult, self.dtype
+
   @nn.compact
-  def __call__(self, tokens, train: bool = False):
+  def __call__(self, tokens, train: bool = False, return_hidden: bool = False):
     _, seq_len = tokens.shape
     embed = nn.Embed(self.vocab_size, self.d_model,
                      embedding_init=nn.initializers.normal(0.02),
@@ -329,6 +352,8 @@ class Transformer(nn.Module):
     if positions[-1] in ('pre', 'peri'):
       x = layers.make_norm(self.norm, 'norm_final', dtype=self.dtype,
                            use_bias=self.use_bias)(x)
+    if return_hidden:  # The head is applied by the loss (`readout`).
+      return x
     if self.tie_embeddings:
       logits = embed.attend(x.astype(jnp.float32))
       if mup:
