@@ -272,3 +272,40 @@ def test_interpolate_runs_with_batch_norm_and_bad_steps(two_cnn_runs):
   assert same['train']['loss'][0] == pytest.approx(same['train']['loss'][1])
   with pytest.raises(runs.RunNotFoundError, match='no checkpoint at step 7'):
     landscape.interpolate(a, 7, b, 5, [0.0, 1.0])
+
+
+@pytest.fixture(scope='module')
+def mlp_run(tmp_path_factory):
+  """A recorded MLP run with checkpoints 2 and 4 (perturbed parameters)."""
+  from configs import jacobian  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp('mlp'))
+  run = runs.Run.create(workdir, jacobian.get_config('smoke'))
+  state = run.init_state()
+  for step in (2, 4):
+    rng = np.random.RandomState(step)
+    params = jax.tree.map(lambda p: p + 0.05 * rng.randn(*p.shape).astype(
+        p.dtype), state.params)
+    checkpoint.save(workdir, step, state.replace(params=params),
+                    {'position': step})
+  return workdir
+
+
+@pytest.mark.parametrize('method', ['uniform_soup', 'greedy_soup', 'fisher'])
+def test_merge_command_methods_write_a_new_run(mlp_run, tmp_path, method):
+  from experiments import merge  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path / method)
+  record = merge.merge_and_evaluate(mlp_run, window=4, interval=2,
+                                    output=out, method=method)
+  assert record['method'] == method and record['steps'] == [2, 4]
+  assert runs.merge_source(out) == mlp_run
+  merged = runs.Run.open(out).params(4)
+  source = runs.Run.open(mlp_run)
+  a, b = source.params(2), source.params(4)
+  if method == 'uniform_soup':
+    for m, u, v in zip(*(jax.tree.leaves(t) for t in (merged, a, b))):
+      np.testing.assert_allclose(m, (u + v) / 2, rtol=1e-6, atol=1e-7)
+  if method == 'greedy_soup':
+    assert record['kept'][0] == int(np.argmin(record['held_out_loss']))
+  assert np.isfinite(record['eval_loss'])
+  with pytest.raises(ValueError, match='^--method=ties: must be one of'):
+    merge.merge_and_evaluate(mlp_run, window=4, interval=2, method='ties')
