@@ -309,3 +309,53 @@ def test_merge_command_methods_write_a_new_run(mlp_run, tmp_path, method):
   assert np.isfinite(record['eval_loss'])
   with pytest.raises(ValueError, match='^--method=ties: must be one of'):
     merge.merge_and_evaluate(mlp_run, window=4, interval=2, method='ties')
+
+
+# -- the command and the benchmark ---------------------------------------------
+
+ROOT = __import__('os').path.dirname(__import__('os').path.dirname(
+    __import__('os').path.abspath(__file__)))
+
+
+def _command(*args):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  return subprocess.run([sys.executable, '-m', *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_runs_of_different_shapes_and_bad_grids_fail_naming_the_flag(
+    two_cnn_runs, mlp_run):
+  from analysis.landscape import __main__ as command  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match='^other_workdir: the two models have '
+                     'different parameter shapes'):
+    landscape.interpolate(two_cnn_runs[0], 5, runs.Run.open(mlp_run), 2,
+                          [0.0, 1.0])
+  for text in ('', ',', '0:1:0', '0:1'):
+    with pytest.raises(command.cli.UserError, match='^--alphas='):
+      command.parse_grid(text, 'alphas')
+  assert command.parse_grid('-1:1:5', 'grid') == [-1.0, -0.5, 0.0, 0.5, 1.0]
+
+
+def test_command_slices_a_checkpoint_and_refuses_a_missing_step(mlp_run,
+                                                                tmp_path):
+  proc = _command('analysis.landscape', f'--workdir={mlp_run}',
+                  '--mode=slice2d', '--grid=-1:1:3', '--num_batches=1',
+                  f'--out={tmp_path}')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  report = __import__('json').load(open(tmp_path / 'slice2d_4_random.json'))
+  assert np.asarray(report['loss']).shape == (3, 3)
+  assert (tmp_path / 'slice2d_4_random.png').stat().st_size > 0
+  proc = _command('analysis.landscape', f'--workdir={mlp_run}',
+                  '--steps=2,3', '--alphas=0:1:3')
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f'Error: no checkpoint at step 3 in {mlp_run}; available steps: [2, 4]')
+
+
+def test_bench_landscape_runs_at_a_toy_size(tmp_path):
+  proc = _command('experiments.bench_landscape', '--smoke', '--size=2',
+                  '--num_batches=1', f'--results={tmp_path}/b.json')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = __import__('json').load(open(tmp_path / 'b.json'))
+  assert result['points'] == 4 and result['seconds'] > 0

@@ -38,9 +38,9 @@ _LAZY = {
     'permute': 'matching', 'perm_sizes': 'matching',
     'spec_for': 'matching',
     'uniform_soup': 'soups', 'greedy_soup': 'soups', 'fisher_merge': 'soups',
-    'diagonal_fisher': 'soups',
+    'diagonal_fisher': 'soups', 'checkpoint_slice': 'checkpoints',
 }
-_SUBMODULES = ('grid', 'matching', 'interpolation', 'slices', 'soups')
+_SUBMODULES = ('checkpoints', 'grid', 'matching', 'interpolation', 'slices', 'soups')
 
 
 def __getattr__(name: str) -> Any:

@@ -197,8 +197,8 @@ def _batch_stats(model, params, model_state, inputs):
 
 def interpolate(run_a, step_a: Optional[int], run_b, step_b: Optional[int],
                 alphas: Sequence[float], *, num_batches: int = 4,
-                chunk_size: int = 8, show_progress: bool = False
-                ) -> Dict[str, Any]:
+                chunk_size: int = 8, show_progress: bool = False,
+                align: bool = False) -> Dict[str, Any]:
   """Train and eval loss (and accuracy) along the line between two runs'
   checkpoints, and the barrier of each.
 
@@ -213,10 +213,13 @@ def interpolate(run_a, step_a: Optional[int], run_b, step_b: Optional[int],
     num_batches: training batches ``train_batch(0..)`` and held-out batches
       ``eval_batch(0..)`` per metric.
     chunk_size, show_progress: as in `grid.evaluate_points`.
+    align: permute B's hidden units to match A's first
+      (`analysis.landscape.matching.align`, weight matching); B's function
+      is unchanged, only the line between them moves.
 
   Returns:
     ``{'alphas', 'train': {'loss', ['accuracy'], 'barrier'}, 'eval': {...},
-    'step_a', 'step_b', 'batch_norm': bool}``.
+    'step_a', 'step_b', 'steps', 'batch_norm': bool, 'aligned': bool}``.
 
   Raises:
     RunNotFoundError: a step without a checkpoint (before anything compiles).
@@ -227,13 +230,17 @@ def interpolate(run_a, step_a: Optional[int], run_b, step_b: Optional[int],
   check_same_shapes(run_a.abstract_state.params, run_b.abstract_state.params)
   ra = run_a.restore(step_a, ('params', 'model_state'))
   params_b = run_b.params(step_b)
+  if align:
+    from analysis.landscape import matching  # pylint: disable=g-import-not-at-top
+    params_b = matching.align(ra['params'], params_b)
   model, options = run_a.model, run_a.options
   train = [run_a.dataset.train_batch(i) for i in range(num_batches)]
   held_out = [run_a.dataset.eval_batch(i) for i in range(num_batches)]
   bn = has_batch_stats(ra['model_state'])
   report = {'alphas': a.tolist(), 'step_a': step_a, 'step_b': step_b,
             'workdir_a': run_a.workdir, 'workdir_b': run_b.workdir,
-            'batch_norm': bn}
+            'steps': [step_a, step_b], 'batch_norm': bn, 'aligned': align,
+            'num_batches': num_batches}
   fn = _Metrics(model, options)
   curves = {'train': [], 'eval': []}
   if not bn:  # One state for every alpha: whole chunks of alphas at once.
