@@ -359,3 +359,17 @@ def test_bench_landscape_runs_at_a_toy_size(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = __import__('json').load(open(tmp_path / 'b.json'))
   assert result['points'] == 4 and result['seconds'] > 0
+
+
+def test_plane_slice_passes_through_its_three_checkpoints(mlp_run):
+  run = runs.Run.open(mlp_run)
+  r = landscape.checkpoint_slice(run, [2, 4, 4], [0.0, 1.0], mode='slice2d',
+                                 directions='plane', num_batches=1)
+  batch = run.dataset.eval_batch(0)
+  state = run.restore(2, ('model_state',))['model_state']
+  loss = lambda step: float(run.loss_fn(state)(run.params(step), batch))
+  assert r['loss'][0][0] == pytest.approx(loss(2), rel=1e-5)   # (0, 0)
+  assert r['loss'][0][1] == pytest.approx(loss(4), rel=1e-5)   # (1, 0)
+  assert r['loss'][1][0] == pytest.approx(loss(4), rel=1e-5)   # (0, 1)
+  with pytest.raises(ValueError, match='^--directions=plane needs'):
+    landscape.checkpoint_slice(run, [2, 4], [0.0], directions='plane')

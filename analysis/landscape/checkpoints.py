@@ -29,11 +29,17 @@ def resolve_steps(run, other, steps: Sequence[Optional[int]]) -> list:
 
 
 class _Metrics(interpolation._Metrics):  # pylint: disable=protected-access
-  """``(params, batch) -> metrics`` with a fixed model state (hashable)."""
+  """``(params, batch) -> metrics`` with a fixed model state; hashed by
+  identity, since the state is baked into the compiled chunk."""
 
   def __init__(self, model, options, model_state):
     super().__init__(model, options)
     self.model_state = model_state
+
+  __hash__ = object.__hash__
+
+  def __eq__(self, other):
+    return self is other
 
   def __call__(self, params, batch):
     return super().__call__((params, self.model_state), batch)
