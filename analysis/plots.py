@@ -221,3 +221,65 @@ def loss_fit(series: Sequence[Dict[str, Any]], title: str = '',
   ax.set_title(title, fontsize=9)
   ax.legend(fontsize=7)
   return ax
+
+
+# ---------------------------------------------------------------------------
+# python -m analysis.landscape
+
+
+def landscape_curve(report: Dict[str, Any], path: str) -> str:
+  """Loss (and accuracy) along an interpolation or a 1-D slice.
+
+  ``report``: `analysis.landscape.interpolate` output (``alphas``, ``train``
+  and ``eval`` curves with their barriers) or `slice_1d` output (``xs``,
+  ``loss``). The endpoints' chord is dashed, so the barrier is the largest
+  gap above it.
+  """
+  if 'alphas' in report and 'train' in report:
+    x, curves, label = report['alphas'], {k: report[k] for k in (
+        'train', 'eval')}, r'$\alpha$'
+  else:
+    x, curves, label = report['xs'], {'': report}, 'x'
+  ncols = 2 if any('accuracy' in c for c in curves.values()) else 1
+  fig, axes = figure(ncols)
+  for i, (name, c) in enumerate(curves.items()):
+    title = f'{name} loss'.strip()
+    if c.get('barrier') is not None:
+      title += f" (barrier {c['barrier']:.3g})"
+    axes[0].plot(x, c['loss'], 'o-', ms=3, color=f'C{i}', label=title)
+    if label == r'$\alpha$' and 0.0 in x and 1.0 in x:
+      l0, l1 = c['loss'][x.index(0.0)], c['loss'][x.index(1.0)]
+      axes[0].plot([0, 1], [l0, l1], '--', color=f'C{i}', lw=0.8)
+    if ncols == 2 and 'accuracy' in c:
+      axes[1].plot(x, c['accuracy'], 'o-', ms=3, color=f'C{i}',
+                   label=f'{name} accuracy'.strip())
+  for ax in axes:
+    ax.set_xlabel(label)
+    ax.legend(fontsize=7)
+  axes[0].set_ylabel('loss')
+  return save(fig, path)
+
+
+def landscape_surface(report: Dict[str, Any], path: str) -> str:
+  """A 2-D slice: filled contours and the surface, side by side; the named
+  points of ``report['points']`` (e.g. the three checkpoints of a plane)
+  are marked."""
+  xs, ys = np.asarray(report['xs']), np.asarray(report['ys'])
+  z = np.asarray(report['loss'])
+  fig = Figure(figsize=(11.0, 4.5))
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot(1, 2, 1)
+  filled = ax.contourf(xs, ys, z, levels=30, cmap='viridis')
+  ax.contour(xs, ys, z, levels=15, colors='k', linewidths=0.4)
+  fig.colorbar(filled, ax=ax, label='loss')
+  for name, (px, py) in report.get('points', {}).items():
+    ax.plot(px, py, 'w*', ms=10, mec='k')
+    ax.annotate(name, (px, py), color='w', fontsize=8,
+                xytext=(4, 4), textcoords='offset points')
+  ax.set_xlabel('direction 1')
+  ax.set_ylabel('direction 2')
+  ax3 = fig.add_subplot(1, 2, 2, projection='3d')
+  gx, gy = np.meshgrid(xs, ys)
+  ax3.plot_surface(gx, gy, z, cmap='viridis', linewidth=0)
+  ax3.set_zlabel('loss')
+  return save(fig, path)

@@ -1,6 +1,20 @@
-r"""WSM: merge a constant-rate run's checkpoints into the model for a budget.
+r"""Merge a run's checkpoints: WSM, model soups, Fisher-weighted averaging.
 
   python -m experiments.merge --workdir=runs/wsm [--window=600] [--shape=1-sqrt]
+  python -m experiments.merge --workdir=runs/wsm --method=greedy_soup \
+      [--others=runs/wsm_seed1,runs/wsm_seed2]
+
+``--method`` (default ``wsm``):
+
+* ``wsm``: the decay-emulating weights below (`dynamics.merging`).
+* ``uniform_soup``: the plain average of the ingredients; ``greedy_soup``:
+  Wortsman et al.'s greedy recipe (an ingredient is kept only if the held-out
+  loss of the average does not rise; held-out = the run's probe batches,
+  disjoint from the eval batches the printed loss uses); ``fisher``: Matena &
+  Raffel's Fisher-weighted average with each ingredient's diagonal Fisher
+  (`analysis.landscape.soups`). Their ingredients are the window's
+  checkpoints plus the latest checkpoint of each run in ``--others`` (same
+  architecture).
 
 Averages the checkpoints kept every ``--interval`` steps over the last
 ``--window`` steps before ``--step`` (default: the run's latest checkpoint)
@@ -50,10 +64,48 @@ def _check_output(output: str, source: str, step: int) -> None:
         f'holds one merge, so a merge at step {step} needs another --output')
 
 
+METHODS = ('wsm', 'uniform_soup', 'greedy_soup', 'fisher')
+
+
+def _ingredients(run, steps, others):
+  """``[(run, step), ...]``: the window's checkpoints, then each other run's
+  latest (its shapes checked against ``run``'s)."""
+  from analysis.landscape import interpolation  # pylint: disable=g-import-not-at-top
+  from dynamics import runs  # pylint: disable=g-import-not-at-top
+  out = [(run, s) for s in steps]
+  for workdir in others or ():
+    other = runs.Run.open(workdir)
+    interpolation.check_same_shapes(run.abstract_state.params,
+                                    other.abstract_state.params, 'others')
+    out.append((other, other.resolve_step(None)))
+  return out
+
+
+def _soup(method, run, steps, others, model_state):
+  """The merged parameters and what to record of a soup or Fisher merge."""
+  # pylint: disable=g-import-not-at-top
+  from analysis.landscape import soups
+  ingredients = _ingredients(run, steps, others)
+  params = [r.params(s) for r, s in ingredients]
+  info = {'ingredients': [{'workdir': r.workdir, 'step': s}
+                          for r, s in ingredients]}
+  if method == 'uniform_soup':
+    return soups.uniform_soup(params), info
+  if method == 'greedy_soup':
+    held_out = run.probe_batches(run.config.eval_batches)
+    loss = lambda p: sum(float(run.eval_step(p, model_state, b)['loss'])
+                         for b in held_out) / len(held_out)
+    merged, kept, scores = soups.greedy_soup(params, loss)
+    return merged, {**info, 'kept': kept, 'held_out_loss': scores}
+  fishers = [soups.diagonal_fisher(r, s) for r, s in ingredients]
+  return soups.fisher_merge(params, fishers), info
+
+
 def merge_and_evaluate(workdir: str, window: int | None = None,
                        shape: str | None = None, interval: int | None = None,
                        step: int | None = None,
-                       output: str | None = None) -> dict:
+                       output: str | None = None, method: str = 'wsm',
+                       others: list | None = None) -> dict:
   """Merges, saves and evaluates; returns the record written to ``merge.json``.
 
   The run is opened once; the merged checkpoints are read parameters-only.
@@ -62,7 +114,9 @@ def merge_and_evaluate(workdir: str, window: int | None = None,
   and resumes like any other checkpoint; ``output`` is a run of its own
   (`dynamics.runs.Run.create`, the source checkpoint as its ``parent``)
   whose metrics hold the merged model's eval. ``window``, ``shape`` and
-  ``interval`` default to the run's ``merge.*`` fields.
+  ``interval`` default to the run's ``merge.*`` fields. ``method`` (a name
+  of `METHODS`) picks the weights; ``others`` adds other runs' latest
+  checkpoints to a soup's or Fisher merge's ingredients.
 
   Raises:
     ValueError: a window longer than the run or not a multiple of the
@@ -76,6 +130,10 @@ def merge_and_evaluate(workdir: str, window: int | None = None,
   from dynamics import checkpoint, merging, optim, outputs, runs
   from dynamics import workdir as workdir_lib
 
+  if method not in METHODS:
+    raise ValueError(f'--method={method}: must be one of {", ".join(METHODS)}')
+  if others and method == 'wsm':
+    raise ValueError('--others: only soups and Fisher merges take other runs')
   run = runs.Run.open(workdir)
   m = run.config.merge
   interval = interval or m.interval
@@ -87,17 +145,23 @@ def merge_and_evaluate(workdir: str, window: int | None = None,
                        f'--{name}')
   step = run.resolve_step(step)
   steps = merging.window_steps(step, window, interval)
+  name = shape if method == 'wsm' else method
   default_output = output is None
   output = os.path.abspath(output or os.path.join(
-      run.workdir, 'merged', f'{shape}-w{window}-step{step}'))
+      run.workdir, 'merged', f'{name}-w{window}-step{step}'))
   _check_output(output, run.workdir, step)
   outputs.check_writable(output, '--output', default=default_output)
   if step in checkpoint.available_steps(output):
     raise FileExistsError(f'checkpoint {step} already exists in {output}; a '
                           'merge never overwrites one (pass another --output)')
-  weights = merging.merge_weights(shape, len(steps))
-  params = merging.merge_checkpoints(run, steps, weights)
   raw = run.state(step)
+  extra = {}
+  if method == 'wsm':
+    weights = merging.merge_weights(shape, len(steps))
+    params = merging.merge_checkpoints(run, steps, weights)
+    extra['weights'] = [float(w) for w in weights]
+  else:
+    params, extra = _soup(method, run, steps, others, raw.model_state)
   merged_eval = run.evaluate(params, raw.model_state)
   raw_eval = run.evaluate(run.eval_params(raw), raw.model_state)
   if optim.OPTIMIZERS[run.config.optimizer.name].eval_params is not None:
@@ -105,9 +169,9 @@ def merge_and_evaluate(workdir: str, window: int | None = None,
     # optimizer state there, whose evaluation point is the merge itself.
     raw = raw.replace(opt_state=run.tx.init(params))
   record = {
-      'source': run.workdir, 'step': step, 'shape': shape,
-      'window': window, 'interval': interval, 'steps': steps,
-      'weights': [float(w) for w in weights],
+      'source': run.workdir, 'step': step, 'method': method,
+      'shape': shape if method == 'wsm' else None,
+      'window': window, 'interval': interval, 'steps': steps, **extra,
       'eval_loss': merged_eval['loss'], 'eval_loss_raw': raw_eval['loss'],
   }
   with workdir_lib.open_for_writing(output):  # No concurrent writer.
@@ -136,6 +200,11 @@ def define_flags() -> None:
   flags.DEFINE_integer('step', None, 'Budget: last merged step '
                        '(default: the latest checkpoint).')
   flags.DEFINE_string('output', None, 'Workdir of the merged model.')
+  flags.DEFINE_enum('method', 'wsm', list(METHODS),
+                    'wsm (decay-emulating weights), uniform_soup, '
+                    'greedy_soup or fisher.')
+  flags.DEFINE_list('others', [], 'Soups and Fisher: other runs whose latest '
+                    'checkpoints join the ingredients.')
 
 
 def main(argv):
@@ -144,11 +213,13 @@ def main(argv):
   f = flags.FLAGS
   try:
     r = merge_and_evaluate(f.workdir, f.window, f.shape, f.interval, f.step,
-                           f.output)
+                           f.output, f.method, f.others)
   except ValueError as e:
     raise cli.UserError(str(e)) from e
+  how = (f"{r['shape']} weights" if r['method'] == 'wsm' else
+         f"{r['method']}, {len(r['ingredients'])} ingredients")
   print(f"Merged {len(r['steps'])} checkpoints of {r['source']} (steps "
-        f"{r['steps'][0]}..{r['steps'][-1]}, {r['shape']} weights) into "
+        f"{r['steps'][0]}..{r['steps'][-1]}, {how}) into "
         f"{r['output']} at step {r['step']}.\n"
         f"  eval loss: merged {r['eval_loss']:.4f}, raw checkpoint "
         f"{r['eval_loss_raw']:.4f}")
