@@ -24,6 +24,8 @@ Flags:
   --num_batches=4     held-out batches in the loss
   --seed=0            seed of the start and probe vectors
   --out=DIR           output directory (default: the workdir)
+  --nocompilation_cache  do not use JAX's persistent compilation cache (on
+                      by default, in dynamics.compile_cache.default_dir())
 
 Writes ``hessian_<step>_<kind>_k<k>[_<block>].json`` and ``.png`` (see
 `analysis.hessian.checkpoint_spectrum`), or with ``--blocks``
@@ -83,6 +85,10 @@ _NUM_SAMPLES = flags.DEFINE_integer(
     'num_samples', 1, 'Labels sampled per position for --kind=fisher (a '
     'Monte Carlo estimate of the GGN from that many draws).', lower_bound=1)
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the start and probe vectors.')
+_CACHE = flags.DEFINE_boolean(
+    'compilation_cache', True, "JAX's persistent compilation cache (a "
+    'per-user directory: dynamics.compile_cache.default_dir()); a second '
+    'process loads the compiled solvers instead of compiling them.')
 _OUT = flags.DEFINE_string('out', None,
                            'Output directory (default: the workdir).')
 
@@ -153,6 +159,9 @@ def plot_blocks(report, path):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO.
+  if _CACHE.value:  # Before anything compiles.
+    from dynamics import compile_cache  # pylint: disable=g-import-not-at-top
+    compile_cache.enable()
   # Deferred: --help answers without loading flax, orbax or matplotlib.
   from analysis import hessian  # pylint: disable=g-import-not-at-top
   from analysis import plots  # pylint: disable=g-import-not-at-top

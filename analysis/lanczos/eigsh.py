@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analysis.lanczos import core, space as space_lib, trees
+from analysis.lanczos import core, ritz as ritz_lib, space as space_lib, trees
 from dynamics import progress as progress_lib
 from dynamics.types import PyTree
 
@@ -114,34 +114,6 @@ class EigshResult(NamedTuple):
   breakdowns: int
   residual_matvecs: int = 0
   verified: bool = True
-
-
-def _wanted(theta: np.ndarray, k: int, which: str) -> np.ndarray:
-  """Indices of the ``k`` wanted Ritz values of an ascending ``theta``."""
-  if which == 'LA':
-    return np.arange(len(theta) - k, len(theta))
-  if which == 'SA':
-    return np.arange(k)
-  return np.sort(np.argsort(np.abs(theta), kind='stable')[len(theta) - k:])
-
-
-def _ritz(alphas, betas, proj, j: int):
-  """Ascending Ritz values, their coordinates ``(j, j)`` and ``beta_j``, from
-  the tridiagonal ``(alphas, betas)`` or (after thick restarts) ``proj``."""
-  import scipy.linalg  # pylint: disable=g-import-not-at-top
-  if proj is not None:
-    proj = np.asarray(proj, np.float64)[:j, :j]
-    theta, s = scipy.linalg.eigh(0.5 * (proj + proj.T), driver='evr')
-    beta = float(np.asarray(betas)[j - 1])
-  else:
-    alphas = np.asarray(alphas, np.float64)[:j]
-    betas = np.asarray(betas, np.float64)[:j]
-    beta = float(betas[j - 1])
-    if j == 1:
-      theta, s = alphas.copy(), np.ones((1, 1))
-    else:
-      theta, s = scipy.linalg.eigh_tridiagonal(alphas, betas[:j - 1])
-  return theta, s, beta
 
 
 def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
@@ -284,13 +256,13 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
           f'{name}: non-finite operator product ({unit[:-1]} {bad + 1}): the '
           'loss or its curvature is NaN/Inf at these parameters and batches;'
           ' stopping.')
-    theta, s, beta = _ritz(alphas, betas, proj, j)
-    estimates = _estimates(s, beta, cuts, j)
+    theta, s, beta = ritz_lib.ritz(alphas, betas, proj, j)
+    estimates = ritz_lib.estimates(s, beta, cuts, j)
     floor = eps ** (2 / 3) * np.abs(theta).max()
     with np.errstate(over='ignore', divide='ignore', invalid='ignore'):
       ratio_all = estimates / (tol * np.maximum(np.abs(theta), floor))
     ratio_all = np.nan_to_num(ratio_all, nan=np.inf)
-    idx = _wanted(theta, min(k, j), which)
+    idx = ritz_lib.wanted(theta, min(k, j), which)
     ratio = ratio_all[idx]
     complete = j >= n and restarts == 0
     converged = complete or (j >= k and tol > 0 and bool(np.all(ratio <= 1)))
@@ -304,7 +276,7 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
         block_ok = False
       else:
         members = np.flatnonzero(in_block)
-        top = members[_wanted(theta[members], 1, which)[0]]
+        top = members[ritz_lib.wanted(theta[members], 1, which)[0]]
         found = bool(top in idx)
         # Not wanted: resolved once it is nearer its eigenvalue than to the
         # least wanted one (the Ritz values of a random block rise from
@@ -333,12 +305,12 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
       break
     if j >= limit:  # The basis is full: keep the best Ritz vectors.
       keep = min(j - 1, k + max(k, (j - k) // 2))
-      order = _wanted(theta, keep, which)
+      order = ritz_lib.wanted(theta, keep, which)
       if block_start > 0:  # Keep the newest block's extreme, and its rows last.
         in_block = np.sum(s[block_start:j] ** 2, axis=0) > 0.5
         if in_block.any():
           members = np.flatnonzero(in_block)
-          top = members[_wanted(theta[members], 1, which)[0]]
+          top = members[ritz_lib.wanted(theta[members], 1, which)[0]]
           if top not in order:
             order = np.append(order[1:] if which == 'LA' else order[:-1], top)
         order = np.concatenate([order[~in_block[order]],
@@ -354,7 +326,7 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
       restarts, j = restarts + 1, keep
     worst = float(np.max(ratio_all[idx] if block_ok else ratio_all))
     history.append((total, math.log(max(worst, 1e-300))))
-    chunk = max(_next_chunk(history, j, tol), min_iters - total, 1)
+    chunk = max(ritz_lib.next_chunk(history, j, tol), min_iters - total, 1)
   bar.close()
   order = idx[np.argsort(-theta[idx], kind='stable')]
   # The true residuals, one product per Ritz pair (the Lanczos estimates
@@ -404,28 +376,3 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
   return EigshResult(theta[order], eigvecs, residuals, relative, total,
                      converged, tol, restarts, breakdowns, len(order),
                      bool(verified or not verify))
-
-
-def _estimates(s: np.ndarray, beta: float, cuts: np.ndarray,
-               j: int) -> np.ndarray:
-  """Lanczos residual estimates of every Ritz pair: ``|beta_j s_j|`` and the
-  couplings dropped inside the basis (``cuts``), in quadrature."""
-  sq = (beta * s[j - 1]) ** 2
-  cuts = np.asarray(cuts, np.float64)[:j]
-  rows = np.flatnonzero(cuts)
-  if rows.size:
-    sq = sq + np.sum((cuts[rows, None] * s[rows]) ** 2, axis=0)
-  return np.sqrt(sq)
-
-
-def _next_chunk(history, j: int, tol: float) -> int:
-  """Products to run before the next check: the residuals' recent rate of
-  decrease, extrapolated to the tolerance (they fall about geometrically)."""
-  if tol <= 0:
-    return max(4, j)
-  if len(history) >= 2:
-    (t0, r0), (t1, r1) = history[-2], history[-1]
-    slope = (r1 - r0) / max(t1 - t0, 1)
-    if slope < 0 and r1 > 0:
-      return int(np.clip(math.ceil(0.8 * r1 / -slope), 1, max(4, j)))
-  return max(2, j // 2)
