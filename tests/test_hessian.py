@@ -554,3 +554,31 @@ def test_eos_smoke_run_logs_sharpness_and_command_writes_spectrum(tmp_path,
                              rtol=2e-3)
   assert dense_ggn[0] > -1e-5 * dense_ggn[-1]   # positive semi-definite
   assert ggn['eigenvalues'][0] != pytest.approx(dense[0], rel=1e-3)
+
+
+def test_fisher_num_samples_reaches_the_command_and_estimates_the_ggn():
+  """The Fisher is a Monte Carlo estimate of the GGN: ``num_samples`` draws
+  per position (API, run inputs and ``--num_samples``), its error falling
+  with more of them."""
+  import types
+  model_fn, out_loss = _model_fns()
+  run = types.SimpleNamespace(options=types.SimpleNamespace(
+      loss='cross_entropy'), model_fn=lambda state: model_fn)
+  lik = hs.run_inputs(run, 'fisher', None, None, 16)['likelihood']
+  assert lik.num_samples == 16 and lik.name == 'categorical'
+  with pytest.raises(ValueError, match='num_samples'):
+    hs.Likelihood('categorical', num_samples=0)
+  with jax.enable_x64(True):
+    (_, params, batches), _, _, _ = _exact('mlp')
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    v = unravel(jnp.asarray(np.random.default_rng(0).normal(size=flat.size)))
+    ggn = _flat(hs.curvature('ggn', params, batches, model_fn=model_fn,
+                             output_loss_fn=out_loss).matvec(v))
+    errors = [np.linalg.norm(_flat(hs.curvature(
+        'fisher', params, batches, model_fn=model_fn,
+        likelihood=hs.Likelihood('categorical', num_samples=s)).matvec(v))
+                                   - ggn) / np.linalg.norm(ggn)
+              for s in (1, 256)]
+  assert errors[1] < errors[0] / 4, errors
+  proc = _command('analysis.hessian', '--helpfull')
+  assert '--num_samples' in proc.stdout, proc.stderr

@@ -33,7 +33,7 @@ def _samples(method, op, num, seeds):
                                             batch_size=16)[0])
     elif method == 'xtrace':
       out.append(jnp.mean(estimators.xtrace(op, like, None, key, num=num,
-                                            dim=N, batch_size=16)))
+                                            dim=N, batch_size=16)[0]))
     elif method == 'diag':
       out.append(jnp.mean(estimators.hutchinson(
           op, like, None, key, num=num, batch_size=16, diag=True), axis=0))

@@ -18,9 +18,14 @@ Flags:
   --blocks=layers     instead: a per-block table (layers, tensors, or a block
                       and the rest) of top eigenvalue, trace and Frobenius norm
   --noise_std=SIGMA   the Gaussian noise model of an MSE loss (Fisher kinds)
+  --num_samples=1     labels sampled per position for --kind=fisher: the
+                      Fisher is a Monte Carlo estimate of the GGN from that
+                      many draws (one draw inflates its top eigenvalues)
   --num_batches=4     held-out batches in the loss
   --seed=0            seed of the start and probe vectors
   --out=DIR           output directory (default: the workdir)
+  --nocompilation_cache  do not use JAX's persistent compilation cache (on
+                      by default, in dynamics.compile_cache.default_dir())
 
 Writes ``hessian_<step>_<kind>_k<k>[_<block>].json`` and ``.png`` (see
 `analysis.hessian.checkpoint_spectrum`), or with ``--blocks``
@@ -76,7 +81,14 @@ _BLOCK_PROBES = flags.DEFINE_integer(
 _NOISE_STD = flags.DEFINE_float(
     'noise_std', None, 'Noise model of an MSE loss for the Fisher kinds: the '
     'standard deviation of the Gaussian likelihood.', lower_bound=0.0)
+_NUM_SAMPLES = flags.DEFINE_integer(
+    'num_samples', 1, 'Labels sampled per position for --kind=fisher (a '
+    'Monte Carlo estimate of the GGN from that many draws).', lower_bound=1)
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the start and probe vectors.')
+_CACHE = flags.DEFINE_boolean(
+    'compilation_cache', True, "JAX's persistent compilation cache (a "
+    'per-user directory: dynamics.compile_cache.default_dir()); a second '
+    'process loads the compiled solvers instead of compiling them.')
 _OUT = flags.DEFINE_string('out', None,
                            'Output directory (default: the workdir).')
 
@@ -114,7 +126,8 @@ def _check(run, hessian):
   if _NOISE_STD.value is not None and _NOISE_STD.value <= 0:
     raise cli.UserError(f'--noise_std={_NOISE_STD.value}: must be > 0')
   try:  # What the kind needs from the run (a Fisher of an MSE: noise_std).
-    hessian.run_inputs(run, _KIND.value, None, _NOISE_STD.value)
+    hessian.run_inputs(run, _KIND.value, None, _NOISE_STD.value,
+                       _NUM_SAMPLES.value)
   except ValueError as e:
     raise cli.UserError(f'--kind={_KIND.value}: {e}') from None
   return run.resolve_step(_STEP.value)
@@ -146,6 +159,9 @@ def plot_blocks(report, path):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO.
+  if _CACHE.value:  # Before anything compiles.
+    from dynamics import compile_cache  # pylint: disable=g-import-not-at-top
+    compile_cache.enable()
   # Deferred: --help answers without loading flax, orbax or matplotlib.
   from analysis import hessian  # pylint: disable=g-import-not-at-top
   from analysis import plots  # pylint: disable=g-import-not-at-top
@@ -162,7 +178,7 @@ def main(argv):
         run, step, blocks=_BLOCKS.value, kind=_KIND.value,
         num_probes=_BLOCK_PROBES.value, tol=_TOL.value,
         num_batches=_NUM_BATCHES.value, noise_std=_NOISE_STD.value,
-        seed=_SEED.value, log=_print)
+        seed=_SEED.value, log=_print, num_samples=_NUM_SAMPLES.value)
   else:
     stem = f'hessian_{step}_{_KIND.value}_k{_K.value}' + (
         f'_{_slug(_BLOCK.value)}' if _BLOCK.value else '')
@@ -172,7 +188,7 @@ def main(argv):
         density_iters=_DENSITY_ITERS.value, trace=_TRACE.value,
         trace_method=_TRACE_METHOD.value, num_batches=_NUM_BATCHES.value,
         block=_BLOCK.value, noise_std=_NOISE_STD.value, seed=_SEED.value,
-        progress=True, log=_print)
+        progress=True, log=_print, num_samples=_NUM_SAMPLES.value)
   print(outputs.write_report(
       out, stem, result,
       plot_blocks if _BLOCKS.value is not None else plots.hessian_spectrum))

@@ -32,25 +32,32 @@ from dynamics.types import Batch, PyTree
 Log = Optional[Callable[[str], None]]
 
 # How each input of `registry.INPUTS` is taken from a run, its checkpoint's
-# model state and the noise model of an MSE loss.
+# model state and the noise model of an MSE loss (with the Fisher's samples).
 _FROM_RUN = {
-    'loss_fn': lambda run, model_state, noise_std: run.loss_fn(model_state),
-    'model_fn': lambda run, model_state, noise_std: run.model_fn(model_state),
-    'output_loss_fn': lambda run, model_state, noise_std: run.output_loss_fn(),
-    'likelihood': lambda run, model_state, noise_std: likelihood_lib.for_loss(
-        run.options.loss, noise_std),
+    'loss_fn': lambda run, model_state, lik: run.loss_fn(model_state),
+    'model_fn': lambda run, model_state, lik: run.model_fn(model_state),
+    'output_loss_fn': lambda run, model_state, lik: run.output_loss_fn(),
+    'likelihood': lambda run, model_state, lik: likelihood_lib.for_loss(
+        run.options.loss, *lik),
 }
 
 
 def run_inputs(run: runs.Run, kind: str, model_state: PyTree = None,
-               noise_std: Optional[float] = None) -> Dict[str, Any]:
+               noise_std: Optional[float] = None,
+               num_samples: int = 1) -> Dict[str, Any]:
   """What ``kind``'s product needs (its entry's ``needs``), from ``run``.
+
+  Args:
+    run, kind, model_state: the run, the matrix, the checkpoint's state.
+    noise_std: the Gaussian noise model of an MSE loss (Fisher kinds).
+    num_samples: labels sampled per position for the Fisher
+      (`likelihood.for_loss`).
 
   Raises:
     ValueError: an unknown kind, or a Fisher of an MSE run without
       ``noise_std`` (its noise model).
   """
-  return {name: _FROM_RUN[name](run, model_state, noise_std)
+  return {name: _FROM_RUN[name](run, model_state, (noise_std, num_samples))
           for name in registry.product(kind).needs}
 
 
@@ -66,7 +73,7 @@ def _checkpoint(run: runs.Run, step: Optional[int], num_batches: int
 def run_curvature(run: runs.Run, kind: str = 'hessian',
                   step: Optional[int] = None, *, num_batches: int = 4,
                   noise_std: Optional[float] = None,
-                  mask: Any = None) -> Operator:
+                  mask: Any = None, num_samples: int = 1) -> Operator:
   """The curvature ``kind`` of ``run``'s loss at checkpoint ``step``.
 
   Args:
@@ -76,6 +83,7 @@ def run_curvature(run: runs.Run, kind: str = 'hessian',
     num_batches: held-out batches ``eval_batch(0..)`` in the loss.
     noise_std: the Gaussian noise model of an MSE loss (Fisher kinds).
     mask: restrict to a block of parameters (`Operator.restrict`).
+    num_samples: labels sampled per position (``kind='fisher'``).
 
   Raises:
     RunNotFoundError: no checkpoint at ``step`` (the message lists the
@@ -87,7 +95,8 @@ def run_curvature(run: runs.Run, kind: str = 'hessian',
   """
   _, params, model_state, batches = _checkpoint(run, step, num_batches)
   return curvature(kind, params, batches, mask=mask,
-                   **run_inputs(run, kind, model_state, noise_std))
+                   **run_inputs(run, kind, model_state, noise_std,
+                                num_samples))
 
 
 def _quiet(log: Log) -> Callable[[str], None]:
@@ -98,11 +107,12 @@ def checkpoint_blocks(run: runs.Run, step: Optional[int] = None, *,
                       blocks: Any = 'layers', kind: str = 'hessian',
                       num_probes: int = 100, tol: Optional[float] = None,
                       num_batches: int = 4, noise_std: Optional[float] = None,
-                      seed: int = 0, log: Log = None) -> Dict[str, Any]:
+                      seed: int = 0, log: Log = None,
+                      num_samples: int = 1) -> Dict[str, Any]:
   """`block_report` of checkpoint ``step`` of ``run`` (held-out batches).
 
   Args:
-    run, step, kind, num_batches, noise_std, seed: as in
+    run, step, kind, num_batches, noise_std, seed, num_samples: as in
       `checkpoint_spectrum`.
     blocks, num_probes, tol: as in `block_report`.
     log: where the table's lines go (None: nowhere).
@@ -114,10 +124,12 @@ def checkpoint_blocks(run: runs.Run, step: Optional[int] = None, *,
   log = _quiet(log)
   step, params, model_state, batches = _checkpoint(run, step, num_batches)
   op = curvature(kind, params, batches,
-                 **run_inputs(run, kind, model_state, noise_std))
+                 **run_inputs(run, kind, model_state, noise_std, num_samples))
   start = time.perf_counter()
   out = report.block_report(op, blocks=blocks, num_probes=num_probes, tol=tol,
                             key=jax.random.PRNGKey(seed))
+  if kind == 'fisher':
+    out['fisher_samples'] = num_samples
   out.update(workdir=run.workdir, step=step, kind=kind, blocks_by=blocks,
              num_batches=num_batches, seconds=time.perf_counter() - start)
   log(f"step {step}: {kind} blocks by {blocks} ({out['seconds']:.1f} s)")
@@ -137,8 +149,8 @@ def checkpoint_spectrum(run: runs.Run, step: Optional[int] = None, *,
                         trace: bool = False, trace_method: str = 'xtrace',
                         num_batches: int = 4, block: Optional[str] = None,
                         noise_std: Optional[float] = None, seed: int = 0,
-                        progress: bool = False,
-                        log: Log = None) -> Dict[str, Any]:
+                        progress: bool = False, log: Log = None,
+                        num_samples: int = 1) -> Dict[str, Any]:
   """Top eigenvalues (and density, trace) of checkpoint ``step`` of ``run``.
 
   Args:
@@ -161,6 +173,8 @@ def checkpoint_spectrum(run: runs.Run, step: Optional[int] = None, *,
     seed: seed of the random start and probe vectors.
     progress: show progress bars over HVPs.
     log: where the progress lines go (None: nowhere).
+    num_samples: labels sampled per position for ``kind='fisher'`` (a Monte
+      Carlo estimate of the GGN from that many draws).
 
   Returns:
     A JSON-able dict: ``workdir``, ``step``, ``num_params``, the HVP cost
@@ -179,7 +193,7 @@ def checkpoint_spectrum(run: runs.Run, step: Optional[int] = None, *,
   """
   log = _quiet(log)
   step, params, model_state, batches = _checkpoint(run, step, num_batches)
-  inputs = run_inputs(run, kind, model_state, noise_std)
+  inputs = run_inputs(run, kind, model_state, noise_std, num_samples)
   op = curvature(kind, params, batches, mask=block, **inputs)
   num_params = sum(np.size(p) for p in jax.tree.leaves(params))
   log(f'step {step}: {num_params:,} parameters, {kind} of the loss on '
@@ -194,6 +208,7 @@ def checkpoint_spectrum(run: runs.Run, step: Optional[int] = None, *,
   result: Dict[str, Any] = {
       'workdir': run.workdir, 'step': step, 'num_params': int(num_params),
       'num_batches': num_batches, 'kind': kind, 'block': block,
+      **({'fisher_samples': num_samples} if kind == 'fisher' else {}),
       'grad_seconds_per_batch': grad_s, 'hvp_seconds_per_batch': hvp_s,
       'hvp_cost_in_gradients': hvp_s / grad_s}
   log(f'one HVP costs {hvp_s / grad_s:.2f} gradients '

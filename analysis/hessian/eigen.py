@@ -61,9 +61,12 @@ def top_eigenpairs(op: Operator, k: int = 5, *,
     min_iters: never stop before this many HVPs.
     basis_size: Lanczos vectors kept in memory (None: up to 128; beyond it
       the basis is thick-restarted).
-    return_info: also return a dict with ``num_hvps``, ``residuals``,
-      ``relative_residuals`` (each eigenpair converged where it is <=
-      ``tol``), ``converged`` (all of them), ``tol`` and ``restarts``.
+    return_info: also return a dict with ``num_hvps``, ``residuals`` (the
+      true :math:`\|Cy - \theta y\|`, measured with ``residual_hvps``
+      more HVPs), ``relative_residuals`` (each eigenpair converged where it
+      is <= ``tol``), ``converged`` (all of them), ``tol``, ``restarts`` and
+      ``multiplicity_checked`` (for ``k >= 2``: a fresh Lanczos block
+      orthogonal to the pairs found no copy they missed).
     progress: show a progress bar over HVPs.
 
   Returns:
@@ -99,7 +102,9 @@ def top_eigenpairs(op: Operator, k: int = 5, *,
     return eigvals, eigvecs
   info = {'num_hvps': out.num_matvecs, 'residuals': out.residuals,
           'relative_residuals': out.relative, 'converged': out.converged,
-          'tol': out.tol, 'restarts': out.restarts}
+          'tol': out.tol, 'restarts': out.restarts,
+          'residual_hvps': out.residual_matvecs,
+          'multiplicity_checked': out.verified}
   return eigvals, eigvecs, info
 
 

@@ -14,8 +14,10 @@ error:
 * ``'xtrace'``: Hutch++ made exchangeable -- every probe is used both to
   sketch the subspace and, left out of it, to estimate the rest (Epperly,
   Tropp & Webber, 2024), with their released code's "improved" (spherical,
-  rescaled) test vectors; its standard error comes from the leave-one-out
-  estimates.
+  rescaled) test vectors; its standard error is the jackknife's, from
+  XTrace without each probe in turn (no more products; the released code's
+  ``std / sqrt(m)`` of the correlated exchangeable estimates covers the
+  truth within 2 s.e. in only 72-82% of seeds).
 
 Diagonals: Hutchinson's :math:`\frac1p\sum_l z_l \odot C z_l` and XDiag (the
 same paper's exchangeable Diag++, with Rademacher vectors as in their code).
@@ -87,19 +89,10 @@ def hutch_plus_plus(op, like, mask, key, *, num, batch_size):
   return top + jnp.mean(forms), forms
 
 
-@functools.partial(jax.jit, static_argnames=('num', 'dim', 'batch_size'))
-def xtrace(op, like, mask, key, *, num, dim, batch_size):
-  """XTrace with ``num`` products: the ``num // 2`` exchangeable estimates.
-
-  A line-by-line port of ``xtrace.m`` (Epperly's released code, real case,
-  "improved" test vectors) to row-major probes.
-  """
-  _, apply_rows, weights, dtype = _flat_op(op, like, mask, batch_size)
-  m = num // 2
-  om = jax.random.normal(key, (m, weights.size), dtype) * weights[None]
-  om = jnp.sqrt(dim) * om / jnp.linalg.norm(om, axis=1, keepdims=True)
-  y = apply_rows(om)                          # rows: A omega_i
-  q, r = jnp.linalg.qr(y.T)                   # (n, m), (m, m)
+def _xtrace_estimates(om, y, q, r, z, dim):
+  """XTrace's exchangeable estimates from spherical probes ``om`` (m, n),
+  their products ``y`` (m, n), ``y^T = q r`` and ``z = A q`` (n, m)."""
+  m = om.shape[0]
   w = q.T @ om.T                              # Q^T Omega
   s = _leave_one_out(r)
   dsw = jnp.sum(s * w, axis=0)
@@ -108,16 +101,56 @@ def xtrace(op, like, mask, key, *, num, dim, batch_size):
           s, axis=0)) ** 2)
   om, y = om * scale[:, None], y * scale[:, None]
   r, w = r * scale[None], w * scale[None]
-  z = apply_rows(q.T).T                       # A Q (n, m)
   h = q.T @ z
   hw = h @ w
   t = z.T @ om.T
   dp = lambda a, b: jnp.sum(a * b, axis=0)
   dsw = dp(s, w)
-  ests = (jnp.trace(h) - dp(s, h @ s) + jnp.sum(om * y, axis=1) - dp(w, r)
+  return (jnp.trace(h) - dp(s, h @ s) + jnp.sum(om * y, axis=1) - dp(w, r)
           - dp(t, w) + dp(w, hw) + dsw * dp(s, r - hw) + dsw ** 2 * dp(s, h @ s)
           + dp(t - h.T @ w, s) * dsw)
-  return ests
+
+
+@functools.partial(jax.jit, static_argnames=('num', 'dim', 'batch_size'))
+def xtrace(op, like, mask, key, *, num, dim, batch_size):
+  """XTrace with ``num`` products: the ``num // 2`` exchangeable estimates
+  and the ``num // 2`` jackknife estimates (XTrace without probe ``i``).
+
+  A line-by-line port of ``xtrace.m`` (Epperly's released code, real case,
+  "improved" test vectors) to row-major probes. The exchangeable estimates
+  are strongly correlated (each shares all but one probe): their standard
+  error ``std / sqrt(m)`` (the released code's) covers the truth too
+  rarely. The jackknife's leave-one-out estimates need no more products:
+  without probe ``i`` the sketch is ``orth(Y_{-i}) = Q Q'`` with ``R_{-i}
+  = Q' R'`` and its products ``A Q Q'``.
+  """
+  _, apply_rows, weights, dtype = _flat_op(op, like, mask, batch_size)
+  m = num // 2
+  om = jax.random.normal(key, (m, weights.size), dtype) * weights[None]
+  om = jnp.sqrt(dim) * om / jnp.linalg.norm(om, axis=1, keepdims=True)
+  y = apply_rows(om)                          # rows: A omega_i
+  q, r = jnp.linalg.qr(y.T)                   # (n, m), (m, m)
+  z = apply_rows(q.T).T                       # A Q (n, m)
+  ests = _xtrace_estimates(om, y, q, r, z, dim)
+
+  def without(i):
+    keep = jnp.arange(m - 1) + (jnp.arange(m - 1) >= i)
+    qi, ri = jnp.linalg.qr(r[:, keep])        # (m, m - 1), (m - 1, m - 1)
+    return jnp.mean(_xtrace_estimates(om[keep], y[keep], q @ qi, ri, z @ qi,
+                                      dim))
+
+  return ests, jax.lax.map(without, jnp.arange(m))
+
+
+def jackknife(estimate: float, leave_one_out: np.ndarray) -> np.ndarray:
+  """Values whose mean is ``estimate`` and whose standard error
+  (``std / sqrt(m)``) is the jackknife's,
+  :math:`\sqrt{\tfrac{m-1}{m} \sum_i (T_{(i)} - \bar T)^2}`, from the
+  ``m`` leave-one-out estimates :math:`T_{(i)}` (Efron & Stein, 1981: it
+  overestimates the variance of a symmetric statistic, if anything)."""
+  loo = np.asarray(leave_one_out, np.float64)
+  m = loo.size
+  return estimate - (m - 1) * (loo - loo.mean())
 
 
 @functools.partial(jax.jit, static_argnames=('num', 'batch_size'))

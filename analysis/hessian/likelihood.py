@@ -33,6 +33,8 @@ class Likelihood:
   seed: int = 0
 
   def __post_init__(self):
+    if not int(self.num_samples) >= 1:
+      raise ValueError(f'num_samples must be >= 1, got {self.num_samples}')
     if self.name not in ('categorical', 'gaussian'):
       raise ValueError(f"likelihood must be 'categorical' or 'gaussian', "
                        f'got {self.name!r}')
@@ -74,22 +76,34 @@ def as_likelihood(likelihood: Likelihood | str | None) -> Likelihood | None:
   return Likelihood(likelihood) if isinstance(likelihood, str) else likelihood
 
 
-def for_loss(loss: str, noise_std: float | None = None) -> Likelihood:
+def for_loss(loss: str, noise_std: float | None = None,
+             num_samples: int = 1) -> Likelihood:
   """The likelihood whose negative log is a run's loss
   (`dynamics.step.StepOptions.loss`).
 
+  Args:
+    loss: the run's loss ('cross_entropy' or 'mse').
+    noise_std: the Gaussian noise model of an MSE loss.
+    num_samples: labels sampled per position for ``kind='fisher'``: the
+      Fisher is a Monte Carlo estimate of the GGN (its expectation) from
+      that many draws, fixed by the seed; one draw inflates the top
+      eigenvalues (the estimate's noise adds positive curvature).
+
   Raises:
-    ValueError: an MSE loss without ``noise_std`` (its noise model).
+    ValueError: an MSE loss without ``noise_std`` (its noise model), or
+      ``num_samples < 1``.
 
   Example:
     >>> for_loss('mse', noise_std=1.0)
     Likelihood(name='gaussian', noise_std=1.0, num_samples=1, seed=0)
   """
+  if int(num_samples) < 1:
+    raise ValueError(f'num_samples must be >= 1, got {num_samples}')
   if loss == 'cross_entropy':
-    return Likelihood('categorical')
+    return Likelihood('categorical', num_samples=int(num_samples))
   if noise_std is None:
     raise ValueError(
         'the Fisher of an MSE loss needs a noise model: pass noise_std '
         '(--noise_std=SIGMA), the standard deviation of the Gaussian '
         'likelihood N(f(x), SIGMA^2) (SIGMA=1 matches the loss 0.5 |f - y|^2)')
-  return Likelihood('gaussian', noise_std)
+  return Likelihood('gaussian', noise_std, num_samples=int(num_samples))

@@ -202,9 +202,11 @@ def _hutch_plus_plus_trace(op, key, num, batch_size):
 
 def _xtrace_trace(op, key, num, batch_size):
   from analysis.hessian import estimators
-  return np.asarray(estimators.xtrace(op.matvec, op.like, op.mask, key,
-                                      num=num, dim=op.dim,
-                                      batch_size=batch_size), np.float64)
+  ests, loo = estimators.xtrace(op.matvec, op.like, op.mask, key, num=num,
+                                dim=op.dim, batch_size=batch_size)
+  # Spread as the jackknife's (the estimates' own is too small).
+  return estimators.jackknife(float(np.mean(np.asarray(ests, np.float64))),
+                              loo)
 
 
 TRACE_METHODS = {

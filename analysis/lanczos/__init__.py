@@ -17,7 +17,8 @@ plain Python function also works, compiled once per function object.
 
 Modules: `trees` (vector algebra on pytrees), `space` (flat or pytree
 vectors), `core` (the compiled Lanczos steps), `fixed` (`lanczos`), `eigsh` (converged extreme eigenpairs, thick restarts),
-`power` (deflated power iteration) and `quadrature` (batched stochastic
+`ritz` (Ritz pairs and residual estimates), `power` (deflated power
+iteration) and `quadrature` (batched stochastic
 Lanczos quadrature).
 """
 

@@ -32,6 +32,10 @@ Matvec = Callable[[PyTree], PyTree]
 # only the blocks filled so far: an iteration costs O(j n), not O(m n).
 BLOCK = 16
 
+# A coupling beta <= BREAKDOWN * eps * ||A|| after full reorthogonalization
+# is rounding: the Krylov space is invariant (a "breakdown").
+BREAKDOWN = 100
+
 
 class KrylovState(NamedTuple):
   """The state of a Lanczos run after ``j`` steps (fixed shapes).
@@ -56,6 +60,9 @@ class KrylovState(NamedTuple):
       must give a fresh direction before the run can go on.
     breakdowns: how many times that happened.
     num_matvecs: operator applications so far (across thick restarts).
+    cuts: ``(rows,)`` the couplings dropped after row ``i`` (at a breakdown
+      or a deflation, where ``betas[i]`` was set to 0): they bound the
+      residuals of the Ritz pairs with weight on row ``i``.
   """
   basis: PyTree
   v: PyTree
@@ -70,6 +77,7 @@ class KrylovState(NamedTuple):
   stalled: jax.Array
   breakdowns: jax.Array
   num_matvecs: jax.Array
+  cuts: jax.Array
 
 
 def as_operator(matvec: Matvec) -> Partial:
@@ -135,7 +143,7 @@ def _start(like: PyTree, key: jax.Array, v0: PyTree, use_v0: jax.Array,
   return KrylovState(basis, v, jnp.zeros((rows, rows), dtype),
                      jnp.zeros(rows, dtype), jnp.zeros(rows, dtype), i32(0),
                      zero, seed, mask, i32(-1), jnp.zeros((), bool), i32(0),
-                     i32(0))
+                     i32(0), jnp.zeros(rows, dtype))
 
 
 _start_jit = jax.jit(_start, static_argnames=('rows', 'dtype', 'shardings'))
@@ -168,7 +176,7 @@ def start(like: PyTree, key: jax.Array, v0: PyTree, use_v0: Any,
       None, v, np.zeros((rows, rows), dtype), np.zeros(rows, dtype),
       np.zeros(rows, dtype), i32(0), np.zeros((), dtype),
       np.asarray(seed, np.uint32), m, i32(-1), np.zeros((), bool), i32(0),
-      i32(0))
+      i32(0), np.zeros(rows, dtype))
   state = jax.device_put(state)  # One transfer; the basis made on device.
   return state._replace(basis=_zeros(rows, n, dtype.name))
 
@@ -203,20 +211,23 @@ def _step(op, s: KrylovState, *, param_dtypes, shardings) -> KrylovState:
   alpha = h[j]
   prev = jnp.where(j > 0, s.betas[jnp.maximum(j - 1, 0)], 0)
   anorm = jnp.maximum(s.anorm, jnp.abs(alpha) + beta + prev)
-  # An invariant Krylov space (beta at rounding level; the recurrence only
-  # gets it to ~sqrt(eps) relative): the run stalls until `refresh` gives
-  # it a fresh direction, so that repeated eigenvalues are found too.
-  # Dropping a coupling beta moves eigenvalues by at most beta.
-  stalled = (beta <= jnp.sqrt(eps) * anorm) & finite
+  # An invariant Krylov space: beta at the rounding level of the
+  # reorthogonalized residual (a few eps ||A||). Real couplings can be far
+  # smaller than sqrt(eps) ||A|| (low-rank matrices, small eigenvalues in
+  # float32), so only ``BREAKDOWN eps ||A||`` counts: the run then stalls
+  # until `refresh` gives it a fresh direction orthogonal to the basis. The
+  # dropped coupling is kept in ``cuts`` (it bounds the residuals).
+  stalled = (beta <= BREAKDOWN * eps * anorm) & finite
   v = trees.scale(1 / jnp.where(beta > 0, beta, 1), w)
   v = trees.constrain(v, shardings, False)
+  cuts = s.cuts.at[j].set(jnp.where(stalled, beta, 0))
   beta = jnp.where(stalled, jnp.zeros_like(beta), beta)
   proj = s.proj.at[:, j].set(h).at[j, :].set(h)
   return s._replace(
       basis=basis, v=v, proj=proj, alphas=s.alphas.at[j].set(alpha),
       betas=s.betas.at[j].set(beta), j=j + 1, anorm=anorm,
       nonfinite_at=jnp.where(finite, s.nonfinite_at, s.num_matvecs),
-      stalled=stalled, num_matvecs=s.num_matvecs + 1)
+      stalled=stalled, num_matvecs=s.num_matvecs + 1, cuts=cuts)
 
 
 def _extend(op, state, stop, *, param_dtypes, shardings):
@@ -266,6 +277,45 @@ orthogonal to the basis (of the ``mask`` subspace; zero if there is none)."""
 refresh_batch = jax.jit(jax.vmap(_refresh), donate_argnums=(0,))
 
 
+def _deflate(s: KrylovState, *, shardings=None) -> KrylovState:
+  """Drops the coupling of the last row (into ``cuts``) and continues from a
+  fresh random direction orthogonal to the basis: a new Lanczos block on
+  the operator compressed to the basis' complement."""
+  last = jnp.maximum(s.j - 1, 0)
+  s = s._replace(cuts=s.cuts.at[last].add(s.betas[last]),
+                 betas=s.betas.at[last].set(0),
+                 stalled=jnp.ones_like(s.stalled))
+  s = _refresh(s, shardings=shardings)
+  return s._replace(breakdowns=s.breakdowns - 1)
+
+
+deflate = jax.jit(_deflate, static_argnames=('shardings',), donate_argnums=(0,))
+
+
+def _residual_norms(op, basis, coeffs, theta, count, *, param_dtypes,
+                    shardings):
+  dtype = theta.dtype
+
+  def body(i, out):
+    y = trees.constrain(trees.combine(coeffs[:, i], basis), shardings, False)
+    leaves, treedef = jax.tree.flatten(y)
+    arg = jax.tree.unflatten(treedef, [x.astype(d) for x, d in
+                                       zip(leaves, param_dtypes)])
+    ay = trees.cast(op(arg), dtype)
+    r = jax.tree.map(lambda a, b: a - theta[i] * b, ay, y)
+    return out.at[i].set(trees.norm(r))
+
+  return jax.lax.fori_loop(0, count, body, jnp.zeros(theta.shape, dtype))
+
+
+residual_norms = jax.jit(_residual_norms,
+                         static_argnames=('param_dtypes', 'shardings'))
+residual_norms.__doc__ = """True residuals ``||A y_i - theta_i y_i||`` of the
+first ``count`` (traced) Ritz vectors ``y_i = V^T coeffs[:, i]``, one product
+each, for ``coeffs`` ``(rows, rows)`` and ``theta`` ``(rows,)`` zero-padded in
+the basis' dtype: compiled once per basis, whatever ``k``."""
+
+
 @functools.partial(jax.jit, donate_argnums=(0,), static_argnames=('shardings',))
 def thick_restart(state: KrylovState, coeffs: jax.Array, theta: jax.Array,
                   keep: jax.Array, *, shardings=None) -> KrylovState:
@@ -284,6 +334,7 @@ def thick_restart(state: KrylovState, coeffs: jax.Array, theta: jax.Array,
   theta = jnp.where(live, theta, 0).astype(state.alphas.dtype)
   return state._replace(basis=basis, proj=jnp.diag(theta), alphas=theta,
                         betas=jnp.zeros_like(state.betas),
+                        cuts=jnp.zeros_like(state.cuts),
                         j=jnp.asarray(keep, jnp.int32))
 
 

@@ -1,17 +1,28 @@
 r"""Extreme eigenpairs of a symmetric operator, converged or said loudly.
 
 `eigsh` runs Lanczos with full reorthogonalization (`analysis.lanczos.core`)
-in compiled chunks and checks, between chunks, the residuals of the wanted
-Ritz pairs :math:`(\theta_i, y_i)`:
+in compiled chunks and checks, between chunks, the Lanczos estimates of the
+residuals of the wanted Ritz pairs :math:`(\theta_i, y_i)`,
+:math:`\beta_j |s_{j,i}|` (with the couplings dropped at breakdowns added
+in quadrature), against
 
 .. math::
-   \|A y_i - \theta_i y_i\| = \beta_j |s_{j,i}|
+   \|A y_i - \theta_i y_i\|
    \le \mathrm{tol} \cdot \max(|\theta_i|, \epsilon^{2/3} \max_l |\theta_l|),
 
 with a tolerance that fits the dtype (`default_tol`) and a cap on operator
 products that grows with ``k`` and the dimension (`default_max_matvecs`).
 When the basis is full it is thick-restarted (Wu & Simon, 2000) from the best
 Ritz vectors, so memory stays at ``basis_size`` vectors whatever the cap.
+
+What is reported is measured, not estimated: the residuals are the true
+:math:`\|Ay_i - \theta_i y_i\|` (one product per pair at the end), and
+``converged`` is decided on them, so a ``tol`` below the dtype's rounding
+is never met (it warns up front and at the end). A Krylov space holds one
+copy of each eigenvalue: for ``k >= 2``, once the pairs converge a fresh
+Lanczos block orthogonal to the basis runs until its extreme Ritz value is
+resolved, and again while it finds a wanted one (a missed copy), so repeated
+eigenvalues come with their multiplicity; a cap that stops this check warns.
 A run that hits its cap unconverged warns (`ConvergenceWarning`) with the
 residuals and the products spent.
 """
@@ -23,12 +34,17 @@ import warnings
 from typing import Any, List, NamedTuple
 
 import jax
-import jax.numpy as jnp  # pylint: disable=unused-import (examples)
+import jax.numpy as jnp
 import numpy as np
 
-from analysis.lanczos import core, space as space_lib, trees
+from analysis.lanczos import core, ritz as ritz_lib, space as space_lib, trees
 from dynamics import progress as progress_lib
 from dynamics.types import PyTree
+
+# The smallest relative residual a dtype is asked for: PRECISION * eps (a
+# tol below it warns); residuals below ROUNDING * eps * ||A|| are rounding.
+PRECISION = 4
+ROUNDING = 10
 
 _DEFAULT_TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-9}
 
@@ -82,6 +98,10 @@ class EigshResult(NamedTuple):
     tol: the tolerance used.
     restarts: thick restarts performed.
     breakdowns: invariant Krylov spaces met (then continued at random).
+    residual_matvecs: the products spent measuring the true residuals.
+    verified: a fresh Lanczos block orthogonal to the converged pairs found
+      no wanted eigenvalue they missed (copies of a repeated eigenvalue);
+      True where the check was not asked for (``verify=False``).
   """
   eigvals: np.ndarray
   eigvecs: List[PyTree] | None
@@ -92,34 +112,8 @@ class EigshResult(NamedTuple):
   tol: float
   restarts: int
   breakdowns: int
-
-
-def _wanted(theta: np.ndarray, k: int, which: str) -> np.ndarray:
-  """Indices of the ``k`` wanted Ritz values of an ascending ``theta``."""
-  if which == 'LA':
-    return np.arange(len(theta) - k, len(theta))
-  if which == 'SA':
-    return np.arange(k)
-  return np.sort(np.argsort(np.abs(theta), kind='stable')[len(theta) - k:])
-
-
-def _ritz(alphas, betas, proj, j: int):
-  """Ascending Ritz values, their coordinates ``(j, j)`` and ``beta_j``, from
-  the tridiagonal ``(alphas, betas)`` or (after thick restarts) ``proj``."""
-  import scipy.linalg  # pylint: disable=g-import-not-at-top
-  if proj is not None:
-    proj = np.asarray(proj, np.float64)[:j, :j]
-    theta, s = scipy.linalg.eigh(0.5 * (proj + proj.T), driver='evr')
-    beta = float(np.asarray(betas)[j - 1])
-  else:
-    alphas = np.asarray(alphas, np.float64)[:j]
-    betas = np.asarray(betas, np.float64)[:j]
-    beta = float(betas[j - 1])
-    if j == 1:
-      theta, s = alphas.copy(), np.ones((1, 1))
-    else:
-      theta, s = scipy.linalg.eigh_tridiagonal(alphas, betas[:j - 1])
-  return theta, s, beta
+  residual_matvecs: int = 0
+  verified: bool = True
 
 
 def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
@@ -128,7 +122,8 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
           dtype: Any = None, init_vector: PyTree | None = None,
           min_iters: int = 1, vectors: bool = True, progress: bool = False,
           mask: PyTree | None = None, dim: int | None = None,
-          name: str = 'eigsh', unit: str = 'products') -> EigshResult:
+          name: str = 'eigsh', unit: str = 'products',
+          verify: bool | None = None) -> EigshResult:
   r"""``k`` extreme eigenpairs of a symmetric operator on pytrees (Lanczos).
 
   Args:
@@ -140,8 +135,10 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
     key: PRNG key of the start vector (and of fresh vectors after an
       invariant subspace).
     which: 'LA' (largest algebraic), 'SA' (smallest) or 'LM' (largest |theta|).
-    tol: relative residual to stop at (None: `default_tol` of the dtype; 0:
-      run to the cap without checking).
+    tol: relative residual to stop at (None: `default_tol` of the dtype, or
+      of the parameters' when less precise: a float32 operator's residuals
+      stay at float32's rounding whatever the vectors; 0: run to the cap
+      without checking).
     max_matvecs: cap on operator products (None: `default_max_matvecs`).
     basis_size: Lanczos vectors kept (None: `default_basis_size`). Given,
       the basis has that many rows whatever ``dim``, so that every block of
@@ -155,6 +152,12 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
     vectors: also return the Ritz vectors.
     progress: show a progress bar over products.
     name, unit: how warnings and the progress bar name the call and products.
+    verify: once the ``k`` pairs converge, run a fresh Lanczos block
+      orthogonal to the basis until its extreme Ritz value converges, and
+      repeat while that finds a wanted value: a single Krylov space holds
+      one copy of each eigenvalue (exactly), so copies of a repeated one
+      are found only so. None: for ``k >= 2`` (for ``k = 1`` a copy does
+      not change the answer). Warns when the cap stops the check.
 
   Returns:
     An `EigshResult`.
@@ -182,7 +185,6 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
     raise ValueError('the operator acts on an empty parameter set')
   if not 1 <= k <= n:
     raise ValueError(f'k={k} must be between 1 and the dimension ({n})')
-  tol = default_tol(dtype) if tol is None else float(tol)
   cap = default_max_matvecs(k, n) if max_matvecs is None else int(max_matvecs)
   if cap < k:
     raise ValueError(
@@ -205,20 +207,47 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
       np.bool_(mask is not None), rows=rows, dtype=dtype.name,
       shardings=space.shardings)
   eps = float(np.finfo(dtype).eps)
+  # The operator's own precision limits the residuals as much as the
+  # vectors' (float64 vectors on a float32 operator).
+  low = max([jnp.dtype(x.dtype) for x in jax.tree.leaves(params_like)
+             if jnp.issubdtype(x.dtype, jnp.floating)] + [dtype],
+            key=lambda d: float(jnp.finfo(d).eps))
+  eps_op = float(jnp.finfo(low).eps)
+  # The default tolerance is the operator's, when it is the less precise.
+  asked = tol is not None
+  tol = default_tol(low) if tol is None else float(tol)
+  if asked and 0 < tol < PRECISION * eps_op:
+    warnings.warn(
+        f'{name}: tol={tol:g} is below what {low.name} can deliver '
+        f'(residuals are measured, and rounding leaves ~{PRECISION} eps = '
+        f'{PRECISION * eps_op:.1e} relative): the run will not be reported '
+        f'converged; use float64 or tol >= {PRECISION * eps_op:.1e}.',
+        ConvergenceWarning, stacklevel=3)
+  verify = k >= 2 if verify is None else bool(verify)
   bar = progress_lib.bar(cap, f'{name} {unit}', enabled=progress, leave=False)
   restarts, done_total, history, j = 0, 0, [], 0
+  # The rows of the newest Lanczos block (after a breakdown or a deflation
+  # check it starts from a fresh vector orthogonal to the basis), the
+  # deflation checks done, and whether the last one found nothing new.
+  block_start, rounds, verified = 0, 0, False
+  stalled = False
   # A cold start needs ~3k products before k pairs can converge; a warm
   # start (the previous eigenvector) may need only a few.
   chunk = max(min_iters, k + 2 if use_v0 else 3 * k + 5, 4)
   while True:
+    if stalled:  # An invariant Krylov space: a new block, fresh direction.
+      state = core.refresh(state, shardings=space.shardings)
+      block_start = j
     stop = min(j + chunk, limit, j + cap - done_total)
     state = core.extend(space.op, state, np.int32(stop), **static)
     # One transfer per check.
-    j, total, bad, stalled, breakdowns, alphas, betas, proj = jax.device_get(
-        (state.j, state.num_matvecs, state.nonfinite_at, state.stalled,
-         state.breakdowns, state.alphas, state.betas,
-         state.proj if restarts else None))
+    (j, total, bad, stalled, breakdowns, alphas, betas, cuts, proj,
+     anorm) = jax.device_get(
+         (state.j, state.num_matvecs, state.nonfinite_at, state.stalled,
+          state.breakdowns, state.alphas, state.betas, state.cuts,
+          state.proj if restarts else None, state.anorm))
     j, total, bad, breakdowns = int(j), int(total), int(bad), int(breakdowns)
+    stalled = bool(stalled) and j < n
     bar.update(total - done_total)
     done_total = total
     if bad >= 0:
@@ -227,24 +256,67 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
           f'{name}: non-finite operator product ({unit[:-1]} {bad + 1}): the '
           'loss or its curvature is NaN/Inf at these parameters and batches;'
           ' stopping.')
-    if stalled and j < n:
-      state = core.refresh(state, shardings=space.shardings)
-      breakdowns += 1
-    theta, s, beta = _ritz(alphas, betas, proj, j)
-    idx = _wanted(theta, min(k, j), which)
-    residuals = np.abs(beta * s[j - 1, idx])
+    theta, s, beta = ritz_lib.ritz(alphas, betas, proj, j)
+    estimates = ritz_lib.estimates(s, beta, cuts, j)
     floor = eps ** (2 / 3) * np.abs(theta).max()
     with np.errstate(over='ignore', divide='ignore', invalid='ignore'):
-      ratio = residuals / (tol * np.maximum(np.abs(theta[idx]), floor))
-    ratio = np.nan_to_num(ratio, nan=np.inf)
+      ratio_all = estimates / (tol * np.maximum(np.abs(theta), floor))
+    ratio_all = np.nan_to_num(ratio_all, nan=np.inf)
+    idx = ritz_lib.wanted(theta, min(k, j), which)
+    ratio = ratio_all[idx]
     complete = j >= n and restarts == 0
     converged = complete or (j >= k and tol > 0 and bool(np.all(ratio <= 1)))
-    early_ok = breakdowns == 0 and total >= min_iters
-    if complete or (converged and early_ok) or total >= cap:
+    # The newest block (if any) must have converged its extreme Ritz value:
+    # what it found is then either wanted (a copy or a value the first
+    # space missed: check again) or not (nothing was missed).
+    block_ok, found = True, True
+    if block_start > 0:
+      in_block = np.sum(s[block_start:j] ** 2, axis=0) > 0.5
+      if not in_block.any():
+        block_ok = False
+      else:
+        members = np.flatnonzero(in_block)
+        top = members[ritz_lib.wanted(theta[members], 1, which)[0]]
+        found = bool(top in idx)
+        # Not wanted: resolved once it is nearer its eigenvalue than to the
+        # least wanted one (the Ritz values of a random block rise from
+        # below: a far one with a small residual is no missed copy).
+        edge = theta[idx].min() if which == 'LA' else (
+            theta[idx].max() if which == 'SA' else np.abs(theta[idx]).min())
+        value = np.abs(theta[top]) if which == 'LM' else theta[top]
+        block_ok = bool(ratio_all[top] <= 1) or (
+            not found and estimates[top] <= 0.5 * abs(edge - value))
+    if complete:
+      verified = True
+      break
+    if converged and block_ok and total >= min_iters:
+      if block_start > 0 and not found:
+        verified = True
+        break
+      if not verify or rounds >= k or j >= n:
+        break
+      if stalled:  # The deflation check is a fresh block anyway.
+        continue
+      state = core.deflate(state, shardings=space.shardings)
+      block_start, rounds, history = j, rounds + 1, []
+      chunk = 4
+      continue
+    if total >= cap:
       break
     if j >= limit:  # The basis is full: keep the best Ritz vectors.
       keep = min(j - 1, k + max(k, (j - k) // 2))
-      order = _wanted(theta, keep, which)
+      order = ritz_lib.wanted(theta, keep, which)
+      if block_start > 0:  # Keep the newest block's extreme, and its rows last.
+        in_block = np.sum(s[block_start:j] ** 2, axis=0) > 0.5
+        if in_block.any():
+          members = np.flatnonzero(in_block)
+          top = members[ritz_lib.wanted(theta[members], 1, which)[0]]
+          if top not in order:
+            order = np.append(order[1:] if which == 'LA' else order[:-1], top)
+        order = np.concatenate([order[~in_block[order]],
+                                order[in_block[order]]])
+        block_start = int(np.sum(~in_block[order]))
+      keep = len(order)
       coeffs = np.zeros((rows, rows))
       coeffs[:j, :keep] = s[:, order]
       theta_keep = np.zeros(rows)
@@ -252,40 +324,55 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
       state = core.thick_restart(state, coeffs, theta_keep, np.int32(keep),
                                  shardings=space.shardings)
       restarts, j = restarts + 1, keep
-    worst = float(np.max(ratio))
+    worst = float(np.max(ratio_all[idx] if block_ok else ratio_all))
     history.append((total, math.log(max(worst, 1e-300))))
-    chunk = _next_chunk(history, j, tol)
+    chunk = max(ritz_lib.next_chunk(history, j, tol), min_iters - total, 1)
   bar.close()
   order = idx[np.argsort(-theta[idx], kind='stable')]
-  residuals = np.abs(beta * s[j - 1, order])
-  relative = residuals / np.maximum(np.maximum(np.abs(theta[order]), floor),
-                                    np.finfo(np.float64).tiny)
+  # The true residuals, one product per Ritz pair (the Lanczos estimates
+  # are exact in exact arithmetic only).
+  coeffs = np.zeros((rows, rows))
+  coeffs[:j, :len(order)] = s[:, order]
+  padded = np.zeros(rows)
+  padded[:len(order)] = theta[order]
+  residuals = np.asarray(core.residual_norms(
+      space.op, state.basis, jnp.asarray(coeffs, dtype),
+      jnp.asarray(padded, dtype), np.int32(len(order)), **static),
+                         np.float64)[:len(order)]
+  scale = np.maximum(np.maximum(np.abs(theta[order]), floor),
+                     np.finfo(np.float64).tiny)
+  relative = residuals / scale
+  rounding = ROUNDING * eps_op * max(float(anorm), np.abs(theta).max())
+  each = relative <= tol
   if complete:
-    relative = np.zeros_like(relative)
+    each |= residuals <= rounding
+  converged = bool(np.all(each)) and (tol > 0 or complete)
   if not converged and tol > 0:
+    limited = bool(np.all(residuals[~each] <= rounding))
+    if limited:
+      why = (f'they are at {low.name}\'s rounding level (~{ROUNDING} eps '
+             f'||A|| = {rounding:.1e}): tol is below what {low.name} can '
+             'deliver for these eigenvalues; use float64 or loosen tol.')
+    else:
+      why = 'raise the cap (num_iters), loosen tol, or use float64.'
     warnings.warn(
-        f'{name} did not converge: after {total} {unit} (the cap) the '
+        f'{name} did not converge: after {total} {unit} '
+        f'{"(the cap) " if total >= cap else ""}the true '
         f'residuals of the wanted eigenpairs are '
         f'{np.array2string(residuals, precision=2)}, relative '
-        f'{np.array2string(relative, precision=2)} (tol={tol:g}); '
-        'raise the cap (num_iters), loosen tol, or use float64.',
+        f'{np.array2string(relative, precision=2)} (tol={tol:g}); ' + why,
+        ConvergenceWarning, stacklevel=3)
+  elif verify and not verified and n > k:
+    warnings.warn(
+        f'{name}: the {k} eigenpairs converged, but the check for missed '
+        f'copies of repeated eigenvalues (a fresh Lanczos block orthogonal '
+        f'to them) did not finish within the cap of {cap} {unit}: a repeated '
+        'eigenvalue may be missing copies; raise the cap (num_iters).',
         ConvergenceWarning, stacklevel=3)
   eigvecs = None
   if vectors:
     eigvecs = space_lib.combinations(space, state.basis,
                                      s[:, order].astype(dtype))
   return EigshResult(theta[order], eigvecs, residuals, relative, total,
-                     bool(converged), tol, restarts, breakdowns)
-
-
-def _next_chunk(history, j: int, tol: float) -> int:
-  """Products to run before the next check: the residuals' recent rate of
-  decrease, extrapolated to the tolerance (they fall about geometrically)."""
-  if tol <= 0:
-    return max(4, j)
-  if len(history) >= 2:
-    (t0, r0), (t1, r1) = history[-2], history[-1]
-    slope = (r1 - r0) / max(t1 - t0, 1)
-    if slope < 0 and r1 > 0:
-      return int(np.clip(math.ceil(0.8 * r1 / -slope), 1, max(4, j)))
-  return max(2, j // 2)
+                     converged, tol, restarts, breakdowns, len(order),
+                     bool(verified or not verify))
