@@ -32,6 +32,7 @@ from jax.flatten_util import ravel_pytree
 
 from analysis import hessian
 from analysis import ntk as ntk_lib
+from analysis import update_probes as up
 from dynamics import config_lib, runs
 from dynamics import optim as optim_lib
 from dynamics.probes import Probe
@@ -109,6 +110,17 @@ def from_config(config: ml_collections.ConfigDict) -> List[Probe]:
   if a.ntk_every is not None:
     with _fields(every='ntk_every', num_examples='ntk_num_examples'):
       out.append(NTKProbe(a.ntk_every, num_examples=a.ntk_num_examples))
+  if a.update_sharpness_every is not None:
+    out.append(up.UpdateSharpnessProbe(a.update_sharpness_every))
+  if a.update_ratio_every is not None:
+    out.append(up.UpdateRatioProbe(a.update_ratio_every))
+  if a.layer_trace_every is not None:
+    out.append(up.LayerTraceProbe(
+        a.layer_trace_every, num_probes=a.layer_trace_probes, seed=config.seed))
+  if a.spectral_norm_every is not None:
+    out.append(up.SpectralNormProbe(a.spectral_norm_every, seed=config.seed))
+  if a.gns_every is not None:
+    out.append(up.GradientNoiseProbe(a.gns_every, num_batches=a.gns_batches))
   return out
 
 
