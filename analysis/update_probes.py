@@ -5,8 +5,8 @@ protocol; switched on by ``config.analysis.<name>_every`` through
 =========================  ==============================================  ============================
 probe (config switch)      logs                                            cost per call
 =========================  ==============================================  ============================
-`UpdateSharpnessProbe`     :math:`u^\top H u / \|u\|^2`, whole and per     one update + (1 + layers) HVPs
-(``update_sharpness``)     layer (the layer's diagonal block)
+`UpdateSharpnessProbe`     :math:`u^\top H u / \|u\|^2`, and each        one update + 1 HVP (+ 1 per
+(``update_sharpness``)     layer's share (optionally its diagonal block)   layer for the blocks)
 `UpdateRatioProbe`         :math:`\|u_l\| / \|\theta_l\|` per layer        one update (shared)
 (``update_ratio``)
 `LayerTraceProbe`          per-layer :math:`\mathrm{tr} H`,                ``num_probes`` HVPs + GGN products
@@ -27,6 +27,7 @@ actual update, whatever the optimizer (`next_update`); probes called at the
 same step share it.
 """
 
+import functools
 from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 import jax
@@ -98,11 +99,41 @@ def _probe_batches(run, batches):
       if callable(batches) else list(batches)
 
 
+def _stacked_masks(params: PyTree) -> Tuple[List[str], PyTree]:
+  """Layer names and their 0/1 masks stacked on a leading axis per leaf."""
+  masks = _layer_masks(params)
+  names = list(masks)
+  stacked = jax.tree.map(lambda *m: jnp.array(m, jnp.float32),
+                         *[masks[n] for n in names])
+  return names, stacked
+
+
+def _split(masks: PyTree, u: PyTree) -> PyTree:
+  """``u`` restricted to each layer: leaves ``(layers, *shape)``."""
+  return jax.tree.map(lambda m, x: m.reshape((-1,) + (1,) * x.ndim).astype(
+      x.dtype) * x[None], masks, u)
+
+
+@functools.partial(jax.jit, static_argnames='blocks')
+def _update_forms(matvec, masks, u, blocks):
+  """``(u^T H u, |u|^2, per-layer u_l^T (Hu)_l, per-layer |u_l|^2, and with
+  ``blocks`` per-layer u_l^T H u_l)``, in one compiled call."""
+  hu = matvec(u)
+  us = _split(masks, u)
+  share = jax.vmap(_dot, in_axes=(0, None))(us, hu)
+  norms = jax.vmap(_dot)(us, us)
+  block = jax.vmap(lambda x: _dot(x, matvec(x)))(us) if blocks else share
+  return _dot(u, hu), _dot(u, u), share, norms, block
+
+
 class UpdateSharpnessProbe(Probe):
   r"""Directional sharpness of the actual update, :math:`u^\top H u /
   \|u\|^2` (the curvature the step sees: the loss changes by
-  :math:`g^\top u + \frac12 u^\top H u`), for the whole model and for each
-  layer's diagonal block :math:`u_l^\top H_{ll} u_l / \|u_l\|^2`.
+  :math:`g^\top u + \frac12 u^\top H u`), from one HVP, with each layer's
+  share :math:`u_l^\top (Hu)_l / \|u\|^2` (the shares sum to the whole;
+  ``update_sharpness_share/<layer>``) and, with ``blocks``, each layer's
+  diagonal block :math:`u_l^\top H_{ll} u_l / \|u_l\|^2`
+  (``update_sharpness/<layer>``: one more HVP per layer).
 
   Args:
     every: period in steps.
@@ -110,7 +141,7 @@ class UpdateSharpnessProbe(Probe):
       function of the run.
     loss_fn: ``(params, batch) -> loss`` (default: the run's).
     update_fn: ``(state, run) -> u`` (default: `next_update`).
-    per_layer: also each layer's block (one HVP per layer, batched).
+    blocks: also each layer's diagonal-block quotient.
 
   References:
     Cohen et al., "Gradient Descent on Neural Networks Typically Occurs at
@@ -119,9 +150,9 @@ class UpdateSharpnessProbe(Probe):
   """
 
   def __init__(self, every: int, *, batches=None, loss_fn=None,
-               update_fn=None, per_layer: bool = True,
+               update_fn=None, blocks: bool = False,
                name: str = 'update_sharpness'):
-    self.every, self.name, self.per_layer = every, name, per_layer
+    self.every, self.name, self.blocks = every, name, blocks
     self._batches, self._loss_fn = batches, loss_fn
     self._update_fn = update_fn or next_update
     self._run_loss, self._masks = _RunLoss(), None
@@ -135,23 +166,22 @@ class UpdateSharpnessProbe(Probe):
     else:
       loss = self._loss_fn
     op = hessian.curvature('hessian', state.params, batches, loss_fn=loss)
-    norm2 = _dot(u, u)
-    out = {'update_sharpness': float(_dot(u, op.matvec(u)) / norm2)}
-    if self.per_layer:
-      if self._masks is None:
-        self._masks = _layer_masks(state.params)
-      names = list(self._masks)
-      stacked = jax.tree.map(lambda *m: jnp.array(m),
-                             *[self._masks[n] for n in names])
-      us = jax.tree.map(lambda m, x: m.reshape((-1,) + (1,) * x.ndim).astype(
-          x.dtype) * x[None], stacked, u)
-      hus = jax.vmap(op.matvec)(us)
-      forms = jax.vmap(_dot)(us, hus)
-      norms = jax.vmap(_dot)(us, us)
-      for i, n in enumerate(names):
-        if norms[i] > 0:
-          out[f'update_sharpness/{n}'] = float(forms[i] / norms[i])
+    if self._masks is None:
+      self._masks = _stacked_masks(state.params)
+    names, masks = self._masks
+    whole, norm2, share, norms, block = jax.device_get(
+        _update_forms(op.matvec, masks, u, self.blocks))
+    out = {'update_sharpness': float(whole / norm2)}
+    for i, n in enumerate(names):
+      out[f'update_sharpness_share/{n}'] = float(share[i] / norm2)
+      if self.blocks and norms[i] > 0:
+        out[f'update_sharpness/{n}'] = float(block[i] / norms[i])
     return out
+
+
+@jax.jit
+def _layer_norms(masks, tree):
+  return jnp.sqrt(jax.vmap(lambda x: _dot(x, x))(_split(masks, tree)))
 
 
 class UpdateRatioProbe(Probe):
@@ -162,15 +192,18 @@ class UpdateRatioProbe(Probe):
                name: str = 'update_ratio'):
     self.every, self.name = every, name
     self._update_fn = update_fn or next_update
+    self._masks = None
 
   def __call__(self, state, run) -> Dict[str, float]:
     u = self._update_fn(state, run)
-    norm = lambda xs: float(jnp.sqrt(sum(jnp.sum(x.astype(jnp.float32) ** 2)
-                                         for x in xs)))
-    up, w = _per_layer(u, norm), _per_layer(state.params, norm)
-    out = {f'update_ratio/{n}': up[n] / w[n] for n in up if w[n] > 0}
-    out['update_ratio'] = norm(jax.tree.leaves(u)) / norm(
-        jax.tree.leaves(state.params))
+    if self._masks is None:
+      self._masks = _stacked_masks(state.params)
+    names, masks = self._masks
+    up, w = jax.device_get((_layer_norms(masks, u),
+                            _layer_norms(masks, state.params)))
+    out = {f'update_ratio/{n}': float(up[i] / w[i])
+           for i, n in enumerate(names) if w[i] > 0}
+    out['update_ratio'] = float(np.linalg.norm(up) / np.linalg.norm(w))
     return out
 
 

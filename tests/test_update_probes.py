@@ -34,7 +34,7 @@ def _state(params=PARAMS, step=0):
 
 def test_update_sharpness_is_the_rayleigh_quotient_of_the_update():
   probe = up.UpdateSharpnessProbe(1, batches=[A], loss_fn=_quadratic,
-                                  update_fn=lambda s, r: U)
+                                  update_fn=lambda s, r: U, blocks=True)
   out = probe(_state(), None)
   a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(A)])
   u = np.concatenate([np.ravel(x) for x in jax.tree.leaves(U)])
@@ -44,6 +44,11 @@ def test_update_sharpness_is_the_rayleigh_quotient_of_the_update():
                              (1 + 2 + 3 * 4) / (1 + 1 + 4), rtol=1e-6)
   np.testing.assert_allclose(out['update_sharpness/l2'],
                              (6 * 9 + 7) / 10, rtol=1e-6)
+  # H is block diagonal here: each share is the layer's u_l^T H u_l / |u|^2.
+  np.testing.assert_allclose(out['update_sharpness_share/l1'], 15 / 16,
+                             rtol=1e-6)
+  np.testing.assert_allclose(out['update_sharpness_share/l2'], 61 / 16,
+                             rtol=1e-6)
 
 
 def test_update_ratio_by_hand():
@@ -133,7 +138,7 @@ def test_probes_from_the_config_log_into_metrics(tmp_path):
   with open(os.path.join(tmp_path, 'metrics.jsonl')) as f:
     lines = {r['step']: r for r in map(json.loads, f)}
   last = lines[4]
-  for key in ('update_sharpness', 'update_sharpness/dense_0',
+  for key in ('update_sharpness', 'update_sharpness_share/dense_0',
               'update_ratio/dense_0', 'hessian_trace/dense_0',
               'gn_gap_stderr', 'spectral_norm/dense_0/kernel',
               'update_spectral_norm/dense_0/kernel', 'gns_b_simple'):
