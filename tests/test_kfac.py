@@ -103,6 +103,11 @@ def test_one_example_float32():
   got = _dense(hs.curvature('kfac', params, [batch], model_fn=model_fn,
                             likelihood=lik).matvec, params)
   np.testing.assert_allclose(got, want * _same_layer(params), atol=1e-6)
+  # The registry's per-batch product (under jit, as a scan body) agrees.
+  from analysis.hessian import registry
+  per_batch = jax.jit(lambda v: registry.PRODUCTS['kfac'].fn(
+      params, batch, v, jnp.int32(0), model_fn=model_fn, likelihood=lik))
+  np.testing.assert_allclose(_dense(per_batch, params), got, atol=1e-6)
 
 
 def _eigenbasis_forms(kron, layer, params, matrix):

@@ -21,6 +21,10 @@ averaged over the :math:`N` positions:
                        :math:`g_i = \nabla_{z_i} \ell_i(\hat y_i)`, labels
                        :math:`\hat y_i` sampled from the model
 ``'empirical_fisher'`` the same with the data's labels :math:`y_i`
+``'kfac'``             the Fisher's Kronecker-factored blocks
+                       :math:`A_l \otimes G_l` of the Dense/DenseGeneral/Conv
+                       layers (`analysis.hessian.kfac`)
+``'ekfac'``            KFAC's eigenbasis with per-example eigenvalues
 =====================  =====================================================
 
 The true Fisher's expectation over the sampled labels is the GGN for a
