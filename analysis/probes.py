@@ -110,17 +110,17 @@ def from_config(config: ml_collections.ConfigDict) -> List[Probe]:
   if a.ntk_every is not None:
     with _fields(every='ntk_every', num_examples='ntk_num_examples'):
       out.append(NTKProbe(a.ntk_every, num_examples=a.ntk_num_examples))
-  if a.update_sharpness_every is not None:
-    out.append(up.UpdateSharpnessProbe(a.update_sharpness_every))
-  if a.update_ratio_every is not None:
-    out.append(up.UpdateRatioProbe(a.update_ratio_every))
-  if a.layer_trace_every is not None:
-    out.append(up.LayerTraceProbe(
-        a.layer_trace_every, num_probes=a.layer_trace_probes, seed=config.seed))
-  if a.spectral_norm_every is not None:
-    out.append(up.SpectralNormProbe(a.spectral_norm_every, seed=config.seed))
-  if a.gns_every is not None:
-    out.append(up.GradientNoiseProbe(a.gns_every, num_batches=a.gns_batches))
+  for every, make in (  # The update, layer and noise probes.
+      (a.update_sharpness_every, up.UpdateSharpnessProbe),
+      (a.update_ratio_every, up.UpdateRatioProbe),
+      (a.layer_trace_every, functools.partial(
+          up.LayerTraceProbe, num_probes=a.layer_trace_probes, seed=config.seed)),
+      (a.spectral_norm_every, up.SpectralNormProbe),
+      (a.gns_every, functools.partial(up.GradientNoiseProbe,
+                                      num_batches=a.gns_batches)),
+      (a.activation_rms_every, up.ActivationRMSProbe)):
+    if every is not None:
+      out.append(make(every))
   return out
 
 

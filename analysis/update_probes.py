@@ -16,8 +16,10 @@ probe (config switch)      logs                                            cost 
 (``spectral_norm``)        and of its update (warm-started power
                            iteration)
 `GradientNoiseProbe`       :math:`B_\text{simple} = \mathrm{tr}\Sigma /    ``num_batches`` gradients
-(``gns``)                  \|G\|^2` from two batch sizes, with its
-                           standard error
+(``gns``; in               \|G\|^2` from two batch sizes, with its
+`analysis.noise_scale`)    standard error
+`ActivationRMSProbe`       RMS of each block's output                      one forward pass
+(``activation_rms``)
 =========================  ==============================================  ============================
 
 The update :math:`u` is the one the run's optimizer makes from the probed
@@ -36,6 +38,8 @@ import numpy as np
 
 from analysis import hessian
 from analysis.hessian import blocks
+# The noise scale lives in its own module; its probe is listed here too.
+from analysis.noise_scale import GradientNoiseProbe, noise_scale
 from dynamics import runs
 from dynamics.probes import Probe
 from dynamics.types import PyTree, param_names
@@ -77,7 +81,7 @@ def _per_layer(params: PyTree, fn: Callable[[List[jax.Array]], float]
           for layer, names in blocks.layer_blocks(params, 'layers').items()}
 
 
-class _RunLoss:
+class RunLoss:
   """The run's loss (and GGN parts) with the model state as data, so that
   every call of a probe reuses one compilation."""
 
@@ -155,7 +159,7 @@ class UpdateSharpnessProbe(Probe):
     self.every, self.name, self.blocks = every, name, blocks
     self._batches, self._loss_fn = batches, loss_fn
     self._update_fn = update_fn or next_update
-    self._run_loss, self._masks = _RunLoss(), None
+    self._run_loss, self._masks = RunLoss(), None
 
   def __call__(self, state, run) -> Dict[str, float]:
     u = self._update_fn(state, run)
@@ -252,7 +256,7 @@ class LayerTraceProbe(Probe):
       raise ValueError(f'num_probes must be >= 2, got {num_probes}')
     self.every, self.name, self.num_probes = every, name, num_probes
     self._batches, self._key = batches, jax.random.PRNGKey(seed)
-    self._run_loss = _RunLoss()
+    self._run_loss = RunLoss()
 
   def __call__(self, state, run) -> Dict[str, float]:
     batches = self._run_loss(run, state, _probe_batches(run, self._batches))
@@ -340,80 +344,48 @@ class SpectralNormProbe(Probe):
     return out
 
 
-def noise_scale(grads: List[PyTree], small: int) -> Dict[str, float]:
-  r"""The simple gradient noise scale from ``k`` gradients of independent
-  batches of ``small`` examples each (McCandlish et al. 2018, App. A.1).
+class ActivationRMSProbe(Probe):
+  r"""The RMS :math:`\sqrt{\mathrm{mean}(h^2)}` of the output of every
+  module down to ``depth`` levels below the model (blocks, embeddings,
+  heads at the default 1), on one held-out probe batch in inference mode
+  (``capture_intermediates``: one forward pass). Logs
+  ``activation_rms/<module>``."""
 
-  With :math:`G_i` the small-batch gradients, :math:`G_\text{big}` their
-  mean (``B_big = k * small`` examples) and :math:`B_s` = ``small``,
+  def __init__(self, every: int, *, depth: int = 1, batches=None,
+               name: str = 'activation_rms'):
+    self.every, self.name, self.depth = every, name, depth
+    self._batches, self._run, self._fn = batches, None, None
 
-  .. math::
-     |\mathcal G|^2_i = \frac{B_\text{big} |G_\text{big}|^2 - B_s |G_i|^2}
-                             {B_\text{big} - B_s},\qquad
-     \mathcal S_i = \frac{|G_i|^2 - |G_\text{big}|^2}{1/B_s - 1/B_\text{big}}
+  def _compile(self, run):
+    model, depth = run.parts.model, self.depth
 
-  are unbiased for :math:`|G|^2` and :math:`\mathrm{tr}\Sigma`;
-  :math:`B_\text{simple} = \bar{\mathcal S} / \overline{|\mathcal G|^2}`
-  (ratio of means, as the paper advises), its standard error by the delta
-  method over the ``k`` pairs.
+    @jax.jit
+    def rms(params, model_state, inputs):
+      _, state = model.apply({'params': params, **(model_state or {})}, inputs,
+                             train=False, capture_intermediates=True,
+                             mutable=['intermediates'])
+      out = {}
+      for path, leaf in jax.tree_util.tree_flatten_with_path(
+          state['intermediates'])[0]:
+        keys = [getattr(k, 'key', None) for k in path]
+        if '__call__' not in keys:
+          continue
+        module = '/'.join(keys[:keys.index('__call__')])
+        if module and module.count('/') < depth and module not in out:
+          out[module] = jnp.sqrt(jnp.mean(jnp.square(leaf.astype(jnp.float32))))
+      return out
 
-  Returns:
-    ``gns_b_simple``, ``gns_b_simple_stderr``, ``gns_trace_cov``,
-    ``gns_grad_norm_sq`` (and their standard errors).
-
-  Raises:
-    ValueError: fewer than 2 gradients.
-  """
-  k = len(grads)
-  if k < 2:
-    raise ValueError(f'the noise scale needs at least 2 batches, got {k}')
-  flat = np.stack([np.concatenate([np.ravel(np.asarray(x, np.float64))
-                                   for x in jax.tree.leaves(g)])
-                   for g in grads])
-  big, b_big = flat.mean(0), k * small
-  small_sq, big_sq = np.sum(flat ** 2, 1), np.sum(big ** 2)
-  g2 = (b_big * big_sq - small * small_sq) / (b_big - small)
-  s = (small_sq - big_sq) / (1.0 / small - 1.0 / b_big)
-  mg, ms = g2.mean(), s.mean()
-  cov = np.cov(np.stack([s, g2])) / k
-  ratio = ms / mg
-  var = (cov[0, 0] / mg ** 2 + ms ** 2 * cov[1, 1] / mg ** 4
-         - 2 * ms * cov[0, 1] / mg ** 3)
-  return {'gns_b_simple': float(ratio),
-          'gns_b_simple_stderr': float(np.sqrt(max(var, 0.0))),
-          'gns_trace_cov': float(ms),
-          'gns_trace_cov_stderr': float(np.sqrt(cov[0, 0])),
-          'gns_grad_norm_sq': float(mg),
-          'gns_grad_norm_sq_stderr': float(np.sqrt(cov[1, 1]))}
-
-
-class GradientNoiseProbe(Probe):
-  r"""The gradient noise scale :math:`B_\text{simple} = \mathrm{tr}\Sigma /
-  |G|^2` (`noise_scale`) from ``num_batches`` training batches at the
-  probed step (``train_batch(step + 1_000_000 + i)``: batches the run does
-  not train on in its first million steps), in examples of the batch's
-  leading axis; the critical batch size's predictor (McCandlish et al.,
-  "An Empirical Model of Large-Batch Training", 2018)."""
-
-  def __init__(self, every: int, *, num_batches: int = 4, loss_fn=None,
-               name: str = 'gns'):
-    if num_batches < 2:
-      raise ValueError(f'num_batches must be >= 2, got {num_batches}')
-    self.every, self.name, self.num_batches = every, name, num_batches
-    self._loss_fn, self._run_loss, self._grad = loss_fn, _RunLoss(), None
+    return rms
 
   def __call__(self, state, run) -> Dict[str, float]:
-    step = int(state.step)
-    batches = [jax.tree.map(jnp.asarray,
-                            run.dataset.train_batch(step + 1_000_000 + i))
-               for i in range(self.num_batches)]
-    if self._loss_fn is None:
-      batches = self._run_loss(run, state, batches)
-      loss = self._run_loss.loss
-    else:
-      loss = self._loss_fn
-    if self._grad is None or self._grad[0] is not loss:
-      self._grad = (loss, jax.jit(jax.grad(loss)))
-    grads = [self._grad[1](state.params, b) for b in batches]
-    small = int(jax.tree.leaves(batches[0])[0].shape[0])
-    return noise_scale(grads, small)
+    if run is not self._run:
+      self._run, self._fn = run, self._compile(run)
+    batch = _probe_batches(run, self._batches)[0]
+    values = jax.device_get(self._fn(state.params, state.model_state,
+                                     jnp.asarray(batch['inputs'])))
+    return {f'activation_rms/{k}': float(v) for k, v in values.items()}
+
+
+__all__ = ['ActivationRMSProbe', 'GradientNoiseProbe', 'LayerTraceProbe',
+           'SpectralNormProbe', 'UpdateRatioProbe', 'UpdateSharpnessProbe',
+           'layer_trace_forms', 'next_update', 'noise_scale']

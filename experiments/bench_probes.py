@@ -38,8 +38,8 @@ def _load(path, smoke):
 
 
 # The suggested cadence of each probe (config: analysis.<name>_every).
-CADENCE = {'update_ratio': 100, 'spectral_norm': 100, 'update_sharpness': 100,
-           'gns': 100, 'layer_trace': 200}
+CADENCE = {'update_ratio': 100, 'spectral_norm': 100, 'update_sharpness': 200,
+           'gns': 200, 'layer_trace': 1000, 'activation_rms': 100}
 
 
 def _probes():
@@ -48,7 +48,8 @@ def _probes():
           up.SpectralNormProbe(CADENCE['spectral_norm']),
           up.UpdateSharpnessProbe(CADENCE['update_sharpness']),
           up.GradientNoiseProbe(CADENCE['gns']),
-          up.LayerTraceProbe(CADENCE['layer_trace'])]
+          up.LayerTraceProbe(CADENCE['layer_trace']),
+          up.ActivationRMSProbe(CADENCE['activation_rms'])]
 
 
 def measure(config, steps: int = 20, repeats: int = 3) -> dict:

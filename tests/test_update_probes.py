@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from analysis import noise_scale as ns  # Also up.noise_scale.
 from analysis import probes
 from analysis import update_probes as up
 
@@ -107,15 +108,15 @@ def test_gradient_noise_scale_on_a_linear_model():
   key = jax.random.PRNGKey(0)
   grad = jax.grad(loss)
   draws = g[None, None] + jax.random.normal(key, (400, 16, 3)) @ sigma_sqrt
-  out = up.noise_scale([grad(jnp.zeros(3), d) for d in draws], 16)
+  out = ns.noise_scale([grad(jnp.zeros(3), d) for d in draws], 16)
   assert abs(out['gns_b_simple'] - 3.0) < 4 * out['gns_b_simple_stderr']
   assert out['gns_b_simple_stderr'] < 0.3
   assert abs(out['gns_trace_cov'] - 12.0) < 4 * out['gns_trace_cov_stderr']
   # No noise at all: tr Sigma is exactly 0.
-  same = up.noise_scale([g, g, g], 8)
+  same = ns.noise_scale([g, g, g], 8)
   assert same['gns_trace_cov'] == pytest.approx(0.0, abs=1e-12)
   with pytest.raises(ValueError, match='at least 2'):
-    up.noise_scale([g], 8)
+    ns.noise_scale([g], 8)
 
 
 def test_probes_from_the_config_log_into_metrics(tmp_path):
@@ -131,9 +132,11 @@ def test_probes_from_the_config_log_into_metrics(tmp_path):
   config.analysis.spectral_norm_every = 2
   config.analysis.gns_every = 4
   config.analysis.gns_batches = 2
+  config.analysis.activation_rms_every = 4
   built = probes.from_config(config)
   assert [p.name for p in built] == ['update_sharpness', 'update_ratio',
-                                     'layer_trace', 'spectral_norm', 'gns']
+                                     'layer_trace', 'spectral_norm', 'gns',
+                                     'activation_rms']
   train.train_and_evaluate(config, str(tmp_path), probes=built)
   with open(os.path.join(tmp_path, 'metrics.jsonl')) as f:
     lines = {r['step']: r for r in map(json.loads, f)}
@@ -144,8 +147,17 @@ def test_probes_from_the_config_log_into_metrics(tmp_path):
               'update_spectral_norm/dense_0/kernel', 'gns_b_simple'):
     assert key in last and np.isfinite(last[key]), key
   assert 'update_ratio/dense_0' in lines[2] and 'gns_b_simple' not in lines[2]
-  # The run continued: the update the probe measured is the loop's next one.
   assert last['update_ratio'] > 0
+  # The first layer's output RMS, by hand from the final parameters.
+  from dynamics.runs import Run
+  run = Run.open(str(tmp_path))
+  params = run.params(4)['dense_0']
+  x = np.asarray(run.probe_batches(1)[0]['inputs'], np.float32)
+  h = x.reshape(len(x), -1) @ np.asarray(params['kernel']) + np.asarray(
+      params['bias'])
+  np.testing.assert_allclose(last['activation_rms/dense_0'],
+                             np.sqrt(np.mean(h ** 2)), rtol=1e-5)
+  assert 'activation_rms/head' in last and 'activation_rms/norm_0' in last
 
 
 def test_bad_config_values_name_the_field():
