@@ -32,6 +32,7 @@ from jax.flatten_util import ravel_pytree
 
 from analysis import hessian
 from analysis import ntk as ntk_lib
+from analysis import update_probes as up
 from dynamics import config_lib, runs
 from dynamics import optim as optim_lib
 from dynamics.probes import Probe
@@ -110,6 +111,17 @@ def from_config(config: ml_collections.ConfigDict) -> List[Probe]:
   if a.ntk_every is not None:
     with _fields(every='ntk_every', num_examples='ntk_num_examples'):
       out.append(NTKProbe(a.ntk_every, num_examples=a.ntk_num_examples))
+  for every, make in (  # The update, layer and noise probes.
+      (a.update_sharpness_every, up.UpdateSharpnessProbe),
+      (a.update_ratio_every, up.UpdateRatioProbe),
+      (a.layer_trace_every, functools.partial(
+          up.LayerTraceProbe, num_probes=a.layer_trace_probes, seed=config.seed)),
+      (a.spectral_norm_every, up.SpectralNormProbe),
+      (a.gns_every, functools.partial(up.GradientNoiseProbe,
+                                      num_batches=a.gns_batches)),
+      (a.activation_rms_every, up.ActivationRMSProbe)):
+    if every is not None:
+      out.append(make(every))
   return out
 
 

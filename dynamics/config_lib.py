@@ -112,13 +112,18 @@ def check_analysis(config: ml_collections.ConfigDict) -> None:
   """Raises ``ConfigError`` for an invalid ``config.analysis`` field (read by
   the training-time probes, ``analysis.probes``)."""
   a = config.analysis
-  for field in ('sharpness_every', 'trace_every', 'ntk_every'):
+  for field in ('sharpness_every', 'trace_every', 'ntk_every',
+                'update_sharpness_every', 'update_ratio_every',
+                'layer_trace_every', 'spectral_norm_every', 'gns_every',
+                'activation_rms_every'):
     errors.integer(f'analysis.{field}', a[field], 1, optional=True)
   errors.integer('analysis.sharpness_iters', a.sharpness_iters, 2)
   errors.integer('analysis.sharpness_batches', a.sharpness_batches, 1)
   errors.integer('analysis.ntk_num_examples', a.ntk_num_examples, 1)
   # The probe's batch sources (analysis.probes.SharpnessProbe.from_config).
   errors.one_of('analysis.sharpness_data', a.sharpness_data, ('eval', 'train'))
+  errors.integer('analysis.layer_trace_probes', a.layer_trace_probes, 2)
+  errors.integer('analysis.gns_batches', a.gns_batches, 2)
 
 
 __all__ = ['ConfigError', 'check_analysis', 'validate']

@@ -271,6 +271,14 @@ def defaults() -> ml_collections.ConfigDict:
   a.trace_every = placeholder(int) # Log Hutchinson's Hessian trace every N steps.
   a.ntk_every = placeholder(int)   # Log NTK statistics on a probe set every N steps.
   a.ntk_num_examples = 64          # NTK probe-set size.
+  a.update_sharpness_every = placeholder(int) # Log u^T H u / |u|^2 of the actual update (whole and per layer) every N steps.
+  a.update_ratio_every = placeholder(int) # Log the update/weight norm ratio per layer every N steps.
+  a.layer_trace_every = placeholder(int) # Log per-layer Hessian and GGN traces and their gap every N steps.
+  a.layer_trace_probes = 8         # Rademacher probes shared by those traces (>= 2).
+  a.spectral_norm_every = placeholder(int) # Log spectral norms of weight matrices and their updates every N steps.
+  a.gns_every = placeholder(int)   # Log the gradient noise scale B_simple every N steps.
+  a.gns_batches = 4                # Training batches per noise-scale estimate (>= 2).
+  a.activation_rms_every = placeholder(int) # Log the RMS of each block's output every N steps.
 
   c.throughput = ml_collections.ConfigDict()
   c.throughput.peak_flops = placeholder(float) # Peak FLOP/s per device for MFU (None: device table; CPU: no MFU).

@@ -47,7 +47,8 @@ Conventions (all functions):
 
 Modules: `registry` (the names: curvature products, trace and diagonal
 estimators), `operators` (`curvature`, `Operator`), `likelihood`, `blocks`
-(masks, layer groups), `eigen` (Lanczos, power iteration), `density` (SLQ
+(masks, layer groups), `kfac` and `kfac_layers` (KFAC and EKFAC of Flax
+models, found without layer tags), `eigen` (Lanczos, power iteration), `density` (SLQ
 density; trace by Hutchinson, Hutch++ or XTrace; diagonal by Hutchinson or
 XDiag), `estimators` (those estimators on operators), `precondition` (the
 preconditioned sharpness of adaptive optimizers), `report` (per-block

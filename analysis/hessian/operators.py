@@ -146,7 +146,9 @@ def curvature(kind: str, params: PyTree, batches: Iterable[Batch], *,
 
   Args:
     kind: a key of `analysis.hessian.registry.PRODUCTS`: 'hessian', 'ggn',
-      'fisher' or 'empirical_fisher'.
+      'fisher', 'empirical_fisher', or the Kronecker-factored 'kfac' and
+      'ekfac' (`analysis.hessian.kfac`: factors pooled over the batches; its
+      `factors` has the empirical and exact flavours).
     params: the point at which the matrix is taken.
     batches: batches with identical shapes; each is weighted equally.
     mask: restrict to a block of parameters (see `Operator.restrict`).
@@ -171,9 +173,14 @@ def curvature(kind: str, params: PyTree, batches: Iterable[Batch], *,
     >>> op.matvec(jnp.array([1., 1.]))
     Array([1., 2.], dtype=float32)
   """
-  impl = _batched_product(kind, _needed(kind, inputs))
-  op = Operator(Partial(impl, params, _stack_batches(batches)), params, None,
-                trees.size(params))
+  needed = _needed(kind, inputs)
+  build = registry.PRODUCTS[kind].build
+  if build is not None:  # Built once from every batch (KFAC's factors).
+    matvec = build(params, _stack_batches(batches), **dict(needed))
+  else:
+    matvec = Partial(_batched_product(kind, needed), params,
+                     _stack_batches(batches))
+  op = Operator(matvec, params, None, trees.size(params))
   return op if mask is None else op.restrict(mask)
 
 

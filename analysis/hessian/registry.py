@@ -21,6 +21,10 @@ averaged over the :math:`N` positions:
                        :math:`g_i = \nabla_{z_i} \ell_i(\hat y_i)`, labels
                        :math:`\hat y_i` sampled from the model
 ``'empirical_fisher'`` the same with the data's labels :math:`y_i`
+``'kfac'``             the Fisher's Kronecker-factored blocks
+                       :math:`A_l \otimes G_l` of the Dense/DenseGeneral/Conv
+                       layers (`analysis.hessian.kfac`)
+``'ekfac'``            KFAC's eigenbasis with per-example eigenvalues
 =====================  =====================================================
 
 The true Fisher's expectation over the sampled labels is the GGN for a
@@ -74,10 +78,15 @@ class Product(NamedTuple):
       sample per batch).
     needs: the keys of `INPUTS` it takes as keyword arguments.
     help: what the matrix is, in a line (the command's ``--help``).
+    build: ``(params, stacked_batches, **needs) -> matvec`` (a `Partial`),
+      for matrices built once from all the batches (the Kronecker factors
+      of KFAC, pooled over the batches); `curvature` uses it instead of
+      averaging ``fn`` over the batches. None: ``fn`` per batch.
   """
   fn: Callable[..., Any]
   needs: Tuple[str, ...]
   help: str
+  build: Optional[Callable[..., Any]] = None
 
 
 def hessian_product(params, batch, v, index, *, loss_fn):
@@ -136,6 +145,25 @@ def empirical_fisher_product(params, batch, v, index, *, model_fn,
   return _fisher(params, batch, v, index, model_fn, likelihood, True)
 
 
+def _kfac_entry(flavour, correction, help_line):
+  """The entry of KFAC / EKFAC (`analysis.hessian.kfac`): its product on one
+  batch, and its builder from all the batches (factors pooled)."""
+  def fn(params, batch, v, index, *, model_fn, likelihood):
+    import jax
+    from analysis.hessian import kfac
+    kron = kfac.factors(model_fn, params, jax.tree.map(lambda x: x[None], batch),
+                        likelihood=likelihood, flavour=flavour,
+                        eigenvalue_correction=correction, first_index=index)
+    return kfac.apply(kron, v)
+
+  def build(params, stacked_batches, *, model_fn, likelihood):
+    from analysis.hessian import kfac
+    return kfac.matvec(kfac.factors(
+        model_fn, params, stacked_batches, likelihood=likelihood,
+        flavour=flavour, eigenvalue_correction=correction))
+  return Product(fn, ('model_fn', 'likelihood'), help_line, build)
+
+
 PRODUCTS = {
     'hessian': Product(hessian_product, ('loss_fn',),
                        'the Hessian of the loss'),
@@ -146,6 +174,10 @@ PRODUCTS = {
     'empirical_fisher': Product(empirical_fisher_product,
                                 ('model_fn', 'likelihood'),
                                 "the empirical Fisher (the data's labels)"),
+    'kfac': _kfac_entry('fisher', False, 'KFAC of the Fisher (sampled '
+                        'labels; Dense/Conv layers, zero elsewhere)'),
+    'ekfac': _kfac_entry('fisher', True, "EKFAC: KFAC's eigenbasis with "
+                         'per-example eigenvalues (sampled labels)'),
 }
 KINDS = tuple(PRODUCTS)
 
