@@ -236,3 +236,18 @@ def test_jacobian_dense_max_is_checked_and_lanczos_gives_no_bulk_share():
   assert lanczos.endswith('only the 4 extreme singular values were computed '
                           '(Lanczos), so no bulk fraction; pass '
                           '--dense_max=610 for the dense spectrum')
+
+
+# Also seen: analysis.hessian says how long it will take.
+
+def test_the_hessian_spectrum_estimates_its_time_first(finished):
+  """Was: --num_batches=100000 ran for hours with no estimate."""
+  from analysis import hessian
+  lines = []
+  hessian.checkpoint_spectrum(runs.Run.open(finished), k=1, num_iters=4,
+                              num_batches=2, log=lines.append)
+  (estimate,) = [l for l in lines if l.startswith('estimate: ')]
+  assert estimate.startswith('estimate: the top-1 takes at most 4 HVPs x 2 '
+                             'batches, about ')
+  assert lines.index(estimate) < [i for i, l in enumerate(lines)
+                                  if l.startswith('top-1')][0]
