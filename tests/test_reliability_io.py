@@ -144,16 +144,24 @@ def test_a_failed_async_save_stops_training_at_the_next_step(
 
 # Errors that reach a command: one line naming the path.
 
+def test_os_errors_are_one_line_naming_the_path_and_a_full_disk():
+  assert outputs.describe_os_error(OSError(
+      errno.ENOSPC, 'No space left on device', '/runs/a/m.jsonl')) == (
+          '/runs/a/m.jsonl: the disk is full (No space left on device)')
+  assert outputs.describe_os_error(OSError(
+      errno.EROFS, 'Read-only file system', '/ro/x')) == (
+          '/ro/x: Read-only file system')
+
+
 @pytest.mark.parametrize('raised, expected', [
     ("OSError(errno.ENOSPC, 'No space left on device', '/runs/a/m.jsonl')",
      'Error: /runs/a/m.jsonl: the disk is full (No space left on device)'),
-    ("OSError(errno.EROFS, 'Read-only file system', '/ro/x')",
-     'Error: /ro/x: Read-only file system'),
     ("__import__('dynamics.data', fromlist=['x']).TokenDataError("
      "'data/tok/meta.json: missing\\nmore')",
      'Error: data/tok/meta.json: missing'),
 ])
-def test_os_and_token_errors_are_one_line_naming_the_path(raised, expected):
+def test_a_command_prints_os_and_token_errors_in_one_line(raised, expected):
+  """Was: tracebacks (TokenDataError was not among the user errors)."""
   code = ('import errno, sys\nfrom dynamics import cli\n'
           f'def main(argv):\n  raise {raised}\ncli.run(main)\n')
   assert _one_line(_cmd('-c', code)) == expected
