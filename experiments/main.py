@@ -5,12 +5,16 @@ Flags:
   --config.FIELD=VALUE      override any field declared in dynamics/config_schema.py
   --workdir=DIR             results (default: runs/<config.name>); an existing
                             run there is resumed from its latest checkpoint
+  --rerecord_config         a workdir whose checkpoints lost config.json:
+                            resume with --config (checked against the
+                            checkpoint's shapes) and record it
 
 Exit codes: 0 done; 1 a user error (one line naming the field, file or run,
 before anything compiles) or a NaN/Inf stop (naming the step and metric; the
 last good checkpoint is kept); 75 preempted (SIGTERM: the state was
 checkpointed at the next step, re-run the same command to resume; job
-scripts requeue on it); 130 interrupted (Ctrl-C).
+scripts requeue on it; before the loop, nothing to save); 130 interrupted
+(Ctrl-C). Both hold from the first line (`dynamics.interrupts`).
 """
 
 import os

@@ -144,16 +144,24 @@ def test_a_failed_async_save_stops_training_at_the_next_step(
 
 # Errors that reach a command: one line naming the path.
 
+def test_os_errors_are_one_line_naming_the_path_and_a_full_disk():
+  assert outputs.describe_os_error(OSError(
+      errno.ENOSPC, 'No space left on device', '/runs/a/m.jsonl')) == (
+          '/runs/a/m.jsonl: the disk is full (No space left on device)')
+  assert outputs.describe_os_error(OSError(
+      errno.EROFS, 'Read-only file system', '/ro/x')) == (
+          '/ro/x: Read-only file system')
+
+
 @pytest.mark.parametrize('raised, expected', [
     ("OSError(errno.ENOSPC, 'No space left on device', '/runs/a/m.jsonl')",
      'Error: /runs/a/m.jsonl: the disk is full (No space left on device)'),
-    ("OSError(errno.EROFS, 'Read-only file system', '/ro/x')",
-     'Error: /ro/x: Read-only file system'),
     ("__import__('dynamics.data', fromlist=['x']).TokenDataError("
      "'data/tok/meta.json: missing\\nmore')",
      'Error: data/tok/meta.json: missing'),
 ])
-def test_os_and_token_errors_are_one_line_naming_the_path(raised, expected):
+def test_a_command_prints_os_and_token_errors_in_one_line(raised, expected):
+  """Was: tracebacks (TokenDataError was not among the user errors)."""
   code = ('import errno, sys\nfrom dynamics import cli\n'
           f'def main(argv):\n  raise {raised}\ncli.run(main)\n')
   assert _one_line(_cmd('-c', code)) == expected
@@ -236,3 +244,18 @@ def test_jacobian_dense_max_is_checked_and_lanczos_gives_no_bulk_share():
   assert lanczos.endswith('only the 4 extreme singular values were computed '
                           '(Lanczos), so no bulk fraction; pass '
                           '--dense_max=610 for the dense spectrum')
+
+
+# Also seen: analysis.hessian says how long it will take.
+
+def test_the_hessian_spectrum_estimates_its_time_first(finished):
+  """Was: --num_batches=100000 ran for hours with no estimate."""
+  from analysis import hessian
+  lines = []
+  hessian.checkpoint_spectrum(runs.Run.open(finished), k=1, num_iters=4,
+                              num_batches=2, log=lines.append)
+  (estimate,) = [l for l in lines if l.startswith('estimate: ')]
+  assert estimate.startswith('estimate: the top-1 takes at most 4 HVPs x 2 '
+                             'batches, about ')
+  assert lines.index(estimate) < [i for i, l in enumerate(lines)
+                                  if l.startswith('top-1')][0]

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from analysis import lanczos
 from analysis.hessian import density as density_lib
 from analysis.hessian import eigen, registry, report
 from analysis.hessian import likelihood as likelihood_lib
@@ -59,6 +60,15 @@ def run_inputs(run: runs.Run, kind: str, model_state: PyTree = None,
   """
   return {name: _FROM_RUN[name](run, model_state, (noise_std, num_samples))
           for name in registry.product(kind).needs}
+
+
+def _duration(seconds: float) -> str:
+  """``'3.2 s'``, ``'4.5 min'``, ``'2.1 h'``: a time estimate, readably."""
+  if seconds < 120:
+    return f'{seconds:.1f} s'
+  if seconds < 7200:
+    return f'{seconds / 60:.1f} min'
+  return f'{seconds / 3600:.1f} h'
 
 
 def _checkpoint(run: runs.Run, step: Optional[int], num_batches: int
@@ -213,6 +223,12 @@ def checkpoint_spectrum(run: runs.Run, step: Optional[int] = None, *,
       'hvp_cost_in_gradients': hvp_s / grad_s}
   log(f'one HVP costs {hvp_s / grad_s:.2f} gradients '
       f'({1e3 * hvp_s:.2f} ms per batch)')
+  hvps = num_iters or lanczos.default_max_matvecs(k, int(num_params))
+  budget = hvps * len(batches) * hvp_s  # Lanczos: one HVP an iteration.
+  log(f'estimate: the top-{k} takes at most {hvps} HVPs x {num_batches} '
+      f'batches, about {_duration(budget)}'
+      + (' (lower --num_batches or --num_iters for less)'
+         if budget > 600 else ''))
   key = jax.random.PRNGKey(seed)
 
   start = time.perf_counter()
