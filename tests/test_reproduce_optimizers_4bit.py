@@ -70,10 +70,17 @@ def test_largest_stable_rate_needs_every_seed():
   assert m.largest_stable_rate(rates, [[True], [False], [True], [False]]) == 0.08
 
 
-def test_verdicts_need_two_seeds_and_two_standard_errors():
+def test_verdicts_go_through_the_t_test_and_need_five_seeds():
   one = results.compare([2.5], [2.6])
-  assert reading.verdict(one) == 'one seed: no verdict'
+  assert reading.verdict(one) == 'no verdict: 1 seed'
+  # Three seeds apart by 10 standard errors: still no direction below 5.
   assert reading.verdict(results.compare([2.50, 2.51, 2.49], [2.60, 2.61, 2.59])) == (
-      'Stable-SPAM lower')
-  assert reading.verdict(results.compare([2.50, 2.60, 2.40], [2.52, 2.62, 2.42])) == (
-      'within noise')
+      'no verdict: 3 seeds (a verdict needs 5)')
+  five = [2.50, 2.51, 2.49, 2.50, 2.52]
+  assert reading.verdict(results.compare(five, [x + 0.1 for x in five[::-1]])) == (
+      'Stable-SPAM lower (p = 0.00015, paired t, 5 seeds)')
+  noisy = results.compare([2.50, 2.60, 2.40, 2.55, 2.45],
+                          [2.52, 2.57, 2.46, 2.50, 2.48])
+  assert reading.verdict(noisy).startswith('within noise (p = ')
+  assert reading.verdict(results.compare([2.5] * 5, [float('nan')] * 5)) == (
+      'no verdict: a run diverged')

@@ -113,7 +113,7 @@ CLAIM_TEXT = {
 def readme_row(numbers: Dict[str, Any]) -> str:
   setup = numbers['setup']
   parts = [f"{v}: {describe(numbers, v)}" for v in variants_of(numbers)]
-  extra = [f"⊥Grad reaches {t:.0%} {verdict(numbers, '⊥Grad', t)}"
+  extra = [f"⊥Grad reaches {t:.0%}: {verdict(numbers, '⊥Grad', t)}"
            for t in setup['targets']] if '⊥Grad' in numbers['summary'] else []
   found = claims(numbers)
   held = [CLAIM_TEXT[k] for k, v in found.items() if v]

@@ -40,8 +40,9 @@ def best_shared_rate(numbers: Dict[str, Any], fmt: str) -> Optional[str]:
 
 
 def verdict(comparison: Dict[str, Any]) -> str:
-  """'within noise', 'Stable-SPAM lower' or 'Adam lower' (`results.compare`
-  of Stable-SPAM minus Adam); 'one seed: no verdict' below two seeds."""
+  """'Stable-SPAM lower', 'Adam lower' or 'within noise' with test, n and p,
+  or 'no verdict: ...' (`results.verdict` of Stable-SPAM minus Adam, through
+  `analysis.stats`)."""
   return results.verdict(comparison, 'Stable-SPAM lower', 'Adam lower')
 
 
@@ -54,18 +55,19 @@ def format_summary(numbers: Dict[str, Any], fmt: str) -> str:
           + '; loss spikes over the sweep '
           + ' vs '.join(str(s[o]['spikes_total']) for o in opts))
   best = best_shared_rate(numbers, fmt)
+  word = lambda k: verdict(s['comparisons'][k]).split(' (')[0].split(':')[0]
   shown = [k for k in s['comparisons']
-           if k == best or verdict(s['comparisons'][k]) not in (
-               'within noise', 'one seed: no verdict')]
+           if k == best or word(k) not in ('within noise', 'no verdict')]
   if shown:
     text += '; final eval loss Adam vs Stable-SPAM ' + ', '.join(
         f"at LR {float(k):g} {results.fmt_mean_std(s['comparisons'][k]['b'])} "
         f"vs {results.fmt_mean_std(s['comparisons'][k]['a'])} "
         f"({verdict(s['comparisons'][k])})" for k in shown)
   others = [k for k in s['comparisons'] if k not in shown]
-  if others and all(verdict(s['comparisons'][k]) == 'within noise'
-                    for k in others):
+  if others and {word(k) for k in others} == {'within noise'}:
     text += ', within noise at the other rates with finite losses'
+  elif others and {word(k) for k in others} == {'no verdict'}:
+    text += ', no verdict at the other rates with finite losses'
   return text
 
 

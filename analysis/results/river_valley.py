@@ -13,6 +13,7 @@ import numpy as np
 
 from analysis import annealing_law as law
 from analysis import plots
+from analysis import results
 from dynamics import schedules
 
 
@@ -57,10 +58,10 @@ def _lr_tables(setup_json: str) -> Dict[str, np.ndarray]:
 
 
 def _diff(cmp: Dict[str, Any], a: str, b: str) -> str:
-  """``'+0.0012 ± 0.0005 (cosine lower)'``: mean difference a - b ± its
-  standard error, and the verdict of `results.compare`."""
-  verdict = {'within noise': 'within noise', 'a lower': f'{a} lower',
-             'a higher': f'{b} lower'}[cmp['verdict']]
+  """``'+0.0012 ± 0.0005 (cosine lower (p = 0.003, paired t, 5 seeds))'``:
+  mean difference a - b ± its standard error, and the verdict of
+  `analysis.stats` (`results.verdict`)."""
+  verdict = results.verdict(cmp, f'{a} lower', f'{b} lower')
   return f"{cmp['difference']:+.4f} ± {cmp['stderr']:.4f} ({verdict})"
 
 
