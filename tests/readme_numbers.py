@@ -8,6 +8,9 @@ numbers it prints, in reading order. A number entry is one of::
   ["numbers/gd/0.1/mean", "{:.3f}"]   a path in the unit's ``source`` JSON
   ["bench_llm_cpu.json:reader/x", "{:.1f}"]   a path in another results file
   ["=v('a/b') / v('c') / 1e6", "{:.1f}M"]     an expression over paths
+                                               (``np``, ``math`` and
+                                               ``call('module:fn', ...)``,
+                                               library code, allowed)
   ["#20", "why this is a constant"]           printed text that is not a
                                                measurement (2/eta, a width)
 
@@ -50,6 +53,8 @@ import math
 import os
 import re
 import sys
+
+import numpy as np
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -166,6 +171,13 @@ def lookup(path: str, source: str) -> Any:
   return value
 
 
+def _call(function: str, *args: Any) -> Any:
+  """``module:name`` called on ``args``: a value library code derives from
+  stored ones (e.g. ``analysis.results.river_valley:law_in_nats``)."""
+  module, name = function.split(':')
+  return getattr(importlib.import_module(module), name)(*args)
+
+
 def expected(entry: List[str], source: str) -> str:
   """The text a manifest entry says the README prints."""
   what, fmt = entry
@@ -173,6 +185,7 @@ def expected(entry: List[str], source: str) -> str:
     return what[1:]
   if what.startswith('='):
     value = eval(what[1:], {'v': lambda p: lookup(p, source), 'math': math,  # pylint: disable=eval-used
+                            'np': np, 'call': _call,
                             'len': len, 'min': min, 'max': max, 'abs': abs,
                             'sorted': sorted, 'sum': sum})
   else:
