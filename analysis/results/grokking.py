@@ -101,7 +101,8 @@ def claims(numbers: Dict[str, Any]) -> Dict[str, bool]:
 
 CLAIM_TEXT = {
     'weight_decay_memorizes_first': 'weight decay memorizes first',
-    'orthograd_reaches_half_earlier': '⊥Grad reaches 50% first',
+    'orthograd_reaches_half_earlier':
+        '⊥Grad reaches 50% first in every seed (an order per seed, no test)',
     'weight_decay_groks': 'weight decay groks after a long delay',
     'orthograd_removes_most_of_the_delay': '⊥Grad removes most of the delay',
     'stablemax_groks_without_weight_decay':
