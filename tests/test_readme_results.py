@@ -171,3 +171,20 @@ def test_a_unit_without_manifest_entry_and_a_stale_entry_fail():
 def test_the_checker_examples():
   failures, _ = doctest.testmod(readme_numbers)
   assert failures == 0
+
+
+def test_the_draft_tool_proposes_paths_and_leaves_traced_numbers_out():
+  """``python tests/readme_numbers.py ANCHOR FILE [function part]``, the way
+  other rows get their manifest unit."""
+  draft = readme_numbers.suggest('| GPT-2 small step, bf16', 'bench_llm_cpu.json')
+  by_token = {n['token']: n['entry'] for n in draft['numbers']}
+  assert by_token['40.1'] == ['train_step/gpt2/s_per_step', '{:.1f}']
+  assert by_token['17%'] == ['train_step/gpt2/mfu_vs_1.26e11', '{:.0%}']
+  traced = readme_numbers.suggest(
+      '| HVP cost / gradient', 'bench_hessian.json',
+      ['experiments.bench_hessian_table:readme_rows', ''])
+  # 1.62 is printed by the traced function; only the target is left.
+  assert [n['token'] for n in traced['numbers']] == ['3']
+  # A bare 3 prints from many stored values: proposed, to be chosen by hand
+  # (the manifest holds it as a constant, the target).
+  assert traced['numbers'][0]['alternatives']
