@@ -13,6 +13,8 @@ import os
 import tempfile
 from typing import Any, Callable, Optional, Sequence
 
+from dynamics import provenance as provenance_lib
+
 
 class OutputPathError(ValueError):
   """An output path that cannot be written; the message names it and the
@@ -70,15 +72,20 @@ def describe_os_error(error: OSError) -> str:
 
 
 def write_json(path: str, record: Any, *, indent: Optional[int] = 1,
-               **dump_kwargs: Any) -> bool:
+               provenance: bool = False, **dump_kwargs: Any) -> bool:
   """Writes ``record`` to ``path`` as JSON, making its directory.
 
   The file is written beside and renamed into place, so it is whole or
   absent. ``dump_kwargs`` go to ``json.dump`` (``sort_keys``, ``default``).
+  With ``provenance`` (every file under ``results/``), the dict ``record``
+  gains a ``provenance`` item: `dynamics.provenance.provenance` (git commit
+  and dirty flag, CPU model and cores, 1-minute load at start and end).
 
   Returns:
     Whether a file at ``path`` was replaced.
   """
+  if provenance:
+    record = {**record, 'provenance': provenance_lib.provenance()}
   replaced = os.path.exists(path)
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   with open(path + '.tmp', 'w') as f:

@@ -24,6 +24,7 @@ import time
 from absl import flags
 
 from dynamics import cli
+from dynamics import outputs  # Also takes the start load (provenance).
 
 _PATH = flags.DEFINE_string('path', None, 'Token directory (default: '
                             'synthetic shards in a temporary directory).')
@@ -119,9 +120,8 @@ def main(argv):
     print(f'LLaMA-{size} on one H100 at 40% MFU consumes {rate:,.0f} '
           f'tokens/s: the reader covers {warm / rate:,.1f} such GPUs')
   if _RESULTS.value:
-    from dynamics import outputs  # pylint: disable=g-import-not-at-top
-    print(outputs.wrote([_RESULTS.value],
-                        outputs.write_json(_RESULTS.value, figures)))
+    print(outputs.wrote([_RESULTS.value], outputs.write_json(
+        _RESULTS.value, figures, provenance=True)))
 
 
 if __name__ == '__main__':

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dynamics import provenance
 from dynamics.timing import seconds_per_call as timed  # Median, after a warm-up.
 from experiments.bench_curvature_baselines import (CountingHVP, plain_lanczos,
                                                    torch_mlp)
@@ -271,7 +272,7 @@ def main(argv, out_path=None):
       'results', 'bench_hessian.quick.json' if quick else 'bench_hessian.json')
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   with open(path, 'w') as f:
-    json.dump(out, f, indent=2)
+    json.dump({**out, 'provenance': provenance.provenance()}, f, indent=2)
   print('wrote', path)
   print(readme_rows(out))
 

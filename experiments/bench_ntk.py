@@ -1,6 +1,6 @@
 r"""Benchmarks of analysis/ntk.py and analysis/jacobian.py (one run, ratios).
 
-Command: ``python -m experiments.bench_ntk [--quick]``
+Command: ``python -m experiments.bench_ntk [--quick] [--no_dense] [--out=PATH]``
 
 Prints and writes ``runs/bench_ntk.json``:
   * empirical NTK: seconds per kernel entry, 'jacobian' vs 'ntvp', on an MLP
@@ -103,7 +103,7 @@ def model_of(config):
   return run, state, run.apply_fn(state.model_state)
 
 
-def main(quick):
+def main(quick, dense=True, path=os.path.join('runs', 'bench_ntk.json')):
   from analysis import jacobian as jac_lib
   from configs import jacobian as jacobian_config
   from configs import wsd
@@ -135,7 +135,7 @@ def main(quick):
   out['training_jacobian'] = {'steps': config.num_steps, 'train_run_s': t_run,
                               'jvp_over_run': t_jvp / t_run, 'vjp_over_run': t_vjp / t_run}
   print(out['training_jacobian'], flush=True)
-  if not quick:
+  if dense and not quick:
     from jax.flatten_util import ravel_pytree
     # Wall time of a user's call: compilation and the determinism check included.
     t0 = time.perf_counter()
@@ -167,10 +167,12 @@ def main(quick):
     out['gpu_ntk_256_784_512_512_10_ms'] = 1e3 * timing.seconds_per_call(
         lambda: ntk.empirical_ntk(lambda p, x: big.apply({'params': p}, x), pb, xb,
                                   method='jacobian'), repeats=5)
-  path = os.path.join('runs', 'bench_ntk.json')
   print(json.dumps(out, indent=1))
-  print(outputs.wrote([path], outputs.write_json(path, out)))
+  print(outputs.wrote([path], outputs.write_json(path, out, provenance=True)))
 
 
 if __name__ == '__main__':
-  main('--quick' in sys.argv[1:])
+  args = sys.argv[1:]
+  main('--quick' in args, dense='--no_dense' not in args,  # A 5-min part.
+       path=next((a.split('=', 1)[1] for a in args if a.startswith('--out=')),
+                 os.path.join('runs', 'bench_ntk.json')))

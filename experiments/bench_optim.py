@@ -28,6 +28,7 @@ import optax.contrib
 
 from configs import wsd
 from dynamics import data as data_lib
+from dynamics import outputs
 from dynamics import models as models_lib
 from dynamics.optim.adamp import adamp, sgdp
 from dynamics.optim.sam import sam_gradient
@@ -38,6 +39,8 @@ _PRESET = flags.DEFINE_enum('preset', 'smoke', ['smoke', 'gpt2_small'],
                             'smoke: configs/wsd.py:smoke; gpt2_small: 12x768.')
 _REPEATS = flags.DEFINE_integer('repeats', 60, 'Interleaved timing rounds.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Steps per timing round.')
+_RESULTS = flags.DEFINE_string('results', None, 'Also write the figures as '
+                               'JSON here (with versions and provenance).')
 
 LR = 1e-3
 OPTIMIZERS = {
@@ -119,6 +122,18 @@ def main(argv):
     q = lambda f: ratios[int(f * (len(ratios) - 1))]
     print(f'{name:<14}{1e3 * statistics.median(t):>10.3f}'
           f'{statistics.median(ratios):>9.3f}x{q(0.25):>8.3f}-{q(0.75):.3f}')
+  if _RESULTS.value:
+    record = {'preset': _PRESET.value, 'device': jax.devices()[0].device_kind,
+              'repeats': _REPEATS.value, 'steps': _STEPS.value,
+              'seconds_per_step_median': {n: statistics.median(t)
+                                          for n, t in times.items()},
+              'paired_ratio_to_adamw_median': {
+                  n: statistics.median(a / b for a, b in zip(t, times['adamw']))
+                  for n, t in times.items()},
+              'rounds_seconds': times, 'jax': jax.__version__}
+    print(outputs.wrote([_RESULTS.value],
+                        outputs.write_json(_RESULTS.value, record,
+                                           provenance=True)))
 
 
 if __name__ == '__main__':

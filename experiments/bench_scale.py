@@ -30,6 +30,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from dynamics import outputs  # Light; also takes the start load (provenance).
+
 _SIZE = flags.DEFINE_enum('size', 'tiny', ['tiny', 'gpt2_small'], 'Model size.')
 _OPTIMIZERS = flags.DEFINE_list('optimizers', ['adamw', 'adamp', 'stable_spam',
                                                'sam'], 'Optimizers to time.')
@@ -236,10 +238,10 @@ def main(argv):
         f'{ck["async_stall_ms"]:.1f} ms async vs {ck["sync_stall_ms"]:.1f} ms '
         'sync')
   if _OUT.value:
-    from dynamics import outputs
     print(outputs.wrote([_OUT.value], outputs.write_json(
         _OUT.value, dict(machine=machine, size=size, steps=steps,
-                         optimizers=rows, hvp=hvp, checkpoint=ck), indent=2)))
+                         optimizers=rows, hvp=hvp, checkpoint=ck), indent=2,
+        provenance=True)))
 
 
 if __name__ == '__main__':

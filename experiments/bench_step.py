@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from configs import llama_c4, wsd
-from dynamics import runs, throughput, timing
+from dynamics import outputs, runs, throughput, timing
 from dynamics.data import tokens as tokens_lib
 
 LLAMA = ('llama60m', 'llama130m', 'llama350m', 'llama1b')
@@ -45,6 +45,8 @@ _PEAK = flags.DEFINE_float('peak_flops', None, 'Peak FLOP/s per device for '
                            'MFU (default: dynamics.throughput.PEAK_FLOPS).')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Steps per timed round.')
 _REPEATS = flags.DEFINE_integer('repeats', 7, 'Timed rounds per step function.')
+_RESULTS = flags.DEFINE_string('results', None, 'Also write the figures as '
+                               'JSON here (with versions and provenance).')
 
 
 def bench_config(size: str, token_dir: str = None):
@@ -153,6 +155,19 @@ def main(argv):
   if config.data.batch_size != full_batch:
     print(f'the config\'s {full_batch}-sequence step, extrapolated: '
           f'{per_ours * full_batch / config.data.batch_size:,.1f} s')
+  if _RESULTS.value:
+    record = {'size': _SIZE.value, 'device': kind, 'params': int(n_params),
+              'tokens_per_step': tokens, 'dtype': config.model.dtype,
+              'steps': _STEPS.value, 'repeats': _REPEATS.value,
+              'ours_s_per_step': per_ours, 'ours_tokens_per_s': tokens / per_ours,
+              'rounds_ours_s': t_ours, 'rounds_baseline_s': t_base,
+              'jax': jax.__version__}
+    if _BASELINE.value:
+      record.update(baseline_s_per_step=per_base,
+                    ratio_to_baseline=per_ours / per_base)
+    print(outputs.wrote([_RESULTS.value],
+                        outputs.write_json(_RESULTS.value, record,
+                                           provenance=True)))
 
 
 if __name__ == '__main__':

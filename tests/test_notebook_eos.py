@@ -36,10 +36,10 @@ def test_notebook_prints_the_committed_numbers(tmp_path, monkeypatch):
                                                  f'rho={rho}:'))
     assert f"predicted {r['predicted']:.2f}, measured " in line
     assert f"{_pm(r['last_third'], 2)} (relative error" in line
-    verdict = ('one seed: noise not estimated' if len(record['seeds']) < 2
-               else {'within noise': 'within noise',
-                     'a lower': 'lower beyond noise',
-                     'a higher': 'higher beyond noise'}[r['vs_gd']['verdict']])
+    # The verdict of analysis.stats (3 seeds: no verdict), not the 2-SE rule.
+    verdict = results.verdict(r['vs_gd'], 'lower beyond noise',
+                              'higher beyond noise')
+    assert verdict == 'no verdict: 3 seeds (a verdict needs 5)'
     assert line.endswith(f': {verdict}'), line
   t = numbers['sgd']['trace']
   line = next(l for l in lines if l.startswith('Hessian trace'))

@@ -1,28 +1,48 @@
 """The README's numbers cannot drift from the results that produced them.
 
-Every row of the README's "Reproductions" table must be exactly the row its
-reproduction module formats from the committed ``results/NAME.json``
-(``readme_row``), every committed result must have its rows in the table, and
-every number printed in a row must be a number of the JSON at the printed
-precision (small formula constants and "~published" values excepted). Regenerate with ``python -m experiments.reproduce NAME``.
+Two checks:
+
+* every row of the "Reproductions" table is exactly the row its reproduction
+  module formats from the committed ``results/NAME.json`` (``readme_row``),
+  and every committed result has its rows in the table;
+* every number printed in the README's measured sections -- the two-commands
+  prose, the LLM throughput table, the Reproductions and Benchmarks tables
+  and the prose around them -- is tied, at its place and with its sign, to
+  one stored value: ``results/readme_manifest.json`` maps each to its JSON
+  path and format (or, for rows a function formats, the function, whose
+  format calls are recorded), and a unit printing a number the map does not
+  cover fails. ``tests/readme_numbers.py`` holds the checker.
+
+Adding a row (a new reproduction, a benchmark): regenerate its JSON, paste its
+row into the README, then ``python tests/readme_numbers.py 'ANCHOR'
+results/NAME.json [analysis.results.NAME:readme_row numbers]`` prints a draft
+manifest unit (the last two arguments for rows formatted by ``readme_row``);
+choose among its alternatives, write why for each constant, paste it into
+``results/readme_manifest.json`` and run this file. ``python
+tests/readme_numbers.py --map`` prints every number with its source.
+Regenerate a reproduction with ``python -m experiments.reproduce NAME``.
 """
 
+import doctest
 import importlib
-import json
 import os
+import random
 import re
+import sys
 
 import pytest
 
 from analysis import results
 from experiments.reproductions import REPRODUCTIONS
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import readme_numbers  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _readme_rows():
-  with open(os.path.join(ROOT, 'README.md')) as f:
-    text = f.read()
+  text = readme_numbers.read_readme()
   section = text.split('### Reproductions', 1)[1]
   section = re.split(r'\n#{2,3} ', section, maxsplit=1)[0]
   return [line.strip() for line in section.splitlines()
@@ -34,61 +54,17 @@ def _committed():
           if os.path.exists(results.result_path(name, 'full'))]
 
 
-def _module(name):
-  return importlib.import_module(f'analysis.results.{REPRODUCTIONS[name]}')
-
-
 def _rows(name, numbers):
-  return [r.strip() for r in _module(name).readme_row(numbers).split('\n') if r.strip()]
+  module = importlib.import_module(f'analysis.results.{REPRODUCTIONS[name]}')
+  return [r.strip() for r in module.readme_row(numbers).split('\n') if r.strip()]
 
 
-_NUMBER = re.compile(r'(?<![\w.])[-\u2212]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?'
-                     r'(?:%|[kMB](?![a-z]))?')
-# Citations and the papers' own figures, e.g. "(Tissue et al., 2024)" or
-# "(the paper: 60M-1B parameters)": quoted, not measured here.
-_QUOTED = re.compile(r'\([^()]*(?:et al\.|paper|published)[^()]*\)')
-
-
-def _leaves(value):
-  """Every number in a JSON value (bools excluded), and every list's length."""
-  if isinstance(value, dict):
-    for v in value.values():
-      yield from _leaves(v)
-  elif isinstance(value, list):
-    yield float(len(value))
-    for v in value:
-      yield from _leaves(v)
-  elif isinstance(value, (int, float)) and not isinstance(value, bool):
-    yield float(value)
-
-
-def _printed(token):
-  """``(value, half a unit of the last printed digit)`` of a number token."""
-  t = token.replace('\u2212', '-').replace(',', '')
-  scale = {'%': 0.01, 'k': 1e3, 'M': 1e6, 'B': 1e9}.get(t[-1], 1.0)
-  t = t.rstrip('%kMB')
-  mantissa, _, exponent = t.partition('e')
-  decimals = len(mantissa.split('.')[1]) if '.' in mantissa else 0
-  half = 0.5 * 10.0 ** (-decimals) * 10.0 ** int(exponent or 0)
-  return float(t) * scale, half * scale
-
-
-def _unexplained(row, record):
-  """Numbers printed in ``row`` that no number of ``record`` rounds to."""
-  text = row.split('|')[2] if row.count('|') >= 3 else row  # The prose cell.
-  text = _QUOTED.sub('', text)
-  known = list(_leaves(record['numbers'])) + list(_leaves(record['configs']))
-  known += [float(s) for s in record['seeds']]
+def _units():
+  manifest = readme_numbers.read_manifest()
   out = []
-  for m in _NUMBER.finditer(text):
-    token = m.group(0)
-    value, half = _printed(token)
-    approximate = text[max(0, m.start() - 1):m.start()] == '~'
-    if approximate or (value == int(value) and 0 <= value <= 10):
-      continue  # A published "~38%", or a small constant of a formula.
-    if not any(abs(k - value) <= half * (1 + 1e-9) + 1e-12 * abs(k) or
-               abs(abs(k) - abs(value)) <= half * (1 + 1e-9) for k in known):
-      out.append(token)
+  for text in readme_numbers.units(readme_numbers.read_readme()):
+    unit = [u for u in manifest['units'] if u['anchor'] in text]
+    out.append((text, unit[0] if len(unit) == 1 else None))
   return out
 
 
@@ -110,9 +86,6 @@ def test_readme_rows_are_formatted_from_the_committed_json(name):
     assert row in readme, (
         f'README row of {name} differs from results/{name}.json; '
         f'regenerate it. Expected:\n{row}')
-  # Every number printed comes from the JSON, at the printed precision.
-  for row in rows:
-    assert not _unexplained(row, record), (name, _unexplained(row, record))
 
 
 def test_no_row_of_the_table_is_typed_by_hand():
@@ -122,24 +95,96 @@ def test_no_row_of_the_table_is_typed_by_hand():
   assert not hand_typed, hand_typed
 
 
-def test_the_number_check_finds_a_number_not_in_the_json():
-  record = {'numbers': {'loss': 2.7314, 'ratio': 0.0571}, 'configs': {},
-            'seeds': [0]}
-  assert _unexplained('| x | loss 2.731, ratio 5.7% and 5.71%, 3 seeds |',
-                      record) == []
-  assert _unexplained('| x | loss 2.732, ratio 5.8% |', record) == [
-      '2.732', '5.8%']
-  assert _unexplained('| x | 2.731 (Smith et al., 2024; the paper: 60M) |',
-                      record) == []
+def test_every_number_is_tied_to_its_stored_value():
+  errors = readme_numbers.check(readme_numbers.read_readme(),
+                                readme_numbers.read_manifest())
+  assert not errors, '\n'.join(errors)
 
 
-def test_the_row_check_fails_on_a_drifted_number():
-  """Not vacuous: a README with one digit changed is caught."""
-  name = _committed()[0]
-  row = _rows(name, results.read_result(name)['numbers'])[0]
-  digits = re.search(r'\d', row.split('|', 2)[-1])
-  assert digits, row
-  i = len(row) - len(row.split('|', 2)[-1]) + digits.start()
-  drifted = row[:i] + str((int(row[i]) + 1) % 10) + row[i + 1:]
-  assert drifted not in set(_readme_rows())
-  assert json.dumps(row) != json.dumps(drifted)
+def test_every_reproduction_row_is_in_the_manifest_traced():
+  """A reproduction's rows are mapped through its own ``readme_row``."""
+  traced = {u['traced'][0] for u in readme_numbers.read_manifest()['units']
+            if 'traced' in u}
+  for name, module in REPRODUCTIONS.items():
+    assert f'analysis.results.{module}:readme_row' in traced, name
+
+
+def test_shifting_any_number_by_one_in_its_last_digit_fails():
+  """Each printed number, moved up and down by one unit in its last digit,
+  fails the check of its unit (every number, so also any 20 at random)."""
+  missed = []
+  for text, unit in _units():
+    assert unit is not None, text[:80]
+    for start, end, token in readme_numbers.tokens(text):
+      for up in (True, False):
+        shifted = readme_numbers.shift_last_digit(token, up)
+        if not readme_numbers.check_unit(text[:start] + shifted + text[end:],
+                                         unit):
+          missed.append((unit['anchor'], token, shifted))
+  assert not missed, missed
+
+
+def test_twenty_random_shifts_fail_the_whole_readme_check():
+  """The same through the README as a whole: 20 numbers chosen at random."""
+  readme = readme_numbers.read_readme()
+  manifest = readme_numbers.read_manifest()
+  places = []
+  for text in readme_numbers.units(readme):
+    at = readme.find(text) if text in readme else None
+    if at is None:  # A paragraph whose lines were joined: find each number.
+      continue
+    places += [(at + s, at + e, t) for s, e, t in readme_numbers.tokens(text)]
+  assert len(places) > 100
+  rng = random.Random()
+  for start, end, token in rng.sample(places, 20):
+    shifted = readme_numbers.shift_last_digit(token, rng.random() < 0.5)
+    drifted = readme[:start] + shifted + readme[end:]
+    assert readme_numbers.check(drifted, manifest), (token, shifted)
+
+
+def test_a_number_the_manifest_does_not_cover_fails():
+  text, unit = next((t, u) for t, u in _units() if 'traced' not in u)
+  cell = text.rstrip('|').rstrip() + ' and 7.25 |'
+  errors = readme_numbers.check_unit(cell, unit)
+  assert any('7.25' in e and 'no manifest entry' in e for e in errors), errors
+  # A sign flipped is a different number.
+  signed = next((t, u, s, e, tok) for t, u in _units()
+                for s, e, tok in readme_numbers.tokens(t) if tok[0] in '+-')
+  t, u, s, e, tok = signed
+  flipped = ('-' if tok[0] == '+' else '+') + tok[1:]
+  assert readme_numbers.check_unit(t[:s] + flipped + t[e:], u)
+
+
+def test_a_unit_without_manifest_entry_and_a_stale_entry_fail():
+  readme = readme_numbers.read_readme()
+  manifest = readme_numbers.read_manifest()
+  extra = readme.replace('\n### Benchmarks (2-core CPU)\n',
+                         '\n### Benchmarks (2-core CPU)\n\nA new claim: 3.5x.\n')
+  assert any('0 manifest units match' in e
+             for e in readme_numbers.check(extra, manifest))
+  stale = dict(manifest, units=manifest['units']
+               + [{'anchor': 'no such row', 'source': 'x.json', 'numbers': []}])
+  assert any('matching no README unit' in e
+             for e in readme_numbers.check(readme, stale))
+
+
+def test_the_checker_examples():
+  failures, _ = doctest.testmod(readme_numbers)
+  assert failures == 0
+
+
+def test_the_draft_tool_proposes_paths_and_leaves_traced_numbers_out():
+  """``python tests/readme_numbers.py ANCHOR FILE [function part]``, the way
+  other rows get their manifest unit."""
+  draft = readme_numbers.suggest('| GPT-2 small step, bf16', 'bench_llm_cpu.json')
+  by_token = {n['token']: n['entry'] for n in draft['numbers']}
+  assert by_token['40.1'] == ['train_step/gpt2/s_per_step', '{:.1f}']
+  assert by_token['17%'] == ['train_step/gpt2/mfu_vs_1.26e11', '{:.0%}']
+  traced = readme_numbers.suggest(
+      '| HVP cost / gradient', 'bench_hessian.json',
+      ['experiments.bench_hessian_table:readme_rows', ''])
+  # 1.62 is printed by the traced function; only the target is left.
+  assert [n['token'] for n in traced['numbers']] == ['3']
+  # A bare 3 prints from many stored values: proposed, to be chosen by hand
+  # (the manifest holds it as a constant, the target).
+  assert traced['numbers'][0]['alternatives']

@@ -87,3 +87,21 @@ def test_antisymmetric_init_needs_an_mlp_with_an_even_last_width():
   with pytest.raises(config_lib.ConfigError, match='model.antisymmetric_init'):
     config_lib.validate(c)
   config_lib.validate(lazy_rich.get_config('width=64,ntk'))
+
+
+def test_width_claims_hold_in_a_fresh_smoke_run(record):
+  """The width sweep runs at smoke size too (widths 16 and 1024 at alpha =
+  1): in both parametrizations the kernel moves far less at the larger
+  width, so each width claim is read from a fresh run, not only from the
+  committed JSON."""
+  n = record[0]['numbers']
+  assert set(n['width']) == {'standard', 'ntk'}
+  for p, sweep in n['width'].items():
+    assert sweep['widths'] == [16, 1024] and sweep['alpha'] == 1.0
+    d = [s['mean'] for s in sweep['kernel_distance']]
+    assert d[0] >= 100 * d[1], (p, d)
+    # Both widths fit the teacher (eval loss under half its ~0.24 at init).
+    assert all(s['mean'] < 0.12 for s in sweep['eval_loss']), p
+  found = reading.claims(n)
+  width_claims = [k for k in found if 'width' in k]
+  assert len(width_claims) == 2 and all(found[k] for k in width_claims)

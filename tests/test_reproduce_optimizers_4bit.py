@@ -18,7 +18,8 @@ def test_the_smoke_sweep_tells_training_from_stalling_and_blowing_up(record):
   rec, out = record
   n = rec['numbers']
   assert n['learning_rates'] == [0.01, 1.0, 30.0]
-  assert list(n['sweep']) == ['int4'] and reading.optimizers_of(n) == ['Adam']
+  assert list(n['sweep']) == ['int4']
+  assert reading.optimizers_of(n) == ['Adam', 'Stable-SPAM']
   for opt in reading.optimizers_of(n):
     sweep = n['sweep']['int4'][opt]
     # 0.01 gets past halfway to the floor; 1.0 stalls; 30 blows up to NaN.
@@ -31,13 +32,26 @@ def test_the_smoke_sweep_tells_training_from_stalling_and_blowing_up(record):
     assert sweep['0.01']['final_train_loss'][0] < threshold - 0.1
     assert sweep['1.0']['final_train_loss'][0] > threshold + 0.1
     assert n['summary']['int4'][opt]['largest_stable_rate'] == 0.01
+    # Divergence (non-finite, or above the initial loss) only at 30: 1.0
+    # stalls without any instability.
+    assert [reading.diverged(n, 'int4', opt, k)
+            for k in ('0.01', '1.0', '30.0')] == [[False], [False], [True]]
+    assert reading.largest_non_diverging_rate(n, 'int4', opt) == 1.0
+  # Stable-SPAM runs its own update (the two sweeps are not one optimizer).
+  adam, spam = (n['sweep']['int4'][o]['0.01']['eval_loss'][0]
+                for o in reading.OPTIMIZERS)
+  assert adam != spam
   # The results file holds the same numbers; the row is made from them.
   with open(os.path.join(out, 'optimizers_4bit.smoke.json')) as f:
     assert json.load(f)['numbers']['summary'] == json.loads(json.dumps(n['summary']))
   row = reading.readme_row(n)
   assert row.startswith('| ![4-bit](docs/figures/optimizers_4bit.png) |')
-  assert 'INT4: largest stable LR Adam 0.01; loss spikes over the sweep ' in row
-  assert reading.claims(n) == {}  # The paper's claim needs both optimizers.
+  assert ('INT4: largest rate with no diverged seed Adam 1, Stable-SPAM 1; '
+          'loss spikes over the sweep ') in row
+  assert 'no verdict: 1 seed' in row
+  found = reading.claims(n)  # Both diverge at 30 only: the claim fails.
+  assert not found['stable_spam_stable_at_larger_lr'], found
+  assert 'Stable-SPAM does not stay stable at a larger rate than Adam' in row
   assert os.path.getsize(os.path.join(out, 'optimizers_4bit.png')) > 10_000
 
 
@@ -70,10 +84,34 @@ def test_largest_stable_rate_needs_every_seed():
   assert m.largest_stable_rate(rates, [[True], [False], [True], [False]]) == 0.08
 
 
-def test_verdicts_need_two_seeds_and_two_standard_errors():
+def test_verdicts_go_through_the_t_test_and_need_five_seeds():
   one = results.compare([2.5], [2.6])
-  assert reading.verdict(one) == 'one seed: no verdict'
+  assert reading.verdict(one) == 'no verdict: 1 seed'
+  # Three seeds apart by 10 standard errors: still no direction below 5.
   assert reading.verdict(results.compare([2.50, 2.51, 2.49], [2.60, 2.61, 2.59])) == (
-      'Stable-SPAM lower')
-  assert reading.verdict(results.compare([2.50, 2.60, 2.40], [2.52, 2.62, 2.42])) == (
-      'within noise')
+      'no verdict: 3 seeds (a verdict needs 5)')
+  five = [2.50, 2.51, 2.49, 2.50, 2.52]
+  assert reading.verdict(results.compare(five, [x + 0.1 for x in five[::-1]])) == (
+      'Stable-SPAM lower (p = 0.00015, paired t, 5 seeds)')
+  noisy = results.compare([2.50, 2.60, 2.40, 2.55, 2.45],
+                          [2.52, 2.57, 2.46, 2.50, 2.48])
+  assert reading.verdict(noisy).startswith('within noise (p = ')
+  assert reading.verdict(results.compare([2.5] * 5, [float('nan')] * 5)) == (
+      'no verdict: a run diverged')
+
+def test_without_any_divergence_the_sweep_gives_no_stability_verdict():
+  """The committed full-size sweep: no run diverged at any rate (finals
+  below their initial loss), so the row says so and words no verdict."""
+  n = results.read_result('optimizers_4bit')['numbers']
+  assert not reading.any_divergence(n)
+  row = reading.readme_row(n)
+  assert 'no run diverged at any rate' in row
+  assert 'no instability at these rates: no verdict' in row
+  assert not reading.claims(n)['stable_spam_stable_at_larger_lr']
+  # One seed pushed above its initial loss is a divergence, and is named.
+  rec = n['sweep']['int4']['Adam']['0.32']
+  rec['final_train_loss'][1] = rec['curve_seed0'][0] + 0.01
+  assert reading.diverged(n, 'int4', 'Adam', '0.32') == [False, True, False]
+  assert reading.largest_non_diverging_rate(n, 'int4', 'Adam') == 0.16
+  assert 'INT4: largest rate with no diverged seed Adam 0.16, Stable-SPAM 0.32' in (
+      reading.readme_row(n))

@@ -11,8 +11,9 @@ A results file (written by ``python -m experiments.reproduce NAME``) holds::
 This package reads it; nothing here trains. `read_result` opens a file,
 `provenance`, `claim_lines` and `redraw` are what every notebook prints and
 draws, and `mean_std`, `compare`, `verdict` and `fmt_mean_std` are the
-statistics the reproductions record and print (a comparison says "within noise" unless the
-means differ by more than two standard errors). One module per reproduction,
+statistics the reproductions record and print (`compare` stores means,
+standard errors and the per-seed values; `verdict` words a difference only
+through `analysis.stats`: a t-test with at least five seeds). One module per reproduction,
 ``analysis.results.NAME``, turns its numbers into what a reader sees:
 
 * ``FIGURES`` and ``plot(numbers, figures_dir) -> paths``: the figures under
@@ -125,21 +126,33 @@ def compare(a: Sequence[float], b: Sequence[float]) -> Dict[str, Any]:
 
 
 def verdict(comparison: Mapping[str, Any], lower: str, higher: str,
-            within: str = 'within noise',
-            one_seed: str = 'one seed: no verdict') -> str:
-  """A `compare` verdict in words: ``within``, ``lower`` (a below b) or
-  ``higher``; ``one_seed`` when a side has one value (no noise estimate).
+            within: str = 'within noise') -> str:
+  """The verdict a reader sees, from `analysis.stats` (never the 2-standard-
+  error rule of `compare`): a t-test on the per-seed values of a `compare`
+  result -- paired when both sides hold one value per seed (the
+  reproductions run both methods on the same seeds), Welch's otherwise --
+  worded with its test, n and p; "no verdict" below `analysis.stats.MIN_N`
+  seeds or when a side holds a non-finite value.
 
   Example:
     >>> verdict(compare([1.0, 1.01, 0.99], [2.0, 2.01, 1.99]), 'A wins', 'B wins')
-    'A wins'
+    'no verdict: 3 seeds (a verdict needs 5)'
+    >>> five = compare([1.0, 1.01, 0.99, 1.0, 1.02], [2.0, 2.01, 1.99, 2.0, 2.0])
+    >>> verdict(five, 'A wins', 'B wins')
+    'A wins (p < 0.0001, paired t, 5 seeds)'
     >>> verdict(compare([1.0], [2.0]), 'A wins', 'B wins')
-    'one seed: no verdict'
+    'no verdict: 1 seed'
   """
-  if min(comparison['a']['n'], comparison['b']['n']) < 2:
-    return one_seed
-  return {'within noise': within, 'a lower': lower,
-          'a higher': higher}[comparison['verdict']]
+  from analysis import stats  # pylint: disable=g-import-not-at-top
+  a, b = comparison['a']['values'], comparison['b']['values']
+  if not np.all(np.isfinite(a + b)):
+    return 'no verdict: a run diverged'
+  c = stats.compare(a, b, paired=len(a) == len(b))
+  # The stored per-side counts, so that the README check ties the printed n
+  # to the results file (tests/readme_numbers.py).
+  c['n'] = min(comparison['a'].get('n', len(a)), comparison['b'].get('n', len(b)),
+               key=int)
+  return stats.verdict(c, lower, higher, within)
 
 
 def fmt_mean_std(stats: Mapping[str, float], digits: int = 3) -> str:

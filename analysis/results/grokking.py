@@ -101,7 +101,8 @@ def claims(numbers: Dict[str, Any]) -> Dict[str, bool]:
 
 CLAIM_TEXT = {
     'weight_decay_memorizes_first': 'weight decay memorizes first',
-    'orthograd_reaches_half_earlier': '⊥Grad reaches 50% first',
+    'orthograd_reaches_half_earlier':
+        '⊥Grad reaches 50% first in every seed (an order per seed, no test)',
     'weight_decay_groks': 'weight decay groks after a long delay',
     'orthograd_removes_most_of_the_delay': '⊥Grad removes most of the delay',
     'stablemax_groks_without_weight_decay':
@@ -113,7 +114,7 @@ CLAIM_TEXT = {
 def readme_row(numbers: Dict[str, Any]) -> str:
   setup = numbers['setup']
   parts = [f"{v}: {describe(numbers, v)}" for v in variants_of(numbers)]
-  extra = [f"⊥Grad reaches {t:.0%} {verdict(numbers, '⊥Grad', t)}"
+  extra = [f"⊥Grad reaches {t:.0%}: {verdict(numbers, '⊥Grad', t)}"
            for t in setup['targets']] if '⊥Grad' in numbers['summary'] else []
   found = claims(numbers)
   held = [CLAIM_TEXT[k] for k, v in found.items() if v]

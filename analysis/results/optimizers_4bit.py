@@ -32,6 +32,36 @@ def _rate(r: Optional[float]) -> str:
   return 'none' if r is None else f'{r:g}'
 
 
+def diverged(numbers: Dict[str, Any], fmt: str, opt: str, key: str) -> List[bool]:
+  """Per seed, whether the run at rate ``key`` diverged: a non-finite final
+  eval loss, or a final train loss above its initial value (the first logged
+  train loss, of the first seed: every seed starts within a few hundredths of
+  a nat of log V, the uniform prediction). A stability criterion about
+  stability -- not the "trained" cutoff (halfway to the loss floor), which a
+  slow run misses without any instability.
+  """
+  rec = numbers['sweep'][fmt][opt][key]
+  start = rec['curve_seed0'][0]
+  return [ev is None or final is None or not np.isfinite(final) or final > start
+          for ev, final in zip(rec['eval_loss'], rec['final_train_loss'])]
+
+
+def largest_non_diverging_rate(numbers: Dict[str, Any], fmt: str,
+                               opt: str) -> Optional[float]:
+  """The largest rate of the grid at which no seed `diverged` (None if every
+  rate diverged)."""
+  ok = [r for r in numbers['learning_rates']
+        if not any(diverged(numbers, fmt, opt, repr(float(r))))]
+  return max(ok) if ok else None
+
+
+def any_divergence(numbers: Dict[str, Any], fmt: Optional[str] = None) -> bool:
+  """Whether any run of the sweep (of ``fmt``, or of every format) diverged."""
+  return any(any(diverged(numbers, f, o, repr(float(r))))
+             for f in ([fmt] if fmt else formats_of(numbers))
+             for o in optimizers_of(numbers) for r in numbers['learning_rates'])
+
+
 def best_shared_rate(numbers: Dict[str, Any], fmt: str) -> Optional[str]:
   """The rate key with the lowest mean Adam eval loss among those compared."""
   comp = numbers['summary'][fmt]['comparisons']
@@ -40,8 +70,9 @@ def best_shared_rate(numbers: Dict[str, Any], fmt: str) -> Optional[str]:
 
 
 def verdict(comparison: Dict[str, Any]) -> str:
-  """'within noise', 'Stable-SPAM lower' or 'Adam lower' (`results.compare`
-  of Stable-SPAM minus Adam); 'one seed: no verdict' below two seeds."""
+  """'Stable-SPAM lower', 'Adam lower' or 'within noise' with test, n and p,
+  or 'no verdict: ...' (`results.verdict` of Stable-SPAM minus Adam, through
+  `analysis.stats`)."""
   return results.verdict(comparison, 'Stable-SPAM lower', 'Adam lower')
 
 
@@ -49,23 +80,28 @@ def format_summary(numbers: Dict[str, Any], fmt: str) -> str:
   """One sentence per format: stable rates, spikes, the final losses at the
   best rate and at every rate where the optimizers differ beyond noise."""
   s, opts = numbers['summary'][fmt], optimizers_of(numbers)
-  text = (f'{fmt.upper()}: largest stable LR ' + ', '.join(
-      f"{o} {_rate(s[o]['largest_stable_rate'])}" for o in opts)
-          + '; loss spikes over the sweep '
+  if any_divergence(numbers, fmt):
+    stability = 'largest rate with no diverged seed ' + ', '.join(
+        f'{o} {_rate(largest_non_diverging_rate(numbers, fmt, o))}'
+        for o in opts)
+  else:
+    stability = 'no run diverged at any rate'
+  text = (f'{fmt.upper()}: {stability}; loss spikes over the sweep '
           + ' vs '.join(str(s[o]['spikes_total']) for o in opts))
   best = best_shared_rate(numbers, fmt)
+  word = lambda k: verdict(s['comparisons'][k]).split(' (')[0].split(':')[0]
   shown = [k for k in s['comparisons']
-           if k == best or verdict(s['comparisons'][k]) not in (
-               'within noise', 'one seed: no verdict')]
+           if k == best or word(k) not in ('within noise', 'no verdict')]
   if shown:
     text += '; final eval loss Adam vs Stable-SPAM ' + ', '.join(
         f"at LR {float(k):g} {results.fmt_mean_std(s['comparisons'][k]['b'])} "
         f"vs {results.fmt_mean_std(s['comparisons'][k]['a'])} "
         f"({verdict(s['comparisons'][k])})" for k in shown)
   others = [k for k in s['comparisons'] if k not in shown]
-  if others and all(verdict(s['comparisons'][k]) == 'within noise'
-                    for k in others):
+  if others and {word(k) for k in others} == {'within noise'}:
     text += ', within noise at the other rates with finite losses'
+  elif others and {word(k) for k in others} == {'no verdict'}:
+    text += ', no verdict at the other rates with finite losses'
   return text
 
 
@@ -94,11 +130,19 @@ def readme_row(numbers: Dict[str, Any]) -> str:
   n_seeds = len(first[repr(float(rates[0]))]['spikes'])
   formats = ' / '.join(f.upper() for f in formats_of(numbers))
   found = claims(numbers)
-  verdict_text = '' if not found else '. Stable-SPAM ' + (
-      'trains at a larger rate than Adam'
-      if found['stable_spam_stable_at_larger_lr']
-      else 'does not train at a larger rate than Adam') + (
-          ' at this scale (the paper: 60M-1B parameters)')
+  if not found:
+    verdict_text = ''
+  elif not any_divergence(numbers):
+    verdict_text = ('. Divergence: a non-finite loss or a final loss above '
+                    'the initial one; no instability at these rates: no '
+                    'verdict on Stable-SPAM staying stable at larger rates '
+                    'than Adam (the paper: 60M-1B parameters)')
+  else:
+    verdict_text = '. Stable-SPAM ' + (
+        'stays stable at a larger rate than Adam'
+        if found['stable_spam_stable_at_larger_lr']
+        else 'does not stay stable at a larger rate than Adam') + (
+            ' at this scale (the paper: 60M-1B parameters)')
   return ('| ![4-bit](docs/figures/optimizers_4bit.png) | '
           f"{' vs '.join(opts)} under fake {formats} training, peak learning "
           f"rates "
@@ -112,13 +156,16 @@ def readme_row(numbers: Dict[str, Any]) -> str:
 
 def claims(numbers: Dict[str, Any]) -> Dict[str, bool]:
   """The paper's stability claim, per format and overall (none unless both
-  optimizers ran)."""
+  optimizers ran): by `largest_non_diverging_rate` (false where nothing
+  diverged: no instability, nothing shown)."""
   out = {}
   if optimizers_of(numbers) != list(OPTIMIZERS):
     return out
   for fmt in formats_of(numbers):
     s = numbers['summary'][fmt]
-    a, b = (s[o]['largest_stable_rate'] for o in OPTIMIZERS)
+    a, b = (largest_non_diverging_rate(numbers, fmt, o) for o in OPTIMIZERS)
+    if not any_divergence(numbers, fmt):
+      a = b = None
     out[f'{fmt}_stable_spam_stable_at_larger_lr'] = (
         b is not None and (a is None or b > a))
     out[f'{fmt}_stable_spam_fewer_spikes'] = (

@@ -58,8 +58,19 @@ def readme_row(numbers: Mapping[str, Any]) -> str:
       f"{_pm(p['bulk'], '.1e')} along non-trivial bulk directions, "
       f"{_pm(p['random'], '.1e')} along random ones and "
       f"{_pm(p['top'], '.1e')} along the top singular directions ("
-      + ('bulk < random < top, as claimed' if order else
-         'not the claimed order bulk < random < top') + '). |')
+      + _order_words(order, n) + '). |')
+
+
+def _order_words(order: bool, n: int) -> str:
+  """The ordering in words; "as claimed" only with seeds enough for a
+  verdict (`analysis.stats.MIN_N`): one run shows an order, not a finding."""
+  from analysis import stats  # pylint: disable=g-import-not-at-top
+  if n < stats.MIN_N:
+    return ('bulk < random < top in this run' if order else
+            'not bulk < random < top in this run') + ': no verdict, ' + (
+                'one seed' if n == 1 else f'{n} seeds')
+  return ('bulk < random < top, as claimed' if order else
+          'not the claimed order bulk < random < top')
 
 
 def summary(numbers: Mapping[str, Any]) -> List[str]:

@@ -1,7 +1,9 @@
 """What every reproduction's run shares: writing the results file.
 
 `result_record` holds the numbers with the command, seeds, package versions,
-machine and wall time, and `write_result` writes it. The format is described
+machine, wall time and `dynamics.provenance` (git commit and dirty flag, CPU
+model, cores, 1-minute load at the start -- this module's import, at the
+command's start -- and at the end), and `write_result` writes it. The format is described
 in `analysis.results`, which reads the files and holds the statistics the
 numbers are made of (``mean_std``, ``compare``).
 """
@@ -15,7 +17,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-from dynamics import outputs
+from dynamics import outputs, provenance
 
 
 def versions() -> Dict[str, str]:
@@ -49,6 +51,7 @@ def result_record(name: str, size: str, seeds: Sequence[int],
       'date': datetime.datetime.now().isoformat(timespec='seconds'),
       'wall_seconds': round(float(wall_seconds), 1),
       'versions': versions(), 'machine': machine(),
+      'provenance': provenance.provenance(),
       'configs': dict(configs), 'numbers': dict(numbers),
   }
 

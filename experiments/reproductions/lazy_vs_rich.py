@@ -41,7 +41,7 @@ from dynamics import runs, train
 
 DEFAULT_SEEDS = (0, 1, 2)
 ALPHAS = {'full': (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0), 'smoke': (0.1, 10.0)}
-WIDTHS = {'full': (64, 256, 1024, 4096), 'smoke': ()}
+WIDTHS = {'full': (64, 256, 1024, 4096), 'smoke': (16, 1024)}
 WIDTH_ALPHA = 1.0
 METRICS = ('kernel_distance', 'param_change', 'alignment_init',
            'alignment_final', 'alignment_gain', 'eval_loss')

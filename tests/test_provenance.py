@@ -1,0 +1,69 @@
+"""Every results file says which code made it, on what machine, under what load."""
+
+import json
+import os
+import subprocess
+
+from dynamics import outputs, provenance
+from experiments.reproductions import common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEYS = {'git_commit', 'git_dirty', 'cpu_model', 'cpu_count',
+        'load_1min_start', 'load_1min_end'}
+
+
+def test_provenance_names_this_checkout_and_machine():
+  p = provenance.provenance()
+  assert set(p) == KEYS
+  head = subprocess.run(['git', '-C', ROOT, 'rev-parse', 'HEAD'],
+                        capture_output=True, text=True, check=True).stdout
+  assert p['git_commit'] == head.strip()
+  status = subprocess.run(['git', '-C', ROOT, 'status', '--porcelain',
+                           '--untracked-files=no'], capture_output=True,
+                          text=True, check=True).stdout
+  assert p['git_dirty'] is bool(status.strip())
+  assert p['cpu_count'] == os.cpu_count() and p['cpu_model']
+  assert p['load_1min_end'] == round(os.getloadavg()[0], 2) or (
+      abs(p['load_1min_end'] - os.getloadavg()[0]) < 5)
+
+
+def test_outside_a_checkout_the_commit_is_none(tmp_path):
+  assert provenance.git_commit(str(tmp_path)) == {'commit': None,
+                                                  'dirty': None}
+
+
+def test_the_start_load_is_taken_at_mark_start(monkeypatch):
+  monkeypatch.setattr(os, 'getloadavg', lambda: (1.234, 0.0, 0.0))
+  provenance.mark_start()
+  monkeypatch.setattr(os, 'getloadavg', lambda: (7.5, 0.0, 0.0))
+  p = provenance.provenance()
+  assert (p['load_1min_start'], p['load_1min_end']) == (1.23, 7.5)
+  assert provenance.loaded(p) == (p['cpu_count'] < 7.5)
+
+
+def test_write_json_stamps_provenance_only_when_asked(tmp_path):
+  path = str(tmp_path / 'r.json')
+  outputs.write_json(path, {'x': 1.0}, provenance=True)
+  with open(path) as f:
+    assert set(json.load(f)['provenance']) == KEYS
+  outputs.write_json(path, {'x': 1.0})
+  with open(path) as f:
+    assert json.load(f) == {'x': 1.0}
+
+
+def test_every_reproduction_record_carries_provenance():
+  record = common.result_record('x', 'smoke', [0], {'a': 1.0}, {}, 1.0,
+                                command='python -m experiments.reproduce x')
+  assert set(record['provenance']) == KEYS
+
+
+def test_every_new_results_file_records_provenance():
+  """Files written since provenance was recorded carry it (the older ones are
+  listed in README_w23.md with their regeneration commands)."""
+  stamped = ('wsd_main.json', 'bench_step_smoke.json', 'bench_step_wsd.json',
+             'bench_optim.json', 'bench_ntk.json')
+  for name in stamped:
+    with open(os.path.join(ROOT, 'results', name)) as f:
+      p = json.load(f)['provenance']
+    assert set(p) == KEYS, name
+    assert len(p['git_commit']) == 40 and isinstance(p['git_dirty'], bool)
