@@ -184,7 +184,7 @@ def sweep_summary(rows: Sequence[Dict[str, Any]], path: str) -> str:
 
 
 def optimizer_comparison(report: Dict[str, Any], path: str) -> str:
-  """A fair-comparison report (`experiments.compare.report`): the mean loss
+  """A fair-comparison report (`experiments.comparison.report`): the mean loss
   curve of each optimizer at its tuned setting (and untuned AdamW, dashed)
   with the target, and the tuning seed's final loss vs learning rate.
 

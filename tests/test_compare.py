@@ -1,14 +1,14 @@
-"""Tests of experiments/compare.py: the search, steps to a target, speedups
-(exact answers on made-up curves), and the whole comparison at smoke size."""
+"""Tests of experiments/comparison.py, the library of experiments.compare:
+the search, steps to a target, speedups (exact answers on made-up curves),
+and the whole comparison at smoke size."""
 
 import math
 
 import jax
 import numpy as np
-import pytest
 
 from configs import wsd
-from experiments import compare
+from experiments import comparison as compare
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
