@@ -72,8 +72,14 @@ def speedup_pairs(base: Sequence[Curve], other: Sequence[Curve]
 
 def search(engine: Engine, name: str, base_lr: float,
            weight_decays: Sequence[Optional[float]], coarse_points: int,
-           coarse_factor: float, tune_seed: int) -> Dict[str, Any]:
+           coarse_factor: float, tune_seed: int, max_extensions: int = 3
+           ) -> Dict[str, Any]:
   """Coarse-then-refined learning-rate search of one optimizer.
+
+  The coarse grid (per weight decay) is centred on ``base_lr``; while the
+  best rate is at its edge, the grid grows by one coarse step that way (at
+  most ``max_extensions`` times, stopping when the new rate is worse); then
+  the rates half a coarse step (geometrically) either side of the best.
 
   Returns:
     ``{'points': [{'learning_rate', 'weight_decay', 'final'}], 'best':
@@ -91,6 +97,15 @@ def search(engine: Engine, name: str, base_lr: float,
   evaluate([(lr, wd) for wd in weight_decays
             for lr in log_grid(base_lr, coarse_factor, coarse_points)])
   lr, wd = min(points, key=rank)
+  for _ in range(max_extensions):  # A best rate at the grid's edge: go on.
+    rates = sorted(r for r, w in points if w == wd)
+    if lr not in (rates[0], rates[-1]):
+      break
+    step = coarse_factor if lr == rates[-1] else 1 / coarse_factor
+    evaluate([(float(f'{lr * step:.6g}'), wd)])
+    if min(points, key=rank) == (lr, wd):
+      break
+    lr, wd = min(points, key=rank)
   evaluate([(x, wd) for x in log_grid(lr, coarse_factor ** 0.5, 3)])
   best = min(points, key=rank)
   row = lambda s: {'learning_rate': s[0], 'weight_decay': s[1],

@@ -49,10 +49,19 @@ def test_the_search_refines_around_the_coarse_best():
   coarse = compare.log_grid(1e-3, 4.0, 5)   # 6.25e-5 ... 1.6e-2
   assert [lr for lr, _, _ in seen[:5]] == coarse
   assert {s for _, _, s in seen} == {7}
-  # Best coarse 0.016; refined 0.008 and 0.032 (0.016 is not run twice).
-  assert [lr for lr, _, _ in seen[5:]] == [0.008, 0.032]
+  # Best coarse 0.016, at the edge: one step out (0.064, worse), then the
+  # refined 0.008 and 0.032 (0.016 is not run twice).
+  assert [lr for lr, _, _ in seen[5:]] == [0.064, 0.008, 0.032]
   assert r['best']['learning_rate'] == 0.016
-  assert len(r['points']) == 7
+  assert len(r['points']) == 8
+
+
+def test_the_search_follows_a_best_rate_off_the_grid():
+  engine = lambda name, settings: [  # Best at 0.25, far above the grid.
+      _curve([1], [(math.log2(lr / 0.25)) ** 2]) for lr, _, _ in settings]
+  r = compare.search(engine, 'adamw', 1e-3, [None], coarse_points=3,
+                     coarse_factor=4.0, tune_seed=0)
+  assert r['best']['learning_rate'] == 0.256  # 0.016 * 4 * 4, then refined.
 
 
 def test_report_verdicts_come_from_stats():
