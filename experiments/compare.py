@@ -6,11 +6,13 @@ Command:
 
 Per optimizer, a log-spaced learning-rate search on the tuning seed
 (``--tune_seed``): ``--coarse_points`` rates a factor ``--coarse_factor``
-apart around the config's rate, then the two rates half a coarse step either
-side of the best (weight decay optionally in the grid); then ``--seeds``
+apart around the config's rate (extended while the best is at the grid's
+edge), then the two rates half a coarse step either side of the best (weight
+decay optionally in the grid); then ``--seeds``
 seeds (``tune_seed + 1 ...``, so the tuning seed's luck is not reused) at
 each optimizer's best setting, and at AdamW's *untuned* setting (the config's
-rate). The report (``<workdir>/compare.json``, ``compare.png``; `report`):
+rate). The report (``<workdir>/compare.json``, ``compare.png``;
+`experiments.comparison.report`):
 
 * final eval loss per optimizer, and against tuned AdamW by a paired t-test
   (`analysis.stats.compare`, pairs sharing a seed);

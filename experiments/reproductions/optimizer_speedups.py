@@ -13,8 +13,9 @@ What runs: `configs/optimizer_speedups.py` (``:smoke`` at smoke size),
 `experiments.comparison` in process (`experiments.comparison.InProcess`: one
 compiled scan of the library's train step per optimizer, replayed for every
 rate and seed). The first seed tunes each optimizer's peak rate (5 rates a
-factor 4 apart around the untuned 1e-3, then the two a factor 2 either side of
-the best; 3 coarse rates at smoke size); the other seeds run each optimizer at
+factor 4 apart around the untuned 1e-3, extended while the best is at the
+edge, then the two a factor 2 either side of the best; 3 coarse rates at
+smoke size); the other seeds run each optimizer at
 its best rate and AdamW at the untuned one. Speedups are per seed and paired
 (`experiments.comparison.speedup_pairs`); the claim is tested by comparing, per
 newer optimizer, its per-seed log speedup over untuned AdamW with that over
