@@ -1,7 +1,7 @@
 """Tuned vs untuned AdamW against newer optimizers (Wen et al., 2025).
 
 Command (the reproduction: each optimizer's peak rate searched on seed 0,
-then five seeds at its best rate and at AdamW's untuned rate; about 30
+then five seeds at its best rate and at AdamW's untuned rate; about 35
 minutes on 2 CPU cores, see ``experiments/reproductions/optimizer_speedups.py``):
   python -m experiments.reproduce optimizer_speedups
 
