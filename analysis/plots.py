@@ -183,6 +183,43 @@ def sweep_summary(rows: Sequence[Dict[str, Any]], path: str) -> str:
   return save(fig, path)
 
 
+def optimizer_comparison(report: Dict[str, Any], path: str) -> str:
+  """A fair-comparison report (`experiments.comparison.report`): the mean loss
+  curve of each optimizer at its tuned setting (and untuned AdamW, dashed)
+  with the target, and the tuning seed's final loss vs learning rate.
+
+  Example:
+    >>> import os, tempfile
+    >>> curve = {'curve_steps': [1, 2], 'curve_mean': [3.0, 2.0]}
+    >>> r = {'target': 2.5, 'optimizers': {'adamw': curve,
+    ...      'adamw (untuned)': curve}, 'tuning': {'adamw': {'points': [
+    ...      {'learning_rate': 0.1, 'weight_decay': None, 'final': 2.0}],
+    ...      'best': {'learning_rate': 0.1, 'weight_decay': None}}}}
+    >>> path = optimizer_comparison(r, os.path.join(tempfile.mkdtemp(), 'c.png'))
+  """
+  fig, (curves, rates) = figure(2, height=3.8)
+  for name, e in report['optimizers'].items():
+    curves.plot(e['curve_steps'], e['curve_mean'], label=name,
+                linestyle='--' if 'untuned' in name else '-')
+  curves.axhline(report['target'], color='gray', linewidth=0.8,
+                 label='target')
+  curves.set_xlabel('step')
+  curves.set_ylabel('loss (nats, mean over seeds)')
+  curves.legend(fontsize=8)
+  for name, t in report['tuning'].items():
+    for wd in sorted({p['weight_decay'] or 0.0 for p in t['points']}):
+      pts = [p for p in t['points'] if (p['weight_decay'] or 0.0) == wd]
+      ys = [p['final'] if np.isfinite(p['final']) else np.nan for p in pts]
+      label = name if len({p['weight_decay'] for p in t['points']}) == 1 \
+          else f'{name}, wd {wd:g}'
+      rates.plot([p['learning_rate'] for p in pts], ys, 'o-', label=label)
+  rates.set_xscale('log')
+  rates.set_xlabel('peak learning rate')
+  rates.set_ylabel('final eval loss (tuning seed)')
+  rates.legend(fontsize=8)
+  return save(fig, path)
+
+
 # ---------------------------------------------------------------------------
 # analysis.annealing_law
 
