@@ -219,6 +219,9 @@ def test_bad_input():
   stacked = jax.tree.map(lambda a: a[None], batch)
   with pytest.raises(ValueError, match='flavour'):
     kfac.factors(model_fn, params, stacked, flavour='typo')
+  with pytest.raises(ValueError, match='no nn.Dense'):
+    kfac.factors(lambda p, b: b['inputs'] * p['Dense_0']['bias'][0], params,
+                 stacked)
 
   class Custom(nn.Module):
     @nn.compact

@@ -155,13 +155,17 @@ def factors(model_fn: Callable, params: PyTree, batches: PyTree, *,
     A `Kronecker`.
 
   Raises:
-    ValueError: an unknown flavour. NotImplementedError: see `find_layers`.
+    ValueError: an unknown flavour, or no supported layer in ``model_fn``.
+    NotImplementedError: see `find_layers`.
   """
   if flavour not in FLAVOURS:
     raise ValueError(f'flavour must be one of {FLAVOURS}, got {flavour!r}')
   likelihood = likelihood_lib.as_likelihood(likelihood)
   num = jax.tree.leaves(batches)[0].shape[0]
   layers, call_names = find_layers(model_fn, params, _select(batches, 0))
+  if not layers:
+    raise ValueError('KFAC found no nn.Dense, nn.DenseGeneral or nn.Conv call '
+                     'in model_fn: it must run a Flax module\'s apply')
   stats_fn = _statistics_fn(model_fn, likelihood, flavour, layers, call_names)
   sums = None
   for b in range(num):
