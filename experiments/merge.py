@@ -61,7 +61,7 @@ def merge_and_evaluate(workdir: str, window: int | None = None,
   """
   # pylint: disable=g-import-not-at-top
   import jax
-  from dynamics import checkpoint, merging, optim, runs
+  from dynamics import checkpoint, merging, optim, parts, runs
   from dynamics import workdir as workdir_lib
 
   run = runs.Run.open(workdir)
@@ -85,7 +85,8 @@ def merge_and_evaluate(workdir: str, window: int | None = None,
   params = merging.merge_checkpoints(run, steps, weights)
   raw = run.state(step)
   merged_eval = run.evaluate(params, raw.model_state)
-  raw_eval = run.evaluate(run.eval_params(raw), raw.model_state)
+  raw_eval = run.evaluate(parts.eval_params(run.config, raw.opt_state,
+                                            raw.params), raw.model_state)
   if optim.OPTIMIZERS[run.config.optimizer.name].eval_params is not None:
     # Schedule-free: the merged evaluation points x, stored with a fresh
     # optimizer state there, whose evaluation point is the merge itself.

@@ -29,7 +29,7 @@ def test_every_shipped_config_validates():
     ('schedule.warmup_steps', 39, 'schedule.warmup_steps=39: runs into the decay'),
     ('model.name', 'rnn', "model.name='rnn': must be one of"),
     ('data.name', 'imagenet', "data.name='imagenet': must be one of"),
-    ('optimizer.name', 'lion', "optimizer.name='lion': must be one of"),
+    ('optimizer.name', 'lamb', "optimizer.name='lamb': must be one of"),
     ('optimizer.adamw.b2', 1.0, 'optimizer.adamw.b2=1.0: must be in [0, 1)'),
     ('optimizer.sam.rho', -0.1, 'optimizer.sam.rho=-0.1'),
     ('optimizer.adamw.eps', -1.0, 'optimizer.adamw.eps=-1.0: must be >= 0'),

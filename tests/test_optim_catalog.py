@@ -255,3 +255,24 @@ def test_schedule_free_branch_continues_the_parent_state(tmp_path):
   chex.assert_trees_all_close(got.opt_state, done.opt_state, rtol=1e-6,
                               atol=1e-7)
 
+
+
+def test_schedule_free_merge_averages_the_evaluation_points(tmp_path):
+  from experiments import merge  # pylint: disable=g-import-not-at-top
+  from dynamics import merging  # pylint: disable=g-import-not-at-top
+  c = _smoke('schedule_free_adamw', steps=4,
+             **{'merge.interval': 1, 'merge.window': 2})
+  train.train_and_evaluate(c, str(tmp_path / 'run'))
+  run = runs.Run.open(str(tmp_path / 'run'))
+  record = merge.merge_and_evaluate(str(tmp_path / 'run'),
+                                    output=str(tmp_path / 'merged'))
+  w = merging.merge_weights(c.merge.shape, 2)
+  want = jax.tree.map(lambda a, b: w[0] * a + w[1] * b, run.params(3),
+                      run.params(4))
+  merged = runs.Run.open(str(tmp_path / 'merged'))
+  chex.assert_trees_all_close(merged.params(4), want, rtol=1e-5, atol=1e-6)
+  raw = run.state(4)
+  np.testing.assert_allclose(record['eval_loss_raw'], run.evaluate(
+      run.params(4), raw.model_state)['loss'], rtol=1e-6)
+  np.testing.assert_allclose(record['eval_loss'], run.evaluate(
+      want, raw.model_state)['loss'], rtol=1e-5)

@@ -30,7 +30,8 @@ the train step does not pass to the optimizer.
 Schedule-free AdamW is evaluated at its averaged point
 :math:`x_t` (`schedule_free_eval`), not at the gradient point :math:`y_t`
 the state holds as ``params``: the registry entry's ``eval_params`` says so,
-and the loop's evaluation, ``Run.params`` and ``Run.eval_params`` apply it.
+and the loop's evaluation, ``Run.params`` and `dynamics.parts.eval_params`
+apply it.
 What a WSD branch means for it: the branch restores the parent's whole
 schedule-free state (:math:`z`, the averaging weight sum, the step count,
 the second moment) and continues it with the branch's learning rate; the
