@@ -191,6 +191,19 @@ def schedule_free_eval(opt_state: Any, params: PyTree) -> PyTree:
 
   Raises:
     ValueError: ``opt_state`` holds no ``ScheduleFreeState``.
+
+  Example (two steps of ``g = 1`` from ``y = 1`` at rate 0.1: the averaged
+  point ``x`` lags behind the gradient point ``y``):
+    >>> tx = optax.chain(optax.clip_by_global_norm(1.0),
+    ...                  optax.contrib.schedule_free_adamw(0.1))
+    >>> y = {'w': jnp.ones(2)}
+    >>> state = tx.init(y)
+    >>> for _ in range(2):
+    ...   u, state = tx.update({'w': jnp.ones(2)}, state, y)
+    ...   y = optax.apply_updates(y, u)
+    >>> x = schedule_free_eval(state, y)
+    >>> print(f"y = {float(y['w'][0]):.4f}, x = {float(x['w'][0]):.4f}")
+    y = 0.8450, x = 0.8500
   """
   kind = optax.contrib.ScheduleFreeState
   found = [s for s in jax.tree.leaves(
