@@ -63,6 +63,8 @@ class StepOptions:
     log_every, num_steps: norms are measured only on the steps the loop logs
       (after update ``t + 1`` when ``(t + 1) % log_every == 0``, and the last).
     grad_accum_steps: micro-batches per update (`accumulated_gradient`).
+    loss_in_update: pass the optimizer the training loss of the whole batch
+      as ``obj_fn`` (sophia's Hessian estimate; `optim.NEEDS_LOSS`).
   """
   loss: str = 'cross_entropy'
   z_loss: float = 0.0
@@ -73,6 +75,7 @@ class StepOptions:
   log_every: int = 1
   num_steps: Optional[int] = None
   grad_accum_steps: int = 1
+  loss_in_update: bool = False
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, task: str
@@ -82,7 +85,8 @@ class StepOptions:
                sam=optim_lib.SamOptions.from_config(config.optimizer.sam),
                ema_decay=config.ema.decay, log_per_layer=config.log_per_layer,
                log_every=config.log_every, num_steps=config.num_steps,
-               grad_accum_steps=int(config.optimizer.grad_accum_steps))
+               grad_accum_steps=int(config.optimizer.grad_accum_steps),
+               loss_in_update=config.optimizer.name in optim_lib.NEEDS_LOSS)
 
 
 def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
@@ -106,7 +110,12 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
   model_state, metrics, grads = accumulated_gradient(
       state.params, state.model_state, batch, rng, model=model,
       options=options)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  extra = {}
+  if options.loss_in_update:
+    extra['obj_fn'] = lambda p: losses.compute_loss(
+        model, p, state.model_state, batch, rng, options, train=True)[0]
+  updates, opt_state = tx.update(grads, state.opt_state, state.params,
+                                 **extra)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics)
   metrics['learning_rate'] = jnp.asarray(schedule(state.step), jnp.float32)
