@@ -233,6 +233,13 @@ def defaults() -> ml_collections.ConfigDict:
   pr.safeguard_warmup = False      # Leave the rate out of the estimate during warmup.
   o.signum = sg = ml_collections.ConfigDict()  # Signum (optax.signum).
   sg.beta = 0.9                    # Momentum decay.
+  o.sophia = so = ml_collections.ConfigDict()  # Sophia-H (optax.contrib.sophia).
+  so.b1 = 0.965                    # Momentum decay.
+  so.b2 = 0.99                     # Hessian-diagonal EMA decay.
+  so.eps = 1e-8                    # Floor of gamma * h.
+  so.gamma = 0.01                  # Scale of the Hessian diagonal.
+  so.clip_threshold = ml_collections.FieldReference(1.0, float) # Per-coordinate update clip (None: off).
+  so.update_interval = 10          # Steps between Hessian estimates.
 
   # Learning-rate schedule (dynamics/schedules.py).
   c.schedule = sc = ml_collections.ConfigDict()

@@ -66,6 +66,25 @@ def init_state(config: ml_collections.ConfigDict, parts: Parts
                              model_state=variables, rng=rng, ema_params=ema)
 
 
+def eval_params(config: ml_collections.ConfigDict, opt_state: PyTree,
+                params: PyTree) -> PyTree:
+  """Where the model is evaluated: ``params``, or the optimizer's evaluation
+  point (`dynamics.optim.eval_params`: schedule-free AdamW's averaged
+  iterate ``x``; the state's ``params`` are its gradient point ``y``)."""
+  return optim_lib.eval_params(config.optimizer, opt_state, params)
+
+
+def eval_point(config: ml_collections.ConfigDict,
+               restore: Callable[[tuple], Dict[str, PyTree]]) -> PyTree:
+  """`eval_params` of a checkpoint, ``restore(fields)`` reading only the
+  state fields it needs (the optimizer state only where the point depends on
+  it; ``Run.restore(step)['params']`` is the raw ``params``)."""
+  if optim_lib.OPTIMIZERS[config.optimizer.name].eval_params is None:
+    return restore(('params',))['params']
+  state = restore(('params', 'opt_state'))
+  return eval_params(config, state['opt_state'], state['params'])
+
+
 def loss_fn(parts: Parts, model_state: PyTree = None) -> LossFn:
   """``(params, batch) -> loss`` in inference mode (deterministic)."""
   model_state = {} if model_state is None else model_state

@@ -29,7 +29,6 @@ from dynamics import checkpoint as checkpoint_lib
 from dynamics import config_migrate
 from dynamics import data as data_lib
 from dynamics import metrics as metrics_lib
-from dynamics import optim as optim_lib
 from dynamics import parts as parts_lib
 from dynamics import step as step_lib
 from dynamics import workdir as workdir_lib
@@ -325,21 +324,8 @@ class Run:
     return {**wanted, **out}
 
   def params(self, step: Optional[int] = None) -> PyTree:
-    """The parameters of checkpoint ``step`` only (orbax partial restore),
-    at the optimizer's evaluation point (`eval_params`: schedule-free AdamW's
-    averaged iterate, restored with its optimizer state;
-    ``restore(step)['params']`` is the point the gradients were taken at)."""
-    if optim_lib.OPTIMIZERS[self.config.optimizer.name].eval_params is None:
-      return self.restore(step, ('params',))['params']
-    restored = self.restore(step, ('params', 'opt_state'))
-    return optim_lib.eval_params(self.config.optimizer, restored['opt_state'],
-                                 restored['params'])
-
-  def eval_params(self, state: step_lib.TrainState) -> PyTree:
-    """Where ``state``'s model is evaluated: ``state.params``, or the
-    optimizer's evaluation point (`dynamics.optim.eval_params`)."""
-    return optim_lib.eval_params(self.config.optimizer, state.opt_state,
-                                 state.params)
+    """Checkpoint ``step``'s parameters where the model is evaluated."""
+    return parts_lib.eval_point(self.config, lambda f: self.restore(step, f))
 
   # -- functions of the parameters -----------------------------------------
 

@@ -65,6 +65,8 @@ class StepOptions:
     grad_accum_steps: micro-batches per update (`accumulated_gradient`).
     vocab_chunk: cross-entropy by vocabulary chunks (``loss.vocab_chunk``;
       `dynamics.chunked_loss`); None: from the model's logits.
+    loss_in_update: pass the optimizer the training loss of the whole batch
+      as ``obj_fn`` (sophia's Hessian estimate; `optim.NEEDS_LOSS`).
   """
   loss: str = 'cross_entropy'
   z_loss: float = 0.0
@@ -76,6 +78,7 @@ class StepOptions:
   num_steps: Optional[int] = None
   grad_accum_steps: int = 1
   vocab_chunk: Optional[int] = None
+  loss_in_update: bool = False
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, task: str
@@ -86,7 +89,8 @@ class StepOptions:
                ema_decay=config.ema.decay, log_per_layer=config.log_per_layer,
                log_every=config.log_every, num_steps=config.num_steps,
                grad_accum_steps=int(config.optimizer.grad_accum_steps),
-               vocab_chunk=config.loss.vocab_chunk)
+               vocab_chunk=config.loss.vocab_chunk,
+               loss_in_update=config.optimizer.name in optim_lib.NEEDS_LOSS)
 
 
 def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
@@ -110,7 +114,12 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
   model_state, metrics, grads = accumulated_gradient(
       state.params, state.model_state, batch, rng, model=model,
       options=options)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  extra = {}
+  if options.loss_in_update:
+    extra['obj_fn'] = lambda p: losses.compute_loss(
+        model, p, state.model_state, batch, rng, options, train=True)[0]
+  updates, opt_state = tx.update(grads, state.opt_state, state.params,
+                                 **extra)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics)
   metrics['learning_rate'] = jnp.asarray(schedule(state.step), jnp.float32)

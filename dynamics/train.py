@@ -20,6 +20,7 @@ from dynamics import data as data_lib
 from dynamics import interrupts
 from dynamics import loop_utils
 from dynamics import metrics as metrics_lib
+from dynamics import parts as parts_lib
 from dynamics import probes as probes_lib
 from dynamics import runs
 from dynamics import sharding as sharding_lib
@@ -202,8 +203,9 @@ def _host_metrics(step: int, state: TrainState, run: runs.Run, eval_fn, put,
   """Eval and probe results due at ``step`` (after ``step`` updates)."""
   config, out = run.config, {}
   if step % config.eval_every == 0 or step == config.num_steps:
-    ev = run.evaluate(run.eval_params(state), state.model_state,
-                      eval_fn=eval_fn, put=put)
+    ev = run.evaluate(parts_lib.eval_params(config, state.opt_state,
+                                            state.params),
+                      state.model_state, eval_fn=eval_fn, put=put)
     out.update({f'eval_{k}': v for k, v in ev.items()})
     if state.ema_params is not None:
       ev = run.evaluate(state.ema_params, state.model_state, eval_fn=eval_fn,

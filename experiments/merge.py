@@ -127,7 +127,7 @@ def merge_and_evaluate(workdir: str, window: int | None = None,
   """
   # pylint: disable=g-import-not-at-top
   import jax
-  from dynamics import checkpoint, merging, optim, outputs, runs
+  from dynamics import checkpoint, merging, optim, outputs, parts, runs
   from dynamics import workdir as workdir_lib
 
   if method not in METHODS:
@@ -163,7 +163,8 @@ def merge_and_evaluate(workdir: str, window: int | None = None,
   else:
     params, extra = _soup(method, run, steps, others, raw.model_state)
   merged_eval = run.evaluate(params, raw.model_state)
-  raw_eval = run.evaluate(run.eval_params(raw), raw.model_state)
+  raw_eval = run.evaluate(parts.eval_params(run.config, raw.opt_state,
+                                            raw.params), raw.model_state)
   if optim.OPTIMIZERS[run.config.optimizer.name].eval_params is not None:
     # Schedule-free: the merged evaluation points x, stored with a fresh
     # optimizer state there, whose evaluation point is the merge itself.

@@ -21,7 +21,7 @@ from dynamics.optim import catalog
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 CATALOG = ('nadamw', 'lion', 'adafactor', 'muon', 'schedule_free_adamw',
-           'ademamix', 'adopt', 'prodigy', 'signum')
+           'ademamix', 'adopt', 'prodigy', 'signum', 'sophia')
 
 
 def _smoke(name: str, steps: int = 3, **overrides):
@@ -107,22 +107,31 @@ def _direct(name, h, wd):
                                  weight_decay=wd)
   if name == 'signum':  # optax's signum has no weight decay.
     return optax.signum(_schedule, beta=h.beta)
+  if name == 'sophia':
+    return optax.contrib.sophia(_schedule, b1=h.b1, b2=h.b2, eps=h.eps,
+                                weight_decay=wd, gamma=h.gamma,
+                                clip_threshold=h.clip_threshold,
+                                update_interval=h.update_interval)
   raise AssertionError(name)
 
 
-def _steps(tx, n=3):
+def _steps(tx, n=3, obj_fn=None):
   params, state, out = _PARAMS, tx.init(_PARAMS), []
+  extra = {} if obj_fn is None else {'obj_fn': obj_fn}  # Sophia's loss.
   for _ in range(n):
-    updates, state = tx.update(jax.grad(_loss)(params), state, params)
+    updates, state = tx.update(jax.grad(_loss)(params), state, params,
+                               **extra)
     params = optax.apply_updates(params, updates)
     out.append(params)
   return out
 
 
-def _built(name, wd, mask='all'):
+def _built(name, wd, mask='all', **section):
   c = config_schema.defaults()
   c.optimizer.name, c.optimizer.weight_decay = name, wd
   c.optimizer.weight_decay_mask = mask
+  for k, v in section.items():
+    c.optimizer[name][k] = v
   c.optimizer.adafactor.min_dim_size_to_factor = 2  # Factor the 4x3 leaf.
   return optim.build_optimizer(c.optimizer, _schedule), c.optimizer[name]
 
@@ -130,8 +139,14 @@ def _built(name, wd, mask='all'):
 @pytest.mark.parametrize('name', CATALOG)
 def test_first_three_steps_match_optax_called_directly(name):
   wd = 0.0 if name in ('adopt', 'signum') else 0.1
-  ours, h = _built(name, wd)
-  for got, want in zip(_steps(ours), _steps(_direct(name, h, wd))):
+  # Sophia: Hessian estimates at steps 0 and 2, from the loss it is given;
+  # unclipped, so that they show in the steps.
+  section = ({'update_interval': 2, 'clip_threshold': None}
+             if name == 'sophia' else {})
+  ours, h = _built(name, wd, **section)
+  obj_fn = _loss if name == 'sophia' else None
+  for got, want in zip(_steps(ours, obj_fn=obj_fn),
+                       _steps(_direct(name, h, wd), obj_fn=obj_fn)):
     chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
 
 
@@ -161,17 +176,13 @@ def test_muon_leaves_embeddings_and_non_matrices_to_adamw():
   assert dims['head']['kernel'] is None
 
 
-def test_bad_values_and_sophia_fail_naming_the_field():
-  c = wsd.get_config('smoke')
-  c.optimizer.name = 'sophia'
-  with pytest.raises(config_lib.ConfigError, match=r"optimizer.name='sophia'"
-                     r': optax.contrib.sophia needs the loss'):
-    config_lib.validate(c)
+def test_bad_values_fail_naming_the_field():
   for name, field, value in (('lion', 'b2', 1.0), ('muon', 'ns_steps', 0),
                              ('muon', 'adam_params', '(embed'),
                              ('schedule_free_adamw', 'b1', 0.0),
                              ('adafactor', 'decay_rate', 0.0),
-                             ('ademamix', 'alpha', -1.0)):
+                             ('ademamix', 'alpha', -1.0),
+                             ('sophia', 'update_interval', 0)):
     c = wsd.get_config('smoke')
     c.optimizer.name = name
     c.optimizer[name][field] = value
@@ -255,3 +266,24 @@ def test_schedule_free_branch_continues_the_parent_state(tmp_path):
   chex.assert_trees_all_close(got.opt_state, done.opt_state, rtol=1e-6,
                               atol=1e-7)
 
+
+
+def test_schedule_free_merge_averages_the_evaluation_points(tmp_path):
+  from experiments import merge  # pylint: disable=g-import-not-at-top
+  from dynamics import merging  # pylint: disable=g-import-not-at-top
+  c = _smoke('schedule_free_adamw', steps=4,
+             **{'merge.interval': 1, 'merge.window': 2})
+  train.train_and_evaluate(c, str(tmp_path / 'run'))
+  run = runs.Run.open(str(tmp_path / 'run'))
+  record = merge.merge_and_evaluate(str(tmp_path / 'run'),
+                                    output=str(tmp_path / 'merged'))
+  w = merging.merge_weights(c.merge.shape, 2)
+  want = jax.tree.map(lambda a, b: w[0] * a + w[1] * b, run.params(3),
+                      run.params(4))
+  merged = runs.Run.open(str(tmp_path / 'merged'))
+  chex.assert_trees_all_close(merged.params(4), want, rtol=1e-5, atol=1e-6)
+  raw = run.state(4)
+  np.testing.assert_allclose(record['eval_loss_raw'], run.evaluate(
+      run.params(4), raw.model_state)['loss'], rtol=1e-6)
+  np.testing.assert_allclose(record['eval_loss'], run.evaluate(
+      want, raw.model_state)['loss'], rtol=1e-5)

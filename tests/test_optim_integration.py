@@ -19,6 +19,8 @@ def _parts(name, **sam):
   config = wsd.get_config('smoke')
   config.optimizer.name = name
   config.log_every = 1  # Norms on every step.
+  if name == 'prodigy':  # Its weight decay has no mask (a one-line error).
+    config.optimizer.weight_decay_mask = 'all'
   for k, v in sam.items():
     config.optimizer.sam[k] = v
   run = Run(config)

@@ -39,9 +39,10 @@ def _trained(name, steps=3, **section):
     c.optimizer[name][k] = v
   tx = optim.build_optimizer(c.optimizer, lambda t: 0.01)
   state = tx.init(params)
+  extra = {'obj_fn': lambda p: loss(p, batches[0])} if name == 'sophia' else {}
   for _ in range(steps):
     g = jax.grad(loss)(params, batches[0])
-    u, state = tx.update(g, state, params)
+    u, state = tx.update(g, state, params, **extra)
     params = optax.apply_updates(params, u)
   return tx, c.optimizer[name], params, state
 
@@ -56,13 +57,16 @@ def _hand_diagonal(name, h, state):
   if name == 'adopt':
     nu = precondition.find_second_moment(state)[0]
     return jax.tree.map(lambda n: np.maximum(np.sqrt(n), h.eps), nu)
+  if name == 'sophia':
+    nu = precondition.find_second_moment(state)[0]
+    return jax.tree.map(lambda n: np.maximum(h.gamma * n, h.eps), nu)
   nu, count = precondition.find_second_moment(state)
   return jax.tree.map(
       lambda n: np.sqrt(n / (1 - h.b2 ** int(count))) + h.eps, nu)
 
 
 @pytest.mark.parametrize('name', ['nadamw', 'ademamix', 'adopt',
-                                  'schedule_free_adamw', 'adamw'])
+                                  'schedule_free_adamw', 'adamw', 'sophia'])
 def test_adam_likes_match_the_dense_preconditioned_hessian(name):
   with jax.enable_x64(True):
     loss, _, batches = _problem()

@@ -9,6 +9,8 @@ section) the functions below pick it per optimizer (`PRECONDITIONERS`):
   schedule_free_adamw (its base step, taken at ``z``):
   :math:`P = \sqrt{\nu / (1 - \beta_2^t)} + \epsilon`;
 * adopt: :math:`P = \max(\sqrt{\nu}, \epsilon)` (no bias correction);
+* sophia: :math:`P = \max(\gamma h, \epsilon)`, :math:`h` its EMA of the
+  Hessian diagonal (update clipping left out);
 * adafactor: the factored second moment,
   :math:`P = \sqrt{(R / \bar R) \otimes C}` on factored leaves
   (:math:`\sqrt{v}` on the others), divided by the leaf's
@@ -106,6 +108,16 @@ def _adopt_diagonal(opt_state, hyper, like):
           None if count is None else int(count))
 
 
+def _sophia_diagonal(opt_state, hyper, like):
+  """``max(gamma h, eps)``, ``h`` the EMA of the Hessian diagonal estimate
+  (optax.contrib.scale_by_sophia; its update clipping is left out)."""
+  del like
+  nu, count = find_second_moment(opt_state)
+  return (jax.tree.map(lambda n: jnp.maximum(hyper['gamma'] * n,
+                                             hyper['eps']), nu),
+          None if count is None else int(count))
+
+
 def _adafactor_diagonal(opt_state, hyper, like, params=None):
   """Adafactor's factored second moment (optax.scale_by_factored_rms)."""
   from optax._src import factorized  # pylint: disable=g-import-not-at-top
@@ -138,6 +150,7 @@ PRECONDITIONERS: dict[str, Callable[..., tuple[PyTree, int | None]]] = {
         'schedule_free_adamw')},
     'adopt': _adopt_diagonal,
     'adafactor': _adafactor_diagonal,
+    'sophia': _sophia_diagonal,
 }
 NOT_DEFINED = {
     'sgd': 'a plain gradient step (P = I: use the sharpness)',

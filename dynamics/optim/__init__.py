@@ -25,6 +25,7 @@ from dynamics import config_migrate
 from dynamics import errors
 from dynamics.config_migrate import migrate_flat_fields
 from dynamics.optim import catalog
+from dynamics.optim.catalog import NEEDS_LOSS
 from dynamics.optim.adamp import adamp, sgdp
 from dynamics.optim.multipliers import scale_by_lr_multipliers
 from dynamics.optim.orthograd import orthograd
@@ -184,7 +185,8 @@ OPTIMIZERS: Dict[str, Entry] = {
            ('ademamix', 'adam', catalog.check_ademamix, None),
            ('adopt', 'adam', catalog.check_adopt, None),
            ('prodigy', 'adam', catalog.check_prodigy, None),
-           ('signum', 'adam', catalog.check_signum, None))},
+           ('signum', 'adam', catalog.check_signum, None),
+           ('sophia', 'adam', catalog.check_sophia, None))},
     # SOAP (dynamics/optim/soap.py): Adam in Shampoo's eigenbasis.
     'soap': Entry(lambda h, o, lr: soap(
         lr, b1=h.b1, b2=h.b2, shampoo_beta=h.shampoo_beta, eps=h.eps,
@@ -279,7 +281,6 @@ def check(config: ml_collections.ConfigDict) -> None:
   shared ones, the selected optimizer's section (its entry's check) and
   SAM's."""
   o = config.optimizer
-  catalog.refuse_unsupported(o.name)
   errors.one_of('optimizer.name', o.name, OPTIMIZERS)
   errors.number('optimizer.learning_rate', o.learning_rate, above=0)
   errors.number('optimizer.weight_decay', o.weight_decay, at_least=0)
@@ -299,7 +300,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   _check_sam(o.sam)
 
 
-__all__ = ['Entry', 'OPTIMIZERS', 'SAM_MASKS', 'SamOptions',
+__all__ = ['Entry', 'NEEDS_LOSS', 'OPTIMIZERS', 'SAM_MASKS', 'SamOptions',
            'WEIGHT_DECAY_MASKS', 'adamp', 'build_optimizer', 'check',
            'eval_params',
            'hyperparameters', 'migrate_flat_fields', 'norm_mask',

@@ -21,16 +21,18 @@ ademamix               ``optax.contrib.ademamix``
 adopt                  ``optax.contrib.adopt`` (+ decoupled decay)
 prodigy                ``optax.contrib.prodigy``
 signum                 ``optax.signum`` (+ decoupled decay)
+sophia                 ``optax.contrib.sophia`` (Hutchinson estimator)
 =====================  =====================================================
 
-``sophia`` (``optax.contrib.sophia``) is refused (`UNSUPPORTED`): its update
-needs the loss itself (``obj_fn``, for Hutchinson's Hessian diagonal), which
-the train step does not pass to the optimizer.
+``sophia`` (``optax.contrib.sophia``) needs the loss itself in its update
+(``obj_fn``, for Hutchinson's Hessian diagonal): the train step passes it
+for the names in `NEEDS_LOSS`.
 
 Schedule-free AdamW is evaluated at its averaged point
 :math:`x_t` (`schedule_free_eval`), not at the gradient point :math:`y_t`
 the state holds as ``params``: the registry entry's ``eval_params`` says so,
-and the loop's evaluation, ``Run.params`` and ``Run.eval_params`` apply it.
+and the loop's evaluation, ``Run.params`` and `dynamics.parts.eval_params`
+apply it.
 What a WSD branch means for it: the branch restores the parent's whole
 schedule-free state (:math:`z`, the averaging weight sum, the step count,
 the second moment) and continues it with the branch's learning rate; the
@@ -48,11 +50,11 @@ References:
   Defazio et al., The Road Less Scheduled (2024);
   Pagliardini et al., The AdEMAMix Optimizer (2024);
   Taniguchi et al., ADOPT (2024); Mishchenko & Defazio, Prodigy (2023);
-  Bernstein et al., signSGD (2018).
+  Bernstein et al., signSGD (2018); Liu et al., Sophia (2023).
 """
 
 import re
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -64,12 +66,9 @@ from dynamics.types import PyTree, param_name
 
 MaskFn = Callable[[PyTree], PyTree]
 
-# Optimizers optax ships that the catalog refuses, with the reason.
-UNSUPPORTED = {
-    'sophia': 'optax.contrib.sophia needs the loss (obj_fn) at every update '
-              'for its Hessian estimate, which the train step does not pass; '
-              'not supported',
-}
+# Optimizers whose update takes the loss (``obj_fn``): the train step passes
+# the whole batch's training loss (`dynamics.step.StepOptions.loss_in_update`).
+NEEDS_LOSS = frozenset({'sophia'})
 
 
 def _decayed(direction: optax.GradientTransformation, wd: float,
@@ -183,6 +182,16 @@ def signum(h, o, lr, mask: MaskFn) -> optax.GradientTransformation:
                   o.weight_decay, mask, lr)
 
 
+def sophia(h, o, lr, mask: MaskFn) -> optax.GradientTransformation:
+  """``optax.contrib.sophia`` (Sophia-H: Hutchinson's Hessian diagonal every
+  ``update_interval`` steps, from the loss the train step passes as
+  ``obj_fn`` -- the whole batch's, also under gradient accumulation)."""
+  return optax.contrib.sophia(
+      lr, b1=h.b1, b2=h.b2, eps=h.eps, weight_decay=o.weight_decay,
+      weight_decay_mask=mask, gamma=h.gamma, clip_threshold=h.clip_threshold,
+      update_interval=h.update_interval)
+
+
 def schedule_free_eval(opt_state: Any, params: PyTree) -> PyTree:
   r"""The schedule-free averaged point :math:`x_t = (y_t - (1-\beta_1) z_t)
   / \beta_1` (``optax.contrib.schedule_free_eval_params``), from the
@@ -190,6 +199,19 @@ def schedule_free_eval(opt_state: Any, params: PyTree) -> PyTree:
 
   Raises:
     ValueError: ``opt_state`` holds no ``ScheduleFreeState``.
+
+  Example (two steps of ``g = 1`` from ``y = 1`` at rate 0.1: the averaged
+  point ``x`` lags behind the gradient point ``y``):
+    >>> tx = optax.chain(optax.clip_by_global_norm(1.0),
+    ...                  optax.contrib.schedule_free_adamw(0.1))
+    >>> y = {'w': jnp.ones(2)}
+    >>> state = tx.init(y)
+    >>> for _ in range(2):
+    ...   u, state = tx.update({'w': jnp.ones(2)}, state, y)
+    ...   y = optax.apply_updates(y, u)
+    >>> x = schedule_free_eval(state, y)
+    >>> print(f"y = {float(y['w'][0]):.4f}, x = {float(x['w'][0]):.4f}")
+    y = 0.8450, x = 0.8500
   """
   kind = optax.contrib.ScheduleFreeState
   found = [s for s in jax.tree.leaves(
@@ -283,9 +305,9 @@ def check_signum(h, prefix: str) -> None:
   _unit(h, prefix, 'beta')
 
 
-def refuse_unsupported(name: Optional[str]) -> None:
-  """Raises a one-line ``ConfigError`` for an optax optimizer the catalog
-  refuses (`UNSUPPORTED`), before the generic "must be one of"."""
-  if name in UNSUPPORTED:
-    raise errors.ConfigError(f'config.optimizer.name={name!r}: '
-                             f'{UNSUPPORTED[name]}')
+def check_sophia(h, prefix: str) -> None:
+  check_adam(h, prefix)
+  errors.number(f'{prefix}.gamma', h.gamma, above=0)
+  errors.number(f'{prefix}.clip_threshold', h.clip_threshold, above=0,
+                optional=True)
+  errors.integer(f'{prefix}.update_interval', h.update_interval, 1)
