@@ -32,4 +32,5 @@ REPRODUCTIONS = {
     'lr_sensitivity': 'lr_sensitivity',
     'mup_coordinate_check': 'mup_coordinate_check',
     'grokking': 'grokking',
+    'rebasin': 'rebasin',
 }
