@@ -40,7 +40,7 @@ _LAZY = {
     'uniform_soup': 'soups', 'greedy_soup': 'soups', 'fisher_merge': 'soups',
     'diagonal_fisher': 'soups', 'checkpoint_slice': 'checkpoints',
 }
-_SUBMODULES = ('checkpoints', 'grid', 'matching', 'interpolation', 'slices', 'soups')
+_SUBMODULES = ('args', 'checkpoints', 'grid', 'matching', 'interpolation', 'slices', 'soups')
 
 
 def __getattr__(name: str) -> Any:

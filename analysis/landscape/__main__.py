@@ -31,6 +31,7 @@ import os
 from absl import flags
 from absl import logging
 
+from analysis.landscape import args
 from dynamics import cli
 
 MODES = ('interpolate', 'slice1d', 'slice2d')
@@ -59,30 +60,11 @@ _OUT = flags.DEFINE_string('out', None, 'Default: WORKDIR/landscape.')
 
 
 def parse_grid(text: str, flag: str) -> list:
-  """``'a:b:n'`` (``n`` points from a to b) or ``'x,y,...'``; a one-line
-  `cli.UserError` naming ``--flag`` otherwise (an empty grid included).
-
-  Example:
-    >>> parse_grid('0:1:3', 'alphas')
-    [0.0, 0.5, 1.0]
-  """
+  """`analysis.landscape.args.parse_grid`, its error a `cli.UserError`."""
   try:
-    if ':' in text:
-      start, stop, num = text.split(':')
-      num = int(num)
-      if num < 1:
-        raise ValueError
-      if num == 1:
-        return [float(start)]
-      step = (float(stop) - float(start)) / (num - 1)
-      return [round(float(start) + i * step, 12) for i in range(num)]
-    values = [float(v) for v in text.split(',') if v.strip()]
-  except ValueError:
-    raise cli.UserError(f"--{flag}={text}: expected 'start:stop:num' with "
-                        'num >= 1, or comma-separated numbers') from None
-  if not values:
-    raise cli.UserError(f'--{flag}={text}: the grid is empty')
-  return values
+    return args.parse_grid(text, flag)
+  except ValueError as e:
+    raise cli.UserError(str(e)) from None
 
 
 def _steps(values, count: int):

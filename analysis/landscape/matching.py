@@ -263,13 +263,14 @@ def align(params_a: PyTree, params_b: PyTree, spec: Optional[Spec] = None, *,
   permute its model state too: ``permute(state, spec, weight_matching(...))``.
 
   Example:
-    >>> a = {'dense_0': {'kernel': np.eye(2), 'bias': np.zeros(2)},
-    ...      'head': {'kernel': np.eye(2), 'bias': np.zeros(2)}}
-    >>> b = jax.tree.map(lambda x: x[..., ::-1] if x.ndim == 2 else x, a)
-    >>> b['head']['kernel'] = b['head']['kernel'][::-1, ::-1]
-    >>> aligned = align(a, b)
-    >>> np.asarray(aligned['dense_0']['kernel']).tolist()
-    [[1.0, 0.0], [0.0, 1.0]]
+    >>> a = {'dense_0': {'kernel': np.array([[1., 2.], [3., 4.]]),
+    ...                  'bias': np.array([0.5, -0.5])},
+    ...      'head': {'kernel': np.array([[1.], [-1.]]), 'bias': np.zeros(1)}}
+    >>> b = permute(a, spec_for(a), {'P_0': np.array([1, 0])})  # Swapped.
+    >>> b['dense_0']['kernel'].tolist()
+    [[2.0, 1.0], [4.0, 3.0]]
+    >>> align(a, b)['dense_0']['kernel'].tolist()
+    [[1.0, 2.0], [3.0, 4.0]]
   """
   spec = spec_for(params_a) if spec is None else spec
   perms = weight_matching(params_a, params_b, spec, max_iter=max_iter,

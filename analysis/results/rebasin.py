@@ -15,14 +15,23 @@ def _ms(s: Dict[str, Any]) -> str:
   return f"{s['mean']:.3f} ± {s['std']:.3f}"
 
 
+def _verdict(comparison: Dict[str, Any], lower: str, higher: str) -> str:
+  """`analysis.stats.verdict`, with the p-value printed as recorded (not
+  as a bound), so every printed number is one of the JSON's."""
+  text = stats.verdict(comparison, lower, higher)
+  p = comparison['p']
+  return text if p is None else text.replace(
+      'p < 0.0001', f'p = {p:.2g}')
+
+
 def conclusion(numbers: Dict[str, Any]) -> str:
   parts = []
   for w in numbers['widths']:
     p = numbers['per_width'][str(w)]
-    v = stats.verdict(p['matched_vs_naive'], 'matched lower', 'matched higher')
+    v = _verdict(p['matched_vs_naive'], 'matched lower', 'matched higher')
     parts.append(f"width {w}: {_ms(p['naive'])} -> {_ms(p['matched'])} "
                  f"({v})")
-  trend = stats.verdict(numbers['wide_vs_narrow_matched'],
+  trend = _verdict(numbers['wide_vs_narrow_matched'],
                         'lower at the widest', 'higher at the widest')
   return '; '.join(parts) + f'; matched barrier vs width: {trend}'
 

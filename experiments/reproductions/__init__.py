@@ -33,4 +33,5 @@ REPRODUCTIONS = {
     'mup_coordinate_check': 'mup_coordinate_check',
     'grokking': 'grokking',
     'optimizer_speedups': 'optimizer_speedups',
+    'rebasin': 'rebasin',
 }
