@@ -22,15 +22,11 @@ from configs import base
 
 def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c = base.get_config()
-  c.name = 'adamp'
-  c.num_steps = 600
-  c.log_every = 20
-  c.eval_every = 100
-  c.eval_batches = 4
-  c.model.name = 'cnn'
-  c.model.channels = (16, 32)
-  c.model.norm = 'batchnorm'
-  c.model.activation = 'relu'
+  c.update(
+      name='adamp', num_steps=600, log_every=20, eval_every=100,
+      eval_batches=4)
+  c.model.update(
+      name='cnn', channels=(16, 32), norm='batchnorm', activation='relu')
   c.data.name = 'digits'
   c.data.batch_size = 64
   c.optimizer.name = 'adamp'

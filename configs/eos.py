@@ -32,31 +32,24 @@ from configs import base
 
 def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c = base.get_config()
-  c.name = 'eos'
-  c.num_steps = 1500
-  c.log_every = 10
-  c.eval_every = 250
-  c.eval_batches = 1
-  c.model.name = 'mlp'
-  c.model.hidden_sizes = (64, 64)
-  c.model.activation = 'tanh'
-  c.model.norm = 'none'
-  c.data.name = 'teacher_student'
-  c.data.input_dim = 16
-  c.data.teacher_width = 32
-  c.data.output_dim = 1
-  c.data.noise_std = 1.0             # Label noise: fitting it needs sharpening.
-  c.data.num_train = 256
-  c.data.batch_size = 256            # = num_train: full-batch gradient descent.
+  c.update(
+      name='eos', num_steps=1500, log_every=10, eval_every=250, eval_batches=1)
+  c.model.update(
+      name='mlp', hidden_sizes=(64, 64), activation='tanh', norm='none')
+  # noise_std: Label noise: fitting it needs sharpening.
+  # batch_size: = num_train: full-batch gradient descent.
+  c.data.update(
+      name='teacher_student', input_dim=16, teacher_width=32, output_dim=1,
+      noise_std=1.0, num_train=256, batch_size=256)
   c.loss.name = 'mse'
   c.optimizer.name = 'sgd'
   c.optimizer.learning_rate = 0.2    # 2 / eta = 10.
   c.schedule.name = 'constant'
   c.schedule.warmup_steps = 0
-  c.analysis.sharpness_every = 10
-  c.analysis.sharpness_iters = 20
-  c.analysis.sharpness_batches = 1
-  c.analysis.sharpness_data = 'train'  # The training loss is what sits at 2/eta.
+  # sharpness_data: The training loss is what sits at 2/eta.
+  c.analysis.update(
+      sharpness_every=10, sharpness_iters=20, sharpness_batches=1,
+      sharpness_data='train')
   c.checkpoint.every_steps = 500
   return base.apply_variants(c, arg, {'smoke': smoke}, 'configs/eos.py')
 

@@ -41,11 +41,10 @@ from configs import base
 
 def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c = base.get_config()
-  c.name = 'gpt2_owt'
-  c.num_steps = 10_000
-  c.log_every = 10
-  c.eval_every = 500
-  c.eval_batches = 20              # 10.5M held-out tokens.
+  # eval_batches: 10.5M held-out tokens.
+  c.update(
+      name='gpt2_owt', num_steps=10_000, log_every=10, eval_every=500,
+      eval_batches=20)
   m = c.model
   m.name = 'transformer'
   m.d_model, m.num_layers, m.num_heads, m.mlp_ratio = 768, 12, 12, 4
@@ -54,9 +53,7 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   m.tie_embeddings = True
   m.vocab_size = 50_304
   m.dtype = 'bfloat16'
-  c.data.name = 'tokens'
-  c.data.seq_len = 1024
-  c.data.batch_size = 512
+  c.data.update(name='tokens', seq_len=1024, batch_size=512)
   o = c.optimizer
   o.name, o.learning_rate = 'adamw', 6e-4
   o.adamw.b1, o.adamw.b2, o.adamw.eps = 0.9, 0.95, 1e-8

@@ -36,21 +36,16 @@ from configs import base
 
 def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c = base.get_config()
-  c.name = 'grokking'
-  c.num_steps = 3000
-  c.log_every = 50
-  c.eval_every = 250
-  c.eval_batches = 1
-  c.model.name = 'mlp'
-  c.model.hidden_sizes = (256,)
-  c.model.activation = 'relu'
-  c.model.norm = 'none'
-  c.model.init_scale = 2.0
-  c.data.name = 'modular'
-  c.data.modulus = 31
-  c.data.operation = 'add'
-  c.data.train_fraction = 0.5
-  c.data.batch_size = 1024          # >= 480 training pairs: full batch.
+  c.update(
+      name='grokking', num_steps=3000, log_every=50, eval_every=250,
+      eval_batches=1)
+  c.model.update(
+      name='mlp', hidden_sizes=(256,), activation='relu', norm='none',
+      init_scale=2.0)
+  # batch_size: >= 480 training pairs: full batch.
+  c.data.update(
+      name='modular', modulus=31, operation='add', train_fraction=0.5,
+      batch_size=1024)
   c.optimizer.name = 'adamw'
   c.optimizer.learning_rate = 1e-2
   c.optimizer.adamw.b2 = 0.99

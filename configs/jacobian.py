@@ -29,24 +29,15 @@ from configs import base
 
 def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c = base.get_config()
-  c.name = 'jacobian'
-  c.num_steps = 625
-  c.log_every = 25
-  c.eval_every = 125
-  c.model.name = 'mlp'
-  c.model.hidden_sizes = (64,)
-  c.model.activation = 'gelu'
-  c.model.norm = 'none'
-  c.data.name = 'digits'
-  c.data.batch_size = 64
-  c.data.num_eval = 197
+  c.update(name='jacobian', num_steps=625, log_every=25, eval_every=125)
+  c.model.update(
+      name='mlp', hidden_sizes=(64,), activation='gelu', norm='none')
+  c.data.update(name='digits', batch_size=64, num_eval=197)
   c.optimizer.name = 'momentum'
   c.optimizer.learning_rate = 0.1
   c.optimizer.momentum.momentum = 0.9
   c.optimizer.weight_decay = 0.0
-  c.schedule.name = 'cosine'
-  c.schedule.warmup_steps = 0
-  c.schedule.final_value = 0.0
+  c.schedule.update(name='cosine', warmup_steps=0, final_value=0.0)
   return base.apply_variants(c, arg, {'smoke': smoke}, 'configs/jacobian.py')
 
 

@@ -39,20 +39,13 @@ NTK_LEARNING_RATE = 1.0     # NTK parametrization, any width, alpha = 1.
 
 def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c = base.get_config()
-  c.num_steps = 2000
-  c.log_every = 50
-  c.eval_every = 500
-  c.model.name = 'mlp'
-  c.model.hidden_sizes = (BASE_WIDTH,)
-  c.model.activation = 'relu'
-  c.model.norm = 'none'
-  c.model.antisymmetric_init = True
-  c.data.name = 'teacher_student'
-  c.data.input_dim = 16
-  c.data.teacher_width = 32
-  c.data.output_dim = 1
-  c.data.num_train = 1024
-  c.data.batch_size = 64
+  c.update(num_steps=2000, log_every=50, eval_every=500)
+  c.model.update(
+      name='mlp', hidden_sizes=(BASE_WIDTH,), activation='relu', norm='none',
+      antisymmetric_init=True)
+  c.data.update(
+      name='teacher_student', input_dim=16, teacher_width=32, output_dim=1,
+      num_train=1024, batch_size=64)
   c.loss.name = 'mse'
   c.optimizer.name = 'sgd'
   c.optimizer.weight_decay = 0.0

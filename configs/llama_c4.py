@@ -102,10 +102,8 @@ SIZES = {
 
 def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c = base.get_config()
-  c.name = 'llama_c4'
-  c.log_every = 10
-  c.eval_every = 1000
-  c.eval_batches = 20              # 2.6M held-out tokens.
+  # eval_batches: 2.6M held-out tokens.
+  c.update(name='llama_c4', log_every=10, eval_every=1000, eval_batches=20)
   m = c.model
   m.name = 'transformer'
   m.norm = 'rmsnorm'
@@ -117,9 +115,7 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   m.vocab_size = 32_000
   m.max_len = 256
   m.dtype = 'bfloat16'
-  c.data.name = 'tokens'
-  c.data.seq_len = 256
-  c.data.batch_size = 512
+  c.data.update(name='tokens', seq_len=256, batch_size=512)
   c.checkpoint.every_steps = 1000
   size(c, '60m')
   adam(c)
@@ -189,9 +185,7 @@ def cosine(c: ml_collections.ConfigDict) -> None:
 
 def wsd(c: ml_collections.ConfigDict) -> None:
   """Warmup-stable-decay: the last 20% decays along 1 - sqrt."""
-  c.schedule.name = 'wsd'
-  c.schedule.decay_fraction = 0.2
-  c.schedule.decay_shape = '1-sqrt'
+  c.schedule.update(name='wsd', decay_fraction=0.2, decay_shape='1-sqrt')
   c.name += '_wsd'
 
 

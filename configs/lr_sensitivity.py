@@ -37,15 +37,10 @@ from configs import wsd
 
 def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c = wsd.get_config()
-  c.name = 'lr_sensitivity'
-  c.num_steps = 600
-  c.eval_every = 100
-  c.log_every = 20
-  c.log_per_layer = True
-  c.stop_on_nonfinite = False
-  c.model.d_model = 64
-  c.model.num_layers = 2
-  c.model.num_heads = 4
+  c.update(
+      name='lr_sensitivity', num_steps=600, eval_every=100, log_every=20,
+      log_per_layer=True, stop_on_nonfinite=False)
+  c.model.update(d_model=64, num_layers=2, num_heads=4)
   c.optimizer.clip_norm = None      # No clipping: instabilities stay visible.
   c.optimizer.weight_decay = 1e-4
   c.schedule.name = 'cosine'

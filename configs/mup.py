@@ -28,21 +28,13 @@ BASE_WIDTH = 64
 
 def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c = base.get_config()
-  c.name = 'mup'
-  c.num_steps = 4                   # The check looks at the first few updates.
-  c.log_every = 1
-  c.eval_every = 4
-  c.eval_batches = 1
-  c.model.name = 'mlp'
-  c.model.hidden_sizes = (BASE_WIDTH, BASE_WIDTH)
-  c.model.activation = 'relu'
-  c.model.norm = 'none'
-  c.model.parametrization = 'mup'
-  c.model.base_width = BASE_WIDTH
-  c.data.name = 'teacher_student'
-  c.data.input_dim = 16
-  c.data.output_dim = 4
-  c.data.batch_size = 32
+  # num_steps: The check looks at the first few updates.
+  c.update(name='mup', num_steps=4, log_every=1, eval_every=4, eval_batches=1)
+  c.model.update(
+      name='mlp', hidden_sizes=(BASE_WIDTH, BASE_WIDTH), activation='relu',
+      norm='none', parametrization='mup', base_width=BASE_WIDTH)
+  c.data.update(
+      name='teacher_student', input_dim=16, output_dim=4, batch_size=32)
   c.optimizer.name = 'adam'
   c.optimizer.learning_rate = 1e-3
   c.schedule.name = 'constant'

@@ -27,12 +27,9 @@ from configs import wsd
 
 def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c = wsd.get_config()
-  c.name = 'optimizer_speedups'
-  c.num_steps = 600
-  c.eval_every = 100
-  c.optimizer.learning_rate = 1e-3   # The untuned rate.
-  c.optimizer.weight_decay = 0.1
-  c.optimizer.clip_norm = 1.0
+  c.update(name='optimizer_speedups', num_steps=600, eval_every=100)
+  # learning_rate: The untuned rate.
+  c.optimizer.update(learning_rate=1e-3, weight_decay=0.1, clip_norm=1.0)
   c.schedule.warmup_steps = 30
   c.checkpoint.every_steps = 600
   return base.apply_variants(c, arg, {'smoke': smoke},

@@ -37,23 +37,18 @@ from configs import wsd
 
 def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c = wsd.get_config()  # The main job's model, data and optimizer.
-  c.name = 'river_valley'
-  c.num_steps = 1800
-  c.log_every = 10
-  c.eval_every = 50
-  c.eval_batches = 16  # 16k held-out tokens: eval noise below the differences.
+  # eval_batches: 16k held-out tokens: eval noise below the differences.
+  c.update(
+      name='river_valley', num_steps=1800, log_every=10, eval_every=50,
+      eval_batches=16)
   c.model.max_len = 32
   c.data.seq_len = 32
   c.optimizer.weight_decay = 0.0
-  c.schedule.name = 'wsd_s'
-  c.schedule.warmup_steps = 50
-  c.schedule.decay_fraction = 0.25
-  c.schedule.decay_shape = 'linear'
-  c.schedule.budgets = (600, 1200, 1800)
+  c.schedule.update(
+      name='wsd_s', warmup_steps=50, decay_fraction=0.25, decay_shape='linear',
+      budgets=(600, 1200, 1800))
   c.checkpoint.every_steps = 300
-  c.merge.interval = 50
-  c.merge.window = 300
-  c.merge.shape = '1-sqrt'
+  c.merge.update(interval=50, window=300, shape='1-sqrt')
   return base.apply_variants(c, arg, {'smoke': smoke}, 'configs/river_valley.py')
 
 
@@ -61,12 +56,8 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks everything so the reproduction's smoke test runs in seconds."""
   base.smoke(c, num_steps=400, eval_every=25, eval_batches=4,
              checkpoint_every=100)
-  c.model.d_model = 32
-  c.model.num_layers = 1
-  c.model.num_heads = 2
-  c.data.vocab_size = 32
-  c.data.seq_len = 16
-  c.data.batch_size = 16
+  c.model.update(d_model=32, num_layers=1, num_heads=2)
+  c.data.update(vocab_size=32, seq_len=16, batch_size=16)
   c.model.max_len = 16
   c.optimizer.learning_rate = 0.06  # A high plateau: the decay shows in 400 steps.
   c.schedule.warmup_steps = 25

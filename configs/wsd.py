@@ -24,29 +24,16 @@ from configs import base
 
 def get_config(arg: str = None) -> ml_collections.ConfigDict:
   c = base.get_config()
-  c.name = 'wsd'
-  c.num_steps = 2000
-  c.log_every = 20
-  c.eval_every = 100
-  c.eval_batches = 8
-  c.model.name = 'transformer'
-  c.model.d_model = 64
-  c.model.num_layers = 2
-  c.model.num_heads = 4
-  c.model.max_len = 64
-  c.data.name = 'markov'
-  c.data.vocab_size = 64
-  c.data.temperature = 0.5
-  c.data.seq_len = 64
-  c.data.batch_size = 32
-  c.optimizer.name = 'adamw'
-  c.optimizer.learning_rate = 1e-2
-  c.optimizer.weight_decay = 0.1
-  c.optimizer.clip_norm = 1.0
-  c.schedule.name = 'wsd'
-  c.schedule.warmup_steps = 100
-  c.schedule.decay_fraction = 0.2
-  c.schedule.decay_shape = 'linear'
+  c.update(
+      name='wsd', num_steps=2000, log_every=20, eval_every=100, eval_batches=8)
+  c.model.update(
+      name='transformer', d_model=64, num_layers=2, num_heads=4, max_len=64)
+  c.data.update(
+      name='markov', vocab_size=64, temperature=0.5, seq_len=64, batch_size=32)
+  c.optimizer.update(
+      name='adamw', learning_rate=1e-2, weight_decay=0.1, clip_norm=1.0)
+  c.schedule.update(
+      name='wsd', warmup_steps=100, decay_fraction=0.2, decay_shape='linear')
   c.checkpoint.every_steps = 250
   return base.apply_variants(c, arg, {'smoke': _smoke_run}, 'configs/wsd.py')
 
@@ -60,12 +47,7 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks a config so the real code path runs in seconds."""
   base.smoke(c, num_steps=40, log_every=5, eval_every=20, eval_batches=2,
              checkpoint_every=10)
-  c.model.d_model = 32
-  c.model.num_layers = 2
-  c.model.num_heads = 2
-  c.model.max_len = 32
-  c.data.vocab_size = 32
-  c.data.seq_len = 16
-  c.data.batch_size = 8
+  c.model.update(d_model=32, num_layers=2, num_heads=2, max_len=32)
+  c.data.update(vocab_size=32, seq_len=16, batch_size=8)
   c.schedule.warmup_steps = 5
   return c
