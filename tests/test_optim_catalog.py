@@ -24,9 +24,11 @@ CATALOG = ('nadamw', 'lion', 'adafactor', 'muon', 'schedule_free_adamw',
            'ademamix', 'adopt', 'prodigy', 'signum', 'sophia')
 
 
-def _smoke(name: str, steps: int = 3, **overrides):
+def _smoke(name: str, steps: int = 3, tiny: bool = False, **overrides):
   c = wsd.get_config('smoke')
   c.optimizer.name = name
+  if tiny:  # One block: the resume, branch and merge checks compile faster.
+    c.model.num_layers = 1
   c.num_steps, c.eval_every, c.log_every = steps, steps, 1
   c.eval_batches = 1
   c.checkpoint.every_steps, c.checkpoint.async_save = 2, False
@@ -243,7 +245,8 @@ class _Stop:
                                         ('schedule_free_adamw', 2),
                                         ('lion', 1)])
 def test_resume_equals_an_uninterrupted_run(name, accum, tmp_path):
-  c = _smoke(name, steps=4, **{'optimizer.grad_accum_steps': accum})
+  c = _smoke(name, steps=4, tiny=True,
+             **{'optimizer.grad_accum_steps': accum})
   full = train.train_and_evaluate(c, str(tmp_path / 'full'))
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(c, str(tmp_path / 'cut'), probes=[_Stop(3)])
@@ -256,9 +259,9 @@ def test_resume_equals_an_uninterrupted_run(name, accum, tmp_path):
 def test_schedule_free_branch_continues_the_parent_state(tmp_path):
   """A branch from step 2 whose decay is the parent's own gives the parent's
   last steps: the branch continues z, the weight sum and the moments."""
-  parent = _smoke('schedule_free_adamw', steps=4)
+  parent = _smoke('schedule_free_adamw', steps=4, tiny=True)
   done = train.train_and_evaluate(parent, str(tmp_path / 'parent'))
-  branch = _smoke('schedule_free_adamw', steps=4)
+  branch = _smoke('schedule_free_adamw', steps=4, tiny=True)
   branch.branch.from_workdir = str(tmp_path / 'parent')
   branch.branch.from_step, branch.branch.decay_steps = 2, 2
   got = train.train_and_evaluate(branch, str(tmp_path / 'branch'))
@@ -271,7 +274,7 @@ def test_schedule_free_branch_continues_the_parent_state(tmp_path):
 def test_schedule_free_merge_averages_the_evaluation_points(tmp_path):
   from experiments import merge  # pylint: disable=g-import-not-at-top
   from dynamics import merging  # pylint: disable=g-import-not-at-top
-  c = _smoke('schedule_free_adamw', steps=4,
+  c = _smoke('schedule_free_adamw', steps=4, tiny=True,
              **{'merge.interval': 1, 'merge.window': 2})
   train.train_and_evaluate(c, str(tmp_path / 'run'))
   run = runs.Run.open(str(tmp_path / 'run'))
