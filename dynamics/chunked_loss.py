@@ -152,7 +152,25 @@ def chunked_log_normalizer(h_Nd: jax.Array, w_dV: jax.Array,
   """
   if b_V is None:
     b_V = jnp.zeros((w_dV.shape[1],), w_dV.dtype)
-  return _log_z(h_Nd, w_dV, b_V, float(scale), int(chunk), phi)
+  return _log_z(h_Nd, w_dV, b_V, float(scale), balanced_chunk(
+      w_dV.shape[1], chunk), phi)
+
+
+def balanced_chunk(vocab: int, chunk: int) -> int:
+  """The chunk width actually used: as many chunks as ``chunk`` columns
+  need, made equal (rounded up to a multiple of 128 when that stays within
+  ``chunk``), so the zero padding of the last chunk is small.
+
+  Example:
+    >>> balanced_chunk(50_304, 8192), balanced_chunk(32_000, 8192)
+    (7296, 8064)
+    >>> balanced_chunk(37, 8)
+    8
+  """
+  k = -(-vocab // chunk)
+  width = -(-vocab // k)
+  aligned = -(-width // 128) * 128
+  return aligned if aligned <= chunk else width
 
 
 def chunked_cross_entropy(h_Nd: jax.Array, w_dV: jax.Array,

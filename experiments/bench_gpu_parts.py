@@ -182,10 +182,12 @@ def part_optimizers(sizes: Shapes, adamw: Optional[Dict[str, Any]] = None
   return dict(steps=out, ratio_to_adamw=ratios, notes=notes)
 
 
-def _curvature_inputs(sizes: Shapes):
-  """GPT-2-small parts (plain loss: the analysis takes logits) and a batch."""
-  config = lm_config('gpt2', sizes)
-  config.loss.vocab_chunk = None
+def _curvature_inputs(sizes: Shapes, dtype: str = 'bfloat16'):
+  """GPT-2-small parts and a batch: XLA attention (forward-over-reverse
+  HVPs differentiate the attention's backward pass) and the plain loss (the
+  GGN takes the logits)."""
+  config = lm_config('gpt2', sizes, levers=False)
+  config.model.dtype = dtype
   config.data.batch_size = sizes.curvature_batch
   parts, _, state, batch = build_step(config)
   return parts, state.params, batch
@@ -220,10 +222,11 @@ def part_curvature(sizes: Shapes) -> Dict[str, Any]:
 
 def part_eigenpairs(sizes: Shapes) -> Dict[str, Any]:
   """Top-5 Hessian eigenpairs to 1e-3 relative residual: time, HVPs, the
-  Lanczos basis' memory."""
+  Lanczos basis' memory (float32 compute: bf16 round-off in each HVP is
+  above the tolerance)."""
   from analysis import hessian
   from dynamics import losses
-  parts, params, batch = _curvature_inputs(sizes)
+  parts, params, batch = _curvature_inputs(sizes, 'float32')
   loss_fn = lambda p, b: losses.compute_loss(parts.model, p, {}, b, None,
                                              parts.options, train=False)[0]
   op = hessian.curvature('hessian', params, [batch], loss_fn=loss_fn)

@@ -138,3 +138,15 @@ def test_attention_implementation_xla_equals_the_default_and_explicit_softmax():
   s = jnp.where(jnp.tril(jnp.ones((5, 5), bool)), s, -jnp.inf)
   ref = jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(s, -1), v)
   np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_forward_over_reverse_hvp_passes_the_custom_vjp():
+  # The sharpness probe and analysis.hessian differentiate the gradient
+  # forward: the chunked loss's HVP equals the plain one's.
+  h, w, b = _hwb(1)
+  v = jnp.cos(w)
+  chunked = lambda w: jnp.sum(chunked_loss.chunked_log_normalizer(
+      h, w, b, chunk=8)[0])
+  plain = lambda w: jnp.sum(jax.nn.logsumexp(h @ w + b[None], -1))
+  hvp = lambda f: jax.jvp(jax.grad(f), (w,), (v,))[1]
+  np.testing.assert_allclose(hvp(chunked), hvp(plain), rtol=1e-4, atol=1e-5)

@@ -13,6 +13,7 @@ import pytest
 from dynamics import cli
 from dynamics.data import tokens
 from experiments import prepare_text
+from experiments import text_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = [f'document {i}: ' + 'lorem ipsum ' * (5 + i) for i in range(12)]
@@ -165,7 +166,7 @@ def test_bad_files_fail_naming_file_and_line_unless_skipped(text, tmp_path):
   with pytest.raises(cli.UserError, match='d.jsonl:2: not a JSON object'):
     prepare_text.prepare(files, str(tmp_path / 'o1'), eval_tokens=60,
                          progress=False)
-  bad = prepare_text.bad_files(files)
+  bad = text_inputs.bad_files(files)
   assert [os.path.basename(f) for f, _ in bad] == ['d.jsonl', 'e.json.gz']
   assert 'e.json.gz:' in bad[1][1] and 'cannot be read' in bad[1][1]
   out = str(tmp_path / 'cmd')
