@@ -227,7 +227,7 @@ def test_repeated_eigenvalue_outside_the_krylov_space_is_found():
 def test_largest_model_whose_top20_basis_fits():
   """Top-20 by default keeps 128 basis rows; with 8 more parameter-sized
   vectors in float32 a model of n parameters needs 136 * 4 n bytes."""
-  from analysis.lanczos.space import largest_model
+  from analysis.lanczos.memory import largest_model
   n = largest_model(16e9)
   assert 136 * 4 * n <= 16e9 < 136 * 4 * (n + 1) and n == 29_411_764
   assert largest_model(80e9, dtype='bfloat16') == int(80e9 // (136 * 2))

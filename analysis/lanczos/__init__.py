@@ -17,7 +17,7 @@ plain Python function also works, compiled once per function object.
 
 Modules: `trees` (vector algebra on pytrees), `space` (flat or pytree
 vectors), `core` (the compiled Lanczos steps), `fixed` (`lanczos`), `eigsh` (converged extreme eigenpairs, thick restarts),
-`ritz` (Ritz pairs and residual estimates), `power` (deflated power
+`ritz` (Ritz pairs and residual estimates), `memory` (`largest_model`), `power` (deflated power
 iteration) and `quadrature` (batched stochastic
 Lanczos quadrature).
 """
