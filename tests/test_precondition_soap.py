@@ -56,21 +56,22 @@ def _trained(calls, b1=0.9, **section):
   return tx, h, params, state
 
 
-def _dense_p(state, h, params):
+def _dense_p(node, h, params):
   """P = (Q_1 ⊗ ... ⊗ Q_k) diag(D) (...)^T per leaf, block diagonal in
-  ravel_pytree's order, from the SOAP state (row-major vec: vec(Q_L^T X Q_R)
-  = (Q_L ⊗ Q_R)^T vec(X))."""
-  node = state[0]
+  ravel_pytree's order, from the SOAP state ``node`` (row-major vec:
+  vec(Q_L^T X Q_R) = (Q_L ⊗ Q_R)^T vec(X))."""
   t = int(node.count) - 1
+  leaves, treedef = jax.tree.flatten(params)
   blocks = []
-  for name in sorted(params):  # ravel_pytree's (dict key) order.
-    shape, flags = layout(params[name].shape, h.max_precond_dim,
-                          h.merge_dims, h.precondition_1d)
-    bases = iter(np.asarray(q) for q in node.bases[name])
+  for leaf, nu, qs in zip(leaves, treedef.flatten_up_to(node.nu),
+                          treedef.flatten_up_to(node.bases)):
+    shape, flags = layout(np.shape(leaf), h.max_precond_dim, h.merge_dims,
+                          h.precondition_1d)
+    bases = iter(np.asarray(q, np.float64) for q in qs)
     q = np.ones((1, 1))
     for size, has in zip(shape, flags):
       q = np.kron(q, next(bases) if has else np.eye(size))
-    d = ((np.sqrt(np.asarray(node.nu[name]).ravel()) + h.eps)
+    d = ((np.sqrt(np.asarray(nu, np.float64).ravel()) + h.eps)
          / np.sqrt(1 - h.b2 ** t))
     blocks.append(q @ np.diag(d) @ q.T)
   n = sum(b.shape[0] for b in blocks)
@@ -94,7 +95,7 @@ def test_matches_the_dense_preconditioned_hessian(options):
     assert len(node.bases['k']) == (2 if h.merge_dims else 3)
     flat, unravel = ravel_pytree(params)
     hess = np.asarray(jax.hessian(lambda f: loss(unravel(f), batch))(flat))
-    p = _dense_p(state, h, params)
+    p = _dense_p(state[0], h, params)
     exact = np.max(np.linalg.eigvals(np.linalg.solve(p, hess)).real)
     op = hs.curvature('hessian', params, [batch], loss_fn=loss)
     assert hs.has_preconditioner('soap')
@@ -115,7 +116,7 @@ def test_p_is_what_the_step_divides_by():
     tx, h, params, state = _trained(5, b1=0.0)
     g = jax.grad(loss)(params, batch)
     u, after = tx.update(g, state, params)  # count 5: no refresh.
-    p = _dense_p(after, h, params)
+    p = _dense_p(after[0], h, params)
     want = -0.01 * np.linalg.solve(p, ravel_pytree(g)[0])
     np.testing.assert_allclose(ravel_pytree(u)[0], want, rtol=1e-9,
                                atol=1e-12)
@@ -139,32 +140,71 @@ def test_before_the_first_step_is_a_one_line_error():
     hs.preconditioned_sharpness(op, state, optimizer='soap', hyper=h)
 
 
-def test_a_soap_run_logs_it_and_a_checkpoint_reproduces_it(tmp_path):
-  """configs/base with soap and the sharpness probe every step: nothing at
-  steps 0 and 1 (no step taken yet), P^{-1}H from step 2 on; recomputed from
-  the run's checkpoint by Run.open it is the value logged."""
+class _Run:
+
+  def __init__(self, loss, batch):
+    self._loss, self._batch = loss, batch
+
+  def loss_fn(self, model_state):
+    del model_state
+    return self._loss
+
+  def probe_batches(self, n):
+    return [self._batch][:n]
+
+
+class _State:
+
+  def __init__(self, step, params, opt_state):
+    self.step, self.params, self.opt_state = step, params, opt_state
+    self.model_state = {}
+
+
+def test_the_probe_waits_for_the_first_step():
+  """After soap's first call (bases built, v = 0) the probe logs the
+  sharpness only; after its second, P^{-1}H too."""
+  loss, _, batch = _problem()
+  for calls, logged in ((1, False), (2, True)):
+    _, h, params, state = _trained(calls)
+    probe = probes.SharpnessProbe(1, batches=probes.held_out(1),
+                                  optimizer=('soap', h))
+    out = probe(_State(calls, params, state), _Run(loss, batch))
+    assert 'sharpness' in out
+    assert ('preconditioned_sharpness' in out) == logged
+
+
+def test_a_soap_run_checkpoint_gives_the_dense_value(tmp_path):
+  """A 2-step soap run (configs/base, an MLP on digits; its 64-wide input
+  axis above max_precond_dim): the probe built from its config, on the
+  checkpoint restored by Run.open, logs the dense lambda_max(P^{-1}H)."""
   from configs import base
   from dynamics import runs, train
   c = base.get_config()
-  c.num_steps, c.log_every, c.eval_every, c.progress = 3, 1, 3, False
+  c.num_steps, c.log_every, c.eval_every, c.progress = 2, 1, 2, False
   c.model.name, c.model.hidden_sizes = 'mlp', (4,)
   c.data.name, c.data.batch_size = 'digits', 8
   c.optimizer.name, c.optimizer.learning_rate = 'soap', 0.01
-  c.optimizer.soap.max_precond_dim = 16  # The 64-wide input axis: none.
+  c.optimizer.soap.max_precond_dim = 16
   c.schedule.name, c.schedule.warmup_steps = 'constant', 0
-  c.checkpoint.every_steps, c.checkpoint.async_save = 3, False
-  c.analysis.sharpness_every, c.analysis.sharpness_iters = 1, 40
+  c.checkpoint.every_steps, c.checkpoint.async_save = 2, False
   workdir = str(tmp_path / 'soap')
-  train.train_and_evaluate(c, workdir, probes=probes.from_config(c))
+  train.train_and_evaluate(c, workdir)
   run = runs.Run.open(workdir)
-  logged = {r['step']: r['preconditioned_sharpness'] for r in run.metrics()
-            if 'preconditioned_sharpness' in r}
-  assert sorted(logged) == [2, 3]
-  state = run.state(3)
-  op = hs.curvature('hessian', state.params, run.probe_batches(1),
-                    loss_fn=run.loss_fn(state.model_state))
-  again = hs.preconditioned_sharpness(
-      op, state.opt_state, optimizer='soap', hyper=run.config.optimizer.soap,
-      tol=1e-6, num_iters=60)
-  assert np.isfinite(again) and again > 0
-  np.testing.assert_allclose(again, logged[3], rtol=1e-2)
+  run.config.analysis.sharpness_every = 2
+  run.config.analysis.sharpness_iters = 60
+  probe, = probes.from_config(run.config)
+  probe.tol = 1e-5
+  state = run.state(2)
+  out = probe(state, run)
+  node = precondition_kron.find_soap_state(state.opt_state)
+  params = jax.tree.map(np.asarray, state.params)
+  assert sorted({len(q) for q in jax.tree.leaves(
+      node.bases, is_leaf=lambda x: isinstance(x, tuple))}) == [0, 1, 2]
+  batch = run.probe_batches(1)[0]
+  flat, unravel = ravel_pytree(params)
+  loss = run.loss_fn(state.model_state)
+  hess = np.asarray(jax.hessian(lambda f: loss(unravel(f), batch))(flat))
+  p = _dense_p(node, run.config.optimizer.soap, params)
+  exact = np.max(np.linalg.eigvals(np.linalg.solve(p, hess)).real)
+  np.testing.assert_allclose(out['preconditioned_sharpness'], exact,
+                             rtol=1e-3)
