@@ -17,7 +17,8 @@ section) the functions below pick it per optimizer (`PRECONDITIONERS`):
 
 For the others (`NOT_DEFINED`: sgd, momentum, sgdp, muon, lion, signum,
 prodigy) no diagonal preconditioner is defined and they raise a one-line
-``ValueError``.
+``ValueError``. SOAP's ``P`` is Kronecker, diagonal in its eigenbases
+(`analysis.hessian.precondition_kron`, dispatched to by `preconditioned`).
 """
 
 from __future__ import annotations
