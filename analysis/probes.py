@@ -288,13 +288,13 @@ class SharpnessProbe(Probe):
     if name is not None and not hessian.has_preconditioner(name):
       return {}  # No diagonal preconditioner (muon, lion, ...).
     try:
-      _, count = hessian.find_second_moment(state.opt_state)
+      nu = hessian.find_second_moment(state.opt_state)[0]
     except ValueError:
       if name is None:
         return {}  # Not an adaptive optimizer.
-      count = state.step  # Adafactor: a factored moment, no nu.
-    if count is not None and int(count) == 0:
-      return {}  # nu = 0 before the first update: P^{-1} H is meaningless.
+      nu = state.step  # Adafactor: a factored moment, no nu; its step count.
+    if not any(bool(jnp.any(n)) for n in jax.tree.leaves(nu)):
+      return {}  # nu = 0 before the first update (soap: its first call too).
     value, info = hessian.preconditioned_sharpness(
         op, state.opt_state, b2=self.b2, eps=self.eps, optimizer=name,
         hyper=hyper, params=state.params,

@@ -19,7 +19,8 @@ section) the functions below pick it per optimizer (`PRECONDITIONERS`):
 
 For the others (`NOT_DEFINED`: sgd, momentum, sgdp, muon, lion, signum,
 prodigy) no diagonal preconditioner is defined and they raise a one-line
-``ValueError``.
+``ValueError``. SOAP's ``P`` is Kronecker, diagonal in its eigenbases
+(`analysis.hessian.precondition_kron`, dispatched to by `preconditioned`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from jax.tree_util import Partial
 from analysis import lanczos as lz
 from analysis.hessian import operators
 from analysis.hessian.operators import Operator
+from analysis.hessian import precondition_kron
 from dynamics.types import PyTree
 
 
@@ -166,8 +168,10 @@ NOT_DEFINED = {
 
 
 def has_preconditioner(optimizer: str) -> bool:
-  """Whether `PRECONDITIONERS` defines ``P`` for ``optimizer``."""
-  return optimizer in PRECONDITIONERS
+  """Whether `PRECONDITIONERS` (or, for soap, `precondition_kron.KRONECKER`)
+  defines ``P`` for ``optimizer``."""
+  return (optimizer in PRECONDITIONERS
+          or optimizer in precondition_kron.KRONECKER)
 
 
 def _diagonal(opt_state, optimizer, hyper, like, params=None):
@@ -227,6 +231,8 @@ def preconditioned(op: Operator, opt_state: Any, *, b2: float | None = None,
   symmetric, so every solver of this package applies. A block stays a block
   (diagonal scalings commute with the mask). ``optimizer``, ``hyper``,
   ``params``: as in `preconditioner_scale`."""
+  if optimizer in precondition_kron.KRONECKER:  # SOAP: P = Q diag(D) Q^T.
+    return precondition_kron.preconditioned(op, opt_state, optimizer, hyper)
   scale, _ = preconditioner_scale(opt_state, b2=b2, eps=eps,
                                   optimizer=optimizer, hyper=hyper,
                                   like=op.like, params=params)
