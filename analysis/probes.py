@@ -21,8 +21,7 @@ import contextlib
 import functools
 import math
 import warnings
-from typing import (Any, Callable, Dict, List, Mapping, Optional, Sequence,
-                    Tuple, Union)
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -32,58 +31,16 @@ from jax.flatten_util import ravel_pytree
 
 from analysis import hessian
 from analysis import ntk as ntk_lib
+from analysis.probe_batches import BadCount as _BadCount
+from analysis.probe_batches import Batches as _Batches
+from analysis.probe_batches import BatchSource, held_out, training
+from analysis.probe_batches import check_count as _check_count
 from analysis import update_probes as up
 from dynamics import config_lib, runs
 from dynamics import optim as optim_lib
 from dynamics.probes import Probe
 from dynamics.step import TrainState
-from dynamics.types import Batch, LossFn, PyTree
-
-# Batches, or a function of the run that returns them.
-BatchSource = Union[Sequence[Batch], Callable[[runs.Run], Sequence[Batch]]]
-
-
-def held_out(num_batches: int) -> Callable[[runs.Run], List[Batch]]:
-  """The run's fixed held-out probe batches (`dynamics.runs.Run.probe_batches`)."""
-  _check_count('num_batches', num_batches)
-  return lambda run: run.probe_batches(num_batches)
-
-
-def training(num_batches: int) -> Callable[[runs.Run], List[Batch]]:
-  """The run's first training batches (for full-batch gradient descent, the
-  whole training set, whose sharpness is what sits at :math:`2/\eta`)."""
-  _check_count('num_batches', num_batches)
-  return lambda run: [run.dataset.train_batch(i) for i in range(num_batches)]
-
-
-class _BadCount(ValueError):
-  """A count or period that is not a positive integer (names the argument)."""
-
-  def __init__(self, name: str, value: Any):
-    super().__init__(f'{name} must be a positive integer, got {value!r}')
-    self.name, self.value = name, value
-
-
-def _check_count(name: str, value: Any) -> None:
-  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-    raise _BadCount(name, value)
-
-
-class _Batches:
-  """A batch source, resolved once per run."""
-
-  def __init__(self, source: BatchSource):
-    self._source, self._run, self._batches = source, None, None
-    if not callable(source):
-      self._batches = list(source)
-      if not self._batches:
-        raise ValueError('batches is empty')
-
-  def __call__(self, run: runs.Run) -> List[Batch]:
-    if callable(self._source) and run is not self._run:
-      self._run, self._batches = run, list(self._source(run))
-    return self._batches
-
+from dynamics.types import LossFn, PyTree
 
 def from_config(config: ml_collections.ConfigDict) -> List[Probe]:
   """The probes ``config.analysis`` enables (empty when all are off).

@@ -33,15 +33,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dynamics.data.base import _TRAIN, Batch, Dataset, DatasetInfo
-from dynamics.data.base import _rng
+from dynamics.data.base import Batch, Dataset, DatasetInfo
 from dynamics.data import documents
+from dynamics.data.feistel import permutation_index  # noqa: F401  (re-exported)
 
 META_FILE = 'meta.json'
 FORMAT = 'dynamics-tokens'
 DTYPES = ('uint16', 'uint32')
 _SAMPLE = 1 << 16  # Tokens of each shard checked against the vocabulary.
-_ROUNDS = 6
 
 
 class TokenDataError(ValueError):
@@ -141,63 +140,6 @@ def check(path: Optional[str], seq_len: int,
           f'{model_vocab_size} has no embedding row for it (the data\'s '
           f'vocabulary is {vocab}; leave model.vocab_size None to use it)')
   return meta
-
-
-def permutation_index(index: np.ndarray, n: int, seed: int, epoch: int
-                      ) -> np.ndarray:
-  """``perm[index]`` for a seeded pseudo-random permutation ``perm`` of
-  ``range(n)``, without building ``perm``.
-
-  A balanced Feistel network on ``2k``-bit integers (``4^k >= n``), a
-  bijection whatever its round function, restricted to ``[0, n)`` by cycle
-  walking (values that land outside are permuted again, at most ~4 times on
-  average). Different ``(seed, epoch)`` give independent orders.
-
-  Args:
-    index: integer array of positions in ``[0, n)``.
-    n: the permutation's size (>= 1).
-    seed, epoch: select the permutation.
-
-  Returns:
-    An int64 array shaped like ``index``.
-
-  Example:
-    >>> p = permutation_index(np.arange(10), 10, seed=0, epoch=0)
-    >>> sorted(p.tolist()) == list(range(10)), p.tolist() != list(range(10))
-    (True, True)
-
-  References:
-    Luby and Rackoff, "How to Construct Pseudorandom Permutations from
-    Pseudorandom Functions", SIAM J. Computing 1988; Black and Rogaway,
-    "Ciphers with Arbitrary Finite Domains" (cycle walking), CT-RSA 2002.
-  """
-  index = np.asarray(index, np.int64)
-  if n <= 1:
-    return np.zeros_like(index)
-  half = max(1, (int(n - 1).bit_length() + 1) // 2)
-  mask = np.uint64((1 << half) - 1)
-  keys = _rng(seed, _TRAIN, 0xFE15, epoch).integers(
-      0, 1 << 63, _ROUNDS, dtype=np.uint64)
-
-  def feistel(x):
-    left, right = x >> np.uint64(half), x & mask
-    for key in keys:
-      left, right = right, left ^ (_mix(right ^ key) & mask)
-    return (left << np.uint64(half)) | right
-
-  out = feistel(index.astype(np.uint64))
-  outside = out >= n
-  while outside.any():
-    out[outside] = feistel(out[outside])
-    outside = out >= n
-  return out.astype(np.int64)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-  """splitmix64's finalizer: a fast, well-mixing hash of uint64s."""
-  x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-  x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-  return x ^ (x >> np.uint64(31))
 
 
 class _Windows:
