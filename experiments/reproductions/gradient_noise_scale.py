@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from analysis import noise_scale, stats
+from analysis.results import gradient_noise_scale as reading
 from configs import wsd
 from dynamics import optim as optim_lib
 from dynamics import parametrization, replay, runs
@@ -291,7 +292,7 @@ def run(size: str, seeds: Sequence[int], log=print) -> Dict[str, Any]:
                                              paired=True)
                         if len(ok) > 1 else None)
     per_target.append(entry)
-  return {
+  numbers = {
       'batches': list(p['batches']), 'probe_steps': list(p['probe_steps']),
       'branch': {str(b): branch_length(size, b) for b in p['batches']},
       'fractions': list(p['fractions']), 'base_batch': BASE_BATCH,
@@ -304,3 +305,6 @@ def run(size: str, seeds: Sequence[int], log=print) -> Dict[str, Any]:
       'loss_early': stats.summary([r['along'][0]['eval_loss'] for r in per_seed]),
       'loss_late': stats.summary([r['along'][-1]['eval_loss'] for r in per_seed]),
       'per_target': per_target}
+  if len(p['fractions']) > 1:
+    numbers['b_crit_trend'] = reading.b_crit_trend(numbers)
+  return numbers
