@@ -43,7 +43,7 @@ def b_crit_trend(numbers: Dict[str, Any]) -> Dict[str, Any]:
   ``b_crit_trend``)."""
   pairs = [(r['targets'][-1]['b_crit'], r['targets'][0]['b_crit'])
            for r in numbers['per_seed']]
-  pairs = [p for p in pairs if all(np.isfinite(x) and x > 0 for x in p)]
+  pairs = [p for p in pairs if all(x is not None and x > 0 for x in p)]
   return stats.compare(np.log([p[0] for p in pairs]),
                        np.log([p[1] for p in pairs]), paired=True)
 
@@ -149,8 +149,8 @@ def plot(numbers: Dict[str, Any], figures_dir: str) -> List[str]:
     axes[1].plot(np.asarray(ok) * s, s, 'o', color=f'C{k}',
                  label=f"{t['fraction']:.0%} of the gap")
     fits = [r['targets'][k] for r in numbers['per_seed']]
-    s_min = np.mean([f['s_min'] for f in fits])
-    if t['b_crit'] is not None and np.isfinite(s_min):
+    if t['b_crit'] is not None and all(f['s_min'] for f in fits):
+      s_min = np.mean([f['s_min'] for f in fits])
       b_crit = t['b_crit']['mean']
       fit = s_min * (1 + b_crit / grid)
       axes[1].plot(grid * fit, fit, '-', color=f'C{k}', lw=1,

@@ -193,9 +193,8 @@ def make_branch(run):
 class _Compiled:
   """The compiled functions, shared by the seeds (built on first use)."""
 
-  def __init__(self, size):
-    self.size, self.branch, self.train, self.probe = size, {}, None, None
-    self.loss = None
+  def __init__(self):
+    self.branch, self.train, self.probe, self.loss = {}, None, None, None
 
 
 def _stack(batches):
@@ -259,10 +258,11 @@ def _seed(size, seed, compiled, log):
     fit = fit_critical_batch(p['batches'], [
         math.inf if best[str(b)]['steps'] is None else best[str(b)]['steps']
         for b in p['batches']])
-    fits.append({'target': t, 'best': best, **fit})
+    fit = {k: v if np.isfinite(v) else None for k, v in fit.items()}
+    fits.append({'target': t, 'best': best, **fit})  # None: no fit (JSON).
     log(f"seed {seed} target {t:.4f}: steps "
         f"{[best[str(b)]['steps'] for b in p['batches']]}, "
-        f"B_crit {fit['b_crit']:.1f}")
+        f"B_crit {fit['b_crit']}")
   return {'seed': seed, 'along': along, 'branch_step': done,
           'branch_loss': branch_loss, 'loss_floor': floor,
           'eval_steps': eval_steps, 'curves': curves, 'targets': fits}
@@ -274,14 +274,14 @@ def _log_compare(a, b):
 
 def run(size: str, seeds: Sequence[int], log=print) -> Dict[str, Any]:
   p = SIZES[size]
-  compiled = _Compiled(size)
+  compiled = _Compiled()
   per_seed = [_seed(size, int(s), compiled, log) for s in seeds]
   early = [r['along'][0]['b_simple'] for r in per_seed]
   late = [r['along'][-1]['b_simple'] for r in per_seed]
   per_target = []
   for i, f in enumerate(p['fractions']):
     crit = [r['targets'][i]['b_crit'] for r in per_seed]
-    ok = [j for j, c in enumerate(crit) if np.isfinite(c) and c > 0]
+    ok = [j for j, c in enumerate(crit) if c is not None and c > 0]
     entry = {'fraction': f, 'b_crit': stats.summary([crit[j] for j in ok])
              if ok else None, 'fitted_seeds': len(ok)}
     if ok:
