@@ -34,4 +34,5 @@ REPRODUCTIONS = {
     'grokking': 'grokking',
     'optimizer_speedups': 'optimizer_speedups',
     'rebasin': 'rebasin',
+    'gradient_noise_scale': 'gradient_noise_scale',
 }
