@@ -34,4 +34,5 @@ REPRODUCTIONS = {
     'grokking': 'grokking',
     'optimizer_speedups': 'optimizer_speedups',
     'rebasin': 'rebasin',
+    'lmc_spawn': 'lmc_spawn',
 }
