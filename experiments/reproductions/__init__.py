@@ -35,4 +35,5 @@ REPRODUCTIONS = {
     'optimizer_speedups': 'optimizer_speedups',
     'rebasin': 'rebasin',
     'lmc_spawn': 'lmc_spawn',
+    'river_valley_slice': 'river_valley_slice',
 }
