@@ -5,7 +5,8 @@ r"""Regenerates one README reproduction: numbers, JSON and figures.
 NAME is one of `experiments.reproductions.REPRODUCTIONS` (edge_of_stability,
 river_valley, lazy_vs_rich, training_jacobian, optimizers_4bit,
 lr_sensitivity, mup_coordinate_check, grokking, optimizer_speedups,
-rebasin, gradient_noise_scale). It trains and measures through the library only, writes ``results/NAME.json`` (full size; smoke size
+rebasin, gradient_noise_scale, lmc_spawn, river_valley_slice). It trains and
+measures through the library only, writes ``results/NAME.json`` (full size; smoke size
 writes ``results/NAME.smoke.json`` unless ``--out`` says otherwise) with the
 config, seeds, package versions, machine and wall time, draws the figures
 into ``docs/figures/`` (``--figures``), and prints the README row (the

@@ -35,4 +35,6 @@ REPRODUCTIONS = {
     'optimizer_speedups': 'optimizer_speedups',
     'rebasin': 'rebasin',
     'gradient_noise_scale': 'gradient_noise_scale',
+    'lmc_spawn': 'lmc_spawn',
+    'river_valley_slice': 'river_valley_slice',
 }
