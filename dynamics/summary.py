@@ -44,3 +44,16 @@ def _throughput(records) -> str:
          'MFU n/a: no peak FLOP/s known for this device (set '
          '--config.throughput.peak_flops)')
   return f'  throughput   {rates[len(rates) // 2]:,.0f} {unit} (median), {mfu}'
+
+
+def main_record(metrics, config, loss_floor, wall_seconds):
+  """The record of one run of ``configs/wsd.py`` from its metrics lines
+  (what ``experiments.main_record`` writes: the README's first command)."""
+  evals = {m['step']: m['eval_loss'] for m in metrics if 'eval_loss' in m}
+  decay_start = round(config.num_steps * (1 - config.schedule.decay_fraction))
+  stable = max(s for s in evals if s <= decay_start)
+  return {'entropy_rate_nats': loss_floor,
+          'stable_end_step': stable, 'eval_loss_stable_end': evals[stable],
+          'final_step': max(evals), 'eval_loss_final': evals[max(evals)],
+          'decay_fraction': config.schedule.decay_fraction,
+          'num_steps': config.num_steps, 'wall_seconds': wall_seconds}

@@ -19,22 +19,11 @@ from absl import app
 from absl import flags
 
 from dynamics import provenance
+from dynamics import summary
 
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/wsd_main_record',
                                'A fresh directory for the run.')
 _OUT = flags.DEFINE_string('out', 'results/wsd_main.json', 'Results file.')
-
-
-def summarize(metrics, config, loss_floor, wall_seconds):
-  """The record of one run of ``configs/wsd.py`` from its metrics lines."""
-  evals = {m['step']: m['eval_loss'] for m in metrics if 'eval_loss' in m}
-  decay_start = round(config.num_steps * (1 - config.schedule.decay_fraction))
-  stable = max(s for s in evals if s <= decay_start)
-  return {'entropy_rate_nats': loss_floor,
-          'stable_end_step': stable, 'eval_loss_stable_end': evals[stable],
-          'final_step': max(evals), 'eval_loss_final': evals[max(evals)],
-          'decay_fraction': config.schedule.decay_fraction,
-          'num_steps': config.num_steps, 'wall_seconds': wall_seconds}
 
 
 def main(argv):
@@ -50,7 +39,7 @@ def main(argv):
   train.train_and_evaluate(config, _WORKDIR.value)
   wall = time.perf_counter() - start
   run = runs.Run.open(_WORKDIR.value)
-  record = summarize(run.metrics(), config, run.dataset.info.loss_floor, wall)
+  record = summary.main_record(run.metrics(), config, run.dataset.info.loss_floor, wall)
   record.update(command='python -m experiments.main_record',
                 config='configs/wsd.py', versions=common.versions())
   print(outputs.wrote([_OUT.value], outputs.write_json(_OUT.value, record,

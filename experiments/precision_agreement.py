@@ -19,8 +19,6 @@ from typing import Any, Dict
 from absl import app
 from absl import flags
 
-_STEPS = flags.DEFINE_integer('steps', 8, 'Updates per run.')
-_OUT = flags.DEFINE_string('out', None, 'Also write the results as JSON.')
 
 
 def final_params(dtype: str, steps: int, **changes: Any):
@@ -67,17 +65,26 @@ def agreement(steps: int) -> Dict[str, Dict[str, Any]]:
   return out
 
 
+def define_flags() -> None:
+  """The command's flags, defined only when it runs as a command (a test
+  imports `agreement` beside other commands' flags)."""
+  flags.DEFINE_integer('steps', 8, 'Updates per run.')
+  flags.DEFINE_string('out', None, 'Also write the results as JSON.')
+
+
 def main(argv):
   del argv
-  r = agreement(_STEPS.value)
+  f = flags.FLAGS
+  r = agreement(f.steps)
   for dtype in ('float32', 'bfloat16'):
     for name, v in r[dtype].items():
       print(f'{dtype:<9} {name:<13} relative difference after {r["steps"]} '
             f'steps {v["relative_difference"]:.2e}  bitwise {v["bitwise"]}')
-  if _OUT.value:
+  if f.out:
     from dynamics import outputs
-    print(outputs.wrote([_OUT.value], outputs.write_json(_OUT.value, r)))
+    print(outputs.wrote([f.out], outputs.write_json(f.out, r)))
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
