@@ -76,7 +76,7 @@ def test_unbiased_and_lower_variance_on_a_decaying_spectrum(method):
 
 def test_trace_and_diagonal_of_a_loss_and_the_adaptive_stop():
   """The public functions on a loss whose Hessian is a known matrix:
-  Hutch++ and XTrace within 4 standard errors of its trace; Hutchinson adds
+  Hutch++ and XTrace within 4 of Hutch++'s standard errors of its trace; Hutchinson adds
   probes up to its cap and says it missed rtol; the diagonal of a diagonal
   Hessian is exact; a sketch as large as the space is refused."""
   with jax.enable_x64(True):
@@ -84,12 +84,14 @@ def test_trace_and_diagonal_of_a_loss_and_the_adaptive_stop():
     loss_fn = lambda p, b: 0.5 * p['w'] @ b @ p['w']
     params, batches = {'w': jnp.zeros(N)}, [jnp.asarray(a)]
     op = hs.curvature('hessian', params, batches, loss_fn=loss_fn)
+    bars = {}
     for method in ('hutch++', 'xtrace'):
-      estimate, stderr, info = hs.trace(op, method=method, num_hvps=30,
-                                        key=jax.random.PRNGKey(3),
-                                        return_info=True)
-      assert info['num_hvps'] == 30 and stderr > 0
-      assert abs(estimate - np.trace(a)) < 4 * stderr, (method, estimate)
+      estimate, bars[method], info = hs.trace(
+          op, method=method, num_hvps=30, key=jax.random.PRNGKey(3),
+          return_info=True)
+      assert info['num_hvps'] == 30
+      assert abs(estimate - np.trace(a)) < 4 * bars['hutch++'], method
+    assert bars['hutch++'] > 0 and np.isnan(bars['xtrace'])  # XTrace: none.
     with pytest.warns(hs.ConvergenceWarning, match=r'after 20 HVPs'):
       _, stderr, info = hs.trace(op, rtol=1e-6, method='hutchinson',
                                  max_hvps=20, return_info=True)

@@ -12,7 +12,8 @@ Flags:
   --density           also the SLQ spectral density (--num_probes probes)
   --trace             also the trace (--trace_method, to a standard error of
                       one percent)
-  --trace_method=xtrace  the estimator (analysis.hessian.registry.TRACE_METHODS)
+  --trace_method=hutch++  the estimator (analysis.hessian.registry.TRACE_METHODS;
+                      xtrace has no standard error and runs as hutch++)
   --block=NAME|REGEX  one diagonal block (attention, mlp, norm, embedding, or
                       a regular expression on parameter names)
   --blocks=layers     instead: a per-block table (layers, tensors, or a block
@@ -65,7 +66,7 @@ _DENSITY_ITERS = flags.DEFINE_integer(
     lower_bound=1)
 _TRACE = flags.DEFINE_boolean('trace', False, 'Also the trace.')
 _TRACE_METHOD = flags.DEFINE_enum(
-    'trace_method', 'xtrace', list(registry.TRACE_METHODS), 'Trace estimator.')
+    'trace_method', 'hutch++', list(registry.TRACE_METHODS), 'Trace estimator.')
 _NUM_BATCHES = flags.DEFINE_integer('num_batches', 4,
                                     'Held-out batches in the loss.',
                                     lower_bound=1)

@@ -156,7 +156,7 @@ def checkpoint_spectrum(run: runs.Run, step: Optional[int] = None, *,
                         tol: Optional[float] = None, density: bool = False,
                         num_probes: int = 10,
                         density_iters: Optional[int] = None,
-                        trace: bool = False, trace_method: str = 'xtrace',
+                        trace: bool = False, trace_method: str = 'hutch++',
                         num_batches: int = 4, block: Optional[str] = None,
                         noise_std: Optional[float] = None, seed: int = 0,
                         progress: bool = False, log: Log = None,
@@ -175,7 +175,8 @@ def checkpoint_spectrum(run: runs.Run, step: Optional[int] = None, *,
       ``density_iters`` Lanczos steps).
     num_probes: probes of the density.
     trace: also the trace (``trace_method``, to 1% standard error).
-    trace_method: a key of `registry.TRACE_METHODS`.
+    trace_method: a key of `registry.TRACE_METHODS` (XTrace, which has no
+      standard error to stop on, runs as Hutch++; the result says which).
     num_batches: held-out batches ``eval_batch(0..)`` in the loss.
     block: a key of `BLOCKS` or a regular expression on parameter names:
       the spectrum of that diagonal block only.
@@ -270,8 +271,8 @@ def checkpoint_spectrum(run: runs.Run, step: Optional[int] = None, *,
     estimate, stderr, tinfo = density_lib.trace(
         op, method=trace_method, key=key, return_info=True)
     result.update(trace=estimate, trace_stderr=stderr,
-                  trace_method=trace_method, trace_hvps=tinfo['num_hvps'],
+                  trace_method=tinfo['method'], trace_hvps=tinfo['num_hvps'],
                   trace_seconds=time.perf_counter() - start)
-    log(f'trace ({trace_method}, {tinfo["num_hvps"]} HVPs): {estimate:.5g} '
+    log(f'trace ({tinfo["method"]}, {tinfo["num_hvps"]} HVPs): {estimate:.5g} '
         f'+- {stderr:.2g}')
   return result

@@ -152,11 +152,13 @@ def trace(op: Operator, *, method: str | None = None,
   ``method`` is a key of `analysis.hessian.registry.TRACE_METHODS`: 'xtrace'
   (the default), 'hutch++' or 'hutchinson' (see
   `analysis.hessian.estimators`). With a budget (``num_hvps``) it spends
-  exactly that many HVPs; without one, XTrace / Hutch++ double their budget
-  (from 100) and Hutchinson adds probes (10 at a time) until the standard
-  error is at most ``rtol`` (default 1e-2) of the estimate, up to
-  ``max_hvps``. (On the README's MLP, XTrace's 100 HVPs give 0.5%;
-  Hutchinson's 1,000 do not reach 1%.)
+  exactly that many HVPs; without one, Hutch++ doubles its budget (from
+  100) and Hutchinson adds probes (10 at a time) until the standard error
+  is at most ``rtol`` (default 1e-2) of the estimate, up to ``max_hvps``.
+  XTrace reports no standard error (NaN: neither the jackknife's nor its
+  released code's is calibrated, see `analysis.hessian.estimators`), so
+  without a budget Hutch++ runs in its place (``info['method']`` says
+  which ran), and a budget with an ``rtol`` is refused.
 
   .. math::
      \widehat{\mathrm{tr}}_{\mathrm{Hutchinson}} = \frac{1}{p}
@@ -166,7 +168,7 @@ def trace(op: Operator, *, method: str | None = None,
   Args:
     op, key: as in `top_eigenpairs`.
     method: the estimator (default 'xtrace'; 'hutchinson' with
-      ``num_probes``).
+      ``num_probes``; 'hutch++' in XTrace's place without a budget).
     num_hvps: HVP budget (None: adaptive to ``rtol``).
     num_probes: Hutchinson with this many probes (earlier versions' API).
     rtol: relative standard error to reach (with a budget: only checked).
@@ -175,10 +177,12 @@ def trace(op: Operator, *, method: str | None = None,
     return_info: also return ``{'num_hvps', 'method', 'converged'}``.
 
   Returns:
-    ``(estimate, standard_error)`` as Python floats (plus ``info``).
+    ``(estimate, standard_error)`` as Python floats (plus ``info``); the
+    standard error is NaN for XTrace.
 
   Raises:
-    ValueError: an unknown method, or fewer HVPs than it needs.
+    ValueError: an unknown method, fewer HVPs than it needs, or XTrace
+      with both a budget and an ``rtol``.
     FloatingPointError: a non-finite HVP.
 
   Warns:
@@ -201,6 +205,13 @@ def trace(op: Operator, *, method: str | None = None,
     method = 'hutchinson' if num_probes is not None else 'xtrace'
   m = _method(registry.TRACE_METHODS, method)
   budget, rtol = _budget(num_hvps, num_probes, rtol)
+  if not m.stderr and rtol is not None:
+    if budget is not None:
+      raise ValueError(
+          f'method={method!r} reports no standard error, so rtol={rtol:g} '
+          "cannot be checked: drop rtol, or use method='hutch++'")
+    method = 'hutch++'                # Adaptive: needs a standard error.
+    m = registry.TRACE_METHODS[method]
   if budget is not None and budget < m.min_hvps:
     raise ValueError(f"method={method!r} needs at least {m.min_hvps} HVPs "
                      f'(one standard error needs two estimates), got {budget}')
@@ -221,6 +232,7 @@ def trace(op: Operator, *, method: str | None = None,
     values = np.concatenate([values, new]) if m.adds_probes else new
     used = used + num if m.adds_probes else num
     estimate, stderr = estimators.summarize(values)
+    stderr = stderr if m.stderr else float('nan')
     if not np.isfinite(estimate):
       raise FloatingPointError(
           f'non-finite Hessian-vector product in the {method} trace estimate '
@@ -235,7 +247,7 @@ def trace(op: Operator, *, method: str | None = None,
         f'trace ({method}) did not converge: standard error {stderr:.3g} '
         f'({stderr / max(abs(estimate), 1e-300):.2g} relative) > rtol={rtol:g}'
         f' after {used} HVPs; raise num_hvps / max_hvps or try '
-        "method='xtrace'.", lz.ConvergenceWarning, stacklevel=2)
+        "method='hutch++'.", lz.ConvergenceWarning, stacklevel=2)
   if return_info:
     return estimate, stderr, {'num_hvps': used, 'method': method,
                               'converged': converged}

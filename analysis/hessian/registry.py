@@ -207,12 +207,15 @@ class TraceMethod(NamedTuple):
     multiple: it spends products in multiples of this.
     adds_probes: adaptive rounds add 10 probes to the previous ones (else
       each round doubles the budget, from 100, and starts over).
+    stderr: the estimates' spread is a standard error (False: none is
+      reported, and an adaptive ``trace`` runs 'hutch++' instead).
   """
   estimates: Callable[..., np.ndarray]
   min_hvps: int
   sketch: Optional[int]
   multiple: int
   adds_probes: bool
+  stderr: bool = True
 
 
 def _hutchinson_trace(op, key, num, batch_size):
@@ -234,15 +237,14 @@ def _hutch_plus_plus_trace(op, key, num, batch_size):
 
 def _xtrace_trace(op, key, num, batch_size):
   from analysis.hessian import estimators
-  ests, loo = estimators.xtrace(op.matvec, op.like, op.mask, key, num=num,
-                                dim=op.dim, batch_size=batch_size)
-  # Spread as the jackknife's (the estimates' own is too small).
-  return estimators.jackknife(float(np.mean(np.asarray(ests, np.float64))),
-                              loo)
+  # Correlated exchangeable estimates: no standard error (`estimators`).
+  return np.asarray(estimators.xtrace(
+      op.matvec, op.like, op.mask, key, num=num, dim=op.dim,
+      batch_size=batch_size), np.float64)
 
 
 TRACE_METHODS = {
-    'xtrace': TraceMethod(_xtrace_trace, 4, 2, 2, False),
+    'xtrace': TraceMethod(_xtrace_trace, 4, 2, 2, False, stderr=False),
     'hutch++': TraceMethod(_hutch_plus_plus_trace, 3, 3, 1, False),
     'hutchinson': TraceMethod(_hutchinson_trace, 2, None, 1, True),
 }
