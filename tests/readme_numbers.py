@@ -47,6 +47,7 @@ right path, write why for each constant, drop the ``alternatives`` and paste
 the unit into ``results/readme_manifest.json``.
 """
 
+import contextlib
 import importlib
 import json
 import math
@@ -243,6 +244,29 @@ def _wrap(value: Any, path: str, log: list) -> Any:
   return value
 
 
+@contextlib.contextmanager
+def _recording_p_values(log: list):
+  """Records the p-values a verdict prints (`analysis.stats._p_text`): each is
+  computed by the library's test from the stored per-seed values while the
+  row is formatted, so the printed p is tied to the results file as the
+  traced numbers are (a shifted digit no longer matches the recomputed p)."""
+  from analysis import stats  # pylint: disable=g-import-not-at-top
+  original = stats._p_text  # pylint: disable=protected-access
+
+  def recording(p):
+    text = original(p)
+    number = text.split()[-1]
+    log.append((number, 'analysis.stats: p of the t-test on the stored '
+                'per-seed values', '{}'))
+    return text
+
+  stats._p_text = recording  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    stats._p_text = original  # pylint: disable=protected-access
+
+
 _TRACES: Dict[Tuple[str, str, str], Tuple[List[Tuple[str, str, str]], str]] = {}
 
 
@@ -257,7 +281,8 @@ def traced(function: str, part: str, source: str
     fn = getattr(importlib.import_module(module), name)
     log = []
     value = lookup(part, source) if part else _load(source)
-    output = fn(_wrap(value, part, log))
+    with _recording_p_values(log):
+      output = fn(_wrap(value, part, log))
     _TRACES[key] = (log, output)
   return _TRACES[key]
 
