@@ -36,10 +36,15 @@ def test_notebook_prints_the_committed_numbers(tmp_path, monkeypatch):
                                                  f'rho={rho}:'))
     assert f"predicted {r['predicted']:.2f}, measured " in line
     assert f"{_pm(r['last_third'], 2)} (relative error" in line
-    # The verdict of analysis.stats (3 seeds: no verdict), not the 2-SE rule.
+    # The verdict of analysis.stats, not the 2-SE rule: none below 5 seeds,
+    # else a paired t-test named with its n.
     verdict = results.verdict(r['vs_gd'], 'lower beyond noise',
                               'higher beyond noise')
-    assert verdict == 'no verdict: 3 seeds (a verdict needs 5)'
+    n = len(record['seeds'])
+    if n < 5:
+      assert verdict == f'no verdict: {n} seeds (a verdict needs 5)'
+    else:
+      assert f'paired t, {n} seeds)' in verdict, verdict
     assert line.endswith(f': {verdict}'), line
   t = numbers['sgd']['trace']
   line = next(l for l in lines if l.startswith('Hessian trace'))
