@@ -58,10 +58,14 @@ def test_every_reproduction_record_carries_provenance():
 
 
 def test_every_new_results_file_records_provenance():
-  """Files written since provenance was recorded carry it (the older ones are
-  listed in README_w23.md with their regeneration commands)."""
+  """Files written since provenance was recorded carry it (the older ones
+  predate it and gain it when regenerated: ``python -m experiments.reproduce
+  NAME``)."""
   stamped = ('wsd_main.json', 'bench_step_smoke.json', 'bench_step_wsd.json',
-             'bench_optim.json', 'bench_ntk.json')
+             'bench_optim.json', 'bench_ntk.json', 'edge_of_stability.json',
+             'grokking.json', 'lazy_vs_rich.json', 'optimizer_speedups.json',
+             'gradient_noise_scale.json', 'lmc_spawn.json',
+             'river_valley_slice.json')
   for name in stamped:
     with open(os.path.join(ROOT, 'results', name)) as f:
       p = json.load(f)['provenance']
