@@ -77,6 +77,13 @@ def _load_config(name: str, argv: Sequence[str]) -> Any:
   if value is not None:
     return value
   path, _, variant = (_config_argument(argv, name) or '').partition(':')
+  return config_from_file(path, variant or None)
+
+
+def config_from_file(path: str, variant: Optional[str] = None) -> Any:
+  """``get_config(variant)`` of the config file at ``path`` (``get_config()``
+  when ``variant`` is None), for commands that take a path, not a config
+  flag."""
   get_config = runpy.run_path(path)['get_config']
   return get_config(variant) if variant else get_config()
 

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from dynamics import cli
 from dynamics.timing import seconds_per_call
 
 _CONFIG = flags.DEFINE_string('config', 'configs/wsd.py', 'The config file.')
@@ -31,13 +32,6 @@ _SMOKE = flags.DEFINE_bool('smoke', False, 'Its :smoke variant (seconds).')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls per median.')
 _OUT = flags.DEFINE_string('out', None, 'Where the JSON goes.')
 
-
-def _load(path, smoke):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location('bench_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config('smoke' if smoke else None)
 
 
 def measure(config, repeats: int = 5) -> dict:
@@ -75,7 +69,8 @@ def measure(config, repeats: int = 5) -> dict:
 
 def main(argv):
   del argv
-  config = _load(_CONFIG.value, _SMOKE.value)
+  config = cli.config_from_file(_CONFIG.value,
+                                'smoke' if _SMOKE.value else None)
   numbers = measure(config, _REPEATS.value)
   record = {'config': _CONFIG.value + (':smoke' if _SMOKE.value else ''),
             'numbers': numbers, 'machine': platform.platform(),

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from dynamics import cli
 from dynamics.timing import pipelined_seconds
 
 _CONFIG = flags.DEFINE_string('config', 'configs/wsd.py', 'The config file.')
@@ -29,12 +30,6 @@ _STEPS = flags.DEFINE_integer('steps', 20, 'Timed training steps.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per probe.')
 _OUT = flags.DEFINE_string('out', None, 'Where the JSON goes.')
 
-def _load(path, smoke):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location('bench_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config('smoke' if smoke else None)
 
 
 # The suggested cadence of each probe (config: analysis.<name>_every).
@@ -87,7 +82,8 @@ def measure(config, steps: int = 20, repeats: int = 3) -> dict:
 
 def main(argv):
   del argv
-  config = _load(_CONFIG.value, _SMOKE.value)
+  config = cli.config_from_file(_CONFIG.value,
+                                'smoke' if _SMOKE.value else None)
   numbers = measure(config, _STEPS.value, _REPEATS.value)
   print(f"training step: {numbers['step_s'] * 1e3:.1f} ms")
   for name, row in numbers.items():
