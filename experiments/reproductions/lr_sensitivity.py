@@ -1,6 +1,6 @@
 r"""Learning-rate sensitivity with and without qk-norm and z-loss.
 
-  python -m experiments.reproduce lr_sensitivity [--size=smoke|full] [--seeds=0,1,2]
+  python -m experiments.reproduce lr_sensitivity [--size=smoke|full] [--seeds=0,1,2,3,4]
 
 Claim. Wortsman et al. ("Small-scale proxies for large-scale Transformer
 training instabilities", 2023): the final loss of a small transformer, as a
@@ -41,7 +41,7 @@ from configs import lr_sensitivity as lr_sensitivity_config
 from dynamics import losses, replay, runs
 from experiments.reproductions import common
 
-DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 LEARNING_RATES = {'full': tuple(1e-3 * 2 ** k for k in range(10)),
                   'smoke': (3e-3, 3e-2, 30.0)}
 

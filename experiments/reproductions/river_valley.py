@@ -1,6 +1,6 @@
 r"""The river valley: WSD, cosine, WSD-S and WSM merges; the annealing law.
 
-  python -m experiments.reproduce river_valley [--size=smoke|full] [--seeds=0,1,2]
+  python -m experiments.reproduce river_valley [--size=smoke|full] [--seeds=0,1,2,3,4]
 
 Claims. Wen et al. ("Understanding Warmup-Stable-Decay Learning Rates: A
 River Valley Loss Landscape Perspective", 2024): at a constant high rate the
@@ -43,7 +43,7 @@ from dynamics import data as data_lib
 from dynamics import merging, runs
 from dynamics import replay as replay_lib
 
-DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 
 
 def config(size: str, seed: int = 0):
