@@ -18,6 +18,9 @@ few seeds to run it), never a direction.
 * `ratio_interval(a, b)`: a confidence interval for ``mean(a) / mean(b)``
   of positive quantities (a speedup: steps to a target), from the t-interval
   of the difference of mean logs (a ratio of geometric means).
+* `compare_counts(k_a, n_a, k_b, n_b)`: Fisher's exact test of two event
+  rates (runs that diverged out of runs), for claims of the kind "diverges
+  less often".
 * `holm(p_values)`: Holm's step-down adjustment, for a family of comparisons
   that a single sentence summarizes.
 
@@ -147,6 +150,40 @@ def compare(a: Iterable[float], b: Iterable[float], *, paired: bool,
           'stderr': None if n < 2 else float(stderr), 'df': df if n > 1 else None,
           't': None if t is None else float(t), 'p': p, 'ci': ci,
           'confidence': confidence, 'test': test, 'n': n, 'alpha': alpha,
+          'min_n': min_n, 'verdict': word}
+
+
+def compare_counts(k_a: int, n_a: int, k_b: int, n_b: int, *,
+                   alpha: float = ALPHA, min_n: int = MIN_N) -> Dict[str, Any]:
+  r"""Tests whether the rate of an event (a run diverging) differs between
+  ``a`` (``k_a`` of ``n_a`` runs) and ``b`` (``k_b`` of ``n_b``): Fisher's
+  exact test, two-sided, on the 2x2 table. The result has `compare`'s keys
+  that `verdict` reads (``'a lower'``: fewer events in ``a``).
+
+  Example:
+    >>> c = compare_counts(0, 5, 5, 5)
+    >>> c['test'], round(c['p'], 4), c['verdict']
+    ('Fisher exact', 0.0079, 'a lower')
+    >>> verdict(c, 'A diverges less', 'B diverges less')
+    'A diverges less (p = 0.0079, Fisher exact, 5 seeds)'
+    >>> compare_counts(1, 5, 4, 5)['verdict']
+    'within noise'
+  """
+  for k, n, name in ((k_a, n_a, 'a'), (k_b, n_b, 'b')):
+    if not 0 <= k <= n or n < 1:
+      raise ValueError(f'{name}: {k} events in {n} runs')
+  n = int(min(n_a, n_b))
+  p = float(scipy_stats.fisher_exact([[k_a, n_a - k_a], [k_b, n_b - k_b]])[1])
+  diff = k_a / n_a - k_b / n_b
+  if n < min_n:
+    word = 'no verdict'
+  elif p < alpha and diff != 0:
+    word = 'a lower' if diff < 0 else 'a higher'
+  else:
+    word = 'within noise'
+  return {'a': {'events': int(k_a), 'n': int(n_a)},
+          'b': {'events': int(k_b), 'n': int(n_b)}, 'difference': float(diff),
+          'p': p, 'test': 'Fisher exact', 'n': n, 'alpha': alpha,
           'min_n': min_n, 'verdict': word}
 
 

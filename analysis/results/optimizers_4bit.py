@@ -10,6 +10,7 @@ import numpy as np
 
 from analysis import plots
 from analysis import results
+from analysis import stats
 
 
 FIGURES = ('optimizers_4bit.png',)
@@ -32,18 +33,27 @@ def _rate(r: Optional[float]) -> str:
   return 'none' if r is None else f'{r:g}'
 
 
-def diverged(numbers: Dict[str, Any], fmt: str, opt: str, key: str) -> List[bool]:
-  """Per seed, whether the run at rate ``key`` diverged: a non-finite final
-  eval loss, or a final train loss above its initial value (the first logged
-  train loss, of the first seed: every seed starts within a few hundredths of
-  a nat of log V, the uniform prediction). A stability criterion about
-  stability -- not the "trained" cutoff (halfway to the loss floor), which a
-  slow run misses without any instability.
+def diverged_runs(rec: Dict[str, Any]) -> List[bool]:
+  """Per seed, whether a run of one rate's record diverged: a non-finite
+  final eval loss, or a final train loss above its initial value (the first
+  logged train loss, of the first seed: every seed starts within a few
+  hundredths of a nat of log V, the uniform prediction). A stability
+  criterion about stability -- not the "trained" cutoff (halfway to the loss
+  floor), which a slow run misses without any instability.
+
+  Example:
+    >>> diverged_runs({'curve_seed0': [4.2, 3.0], 'eval_loss': [3.0, None, 4.3],
+    ...                'final_train_loss': [3.0, 3.1, 4.3]})
+    [False, True, True]
   """
-  rec = numbers['sweep'][fmt][opt][key]
   start = rec['curve_seed0'][0]
   return [ev is None or final is None or not np.isfinite(final) or final > start
           for ev, final in zip(rec['eval_loss'], rec['final_train_loss'])]
+
+
+def diverged(numbers: Dict[str, Any], fmt: str, opt: str, key: str) -> List[bool]:
+  """`diverged_runs` of optimizer ``opt`` in format ``fmt`` at rate ``key``."""
+  return diverged_runs(numbers['sweep'][fmt][opt][key])
 
 
 def largest_non_diverging_rate(numbers: Dict[str, Any], fmt: str,
@@ -62,6 +72,40 @@ def any_divergence(numbers: Dict[str, Any], fmt: Optional[str] = None) -> bool:
              for o in optimizers_of(numbers) for r in numbers['learning_rates'])
 
 
+def divergence_comparisons(numbers: Dict[str, Any],
+                           fmt: str) -> Dict[str, Dict[str, Any]]:
+  """Stable-SPAM's diverged seeds against Adam's at every rate where some run
+  diverged: Fisher's exact test per rate, Holm-adjusted over those rates (one
+  sentence summarizes the family). Keyed by rate."""
+  keys = [repr(float(r)) for r in numbers['learning_rates']
+          if any(any(diverged(numbers, fmt, o, repr(float(r))))
+                 for o in OPTIMIZERS)]
+  raw = []
+  for k in keys:
+    spam, adam = (diverged(numbers, fmt, o, k) for o in OPTIMIZERS[::-1])
+    raw.append(stats.compare_counts(sum(spam), len(spam), sum(adam), len(adam)))
+  return dict(zip(keys, stats.adjusted(raw)))
+
+
+def strongest_divergence_gap(numbers: Dict[str, Any],
+                             fmt: str) -> Optional[str]:
+  """The rate key of `divergence_comparisons` with the smallest adjusted p
+  (the largest gap in diverged seeds; the lower rate on a tie)."""
+  comp = divergence_comparisons(numbers, fmt)
+  return min(comp, key=lambda k: (comp[k]['p'], float(k))) if comp else None
+
+
+def spike_comparison(numbers: Dict[str, Any], fmt: str) -> Dict[str, Any]:
+  """Loss spikes per seed summed over the grid, Stable-SPAM against Adam
+  (paired t: the seeds share init and batches)."""
+  totals = [[sum(numbers['sweep'][fmt][o][repr(float(r))]['spikes'][i]
+                 for r in numbers['learning_rates'])
+             for i in range(len(numbers['sweep'][fmt][o][repr(float(
+                 numbers['learning_rates'][0]))]['spikes']))]
+            for o in OPTIMIZERS[::-1]]
+  return stats.compare(totals[0], totals[1], paired=True)
+
+
 def best_shared_rate(numbers: Dict[str, Any], fmt: str) -> Optional[str]:
   """The rate key with the lowest mean Adam eval loss among those compared."""
   comp = numbers['summary'][fmt]['comparisons']
@@ -76,18 +120,37 @@ def verdict(comparison: Dict[str, Any]) -> str:
   return results.verdict(comparison, 'Stable-SPAM lower', 'Adam lower')
 
 
+def _fraction(flags: List[bool]) -> str:
+  return f'{sum(flags)}/{len(flags)}'
+
+
 def format_summary(numbers: Dict[str, Any], fmt: str) -> str:
-  """One sentence per format: stable rates, spikes, the final losses at the
-  best rate and at every rate where the optimizers differ beyond noise."""
+  """One sentence per format: stable rates, diverged seeds where they differ
+  most, spikes, the final losses at the best rate and at every rate where
+  the optimizers differ beyond noise (each verdict from `analysis.stats`)."""
   s, opts = numbers['summary'][fmt], optimizers_of(numbers)
   if any_divergence(numbers, fmt):
     stability = 'largest rate with no diverged seed ' + ', '.join(
         f'{o} {_rate(largest_non_diverging_rate(numbers, fmt, o))}'
         for o in opts)
+    gap = strongest_divergence_gap(numbers, fmt) if len(opts) == 2 else None
+    if gap is not None:
+      c = divergence_comparisons(numbers, fmt)[gap]
+      stability += (
+          f'; diverged seeds at LR {float(gap):g} ' + ' vs '.join(
+              f'{o} {_fraction(diverged(numbers, fmt, o, gap))}' for o in opts)
+          + ' (' + stats.verdict(c, 'Stable-SPAM diverges less',
+                                 'Adam diverges less') + ')')
   else:
     stability = 'no run diverged at any rate'
-  text = (f'{fmt.upper()}: {stability}; loss spikes over the sweep '
-          + ' vs '.join(str(s[o]['spikes_total']) for o in opts))
+  text = f'{fmt.upper()}: {stability}; loss spikes per seed over the sweep '
+  if len(opts) == 2:
+    c = spike_comparison(numbers, fmt)
+    text += (f"Adam {results.fmt_mean_std(c['b'], 1)} vs Stable-SPAM "
+             f"{results.fmt_mean_std(c['a'], 1)} ("
+             + stats.verdict(c, 'Stable-SPAM fewer', 'Adam fewer') + ')')
+  else:
+    text += ' vs '.join(str(s[o]['spikes_total']) for o in opts)
   best = best_shared_rate(numbers, fmt)
   word = lambda k: verdict(s['comparisons'][k]).split(' (')[0].split(':')[0]
   shown = [k for k in s['comparisons']
@@ -138,11 +201,14 @@ def readme_row(numbers: Dict[str, Any]) -> str:
                     'verdict on Stable-SPAM staying stable at larger rates '
                     'than Adam (the paper: 60M-1B parameters)')
   else:
-    verdict_text = '. Stable-SPAM ' + (
-        'stays stable at a larger rate than Adam'
-        if found['stable_spam_stable_at_larger_lr']
-        else 'does not stay stable at a larger rate than Adam') + (
-            ' at this scale (the paper: 60M-1B parameters)')
+    held = [f.upper() for f in formats_of(numbers)
+            if found[f'{f}_stable_spam_diverges_less']]
+    verdict_text = (
+        '. Divergence: a non-finite loss or a final loss above the initial '
+        "one. The paper's claim (Stable-SPAM stable where Adam diverges): "
+        + ('reproduced' if found['stable_spam_stable_at_larger_lr'] else
+           f"reproduced in {' and '.join(held)} only" if held else
+           'not reproduced') + ' at this scale (the paper: 60M-1B parameters)')
   return ('| ![4-bit](docs/figures/optimizers_4bit.png) | '
           f"{' vs '.join(opts)} under fake {formats} training, peak learning "
           f"rates "
@@ -156,22 +222,28 @@ def readme_row(numbers: Dict[str, Any]) -> str:
 
 def claims(numbers: Dict[str, Any]) -> Dict[str, bool]:
   """The paper's stability claim, per format and overall (none unless both
-  optimizers ran): by `largest_non_diverging_rate` (false where nothing
-  diverged: no instability, nothing shown)."""
+  optimizers ran). Per format: Stable-SPAM diverges in fewer seeds than Adam
+  at some rate (`divergence_comparisons`: Fisher exact, Holm, p < 0.05 with
+  5 seeds), and its `largest_non_diverging_rate` is the larger (false where
+  nothing diverged: no instability, nothing shown); fewer loss spikes by
+  `spike_comparison`. Overall: both hold in every format."""
   out = {}
   if optimizers_of(numbers) != list(OPTIMIZERS):
     return out
   for fmt in formats_of(numbers):
-    s = numbers['summary'][fmt]
     a, b = (largest_non_diverging_rate(numbers, fmt, o) for o in OPTIMIZERS)
     if not any_divergence(numbers, fmt):
       a = b = None
     out[f'{fmt}_stable_spam_stable_at_larger_lr'] = (
         b is not None and (a is None or b > a))
+    out[f'{fmt}_stable_spam_diverges_less'] = any(
+        c['verdict'] == 'a lower'
+        for c in divergence_comparisons(numbers, fmt).values())
     out[f'{fmt}_stable_spam_fewer_spikes'] = (
-        s['Stable-SPAM']['spikes_total'] < s['Adam']['spikes_total'])
+        spike_comparison(numbers, fmt)['verdict'] == 'a lower')
   out['stable_spam_stable_at_larger_lr'] = all(
-      out[f'{f}_stable_spam_stable_at_larger_lr'] for f in formats_of(numbers))
+      out[f'{f}_stable_spam_stable_at_larger_lr']
+      and out[f'{f}_stable_spam_diverges_less'] for f in formats_of(numbers))
   return out
 
 

@@ -1,18 +1,19 @@
 r"""Adam vs Stable-SPAM under fake 4-bit training: a learning-rate sweep.
 
-  python -m experiments.reproduce optimizers_4bit [--size=smoke|full] [--seeds=0,1,2]
+  python -m experiments.reproduce optimizers_4bit [--size=smoke|full] [--seeds=0,1,2,3,4]
 
 Claim. Huang et al. ("Stable-SPAM: How to Train in 4-Bit More Stably than
 16-Bit Adam", 2025): with INT4 / FP4 weights and activations, Stable-SPAM
 trains stably where Adam spikes or diverges. Stability is a property of the
 learning rate, so it is measured where it can show: a factor-2 grid of peak
 learning rates, for Adam and Stable-SPAM, in fake INT4 and FP4, over the seeds
-(init, data order and held-out batches). Per optimizer and format the record
-holds the largest rate at which every seed trains, the number of loss spikes
-of every run, and the final eval losses (mean ± std; `results.compare` says
-"within noise" within two standard errors). The old "steps to reach Adam's
-final loss" is gone: with shared init and batches its first crossing is
-driven by the common batch noise and cannot separate the optimizers.
+(init, data order and held-out batches), extended by doubling until Adam
+diverges in every run (`next_rate`). Per optimizer and format the record
+holds, per rate and seed, the final eval and train losses, the loss spikes
+and whether the run trained; `analysis.results.optimizers_4bit` reads from it
+the verdicts, each from `analysis.stats`: diverged seeds per rate (Fisher's
+exact test, Holm-adjusted over the rates where a run diverged), spikes per
+seed over the sweep (paired t) and final eval losses per rate (paired t).
 
 What runs: `configs/stable_spam_4bit.py` (``:sweep`` at full size,
 ``:smoke_sweep`` at smoke size; ``:adam`` and ``:fp4`` select the optimizer
@@ -32,7 +33,11 @@ Definitions (``numbers['definitions']`` records them):
   of the last ``FINAL_FRACTION`` of the updates) is below halfway from its
   first loss to the data's entropy floor; otherwise it *diverged or stalled*
   (`trains`). The largest stable rate is the largest rate of the grid at
-  which every seed trains (`largest_stable_rate`).
+  which every seed trains (`largest_stable_rate`);
+* a run *diverged* when its final eval loss is not finite or its final train
+  loss is above its first one (`analysis.results.optimizers_4bit.
+  diverged_runs`): the stability criterion of the verdicts, which a slow
+  run that merely stalls does not meet.
 """
 
 from typing import Any, Dict, Optional, Sequence
@@ -42,20 +47,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from analysis import results
+from analysis.results import optimizers_4bit as reading
 from analysis.results.optimizers_4bit import FORMATS, OPTIMIZERS
 from configs import stable_spam_4bit
 from dynamics import replay, runs
 from experiments.reproductions import common
 
-DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 # What each size runs: the smoke size checks the machinery (divergence,
 # spikes, the largest stable rate) on both optimizers in INT4 only.
 FORMATS_AT = {'full': FORMATS, 'smoke': ('int4',)}
 OPTIMIZERS_AT = {'full': OPTIMIZERS, 'smoke': OPTIMIZERS}
-# Peak learning rates: a factor-2 grid around where the model stops training
-# (full); at smoke size one that trains, one that stalls, one that blows up.
+# Peak learning rates: a factor-2 grid from where the model trains best
+# (full), doubled past its end until Adam diverges in every run (`next_rate`,
+# at most MAX_RATES rates); at smoke size one that trains, one that stalls,
+# one that blows up (Adam diverges there: no extension).
 LEARNING_RATES = {'full': tuple(0.02 * 2 ** k for k in range(5)),
                   'smoke': (0.01, 1.0, 30.0)}
+MAX_RATES = 12
 SPIKE_FACTOR = 1.5
 SPIKE_WINDOW = 20
 FINAL_FRACTION = 0.05
@@ -140,50 +149,91 @@ def _finite_or_none(x: float) -> Optional[float]:
   return float(x) if np.isfinite(x) else None
 
 
-def _run_sweep(size: str, optimizer: str, fmt: str, seeds: Sequence[int],
-               rates: Sequence[float], log) -> Dict[str, Any]:
-  """Every rate and seed of one optimizer and format (one compilation)."""
-  run0 = runs.Run(config(size, optimizer, fmt, seeds[0]))
-  train = replay.make_scan_train(run0)
-  out: Dict[str, Any] = {}
-  for seed in seeds:
-    run = run0 if seed == seeds[0] else runs.Run(
-        config(size, optimizer, fmt, seed))
-    state0 = run.init_state()
-    batches = jax.tree.map(jnp.asarray, replay.stacked_batches(
-        run.dataset, run.config.num_steps))
-    floor = float(run.dataset.info.loss_floor)
-    for lr in rates:
-      lrs = common.lr_table(config(size, optimizer, fmt, seed, lr))
-      state, metrics = train(state0, batches, lrs)
+def next_rate(rates: Sequence[float], adam_diverged: Sequence[bool],
+              max_rates: int = MAX_RATES) -> Optional[float]:
+  """The rate to add to the grid, or None when it is complete: the grid is
+  doubled past its last rate until every Adam run there (every format and
+  seed: ``adam_diverged``) diverged, at most ``max_rates`` rates in all.
+
+  Example:
+    >>> next_rate([0.02, 0.04], [True, False])
+    0.08
+    >>> next_rate([0.02, 0.04], [True, True]) is None
+    True
+    >>> next_rate([0.02, 0.04], [False], max_rates=2) is None
+    True
+  """
+  if all(adam_diverged) or len(rates) >= max_rates:
+    return None
+  return 2.0 * float(rates[-1])
+
+
+class _Sweep:
+  """One optimizer and format: `dynamics.step.train_step` compiled once in a
+  ``lax.scan`` and replayed for every rate and seed."""
+
+  def __init__(self, size: str, optimizer: str, fmt: str,
+               seeds: Sequence[int]):
+    self.size, self.optimizer, self.fmt = size, optimizer, fmt
+    self.run0 = runs.Run(config(size, optimizer, fmt, seeds[0]))
+    self.train = replay.make_scan_train(self.run0)
+    self.seeds = {}
+    for seed in seeds:
+      run = self.run0 if seed == seeds[0] else runs.Run(
+          config(size, optimizer, fmt, seed))
+      self.seeds[seed] = (run, run.init_state(), jax.tree.map(
+          jnp.asarray, replay.stacked_batches(run.dataset,
+                                              run.config.num_steps)))
+
+  def at(self, lr: float, log) -> Dict[str, Any]:
+    """Every seed at peak rate ``lr``: one record of per-seed lists."""
+    rec = {'eval_loss': [], 'final_train_loss': [], 'spikes': [],
+           'trained': [], 'max_loss': [], 'curve_seed0': None}
+    for seed, (run, state0, batches) in self.seeds.items():
+      lrs = common.lr_table(config(self.size, self.optimizer, self.fmt, seed,
+                                   lr))
+      state, metrics = self.train(state0, batches, lrs)
       losses = np.asarray(jax.device_get(metrics['loss']), np.float64)
       ev = run.evaluate(state.params, state.model_state,
-                        eval_fn=run0.eval_step)['loss']
-      rec = out.setdefault(repr(float(lr)), {
-          'eval_loss': [], 'final_train_loss': [], 'spikes': [],
-          'trained': [], 'max_loss': [], 'curve_seed0': None})
+                        eval_fn=self.run0.eval_step)['loss']
       tail = losses[-max(1, int(round(FINAL_FRACTION * len(losses)))):]
+      floor = float(run.dataset.info.loss_floor)
       rec['eval_loss'].append(_finite_or_none(ev))
       rec['final_train_loss'].append(_finite_or_none(tail.mean()))
       rec['spikes'].append(spike_count(losses))
       rec['trained'].append(trains(losses, floor))
       rec['max_loss'].append(_finite_or_none(np.nanmax(losses)) if np.any(
           np.isfinite(losses)) else None)
-      if seed == seeds[0]:
+      if rec['curve_seed0'] is None:
         rec['curve_seed0'] = [_finite_or_none(v) for v in losses]
-      log(f'{optimizer} {fmt} lr {lr:g} seed {seed}: eval {ev:.4f}, '
+      log(f'{self.optimizer} {self.fmt} lr {lr:g} seed {seed}: eval {ev:.4f}, '
           f'{rec["spikes"][-1]} spikes, '
           f'{"trains" if rec["trained"][-1] else "diverged/stalled"}')
-  return out
+    return rec
 
 
 def run(size: str, seeds: Sequence[int], log=print) -> Dict[str, Any]:
-  """The sweep: rates x optimizers x formats x seeds, and its summary."""
+  """The sweep: rates x optimizers x formats x seeds, and its summary. The
+  grid starts at ``LEARNING_RATES[size]`` and is extended by `next_rate`
+  until Adam diverges in every run."""
   seeds = [int(s) for s in seeds]
-  rates = LEARNING_RATES[size]
-  sweep = {fmt: {opt: _run_sweep(size, opt, fmt, seeds, rates, log)
-                 for opt in OPTIMIZERS_AT[size]} for fmt in FORMATS_AT[size]}
-  one = runs.Run(config(size, OPTIMIZERS_AT[size][0], 'int4'))
+  sweeps = {fmt: {opt: _Sweep(size, opt, fmt, seeds)
+                  for opt in OPTIMIZERS_AT[size]} for fmt in FORMATS_AT[size]}
+  sweep = {fmt: {opt: {} for opt in sweeps[fmt]} for fmt in sweeps}
+  rates = []
+  pending = list(LEARNING_RATES[size])
+  while pending:
+    lr = pending.pop(0)
+    rates.append(lr)
+    for fmt in sweeps:
+      for opt in sweeps[fmt]:
+        sweep[fmt][opt][repr(float(lr))] = sweeps[fmt][opt].at(lr, log)
+    if not pending:
+      more = next_rate(rates, [d for fmt in sweep for d in
+                               reading.diverged_runs(
+                                   sweep[fmt]['Adam'][repr(float(lr))])])
+      pending += [more] if more is not None else []
+  one = sweeps['int4'][OPTIMIZERS_AT[size][0]].run0
   c = one.config
   return summarize(sweep, rates, {
       'spike_factor': SPIKE_FACTOR, 'spike_window': SPIKE_WINDOW,
@@ -191,7 +241,8 @@ def run(size: str, seeds: Sequence[int], log=print) -> Dict[str, Any]:
       'warmup_steps': int(c.schedule.warmup_steps), 'schedule': c.schedule.name,
       'num_parameters': int(sum(np.prod(p.shape) for p in jax.tree.leaves(
           one.abstract_state.params))),
-      'loss_floor': float(one.dataset.info.loss_floor)})
+      'loss_floor': float(one.dataset.info.loss_floor),
+      'max_rates': MAX_RATES})
 
 
 def summarize(sweep: Dict[str, Any], rates: Sequence[float],
