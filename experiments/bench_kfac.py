@@ -15,7 +15,6 @@ per-example eigenvalues). Medians of ``--repeats`` calls after a warm-up
 ``results/bench_kfac.smoke.json``) with the machine and versions.
 """
 
-import json
 import os
 import platform
 import time
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from dynamics import cli
+from dynamics import outputs  # Also takes the start load (provenance).
 from dynamics.timing import seconds_per_call
 
 _CONFIG = flags.DEFINE_string('config', 'configs/wsd.py', 'The config file.')
@@ -82,10 +82,8 @@ def main(argv):
         f"(goal <= 0.25x); HVP / gradient: {numbers['hvp_vs_gradient']:.2f}x")
   path = _OUT.value or os.path.join(
       'results', 'bench_kfac' + ('.smoke' if _SMOKE.value else '') + '.json')
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump(record, f, indent=1)
-  print('wrote', path)
+  print(outputs.wrote([path], outputs.write_json(path, record,
+                                                 provenance=True)))
 
 
 if __name__ == '__main__':

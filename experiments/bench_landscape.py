@@ -23,6 +23,7 @@ import time
 from absl import flags
 
 from dynamics import cli
+from dynamics import outputs  # Also takes the start load (provenance).
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run of configs/wsd.py '
                                '(default: its initialization).')
@@ -53,7 +54,7 @@ def main(argv):
   from absl import logging
   from analysis.landscape import checkpoints
   from configs import wsd
-  from dynamics import outputs, runs
+  from dynamics import runs
   logging.set_verbosity(logging.ERROR)
   with tempfile.TemporaryDirectory() as tmp:
     if _WORKDIR.value:
@@ -84,7 +85,7 @@ def main(argv):
         f"batches per point): {seconds:.1f} s wall, {cpu_seconds:.1f} s of "
         f"CPU time, {points / seconds:.1f} points/s")
   if _RESULTS.value:
-    outputs.write_json(_RESULTS.value, result)
+    outputs.write_json(_RESULTS.value, result, provenance=True)
     print(outputs.wrote([_RESULTS.value]))
 
 

@@ -12,7 +12,6 @@ Printed, and written as JSON to ``--out`` (default
 ``results/bench_probes.json``; ``--smoke``: ``results/bench_probes.smoke.json``).
 """
 
-import json
 import os
 import platform
 import time
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from dynamics import cli
+from dynamics import outputs  # Also takes the start load (provenance).
 from dynamics.timing import pipelined_seconds
 
 _CONFIG = flags.DEFINE_string('config', 'configs/wsd.py', 'The config file.')
@@ -93,13 +93,11 @@ def main(argv):
             f"{100 * row['overhead']:.2f}% (goal <= 5%)")
   path = _OUT.value or os.path.join(
       'results', 'bench_probes' + ('.smoke' if _SMOKE.value else '') + '.json')
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump({'config': _CONFIG.value + (':smoke' if _SMOKE.value else ''),
-               'numbers': numbers, 'machine': platform.platform(),
-               'devices': str(jax.devices()), 'jax': jax.__version__}, f,
-              indent=1)
-  print('wrote', path)
+  record = {'config': _CONFIG.value + (':smoke' if _SMOKE.value else ''),
+            'numbers': numbers, 'machine': platform.platform(),
+            'devices': str(jax.devices()), 'jax': jax.__version__}
+  print(outputs.wrote([path], outputs.write_json(path, record,
+                                                 provenance=True)))
 
 
 if __name__ == '__main__':

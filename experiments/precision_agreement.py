@@ -19,6 +19,8 @@ from typing import Any, Dict
 from absl import app
 from absl import flags
 
+from dynamics import outputs  # Also takes the start load (provenance).
+
 
 
 def final_params(dtype: str, steps: int, **changes: Any):
@@ -81,8 +83,7 @@ def main(argv):
       print(f'{dtype:<9} {name:<13} relative difference after {r["steps"]} '
             f'steps {v["relative_difference"]:.2e}  bitwise {v["bitwise"]}')
   if f.out:
-    from dynamics import outputs
-    print(outputs.wrote([f.out], outputs.write_json(f.out, r)))
+    print(outputs.wrote([f.out], outputs.write_json(f.out, r, provenance=True)))
 
 
 if __name__ == '__main__':
