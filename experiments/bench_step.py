@@ -161,6 +161,10 @@ def main(argv):
               'steps': _STEPS.value, 'repeats': _REPEATS.value,
               'ours_s_per_step': per_ours, 'ours_tokens_per_s': tokens / per_ours,
               'rounds_ours_s': t_ours, 'rounds_baseline_s': t_base,
+              'model_flops_per_token': float(flops),
+              'gflops_per_s': tokens * flops / per_ours / 1e9,
+              'peak_flops': peak,
+              'mfu': tokens * flops / per_ours / peak if peak else None,
               'jax': jax.__version__}
     if _BASELINE.value:
       record.update(baseline_s_per_step=per_base,
