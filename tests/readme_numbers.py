@@ -295,10 +295,22 @@ def _canonical(text: str, unit: Dict[str, Any]
   if 'traced' not in unit:
     return {}, text
   events, output = traced(*unit['traced'], unit['source'])
-  rows = [r.strip() for r in output.split('\n') if unit['anchor'] in r]
+  lines = [r.strip() for r in output.split('\n')]
+  rows = [k for k, r in enumerate(lines) if unit['anchor'] in r]
   if len(rows) != 1:
     return {}, None
-  return _aligned([t for _, _, t in tokens(rows[0])], events), rows[0]
+  # The whole output is aligned (a function writing several rows records
+  # the numbers of all of them), then this row's slice is kept: a number of
+  # this row never borrows a recorded number that printed in another row.
+  printed, start = [], 0
+  for k, line in enumerate(lines):
+    if k == rows[0]:
+      start = len(printed)
+    printed += [t for _, _, t in tokens(line)]
+  count = len(tokens(lines[rows[0]]))
+  aligned = _aligned(printed, events)
+  return ({i - start: e for i, e in aligned.items()
+           if start <= i < start + count}, lines[rows[0]])
 
 
 # Numbers that a library's wording prints from its own constants: (the text

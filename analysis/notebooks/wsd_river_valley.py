@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -55,12 +57,11 @@ print(results.redraw(rv.plot, numbers))
 # constant run's over the same steps (same start, same batches):
 
 # %%
-said = {'a higher': 'the decay drops more', 'a lower': 'the constant rate drops more',
-        'within noise': 'within noise'}
 for b in budgets:
   sig = numbers['signature'][b]
+  said = results.verdict(sig, 'the constant rate drops more', 'the decay drops more')
   print(f"budget {b}: decay drop {results.fmt_mean_std(sig['a'], 4)} nats, "
-        f"constant rate {results.fmt_mean_std(sig['b'], 4)} ({said[sig['verdict']]})")
+        f"constant rate {results.fmt_mean_std(sig['b'], 4)} ({said})")
 
 # %% [markdown]
 # ## (b) Final eval loss, every method at every budget (mean ± std over seeds)
@@ -71,15 +72,15 @@ for method in rv.METHODS:
   print(f'{method:20s}' + ''.join(
       f"{results.fmt_mean_std(numbers['final'][method][b], 4):>18s}"
       for b in budgets))
-print('\nDifferences of means ± their standard error (within two: "within noise"):')
+print('\nDifferences of means ± their standard error (verdicts: paired t-tests, '
+      'analysis.stats):')
 for key, title in (('wsd_vs_cosine', 'best WSD - cosine'),
                    ('wsds_vs_wsd', 'WSD-S - linear WSD'),
                    ('wsm_vs_constant', 'best WSM - constant checkpoint'),
                    ('wsm_vs_decay', 'best WSM - best WSD decay')):
   for b in budgets:
     c = numbers['comparisons'][key][b]
-    lower = {'a lower': c['a_method'], 'a higher': c['b_method']}
-    verdict = f"{lower[c['verdict']]} lower" if c['verdict'] in lower else c['verdict']
+    verdict = results.verdict(c, f"{c['a_method']} lower", f"{c['b_method']} lower")
     print(f"{title:32s} {b:>5s}: {c['a_method']} - {c['b_method']} = "
           f"{c['difference']:+.4f} ± {c['stderr']:.4f} ({verdict})")
 

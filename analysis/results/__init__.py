@@ -125,6 +125,24 @@ def compare(a: Sequence[float], b: Sequence[float]) -> Dict[str, Any]:
           'verdict': verdict}
 
 
+def test_word(comparison: Mapping[str, Any]) -> str:
+  """The `analysis.stats` verdict of a stored `compare` result: 'a lower',
+  'a higher', 'within noise' or 'no verdict' (the t-test `verdict` words,
+  never the 2-standard-error ``comparison['verdict']`` stored beside it).
+
+  Example:
+    >>> test_word(compare([1.0, 1.01, 0.99], [2.0, 2.01, 1.99]))
+    'no verdict'
+    >>> test_word(compare([1.0, 1.01, 0.99, 1.0, 1.02], [2.0, 2.01, 1.99, 2.0, 2.0]))
+    'a lower'
+  """
+  from analysis import stats  # pylint: disable=g-import-not-at-top
+  a, b = comparison['a']['values'], comparison['b']['values']
+  if not np.all(np.isfinite(a + b)):
+    return 'no verdict'
+  return stats.compare(a, b, paired=len(a) == len(b))['verdict']
+
+
 def verdict(comparison: Mapping[str, Any], lower: str, higher: str,
             within: str = 'within noise') -> str:
   """The verdict a reader sees, from `analysis.stats` (never the 2-standard-

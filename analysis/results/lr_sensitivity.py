@@ -84,7 +84,7 @@ def claims(numbers: Dict[str, Any]) -> Dict[str, bool]:
   c = numbers['sensitivity_comparison']
   keys = [repr(r) for r in numbers['learning_rates']]
   return {
-      'qk_norm_z_loss_less_sensitive': c['verdict'] == 'a lower',
+      'qk_norm_z_loss_less_sensitive': results.test_word(c) == 'a lower',
       'largest_rate_worse_than_best': all(
           s[v]['loss'][keys[-1]]['mean'] > s[v]['best_loss']['mean'] + 0.1
           for v in s)}
