@@ -188,7 +188,19 @@ def compare_counts(k_a: int, n_a: int, k_b: int, n_b: int, *,
 
 
 def _p_text(p: float) -> str:
-  return 'p < 0.0001' if p < 1e-4 else f'p = {p:.2g}' if p < 0.01 else f'p = {p:.2f}'
+  """``p`` as a verdict prints it: two significant digits, three between
+  0.01 and 0.1 so that no p-value rounds onto (or across) ``ALPHA``
+  (0.0496 prints 'p = 0.0496', never 'p = 0.05').
+
+  Example:
+    >>> [_p_text(p) for p in (3e-5, 0.0027, 0.0496, 0.05, 0.113)]
+    ['p < 0.0001', 'p = 0.0027', 'p = 0.0496', 'p = 0.05', 'p = 0.11']
+  """
+  if p < 1e-4:
+    return 'p < 0.0001'
+  if p < 0.01:
+    return f'p = {p:.2g}'
+  return f'p = {p:.3g}' if p < 0.1 else f'p = {p:.2f}'
 
 
 def _seeds(n: int) -> str:

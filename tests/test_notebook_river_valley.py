@@ -23,7 +23,7 @@ def _t_words(c, lower, higher):
     return f'no verdict: {len(a)} seeds (a verdict needs 5)'
   p = scipy_stats.ttest_rel(a, b).pvalue
   p_text = ('p < 0.0001' if p < 1e-4 else f'p = {p:.2g}' if p < 0.01
-            else f'p = {p:.2f}')
+            else f'p = {p:.3g}' if p < 0.1 else f'p = {p:.2f}')
   word = ('within noise' if p >= 0.05 else lower
           if sum(a) < sum(b) else higher)
   return f'{word} ({p_text}, paired t, {len(a)} seeds)'

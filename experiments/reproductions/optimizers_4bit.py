@@ -11,9 +11,10 @@ learning rates, for Adam and Stable-SPAM, in fake INT4 and FP4, over the seeds
 diverges in every run (`next_rate`). Per optimizer and format the record
 holds, per rate and seed, the final eval and train losses, the loss spikes
 and whether the run trained; `analysis.results.optimizers_4bit` reads from it
-the verdicts, each from `analysis.stats`: diverged seeds per rate (Fisher's
-exact test, Holm-adjusted over the rates where a run diverged), spikes per
-seed over the sweep (paired t) and final eval losses per rate (paired t).
+the verdicts, each from `analysis.stats`: diverged seeds at the smallest
+rate where every Adam seed diverged (Fisher's exact test; that rate is
+chosen from Adam's runs alone), spikes per seed over the sweep (paired t)
+and final eval losses per rate (paired t).
 
 What runs: `configs/stable_spam_4bit.py` (``:sweep`` at full size,
 ``:smoke_sweep`` at smoke size; ``:adam`` and ``:fp4`` select the optimizer
