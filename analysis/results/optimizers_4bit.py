@@ -103,6 +103,21 @@ def spike_comparison(numbers: Dict[str, Any], fmt: str) -> Dict[str, Any]:
   return stats.compare(totals[0], totals[1], paired=True)
 
 
+def loss_comparisons(numbers: Dict[str, Any],
+                     fmt: str) -> Dict[str, Dict[str, Any]]:
+  """Final eval loss, Stable-SPAM minus Adam, at every rate where both have
+  finite losses: paired t-tests (`analysis.stats`), Holm-adjusted over those
+  rates (one sentence reports the family). Keyed by rate."""
+  comp = numbers['summary'][fmt]['comparisons']
+  keys = [k for k in comp
+          if np.all(np.isfinite(comp[k]['a']['values'] + comp[k]['b']['values']))]
+  tested = [stats.compare(comp[k]['a']['values'], comp[k]['b']['values'],
+                          paired=True) for k in keys]
+  for c, k in zip(tested, keys):  # The stored counts, for the README check.
+    c['n'] = min(comp[k]['a']['n'], comp[k]['b']['n'], key=int)
+  return dict(zip(keys, stats.adjusted(tested)))
+
+
 def best_shared_rate(numbers: Dict[str, Any], fmt: str) -> Optional[str]:
   """The rate key with the lowest mean Adam eval loss among those compared."""
   comp = numbers['summary'][fmt]['comparisons']
@@ -156,7 +171,10 @@ def format_summary(numbers: Dict[str, Any], fmt: str) -> str:
   else:
     text += ' vs '.join(str(s[o]['spikes_total']) for o in opts)
   best = best_shared_rate(numbers, fmt)
-  word = lambda k: verdict(s['comparisons'][k]).split(' (')[0].split(':')[0]
+  tested = loss_comparisons(numbers, fmt)
+  said = {k: stats.verdict(c, 'Stable-SPAM lower', 'Adam lower')
+          for k, c in tested.items()}
+  word = lambda k: said[k].split(' (')[0].split(':')[0]
   shown = [k for k in s['comparisons']
            if k == best or word(k) not in ('within noise', 'no verdict')]
   if shown:
@@ -164,7 +182,7 @@ def format_summary(numbers: Dict[str, Any], fmt: str) -> str:
         f"at LR {_rate_at(numbers, k):g} "
         f"{results.fmt_mean_std(s['comparisons'][k]['b'])} "
         f"vs {results.fmt_mean_std(s['comparisons'][k]['a'])} "
-        f"({verdict(s['comparisons'][k])})" for k in shown)
+        f"({said[k]})" for k in shown)
   others = [k for k in s['comparisons'] if k not in shown]
   if others and {word(k) for k in others} == {'within noise'}:
     text += ', within noise at the other rates with finite losses'
