@@ -35,15 +35,22 @@ def mark_start() -> None:
   _START_LOAD = load_1min()
 
 
+# What commands write into the checkout: not code, so not "dirty".
+OUTPUT_DIRS = ('results', 'docs/figures')
+
+
 def git_commit(root: str = _ROOT) -> Dict[str, Any]:
   """``{'commit': sha or None, 'dirty': bool or None}`` of the checkout at
-  ``root`` (``dirty``: tracked files differ from the commit)."""
+  ``root`` (``dirty``: tracked files outside `OUTPUT_DIRS` differ from the
+  commit: a results file or figure an earlier command wrote into the same
+  checkout does not make the code that ran differ from the commit)."""
   def git(*args):
     return subprocess.run(['git', '-C', root, *args], capture_output=True,
                           text=True, timeout=30, check=True).stdout.strip()
   try:
     commit = git('rev-parse', 'HEAD')
-    dirty = bool(git('status', '--porcelain', '--untracked-files=no'))
+    dirty = bool(git('status', '--porcelain', '--untracked-files=no', '--',
+                     '.', *(f':(exclude){d}' for d in OUTPUT_DIRS)))
   except (OSError, subprocess.SubprocessError):
     return {'commit': None, 'dirty': None}
   return {'commit': commit, 'dirty': dirty}

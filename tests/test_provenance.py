@@ -21,10 +21,30 @@ def test_provenance_names_this_checkout_and_machine():
   status = subprocess.run(['git', '-C', ROOT, 'status', '--porcelain',
                            '--untracked-files=no'], capture_output=True,
                           text=True, check=True).stdout
-  assert p['git_dirty'] is bool(status.strip())
+  code = [l for l in status.splitlines()
+          if not l[3:].startswith(('results/', 'docs/figures/'))]
+  assert p['git_dirty'] is bool(code)
   assert p['cpu_count'] == os.cpu_count() and p['cpu_model']
   assert p['load_1min_end'] == round(os.getloadavg()[0], 2) or (
       abs(p['load_1min_end'] - os.getloadavg()[0]) < 5)
+
+
+def test_outputs_written_into_the_checkout_do_not_make_it_dirty(tmp_path):
+  """A results file an earlier command wrote is not code: clean; an edited
+  module is: dirty."""
+  git = lambda *a: subprocess.run(['git', '-C', str(tmp_path), *a],
+                                  capture_output=True, text=True, check=True)
+  git('init', '-q')
+  for name in ('results/r.json', 'docs/figures/f.png', 'm.py'):
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_text('0')
+  git('add', '.')
+  git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'x')
+  (tmp_path / 'results/r.json').write_text('1')
+  (tmp_path / 'docs/figures/f.png').write_text('1')
+  assert provenance.git_commit(str(tmp_path))['dirty'] is False
+  (tmp_path / 'm.py').write_text('1')
+  assert provenance.git_commit(str(tmp_path))['dirty'] is True
 
 
 def test_outside_a_checkout_the_commit_is_none(tmp_path):
