@@ -65,9 +65,10 @@ def _order_words(order: bool, n: int) -> str:
   """The ordering in words; "as claimed" only with seeds enough for a
   verdict (`analysis.stats.MIN_N`): one run shows an order, not a finding."""
   from analysis import stats  # pylint: disable=g-import-not-at-top
+  where = 'in this run' if n == 1 else 'in every seed'
   if n < stats.MIN_N:
-    return ('bulk < random < top in this run' if order else
-            'not bulk < random < top in this run') + ': no verdict, ' + (
+    return (f'bulk < random < top {where}' if order else
+            f'not bulk < random < top {where}') + ': no verdict, ' + (
                 'one seed' if n == 1 else f'{n} seeds')
   return ('bulk < random < top, as claimed' if order else
           'not the claimed order bulk < random < top')
