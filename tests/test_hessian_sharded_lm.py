@@ -25,7 +25,9 @@ def _child():
   import time
   from absl import flags
   from analysis.hessian import __main__ as command
+  from analysis import hessian
   from analysis.hessian import checkpoints
+  from dynamics import cli
   from configs import llama_c4
   from dynamics import data, runs, train
   from experiments import prepare_text
@@ -64,9 +66,19 @@ def _child():
                                             'product_memory')}
   # Where the command put the parameters with --fsdp=8.
   run = runs.Run.open(workdir)
+  refusals = []  # User errors, before anything is restored or compiled.
+  for bad in (['--fsdp=3'], ['--vocab_chunk=8', '--kind=hessian'],
+              ['--vocab_chunk=8', '--kind=ggn', '--k=1']):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(['hessian', f'--workdir={workdir}', *bad])
+    try:
+      command._check(run, hessian)
+      refusals.append(None)
+    except cli.UserError as e:
+      refusals.append(str(e))
   _, params, _, batches = checkpoints._checkpoint(run, None, 1, fsdp=8)
   kernel = params['block_0']['mlp']['fc_in']['kernel']
-  return {'seconds': seconds, 'tables': tables, 'reports': reports,
+  return {'refusals': refusals, 'seconds': seconds, 'tables': tables, 'reports': reports,
           'kernel_spec': [str(s) for s in kernel.sharding.spec],
           'batch_devices': len(batches[0]['inputs'].sharding.device_set)}
 
@@ -95,6 +107,13 @@ def test_the_products_ran_sharded_and_chunked_with_memory_reported():
   for report in r['reports'].values():
     assert report['vocab_chunk'] == 64
     assert report['product_memory']['peak_bytes'] > 0
+
+
+def test_bad_mesh_or_chunk_is_refused_naming_the_flag():
+  fsdp, kind, fine = _results()['refusals']
+  assert fsdp == '--fsdp=3: 3 shards do not divide the 8 devices', fsdp
+  assert kind.startswith('--vocab_chunk=8: applies to --kind=ggn only'), kind
+  assert fine is None
 
 
 if __name__ == '__main__' and sys.argv[1:] == ['--child']:

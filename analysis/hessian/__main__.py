@@ -141,6 +141,9 @@ def _check(run, hessian):
                         f'{where}')
   if _NOISE_STD.value is not None and _NOISE_STD.value <= 0:
     raise cli.UserError(f'--noise_std={_NOISE_STD.value}: must be > 0')
+  if _VOCAB_CHUNK.value is not None and _KIND.value != 'ggn':
+    raise cli.UserError(f'--vocab_chunk={_VOCAB_CHUNK.value}: applies to '
+                        f'--kind=ggn only, not --kind={_KIND.value}')
   try:  # What the kind needs from the run (a Fisher of an MSE: noise_std).
     hessian.run_inputs(run, _KIND.value, None, _NOISE_STD.value,
                        _NUM_SAMPLES.value, _VOCAB_CHUNK.value)

@@ -34,14 +34,15 @@ from dynamics.types import Batch, PyTree
 Log = Optional[Callable[[str], None]]
 
 # How each input of `registry.INPUTS` is taken from a run, its checkpoint's
-# model state and the noise model of an MSE loss (with the Fisher's samples).
+# model state and ``extra``: the noise model of an MSE loss, the Fisher's
+# samples and the GGN's vocabulary chunk.
 _FROM_RUN = {
-    'loss_fn': lambda run, model_state, lik: run.loss_fn(model_state),
-    'model_fn': lambda run, model_state, lik: run.model_fn(model_state),
-    'output_loss_fn': lambda run, model_state, lik: softmax_ggn.output_loss(
-        run, model_state, lik[2]),
-    'likelihood': lambda run, model_state, lik: likelihood_lib.for_loss(
-        run.options.loss, *lik),
+    'loss_fn': lambda run, model_state, extra: run.loss_fn(model_state),
+    'model_fn': lambda run, model_state, extra: run.model_fn(model_state),
+    'output_loss_fn': lambda run, model_state, extra: softmax_ggn.output_loss(
+        run, model_state, extra[2]),
+    'likelihood': lambda run, model_state, extra: likelihood_lib.for_loss(
+        run.options.loss, *extra[:2]),
 }
 
 
@@ -79,12 +80,11 @@ def make_mesh(fsdp: int) -> jax.sharding.Mesh:
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
   from dynamics import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-  try:
-    return sharding_lib.make_mesh(ml_collections.ConfigDict(
-        {'data': -1, 'fsdp': int(fsdp)}))
-  except sharding_lib.MeshError as e:
-    raise ValueError(f'fsdp={fsdp} does not fit the {jax.device_count()} '
-                     f'devices: {e}') from None
+  if int(fsdp) < 1 or jax.device_count() % int(fsdp):
+    raise ValueError(f'{fsdp} shards do not divide the '
+                     f'{jax.device_count()} devices')
+  return sharding_lib.make_mesh(ml_collections.ConfigDict(
+      {'data': -1, 'fsdp': int(fsdp)}))
 
 
 def place(run: runs.Run, mesh: Optional[jax.sharding.Mesh], params: PyTree,
