@@ -91,3 +91,26 @@ def test_the_gradient_histogram_is_the_gradient_of_the_training_batch(trained):
     np.testing.assert_allclose(got.edges, h.edges, rtol=1e-6,
                                atol=1e-6 * np.abs(h.edges).max())
     assert got.counts == h.counts
+
+
+def test_a_resume_drops_later_histograms_and_rewrites_tensorboard(tmp_path):
+  """Like the scalars: lines after the resume step are dropped from
+  histograms.jsonl, and the event files are rebuilt from what is kept."""
+  from dynamics.metrics import MetricWriter
+  paths = (str(tmp_path / 'metrics.jsonl'), str(tmp_path / 'tensorboard'),
+           str(tmp_path / 'histograms.jsonl'))
+  with MetricWriter(paths[0], None, True, *paths[1:]) as writer:
+    for step in (0, 2, 4):
+      writer.write(step, {'loss': 1.0 / (step + 1), 'histograms/w':
+                          histograms.histogram(np.arange(step + 3.0), 2)})
+  with MetricWriter(paths[0], 2, True, *paths[1:]):
+    pass
+  with open(paths[2]) as f:
+    kept = [json.loads(line) for line in f]
+  assert [r['step'] for r in kept] == [0, 2]
+  assert kept[1]['histograms/w'] == {'edges': [0.0, 2.0, 4.0],
+                                     'counts': [2, 3]}
+  events = _tensorboard_histograms(str(tmp_path))
+  assert sorted(events) == [('histograms/w', 0), ('histograms/w', 2)]
+  np.testing.assert_array_equal(events['histograms/w', 2],
+                                [[0, 2, 2], [2, 4, 3]])
