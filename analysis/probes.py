@@ -36,6 +36,7 @@ from analysis.probe_batches import Batches as _Batches
 from analysis.probe_batches import BatchSource, held_out, training
 from analysis.probe_batches import check_count as _check_count
 from analysis import update_probes as up
+from analysis.histogram_probe import HistogramProbe
 from dynamics import config_lib, runs
 from dynamics import optim as optim_lib
 from dynamics.probes import Probe
@@ -76,7 +77,8 @@ def from_config(config: ml_collections.ConfigDict) -> List[Probe]:
       (a.spectral_norm_every, up.SpectralNormProbe),
       (a.gns_every, functools.partial(up.GradientNoiseProbe,
                                       num_batches=a.gns_batches)),
-      (a.activation_rms_every, up.ActivationRMSProbe)):
+      (a.activation_rms_every, up.ActivationRMSProbe),
+      (a.histograms_every, HistogramProbe)):
     if every is not None:
       out.append(make(every))
   return out

@@ -20,6 +20,9 @@ probe (config switch)      logs                                            cost 
 `analysis.noise_scale`)    standard error
 `ActivationRMSProbe`       RMS of each block's output                      one forward pass
 (``activation_rms``)
+`HistogramProbe`           TensorBoard histograms of each layer's          one gradient + one update
+(``histograms``; in        weights, gradient and update                    (shared)
+`analysis.histogram_probe`)
 =========================  ==============================================  ============================
 
 The update :math:`u` is the one the run's optimizer makes from the probed

@@ -196,3 +196,81 @@ def chunked_cross_entropy(h_Nd: jax.Array, w_dV: jax.Array,
   label = phi(x_y * scale)
   return log_z - label, log_z, top
 
+
+
+def chunked_softmax_ggn(h_Nd: jax.Array, w_dV: jax.Array,
+                        b_V: Optional[jax.Array], dh_Nd: jax.Array,
+                        dw_dV: jax.Array, db_V: Optional[jax.Array],
+                        weights_N: jax.Array, *, scale: float = 1.0,
+                        chunk: int
+                        ) -> Tuple[jax.Array, jax.Array, Optional[jax.Array]]:
+  r"""The softmax cross-entropy's Gauss-Newton product through a linear
+  readout, by vocabulary chunks: never more than ``N x C`` logits.
+
+  With logits :math:`x = s\,(hW + b)`, the softmax :math:`p` of each row and
+  the Jacobian :math:`J` of :math:`x` in :math:`(h, W, b)`, it returns
+
+  .. math::
+      J^\top\, \mathrm{diag}(w)\, H\, J\, (\dot h, \dot W, \dot b), \qquad
+      H_n = \mathrm{diag}(p_n) - p_n p_n^\top
+
+  (:math:`H_n` the Hessian of :math:`\log Z - x_y` in row :math:`n`'s
+  logits, the same for every label). Three scans over the chunks: ``log Z``
+  (`chunked_log_normalizer`), :math:`p_n^\top \dot x_n`, then each chunk's
+  :math:`u_c = w \odot (p_c \odot \dot x_c - p_c\, p^\top \dot x)` pulled
+  back through the readout. Computed in float32.
+
+  Args:
+    h_Nd, w_dV, b_V: hidden states, readout, bias (or None).
+    dh_Nd, dw_dV, db_V: the tangent of each (``db_V`` None with ``b_V``).
+    weights_N: weight of each row in the loss (``1/N`` for a mean).
+    scale: multiplier of the logits.
+    chunk: columns per chunk (`balanced_chunk`).
+
+  Returns:
+    ``(g_h, g_W, g_b)``: the product, shaped like ``(h, W, b)`` (float32;
+    ``g_b`` None without a bias).
+
+  Example:
+    >>> h, w, t = jnp.ones((2, 3)), jnp.ones((3, 5)), jnp.zeros((3, 5))
+    >>> g = chunked_softmax_ggn(h, w, None, h, t, None, jnp.ones(2), chunk=2)
+    >>> bool(jnp.abs(g[0]).max() < 1e-6)  # Equal logits: H J v = 0.
+    True
+  """
+  f32 = lambda x: None if x is None else x.astype(jnp.float32)
+  h_Nd, w_dV, dh_Nd, dw_dV = map(f32, (h_Nd, w_dV, dh_Nd, dw_dV))
+  has_bias = b_V is not None
+  d, v = w_dV.shape
+  b_V = f32(b_V) if has_bias else jnp.zeros((v,), jnp.float32)
+  db_V = f32(db_V) if has_bias else jnp.zeros((v,), jnp.float32)
+  chunk = balanced_chunk(v, chunk)
+  log_z = chunked_log_normalizer(h_Nd, w_dV, b_V, scale=scale, chunk=chunk)[0]
+  w, b, valid = _chunks(w_dV, b_V, chunk)
+  dw, db, _ = _chunks(dw_dV, db_V, chunk)
+  weights_N = weights_N.astype(jnp.float32)
+
+  def probs_and_tangent(w_dC, b_C, valid_C, dw_dC, db_C):
+    x = scale * (h_Nd @ w_dC + b_C[None, :])
+    p = jnp.where(valid_C, jnp.exp(x - log_z[:, None]), 0.0)
+    dx = scale * (dh_Nd @ w_dC + h_Nd @ dw_dC + db_C[None, :])
+    return p, dx
+
+  def mean_tangent(total, xs):
+    p, dx = probs_and_tangent(*xs)
+    return total + jnp.sum(p * dx, axis=-1), None
+
+  p_dx, _ = jax.lax.scan(mean_tangent, jnp.zeros_like(log_z),
+                         (w, b, valid, dw, db))
+
+  def pull_back(g_h, xs):
+    w_dC = xs[0]
+    p, dx = probs_and_tangent(*xs)
+    u = weights_N[:, None] * p * (dx - p_dx[:, None])
+    return g_h + scale * u @ w_dC.T, (scale * h_Nd.T @ u,
+                                      scale * jnp.sum(u, axis=0))
+
+  g_h, (g_w, g_b) = jax.lax.scan(pull_back, jnp.zeros_like(h_Nd),
+                                 (w, b, valid, dw, db))
+  g_w = g_w.transpose(1, 0, 2).reshape(d, -1)[:, :v]
+  g_b = g_b.reshape(-1)[:v]
+  return g_h, g_w, (g_b if has_bias else None)

@@ -115,7 +115,7 @@ def check_analysis(config: ml_collections.ConfigDict) -> None:
   for field in ('sharpness_every', 'trace_every', 'ntk_every',
                 'update_sharpness_every', 'update_ratio_every',
                 'layer_trace_every', 'spectral_norm_every', 'gns_every',
-                'activation_rms_every'):
+                'activation_rms_every', 'histograms_every'):
     errors.integer(f'analysis.{field}', a[field], 1, optional=True)
   errors.integer('analysis.sharpness_iters', a.sharpness_iters, 2)
   errors.integer('analysis.sharpness_batches', a.sharpness_batches, 1)

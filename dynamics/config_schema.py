@@ -286,6 +286,7 @@ def defaults() -> ml_collections.ConfigDict:
   a.gns_every = placeholder(int)   # Log the gradient noise scale B_simple every N steps.
   a.gns_batches = 4                # Training batches per noise-scale estimate (>= 2).
   a.activation_rms_every = placeholder(int) # Log the RMS of each block's output every N steps.
+  a.histograms_every = placeholder(int)  # TensorBoard histograms of each layer's weights, gradient and update every N steps.
 
   c.throughput = ml_collections.ConfigDict()
   c.throughput.peak_flops = placeholder(float) # Peak FLOP/s per device for MFU (None: device table; CPU: no MFU).

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dynamics.histograms import Histogram, TensorBoardHistograms
 from dynamics.types import PyTree, param_name
 
 
@@ -166,25 +167,24 @@ class MetricWriter:
   a step twice. TensorBoard event files are written to ``tensorboard_dir``
   too when the ``tensorboard`` package is installed; the JSON lines are
   their source of truth, so on opening they are rewritten from the lines
-  kept (TensorBoard files cannot be truncated). Only the process that owns
-  the writer writes (``enabled``).
+  kept (TensorBoard files cannot be truncated). Metric values that are
+  `dynamics.histograms.Histogram` go to ``histograms_path`` (JSON lines,
+  truncated and replayed the same way) and to TensorBoard as histograms.
+  Only the process that owns the writer writes (``enabled``).
   """
 
   def __init__(self, path: str, resume_step: Optional[int] = None,
-               enabled: bool = True, tensorboard_dir: Optional[str] = None):
+               enabled: bool = True, tensorboard_dir: Optional[str] = None,
+               histograms_path: Optional[str] = None):
     self.path = path
     self.enabled = enabled
-    self._tb, self._file = None, None
+    self._tb, self._file, self._hist_file, self._tb_hist = None, None, None, None
     if not enabled:
       return
-    lines, clean = _read_lines(path)
-    kept = [(line, r) for line, r in lines
-            if resume_step is None or r.get('step', math.inf) <= resume_step]
-    if len(kept) < len(lines) or not clean:
-      with open(path + '.tmp', 'w') as f:
-        f.writelines(line for line, _ in kept)
-      os.replace(path + '.tmp', path)
-    self._file = open(path, 'a')
+    self._file, kept = self._open(path, resume_step)
+    hists = []
+    if histograms_path is not None:  # `Histogram` values go there.
+      self._hist_file, hists = self._open(histograms_path, resume_step)
     if tensorboard_dir is not None:
       try:
         from tensorboard.summary import Writer  # pylint: disable=g-import-not-at-top
@@ -193,8 +193,29 @@ class MetricWriter:
       if os.path.isdir(tensorboard_dir):
         shutil.rmtree(tensorboard_dir)
       self._tb = Writer(tensorboard_dir)
+      self._tb_hist = TensorBoardHistograms(tensorboard_dir)
       for _, record in kept:
         self._add_scalars(record)
+      for _, record in hists:
+        self._add_histograms(record['step'], {
+            k: Histogram.from_json(v) for k, v in record.items() if k != 'step'})
+
+  @staticmethod
+  def _open(path: str, resume_step: Optional[int]):
+    """``path`` opened for appending, its lines after ``resume_step`` and a
+    torn tail dropped first; with the ``(line, record)`` kept."""
+    lines, clean = _read_lines(path)
+    kept = [(line, r) for line, r in lines
+            if resume_step is None or r.get('step', math.inf) <= resume_step]
+    if len(kept) < len(lines) or not clean:
+      with open(path + '.tmp', 'w') as f:
+        f.writelines(line for line, _ in kept)
+      os.replace(path + '.tmp', path)
+    return open(path, 'a'), kept
+
+  def _add_histograms(self, step: int, hists: Mapping[str, Histogram]) -> None:
+    for k, h in hists.items():
+      self._tb_hist.add(k, h, step)
 
   def _add_scalars(self, record: Mapping[str, Any]) -> None:
     for k, v in record.items():
@@ -204,23 +225,29 @@ class MetricWriter:
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
-    record = {'step': int(step), **{k: _to_python(v) for k, v in metrics.items()}}
+    hists = {k: v for k, v in metrics.items() if isinstance(v, Histogram)}
+    record = {'step': int(step), **{k: _to_python(v) for k, v in metrics.items()
+                                    if k not in hists}}
     self._file.write(json.dumps(record) + '\n')
     self._file.flush()
     if self._tb is not None:
       self._add_scalars(record)
+    if hists and self._hist_file is not None:
+      self._hist_file.write(json.dumps({'step': int(step), **{
+          k: h.to_json() for k, h in hists.items()}}) + '\n')
+      self._hist_file.flush()
+      if self._tb_hist is not None:
+        self._add_histograms(step, hists)
 
   def write_nonempty(self, step: int, metrics: Mapping[str, float]) -> None:
     if metrics:
       self.write(step, metrics)
 
   def close(self) -> None:
-    if self._file is not None:
-      self._file.close()
-      self._file = None
-    if self._tb is not None:
-      self._tb.close()
-      self._tb = None
+    for name in ('_file', '_hist_file', '_tb', '_tb_hist'):
+      if getattr(self, name) is not None:
+        getattr(self, name).close()
+        setattr(self, name, None)
 
   def __enter__(self) -> 'MetricWriter':
     return self

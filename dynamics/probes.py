@@ -35,7 +35,9 @@ class Probe(Protocol):
 
   def __call__(self, state: Any, run: Any) -> Mapping[str, float]:
     """``{metric: value}`` at ``state`` (a `dynamics.step.TrainState` after
-    ``state.step`` updates) of ``run`` (the `dynamics.runs.Run` trained)."""
+    ``state.step`` updates) of ``run`` (the `dynamics.runs.Run` trained).
+    A value is a float, or a `dynamics.histograms.Histogram` (kept in the
+    run's histogram file and shown by TensorBoard as a histogram)."""
 
   def state_dict(self) -> Dict[str, Any]:
     """What the probe carries to its next call (arrays and numbers), saved

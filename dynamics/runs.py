@@ -52,6 +52,7 @@ METRICS_FILE = 'metrics.jsonl'   # One JSON object per logged step.
 RESUMES_FILE = 'resumes.jsonl'   # The allowed config changes of each resume.
 MERGE_FILE = 'merge.json'        # A merge output: what was merged, and how.
 TENSORBOARD_DIR = 'tensorboard'  # Event files, rewritten from metrics.jsonl.
+HISTOGRAMS_FILE = 'histograms.jsonl'  # Histogram metrics (weights, ...).
 
 RunFileError = metrics_lib.RunFileError
 
@@ -212,7 +213,8 @@ class Run:
     """A writer appending to the run's metrics (and TensorBoard files);
     lines after ``resume_step`` are dropped first (see `MetricWriter`)."""
     return metrics_lib.MetricWriter(self.metrics_path, resume_step, enabled,
-                                    self._path(TENSORBOARD_DIR))
+                                    self._path(TENSORBOARD_DIR),
+                                    self._path(HISTOGRAMS_FILE))
 
   def record_resume(self, step: int,
                     changes: Mapping[str, Tuple[Any, Any]]) -> None:

@@ -213,7 +213,8 @@ def _host_metrics(step: int, state: TrainState, run: runs.Run, eval_fn, put,
       out.update({f'eval_{k}_ema': v for k, v in ev.items()})
   for probe in probes:
     if step % probe.every == 0:
-      out.update({k: float(v) for k, v in probe(state, run).items()})
+      out.update({k: v if isinstance(v, metrics_lib.Histogram) else float(v)
+                  for k, v in probe(state, run).items()})
   metrics_lib.check_finite(out, step, config.stop_on_nonfinite)
   return out
 
@@ -240,7 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     config: a config declaring the fields of ``dynamics/config_schema.py``.
     workdir: output directory; an existing run there is resumed.
     probes: training-time measurements (`dynamics.probes.Probe`): each is
-      called as ``probe(state, run) -> dict of scalars`` whenever
+      called as ``probe(state, run) -> dict of scalars`` (or `Histogram`s) whenever
       ``state.step % probe.every == 0`` (step 0 included; ``run`` is the
       `dynamics.runs.Run`); its ``state_dict()`` is checkpointed under its
       ``name``, so a resumed run continues the same series.

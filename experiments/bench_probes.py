@@ -34,17 +34,20 @@ _OUT = flags.DEFINE_string('out', None, 'Where the JSON goes.')
 
 # The suggested cadence of each probe (config: analysis.<name>_every).
 CADENCE = {'update_ratio': 100, 'spectral_norm': 100, 'update_sharpness': 200,
-           'gns': 200, 'layer_trace': 1000, 'activation_rms': 100}
+           'gns': 200, 'layer_trace': 1000, 'activation_rms': 100,
+           'histograms': 1000}
 
 
 def _probes():
   from analysis import update_probes as up
+  from analysis.histogram_probe import HistogramProbe
   return [up.UpdateRatioProbe(CADENCE['update_ratio']),
           up.SpectralNormProbe(CADENCE['spectral_norm']),
           up.UpdateSharpnessProbe(CADENCE['update_sharpness']),
           up.GradientNoiseProbe(CADENCE['gns']),
           up.LayerTraceProbe(CADENCE['layer_trace']),
-          up.ActivationRMSProbe(CADENCE['activation_rms'])]
+          up.ActivationRMSProbe(CADENCE['activation_rms']),
+          HistogramProbe(CADENCE['histograms'])]
 
 
 def measure(config, steps: int = 20, repeats: int = 3) -> dict:

@@ -24,6 +24,13 @@ Flags:
                       many draws (one draw inflates its top eigenvalues)
   --num_batches=4     held-out batches in the loss
   --seed=0            seed of the start and probe vectors
+  --fsdp=N            run on every device, the parameters split in N shards
+                      and each batch over all devices, as training shards
+                      them (default: one device)
+  --vocab_chunk=C     the GGN's softmax by vocabulary chunks of C columns
+                      (never a tokens x vocab array; default: the run's
+                      loss.vocab_chunk, or 8192 for vocabularies >= 16384;
+                      0: off)
   --out=DIR           output directory (default: the workdir)
   --nocompilation_cache  do not use JAX's persistent compilation cache (on
                       by default, in dynamics.compile_cache.default_dir())
@@ -90,6 +97,14 @@ _CACHE = flags.DEFINE_boolean(
     'compilation_cache', True, "JAX's persistent compilation cache (a "
     'per-user directory: dynamics.compile_cache.default_dir()); a second '
     'process loads the compiled solvers instead of compiling them.')
+_FSDP = flags.DEFINE_integer(
+    'fsdp', None, 'Shard the parameters in N pieces over a mesh of every '
+    'device (batches split over all of them); default: one device.',
+    lower_bound=1)
+_VOCAB_CHUNK = flags.DEFINE_integer(
+    'vocab_chunk', None, "The GGN's softmax by vocabulary chunks of this many "
+    "columns (default: the run's loss.vocab_chunk, or 8192 for vocabularies "
+    '>= 16384; 0: off).', lower_bound=0)
 _OUT = flags.DEFINE_string('out', None,
                            'Output directory (default: the workdir).')
 
@@ -126,11 +141,23 @@ def _check(run, hessian):
                         f'{where}')
   if _NOISE_STD.value is not None and _NOISE_STD.value <= 0:
     raise cli.UserError(f'--noise_std={_NOISE_STD.value}: must be > 0')
+  if _VOCAB_CHUNK.value is not None and _KIND.value != 'ggn':
+    raise cli.UserError(f'--vocab_chunk={_VOCAB_CHUNK.value}: applies to '
+                        f'--kind=ggn only, not --kind={_KIND.value}')
   try:  # What the kind needs from the run (a Fisher of an MSE: noise_std).
     hessian.run_inputs(run, _KIND.value, None, _NOISE_STD.value,
-                       _NUM_SAMPLES.value)
+                       _NUM_SAMPLES.value, _VOCAB_CHUNK.value)
   except ValueError as e:
-    raise cli.UserError(f'--kind={_KIND.value}: {e}') from None
+    flag = ('--vocab_chunk' if str(e).startswith('vocab_chunk')
+            else f'--kind={_KIND.value}')
+    raise cli.UserError(f'{flag}: {e}') from None
+  if _FSDP.value is not None:
+    try:
+      mesh = hessian.checkpoints.make_mesh(_FSDP.value)
+      hessian.checkpoints.place(run, mesh, {}, {},
+                                [run.dataset.eval_batch(0)])
+    except ValueError as e:
+      raise cli.UserError(f'--fsdp={_FSDP.value}: {e}') from None
   return run.resolve_step(_STEP.value)
 
 
@@ -179,7 +206,8 @@ def main(argv):
         run, step, blocks=_BLOCKS.value, kind=_KIND.value,
         num_probes=_BLOCK_PROBES.value, tol=_TOL.value,
         num_batches=_NUM_BATCHES.value, noise_std=_NOISE_STD.value,
-        seed=_SEED.value, log=_print, num_samples=_NUM_SAMPLES.value)
+        seed=_SEED.value, log=_print, num_samples=_NUM_SAMPLES.value,
+        fsdp=_FSDP.value, vocab_chunk=_VOCAB_CHUNK.value)
   else:
     stem = f'hessian_{step}_{_KIND.value}_k{_K.value}' + (
         f'_{_slug(_BLOCK.value)}' if _BLOCK.value else '')
@@ -189,7 +217,8 @@ def main(argv):
         density_iters=_DENSITY_ITERS.value, trace=_TRACE.value,
         trace_method=_TRACE_METHOD.value, num_batches=_NUM_BATCHES.value,
         block=_BLOCK.value, noise_std=_NOISE_STD.value, seed=_SEED.value,
-        progress=True, log=_print, num_samples=_NUM_SAMPLES.value)
+        progress=True, log=_print, num_samples=_NUM_SAMPLES.value,
+        fsdp=_FSDP.value, vocab_chunk=_VOCAB_CHUNK.value)
   print(outputs.write_report(
       out, stem, result,
       plot_blocks if _BLOCKS.value is not None else plots.hessian_spectrum))

@@ -25,6 +25,7 @@ from analysis import lanczos
 from analysis.hessian import density as density_lib
 from analysis.hessian import eigen, registry, report
 from analysis.hessian import likelihood as likelihood_lib
+from analysis.hessian import softmax_ggn
 from analysis.hessian.operators import Operator, curvature
 from dynamics import runs
 from dynamics.timing import seconds_per_call
@@ -33,19 +34,22 @@ from dynamics.types import Batch, PyTree
 Log = Optional[Callable[[str], None]]
 
 # How each input of `registry.INPUTS` is taken from a run, its checkpoint's
-# model state and the noise model of an MSE loss (with the Fisher's samples).
+# model state and ``extra``: the noise model of an MSE loss, the Fisher's
+# samples and the GGN's vocabulary chunk.
 _FROM_RUN = {
-    'loss_fn': lambda run, model_state, lik: run.loss_fn(model_state),
-    'model_fn': lambda run, model_state, lik: run.model_fn(model_state),
-    'output_loss_fn': lambda run, model_state, lik: run.output_loss_fn(),
-    'likelihood': lambda run, model_state, lik: likelihood_lib.for_loss(
-        run.options.loss, *lik),
+    'loss_fn': lambda run, model_state, extra: run.loss_fn(model_state),
+    'model_fn': lambda run, model_state, extra: run.model_fn(model_state),
+    'output_loss_fn': lambda run, model_state, extra: softmax_ggn.output_loss(
+        run, model_state, extra[2]),
+    'likelihood': lambda run, model_state, extra: likelihood_lib.for_loss(
+        run.options.loss, *extra[:2]),
 }
 
 
 def run_inputs(run: runs.Run, kind: str, model_state: PyTree = None,
                noise_std: Optional[float] = None,
-               num_samples: int = 1) -> Dict[str, Any]:
+               num_samples: int = 1,
+               vocab_chunk: Optional[int] = None) -> Dict[str, Any]:
   """What ``kind``'s product needs (its entry's ``needs``), from ``run``.
 
   Args:
@@ -53,13 +57,77 @@ def run_inputs(run: runs.Run, kind: str, model_state: PyTree = None,
     noise_std: the Gaussian noise model of an MSE loss (Fisher kinds).
     num_samples: labels sampled per position for the Fisher
       (`likelihood.for_loss`).
+    vocab_chunk: the GGN's softmax by vocabulary chunks of this many
+      columns (`softmax_ggn.output_loss`; None: the run's
+      ``loss.vocab_chunk``, or automatic for large vocabularies; 0: off).
 
   Raises:
-    ValueError: an unknown kind, or a Fisher of an MSE run without
-      ``noise_std`` (its noise model).
+    ValueError: an unknown kind, a Fisher of an MSE run without
+      ``noise_std`` (its noise model), or a ``vocab_chunk`` the run's loss
+      cannot take.
   """
-  return {name: _FROM_RUN[name](run, model_state, (noise_std, num_samples))
+  return {name: _FROM_RUN[name](run, model_state,
+                                (noise_std, num_samples, vocab_chunk))
           for name in registry.product(kind).needs}
+
+
+def make_mesh(fsdp: int) -> jax.sharding.Mesh:
+  """The training mesh over every device: ``fsdp`` shards of the
+  parameters, the batch split over all devices (`dynamics.sharding`).
+
+  Raises:
+    ValueError: ``fsdp`` does not divide the device count.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from dynamics import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  if int(fsdp) < 1 or jax.device_count() % int(fsdp):
+    raise ValueError(f'{fsdp} shards do not divide the '
+                     f'{jax.device_count()} devices')
+  return sharding_lib.make_mesh(ml_collections.ConfigDict(
+      {'data': -1, 'fsdp': int(fsdp)}))
+
+
+def place(run: runs.Run, mesh: Optional[jax.sharding.Mesh], params: PyTree,
+          model_state: PyTree, batches: List[Batch]
+          ) -> Tuple[PyTree, PyTree, List[Batch]]:
+  """Parameters FSDP-sharded as training shards them (the run's
+  ``mesh.fsdp_min_size``), model state replicated, each batch split over
+  every device; unchanged for ``mesh=None`` (one device).
+
+  Raises:
+    ValueError: a batch that does not split evenly over the devices.
+  """
+  if mesh is None:
+    return params, model_state, batches
+  from dynamics import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  size = int(np.shape(jax.tree.leaves(batches[0])[0])[0])
+  try:
+    sharding_lib.check_batch(size, mesh)
+  except sharding_lib.MeshError as e:
+    raise ValueError(f'the held-out batch of {size} does not split over '
+                     f'the mesh: {e}') from None
+  params = jax.device_put(params, sharding_lib.tree_shardings(
+      mesh, params, run.config.mesh.fsdp_min_size))
+  model_state = jax.device_put(model_state, sharding_lib.replicated(mesh))
+  split = sharding_lib.batch_sharding(mesh)
+  return params, model_state, [jax.device_put(b, split) for b in batches]
+
+
+def product_memory(op: Operator) -> Dict[str, int]:
+  """Bytes of one compiled product ``op.matvec`` (XLA's memory analysis,
+  per device): ``temp_bytes`` (its intermediates), ``argument_bytes``,
+  ``output_bytes`` and ``peak_bytes`` (their sum, an upper bound on what
+  the product holds at once). Empty where the backend does not say."""
+  try:
+    stats = jax.jit(lambda matvec, v: matvec(v)).lower(
+        op.matvec, op.like).compile().memory_analysis()
+    out = {'temp_bytes': int(stats.temp_size_in_bytes),
+           'argument_bytes': int(stats.argument_size_in_bytes),
+           'output_bytes': int(stats.output_size_in_bytes)}
+  except Exception:  # pylint: disable=broad-except (backend-dependent)
+    return {}
+  out['peak_bytes'] = sum(out.values())
+  return out
 
 
 def _duration(seconds: float) -> str:
@@ -71,13 +139,17 @@ def _duration(seconds: float) -> str:
   return f'{seconds / 3600:.1f} h'
 
 
-def _checkpoint(run: runs.Run, step: Optional[int], num_batches: int
+def _checkpoint(run: runs.Run, step: Optional[int], num_batches: int,
+                fsdp: Optional[int] = None
                 ) -> Tuple[int, PyTree, PyTree, List[Batch]]:
-  """``(step, params, model_state, held-out batches)`` of a checkpoint."""
+  """``(step, params, model_state, held-out batches)`` of a checkpoint,
+  placed on the mesh of ``fsdp`` (`make_mesh`, `place`; None: one device)."""
   step = run.resolve_step(step)
   restored = run.restore(step, ('params', 'model_state'))
   batches = [run.dataset.eval_batch(i) for i in range(num_batches)]
-  return step, restored['params'], restored['model_state'], batches
+  mesh = None if fsdp is None else make_mesh(fsdp)
+  return (step,) + place(run, mesh, restored['params'],
+                         restored['model_state'], batches)
 
 
 def run_curvature(run: runs.Run, kind: str = 'hessian',
@@ -109,6 +181,23 @@ def run_curvature(run: runs.Run, kind: str = 'hessian',
                                 num_samples))
 
 
+def _memory(op: Operator, inputs: Dict[str, Any], fsdp: Optional[int],
+            log: Callable[[str], None]) -> Dict[str, Any]:
+  """What a report says of the product's memory and layout."""
+  head = inputs.get('output_loss_fn')
+  chunk = head.chunk if isinstance(head, softmax_ggn.ChunkedHead) else None
+  memory = product_memory(op)
+  devices = 1 if fsdp is None else jax.device_count()
+  if memory:
+    log(f"one product holds at most {memory['peak_bytes'] / 2**20:.1f} MiB "
+        f'per device ({devices} device(s)'
+        + (f', fsdp={fsdp}' if fsdp else '')
+        + (f', softmax by vocabulary chunks of {chunk}' if chunk else '')
+        + ')')
+  return {'product_memory': memory, 'vocab_chunk': chunk, 'devices': devices,
+          'fsdp': fsdp}
+
+
 def _quiet(log: Log) -> Callable[[str], None]:
   return log if log is not None else (lambda _: None)
 
@@ -118,12 +207,13 @@ def checkpoint_blocks(run: runs.Run, step: Optional[int] = None, *,
                       num_probes: int = 100, tol: Optional[float] = None,
                       num_batches: int = 4, noise_std: Optional[float] = None,
                       seed: int = 0, log: Log = None,
-                      num_samples: int = 1) -> Dict[str, Any]:
+                      num_samples: int = 1, fsdp: Optional[int] = None,
+                      vocab_chunk: Optional[int] = None) -> Dict[str, Any]:
   """`block_report` of checkpoint ``step`` of ``run`` (held-out batches).
 
   Args:
-    run, step, kind, num_batches, noise_std, seed, num_samples: as in
-      `checkpoint_spectrum`.
+    run, step, kind, num_batches, noise_std, seed, num_samples, fsdp,
+      vocab_chunk: as in `checkpoint_spectrum`.
     blocks, num_probes, tol: as in `block_report`.
     log: where the table's lines go (None: nowhere).
 
@@ -132,16 +222,20 @@ def checkpoint_blocks(run: runs.Run, step: Optional[int] = None, *,
     timings added.
   """
   log = _quiet(log)
-  step, params, model_state, batches = _checkpoint(run, step, num_batches)
-  op = curvature(kind, params, batches,
-                 **run_inputs(run, kind, model_state, noise_std, num_samples))
+  step, params, model_state, batches = _checkpoint(run, step, num_batches,
+                                                   fsdp)
+  inputs = run_inputs(run, kind, model_state, noise_std, num_samples,
+                      vocab_chunk)
+  op = curvature(kind, params, batches, **inputs)
+  memory = _memory(op, inputs, fsdp, log)
   start = time.perf_counter()
   out = report.block_report(op, blocks=blocks, num_probes=num_probes, tol=tol,
                             key=jax.random.PRNGKey(seed))
   if kind == 'fisher':
     out['fisher_samples'] = num_samples
   out.update(workdir=run.workdir, step=step, kind=kind, blocks_by=blocks,
-             num_batches=num_batches, seconds=time.perf_counter() - start)
+             num_batches=num_batches, seconds=time.perf_counter() - start,
+             **memory)
   log(f"step {step}: {kind} blocks by {blocks} ({out['seconds']:.1f} s)")
   for row in out['blocks'] + [out['whole']]:
     log(f"  {row['name']:<24} size {row['size']:>9,}  top {row['top_eigenvalue']:11.5g}"
@@ -160,7 +254,8 @@ def checkpoint_spectrum(run: runs.Run, step: Optional[int] = None, *,
                         num_batches: int = 4, block: Optional[str] = None,
                         noise_std: Optional[float] = None, seed: int = 0,
                         progress: bool = False, log: Log = None,
-                        num_samples: int = 1) -> Dict[str, Any]:
+                        num_samples: int = 1, fsdp: Optional[int] = None,
+                        vocab_chunk: Optional[int] = None) -> Dict[str, Any]:
   """Top eigenvalues (and density, trace) of checkpoint ``step`` of ``run``.
 
   Args:
@@ -186,12 +281,18 @@ def checkpoint_spectrum(run: runs.Run, step: Optional[int] = None, *,
     log: where the progress lines go (None: nowhere).
     num_samples: labels sampled per position for ``kind='fisher'`` (a Monte
       Carlo estimate of the GGN from that many draws).
+    fsdp: run on the mesh of every device with the parameters split in
+      ``fsdp`` shards and each batch over all devices (`make_mesh`,
+      `place`: as training shards them); None: one device.
+    vocab_chunk: the GGN's softmax by vocabulary chunks (`run_inputs`).
 
   Returns:
     A JSON-able dict: ``workdir``, ``step``, ``num_params``, the HVP cost
     (``hvp_cost_in_gradients``), ``eigenvalues`` (descending) with their
     ``eigenvalue_residuals``, ``eigenvalue_converged`` and ``converged``, and
-    ``density`` / ``trace`` when asked, with timings.
+    ``density`` / ``trace`` when asked, with timings, and the compiled
+    product's memory (`product_memory`: ``product_memory``, with
+    ``vocab_chunk`` and ``devices``).
 
   Raises:
     RunNotFoundError: no checkpoint at ``step`` (the message lists the
@@ -203,9 +304,12 @@ def checkpoint_spectrum(run: runs.Run, step: Optional[int] = None, *,
     [10.1, 4.2, 2.9]
   """
   log = _quiet(log)
-  step, params, model_state, batches = _checkpoint(run, step, num_batches)
-  inputs = run_inputs(run, kind, model_state, noise_std, num_samples)
+  step, params, model_state, batches = _checkpoint(run, step, num_batches,
+                                                   fsdp)
+  inputs = run_inputs(run, kind, model_state, noise_std, num_samples,
+                      vocab_chunk)
   op = curvature(kind, params, batches, mask=block, **inputs)
+  memory = _memory(op, inputs, fsdp, log)
   num_params = sum(np.size(p) for p in jax.tree.leaves(params))
   log(f'step {step}: {num_params:,} parameters, {kind} of the loss on '
       f'{num_batches} held-out batches')
@@ -221,7 +325,7 @@ def checkpoint_spectrum(run: runs.Run, step: Optional[int] = None, *,
       'num_batches': num_batches, 'kind': kind, 'block': block,
       **({'fisher_samples': num_samples} if kind == 'fisher' else {}),
       'grad_seconds_per_batch': grad_s, 'hvp_seconds_per_batch': hvp_s,
-      'hvp_cost_in_gradients': hvp_s / grad_s}
+      'hvp_cost_in_gradients': hvp_s / grad_s, **memory}
   log(f'one HVP costs {hvp_s / grad_s:.2f} gradients '
       f'({1e3 * hvp_s:.2f} ms per batch)')
   hvps = num_iters or lanczos.default_max_matvecs(k, int(num_params))

@@ -99,9 +99,14 @@ def hessian_product(params, batch, v, index, *, loss_fn):
 
 
 def ggn_product(params, batch, v, index, *, model_fn, output_loss_fn):
-  r""":math:`J^\top \nabla^2_z L\, J v`: a ``jvp`` and a ``vjp`` of the model."""
+  r""":math:`J^\top \nabla^2_z L\, J v`: a ``jvp`` and a ``vjp`` of the model
+  (a language model's through its softmax by vocabulary chunks when
+  ``output_loss_fn`` is a `softmax_ggn.ChunkedHead`)."""
   del index
   import jax
+  from analysis.hessian import softmax_ggn
+  if isinstance(output_loss_fn, softmax_ggn.ChunkedHead):
+    return softmax_ggn.ggn_product(params, batch, v, output_loss_fn)
   apply = lambda p: model_fn(p, batch)
   outputs, jv = jax.jvp(apply, (params,), (v,))
   out_grad = lambda z: jax.grad(output_loss_fn)(z, batch)
