@@ -270,9 +270,10 @@ returns ``(the final KrylovState, Outcome)``. Donates the start state."""
 
 @functools.partial(jax.jit, static_argnames=('count', 'flat'))
 def _vectors(basis, coeffs, params_like, *, count: int, flat: bool):
+  ys = trees.combine(coeffs[:, :count].T, basis)  # One product for all.
   out = []
   for c in range(count):
-    y = trees.combine(coeffs[:, c], basis)
+    y = jax.tree.map(lambda x, c=c: x[c], ys)
     out.append(space_lib._split(y, params_like, cast=False)  # pylint: disable=protected-access
                if flat else y)
   return out
