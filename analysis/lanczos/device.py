@@ -20,7 +20,9 @@ shapes, dtype, basis rows, layout); ``k``, ``tol``, the cap, ``min_iters``,
 The Ritz problem of ``j`` active rows is padded to the smallest of a few
 static sizes (`buckets`), its padding given eigenvalues above the active
 ones (twice a Gershgorin bound), so the active Ritz pairs come first in
-ascending order and a short run pays for a small ``eigh``.
+ascending order and a short run pays for a small ``eigh``. It is solved in
+the vectors' dtype (the host driver solves it in float64): in float32 the
+Ritz values carry float32's rounding, a few ``eps`` relative.
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ import jax.numpy as jnp
 from analysis.lanczos import core, space as space_lib, trees
 
 WHICH = {'LA': 0, 'SA': 1, 'LM': 2}
+
+# The traced steps of `core` (their jitted wrappers serve the host driver).
+# pylint: disable=protected-access
+_extend, _refresh, _deflate = core._extend, core._refresh, core._deflate
+_thick_restart, _residual_norms = core._thick_restart, core._residual_norms
+_split = space_lib._split
+# pylint: enable=protected-access
 
 
 class Loop(NamedTuple):
@@ -110,13 +119,12 @@ def _check(c: Loop, op, *, k, n, cap, limit, tol, min_iters, which, verify,
   dtype = s.alphas.dtype
   i = jnp.arange(rows)
   need = s.stalled & (s.j < n)
-  s = jax.lax.cond(need, functools.partial(core._refresh, shardings=shardings),  # pylint: disable=protected-access
+  s = jax.lax.cond(need, functools.partial(_refresh, shardings=shardings),
                    lambda x: x, s)
   block_start = jnp.where(need, s.j, c.block_start)
   stop = jnp.minimum(jnp.minimum(s.j + c.chunk, limit),
                      s.j + cap - s.num_matvecs)
-  s = core._extend(op, s, stop, param_dtypes=param_dtypes,  # pylint: disable=protected-access
-                   shardings=shardings)
+  s = _extend(op, s, stop, param_dtypes=param_dtypes, shardings=shardings)
   j, total = s.j, s.num_matvecs
   active = i < j
   stalled = s.stalled & (j < n)
@@ -162,7 +170,7 @@ def _check(c: Loop, op, *, k, n, cap, limit, tol, min_iters, which, verify,
   done = bad | complete | missed_none | finish | capped
   go = ~done
   s = jax.lax.cond(go & deflating,
-                   functools.partial(core._deflate, shardings=shardings),  # pylint: disable=protected-access
+                   functools.partial(_deflate, shardings=shardings),
                    lambda x: x, s)
   # A thick restart keeps the best Ritz vectors (and the newest block's
   # most wanted one, with its rows last).
@@ -177,11 +185,11 @@ def _check(c: Loop, op, *, k, n, cap, limit, tol, min_iters, which, verify,
   coeffs = jnp.where(live[None, :], vecs[:, order], 0)
   theta_keep = jnp.where(live, theta[order], 0)
   s = jax.lax.cond(go & restarting,
-                   lambda x: core._thick_restart(  # pylint: disable=protected-access
-                       x, coeffs, theta_keep, keep, shardings=shardings),
+                   lambda x: _thick_restart(x, coeffs, theta_keep, keep,
+                                            shardings=shardings),
                    lambda x: x, s)
-  restart_start = jnp.where(has_block, jnp.sum(kept & ~last_rows, dtype=jnp.int32),
-                            0)
+  restart_start = jnp.where(
+      has_block, jnp.sum(kept & ~last_rows, dtype=jnp.int32), 0)
   block_start = jnp.where(go & deflating, j, jnp.where(
       go & restarting, restart_start, block_start))
   # The next chunk: the residuals' recent rate, extrapolated to tol.
@@ -194,7 +202,8 @@ def _check(c: Loop, op, *, k, n, cap, limit, tol, min_iters, which, verify,
   slope = (hist[1, 1] - hist[0, 1]) / jnp.maximum(hist[1, 0] - hist[0, 0], 1)
   falling = (hist_len >= 2) & (slope < 0) & (hist[1, 1] > 0)
   guess = jnp.ceil(0.8 * hist[1, 1] / jnp.where(falling, -slope, 1))
-  guess = jnp.clip(jnp.nan_to_num(guess, posinf=1e9), 1, jnp.maximum(4, j_next))
+  guess = jnp.clip(jnp.nan_to_num(guess, posinf=1e9), 1,
+                   jnp.maximum(4, j_next))
   nxt = jnp.where(tol <= 0, jnp.maximum(4, j_next), jnp.where(
       falling, guess.astype(jnp.int32), jnp.maximum(2, j_next // 2)))
   nxt = jnp.maximum(jnp.maximum(nxt, min_iters - total), 1)
@@ -253,7 +262,7 @@ def _solve(op, state, k, n, cap, limit, tol, min_iters, which, verify, chunk,
   coeffs = jnp.where(live[None, :], loop.vecs[:, order], 0)
   theta = jnp.where(live, loop.theta[order], 0)
   bad = s.nonfinite_at
-  residuals = core._residual_norms(  # pylint: disable=protected-access
+  residuals = _residual_norms(
       op, s.basis, coeffs, theta, jnp.where(bad >= 0, 0, count),
       param_dtypes=param_dtypes, shardings=shardings)
   theta_max = jnp.max(jnp.where(i < s.j, jnp.abs(loop.theta), 0))
@@ -274,8 +283,7 @@ def _vectors(basis, coeffs, params_like, *, count: int, flat: bool):
   out = []
   for c in range(count):
     y = jax.tree.map(lambda x, c=c: x[c], ys)
-    out.append(space_lib._split(y, params_like, cast=False)  # pylint: disable=protected-access
-               if flat else y)
+    out.append(_split(y, params_like, cast=False) if flat else y)
   return out
 
 

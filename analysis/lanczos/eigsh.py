@@ -1,9 +1,9 @@
 r"""Extreme eigenpairs of a symmetric operator, converged or said loudly.
 
 `eigsh` runs Lanczos with full reorthogonalization (`analysis.lanczos.core`)
-and checks, every few steps, the Lanczos estimates of the residuals of the wanted Ritz pairs :math:`(\theta_i, y_i)`,
-:math:`\beta_j |s_{j,i}|` (with the couplings dropped at breakdowns added
-in quadrature), against
+and checks, every few steps, the Lanczos estimates of the residuals of the
+wanted Ritz pairs :math:`(\theta_i, y_i)`, :math:`\beta_j |s_{j,i}|` (with
+the couplings dropped at breakdowns added in quadrature), against
 
 .. math::
    \|A y_i - \theta_i y_i\|
@@ -191,6 +191,9 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
   """
   if which not in ('LA', 'SA', 'LM'):
     raise ValueError(f"which must be 'LA', 'SA' or 'LM', got {which!r}")
+  driver = ('host' if progress else 'device') if driver is None else driver
+  if driver not in ('device', 'host'):
+    raise ValueError(f"driver must be 'device' or 'host', got {driver!r}")
   dtype = trees.vector_dtype(params_like, dtype)
   n = trees.size(params_like) if dim is None else int(dim)
   if n == 0:
@@ -238,9 +241,6 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
   # A cold start needs ~3k products before k pairs can converge; a warm
   # start (the previous eigenvector) may need only a few.
   chunk = max(min_iters, k + 2 if use_v0 else 3 * k + 5, 4)
-  driver = ('host' if progress else 'device') if driver is None else driver
-  if driver not in ('device', 'host'):
-    raise ValueError(f"driver must be 'device' or 'host', got {driver!r}")
   options = dict(k=k, cap=cap, limit=limit, tol=tol, min_iters=min_iters,
                  which=which, verify=verify, chunk=chunk, vectors=vectors)
   if driver == 'device':
