@@ -5,7 +5,7 @@ import numpy as np
 
 def readme_rows(out) -> str:
   """The README's benchmark rows, formatted from the JSON of one run."""
-  t, w, f = out['top5_defaults'], out['warm'], out.get('first_call')
+  t, f = out['top5_defaults'], out.get('first_call')
   sp, slq = out['estimator_spread'], out['slq_10x80_seconds']
   rows = []
   if f:
@@ -23,12 +23,7 @@ def readme_rows(out) -> str:
         f"{np.median(f['pyhessian_seconds']):.2f} s (median of "
         f"{len(f['ours_seconds'])}, *loaded*) = {f['ratio_median']:.2f}x "
         f"| <= 1.5x |")
-  rows.append(
-      f"| warm top-5 / plain jitted full-reorthogonalization Lanczos at equal "
-      f"HVPs ({w['hvps']}; 100) | {w['ratio']:.2f}x "
-      f"({1e3 * w['ours_seconds']:.1f} ms vs "
-      f"{1e3 * w['plain_lanczos_seconds']:.1f} ms); {w['ratio_100']:.2f}x "
-      f"| <= 1x |")
+  rows.append(warm_row(out))
   tr = out.get('trace_vs_pyhessian')
   if tr:
     x = tr['ours_xtrace_100']
@@ -61,3 +56,25 @@ def readme_rows(out) -> str:
   rows.append(f"| HVP cost / gradient, same MLP | "
               f"{out['hvp_cost_in_gradients']:.2f}x | <= 3 |")
   return '\n'.join(rows)
+
+
+def warm_row(out) -> str:
+  """The warm-call row: ours (on-device loop) / plain jitted Lanczos."""
+  w = out['warm']
+  if 'ratio_total' not in w:  # A JSON from before the on-device loop.
+    return (f"| warm top-5 / plain jitted full-reorthogonalization Lanczos "
+            f"at equal HVPs ({w['hvps']}; 100) | {w['ratio']:.2f}x "
+            f"({1e3 * w['ours_seconds']:.1f} ms vs "
+            f"{1e3 * w['plain_lanczos_seconds']:.1f} ms); "
+            f"{w['ratio_100']:.2f}x | <= 1x |")
+  total = w['hvps'] + w['residual_hvps']
+  return (
+      f"| warm top-5, on-device loop / plain jitted full-reorthogonalization "
+      f"Lanczos at equal HVPs: {total} (ours: {w['hvps']} + "
+      f"{w['residual_hvps']} for the true residuals), {w['hvps']}; "
+      f"105, 100 | {w['ratio_total']:.2f}x, {w['ratio']:.2f}x "
+      f"({1e3 * w['ours_seconds']:.1f} ms vs "
+      f"{1e3 * w['plain_total_seconds']:.1f} / "
+      f"{1e3 * w['plain_lanczos_seconds']:.1f} ms; host-driven loop "
+      f"{w['ratio_host_driver']:.2f}x); {w['ratio_100_total']:.2f}x, "
+      f"{w['ratio_100']:.2f}x (*loaded*, {w['timing']}) | <= 1x |")

@@ -8,18 +8,23 @@ with FSDP, sharded) like the parameters, never gathered on one device.
 
 Compilation: the Lanczos loop's length is traced, so a solver compiles once
 per (operator function, parameter shapes, basis size, dtype) and is reused
-for any number of iterations, any ``k`` and any tolerance. To re-use it
-across calls whose operator closes over new arrays (new parameters every
-probe during training), pass the operator as a `jax.tree_util.Partial`: its
-arrays are then traced arguments and only its function is part of the
-compilation key. `analysis.hessian.hvp_fn` returns such a ``Partial``; a
-plain Python function also works, compiled once per function object.
+for any number of iterations, any ``k``, any ``which`` and any tolerance.
+`eigsh` runs as one compiled call (its checks, thick restarts and deflation
+blocks traced: `device`), with one read of the results at the end. To
+re-use it across calls whose operator closes over new arrays (new
+parameters every probe during training), pass the operator as a
+`jax.tree_util.Partial`: its arrays are then traced arguments and only its
+function is part of the compilation key. `analysis.hessian.hvp_fn` returns
+such a ``Partial``; a plain Python function also works, compiled once per
+function object.
 
 Modules: `trees` (vector algebra on pytrees), `space` (flat or pytree
-vectors), `core` (the compiled Lanczos steps), `fixed` (`lanczos`), `eigsh` (converged extreme eigenpairs, thick restarts),
-`ritz` (Ritz pairs and residual estimates), `memory` (`largest_model`), `power` (deflated power
-iteration) and `quadrature` (batched stochastic
-Lanczos quadrature).
+vectors), `core` (the Lanczos steps), `fixed` (`lanczos`), `eigsh`
+(converged extreme eigenpairs, thick restarts: its API), `device` (its
+loop in one compiled call, the default), `host` (the same loop driven from
+the host, the reference), `ritz` (the host loop's Ritz pairs and residual
+estimates), `memory` (`largest_model`), `power` (deflated power iteration)
+and `quadrature` (batched stochastic Lanczos quadrature).
 """
 
 from analysis.lanczos.core import (KrylovState, Matvec, as_operator,

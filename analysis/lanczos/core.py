@@ -9,8 +9,13 @@ Compilation: `extend` runs the steps ``j -> stop`` in one ``lax.while_loop``
 whose bounds are traced, so it is compiled once per (operator function,
 parameter shapes, basis rows, dtype) and reused for any number of iterations,
 any ``k``, any tolerance and any new operator arrays (pass the operator as a
-`jax.tree_util.Partial`, as `analysis.hessian.hvp_fn` returns it). The host
-decides between calls whether to stop (`analysis.lanczos.eigsh`).
+`jax.tree_util.Partial`, as `analysis.hessian.hvp_fn` returns it).
+
+The steps here are plain traced functions with jitted wrappers: the default
+driver, `analysis.lanczos.device`, calls them inside one compiled loop over
+restart cycles (the convergence test, thick restarts and deflation checks
+traced too); the host driver, `analysis.lanczos.host`, calls the jitted
+wrappers chunk by chunk and decides between calls.
 """
 
 from __future__ import annotations
@@ -316,9 +321,8 @@ each, for ``coeffs`` ``(rows, rows)`` and ``theta`` ``(rows,)`` zero-padded in
 the basis' dtype: compiled once per basis, whatever ``k``."""
 
 
-@functools.partial(jax.jit, donate_argnums=(0,), static_argnames=('shardings',))
-def thick_restart(state: KrylovState, coeffs: jax.Array, theta: jax.Array,
-                  keep: jax.Array, *, shardings=None) -> KrylovState:
+def _thick_restart(state: KrylovState, coeffs: jax.Array, theta: jax.Array,
+                   keep: jax.Array, *, shardings=None) -> KrylovState:
   """Keeps ``keep`` Ritz vectors ``V^T coeffs[:, i]`` as the new basis.
 
   ``coeffs`` is ``(rows, rows)`` with the kept Ritz vectors' coordinates in
@@ -336,6 +340,11 @@ def thick_restart(state: KrylovState, coeffs: jax.Array, theta: jax.Array,
                         betas=jnp.zeros_like(state.betas),
                         cuts=jnp.zeros_like(state.cuts),
                         j=jnp.asarray(keep, jnp.int32))
+
+
+thick_restart = jax.jit(_thick_restart, donate_argnums=(0,),
+                        static_argnames=('shardings',))
+thick_restart.__doc__ = _thick_restart.__doc__
 
 
 @jax.jit

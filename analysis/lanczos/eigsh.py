@@ -1,10 +1,9 @@
 r"""Extreme eigenpairs of a symmetric operator, converged or said loudly.
 
 `eigsh` runs Lanczos with full reorthogonalization (`analysis.lanczos.core`)
-in compiled chunks and checks, between chunks, the Lanczos estimates of the
-residuals of the wanted Ritz pairs :math:`(\theta_i, y_i)`,
-:math:`\beta_j |s_{j,i}|` (with the couplings dropped at breakdowns added
-in quadrature), against
+and checks, every few steps, the Lanczos estimates of the residuals of the
+wanted Ritz pairs :math:`(\theta_i, y_i)`, :math:`\beta_j |s_{j,i}|` (with
+the couplings dropped at breakdowns added in quadrature), against
 
 .. math::
    \|A y_i - \theta_i y_i\|
@@ -25,6 +24,12 @@ resolved, and again while it finds a wanted one (a missed copy), so repeated
 eigenvalues come with their multiplicity; a cap that stops this check warns.
 A run that hits its cap unconverged warns (`ConvergenceWarning`) with the
 residuals and the products spent.
+
+By default the whole run (checks, thick restarts, deflation blocks, true
+residuals) is one compiled call (`analysis.lanczos.device`) and the host
+reads its results once, at the end, then decides the warnings; the Ritz
+vectors are formed on the device. ``driver='host'`` runs the same checks
+from the host between compiled chunks (`analysis.lanczos.host`).
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analysis.lanczos import core, ritz as ritz_lib, space as space_lib, trees
+from analysis.lanczos import core, device as device_lib, host as host_lib
+from analysis.lanczos import space as space_lib, trees
 from dynamics import progress as progress_lib
 from dynamics.types import PyTree
 
@@ -123,7 +129,8 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
           min_iters: int = 1, vectors: bool = True, progress: bool = False,
           mask: PyTree | None = None, dim: int | None = None,
           name: str = 'eigsh', unit: str = 'products',
-          verify: bool | None = None) -> EigshResult:
+          verify: bool | None = None,
+          driver: str | None = None) -> EigshResult:
   r"""``k`` extreme eigenpairs of a symmetric operator on pytrees (Lanczos).
 
   Args:
@@ -158,6 +165,11 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
       one copy of each eigenvalue (exactly), so copies of a repeated one
       are found only so. None: for ``k >= 2`` (for ``k = 1`` a copy does
       not change the answer). Warns when the cap stops the check.
+    driver: 'device' (one compiled call for the whole run, one transfer
+      back: `analysis.lanczos.device`) or 'host' (compiled chunks, the
+      decisions on the host between them: `analysis.lanczos.host`, the
+      reference). None: 'device', or 'host' when ``progress`` (a bar
+      needs the host between chunks).
 
   Returns:
     An `EigshResult`.
@@ -179,6 +191,9 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
   """
   if which not in ('LA', 'SA', 'LM'):
     raise ValueError(f"which must be 'LA', 'SA' or 'LM', got {which!r}")
+  driver = ('host' if progress else 'device') if driver is None else driver
+  if driver not in ('device', 'host'):
+    raise ValueError(f"driver must be 'device' or 'host', got {driver!r}")
   dtype = trees.vector_dtype(params_like, dtype)
   n = trees.size(params_like) if dim is None else int(dim)
   if n == 0:
@@ -198,7 +213,6 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
                            trees.size(params_like))
   limit = min(rows, n)
   space = space_lib.make_space(matvec, params_like, dtype, mask, n)
-  static = space_lib.solver_kwargs(space)
   use_v0 = init_vector is not None
   state = core.start(
       space.like, key,
@@ -224,125 +238,30 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
         f'converged; use float64 or tol >= {PRECISION * eps_op:.1e}.',
         ConvergenceWarning, stacklevel=3)
   verify = k >= 2 if verify is None else bool(verify)
-  bar = progress_lib.bar(cap, f'{name} {unit}', enabled=progress, leave=False)
-  restarts, done_total, history, j = 0, 0, [], 0
-  # The rows of the newest Lanczos block (after a breakdown or a deflation
-  # check it starts from a fresh vector orthogonal to the basis), the
-  # deflation checks done, and whether the last one found nothing new.
-  block_start, rounds, verified = 0, 0, False
-  stalled = False
   # A cold start needs ~3k products before k pairs can converge; a warm
   # start (the previous eigenvector) may need only a few.
   chunk = max(min_iters, k + 2 if use_v0 else 3 * k + 5, 4)
-  while True:
-    if stalled:  # An invariant Krylov space: a new block, fresh direction.
-      state = core.refresh(state, shardings=space.shardings)
-      block_start = j
-    stop = min(j + chunk, limit, j + cap - done_total)
-    state = core.extend(space.op, state, np.int32(stop), **static)
-    # One transfer per check.
-    (j, total, bad, stalled, breakdowns, alphas, betas, cuts, proj,
-     anorm) = jax.device_get(
-         (state.j, state.num_matvecs, state.nonfinite_at, state.stalled,
-          state.breakdowns, state.alphas, state.betas, state.cuts,
-          state.proj if restarts else None, state.anorm))
-    j, total, bad, breakdowns = int(j), int(total), int(bad), int(breakdowns)
-    stalled = bool(stalled) and j < n
-    bar.update(total - done_total)
-    done_total = total
-    if bad >= 0:
-      bar.close()
-      raise FloatingPointError(
-          f'{name}: non-finite operator product ({unit[:-1]} {bad + 1}): the '
-          'loss or its curvature is NaN/Inf at these parameters and batches;'
-          ' stopping.')
-    theta, s, beta = ritz_lib.ritz(alphas, betas, proj, j)
-    estimates = ritz_lib.estimates(s, beta, cuts, j)
-    floor = eps ** (2 / 3) * np.abs(theta).max()
-    with np.errstate(over='ignore', divide='ignore', invalid='ignore'):
-      ratio_all = estimates / (tol * np.maximum(np.abs(theta), floor))
-    ratio_all = np.nan_to_num(ratio_all, nan=np.inf)
-    idx = ritz_lib.wanted(theta, min(k, j), which)
-    ratio = ratio_all[idx]
-    complete = j >= n and restarts == 0
-    converged = complete or (j >= k and tol > 0 and bool(np.all(ratio <= 1)))
-    # The newest block (if any) must have converged its extreme Ritz value:
-    # what it found is then either wanted (a copy or a value the first
-    # space missed: check again) or not (nothing was missed).
-    block_ok, found = True, True
-    if block_start > 0:
-      in_block = np.sum(s[block_start:j] ** 2, axis=0) > 0.5
-      if not in_block.any():
-        block_ok = False
-      else:
-        members = np.flatnonzero(in_block)
-        top = members[ritz_lib.wanted(theta[members], 1, which)[0]]
-        found = bool(top in idx)
-        # Not wanted: resolved once it is nearer its eigenvalue than to the
-        # least wanted one (the Ritz values of a random block rise from
-        # below: a far one with a small residual is no missed copy).
-        edge = theta[idx].min() if which == 'LA' else (
-            theta[idx].max() if which == 'SA' else np.abs(theta[idx]).min())
-        value = np.abs(theta[top]) if which == 'LM' else theta[top]
-        block_ok = bool(ratio_all[top] <= 1) or (
-            not found and estimates[top] <= 0.5 * abs(edge - value))
-    if complete:
-      verified = True
-      break
-    if converged and block_ok and total >= min_iters:
-      if block_start > 0 and not found:
-        verified = True
-        break
-      if not verify or rounds >= k or j >= n:
-        break
-      if stalled:  # The deflation check is a fresh block anyway.
-        continue
-      state = core.deflate(state, shardings=space.shardings)
-      block_start, rounds, history = j, rounds + 1, []
-      chunk = 4
-      continue
-    if total >= cap:
-      break
-    if j >= limit:  # The basis is full: keep the best Ritz vectors.
-      keep = min(j - 1, k + max(k, (j - k) // 2))
-      order = ritz_lib.wanted(theta, keep, which)
-      if block_start > 0:  # Keep the newest block's extreme, and its rows last.
-        in_block = np.sum(s[block_start:j] ** 2, axis=0) > 0.5
-        if in_block.any():
-          members = np.flatnonzero(in_block)
-          top = members[ritz_lib.wanted(theta[members], 1, which)[0]]
-          if top not in order:
-            order = np.append(order[1:] if which == 'LA' else order[:-1], top)
-        order = np.concatenate([order[~in_block[order]],
-                                order[in_block[order]]])
-        block_start = int(np.sum(~in_block[order]))
-      keep = len(order)
-      coeffs = np.zeros((rows, rows))
-      coeffs[:j, :keep] = s[:, order]
-      theta_keep = np.zeros(rows)
-      theta_keep[:keep] = theta[order]
-      state = core.thick_restart(state, coeffs, theta_keep, np.int32(keep),
-                                 shardings=space.shardings)
-      restarts, j = restarts + 1, keep
-    worst = float(np.max(ratio_all[idx] if block_ok else ratio_all))
-    history.append((total, math.log(max(worst, 1e-300))))
-    chunk = max(ritz_lib.next_chunk(history, j, tol), min_iters - total, 1)
-  bar.close()
-  order = idx[np.argsort(-theta[idx], kind='stable')]
-  # The true residuals, one product per Ritz pair (the Lanczos estimates
-  # are exact in exact arithmetic only).
-  coeffs = np.zeros((rows, rows))
-  coeffs[:j, :len(order)] = s[:, order]
-  padded = np.zeros(rows)
-  padded[:len(order)] = theta[order]
-  residuals = np.asarray(core.residual_norms(
-      space.op, state.basis, jnp.asarray(coeffs, dtype),
-      jnp.asarray(padded, dtype), np.int32(len(order)), **static),
-                         np.float64)[:len(order)]
-  scale = np.maximum(np.maximum(np.abs(theta[order]), floor),
+  options = dict(k=k, cap=cap, limit=limit, tol=tol, min_iters=min_iters,
+                 which=which, verify=verify, chunk=chunk, vectors=vectors)
+  if driver == 'device':
+    out = device_lib.solve(space, state, **options)
+  else:
+    bar = progress_lib.bar(cap, f'{name} {unit}', enabled=progress,
+                           leave=False)
+    out = host_lib.run(space, state, bar=bar, **options)
+    bar.close()
+  if out['bad'] >= 0:
+    raise FloatingPointError(
+        f'{name}: non-finite operator product ({unit[:-1]} {out["bad"] + 1}):'
+        ' the loss or its curvature is NaN/Inf at these parameters and '
+        'batches; stopping.')
+  theta, residuals, total = out['theta'], out['residuals'], out['total']
+  complete, verified = out['complete'], out['verified']
+  floor = eps ** (2 / 3) * out['theta_max']
+  scale = np.maximum(np.maximum(np.abs(theta), floor),
                      np.finfo(np.float64).tiny)
   relative = residuals / scale
-  rounding = ROUNDING * eps_op * max(float(anorm), np.abs(theta).max())
+  rounding = ROUNDING * eps_op * max(out['anorm'], out['theta_max'])
   each = relative <= tol
   if complete:
     each |= residuals <= rounding
@@ -369,10 +288,6 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
         f'to them) did not finish within the cap of {cap} {unit}: a repeated '
         'eigenvalue may be missing copies; raise the cap (num_iters).',
         ConvergenceWarning, stacklevel=3)
-  eigvecs = None
-  if vectors:
-    eigvecs = space_lib.combinations(space, state.basis,
-                                     s[:, order].astype(dtype))
-  return EigshResult(theta[order], eigvecs, residuals, relative, total,
-                     converged, tol, restarts, breakdowns, len(order),
-                     bool(verified or not verify))
+  return EigshResult(theta, out['eigvecs'], residuals, relative, total,
+                     converged, tol, out['restarts'], out['breakdowns'],
+                     len(theta), bool(verified or not verify))

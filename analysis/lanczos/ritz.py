@@ -1,5 +1,6 @@
 """Ritz pairs of a Lanczos run, their residual estimates, and the next chunk
-(helpers of `analysis.lanczos.eigsh`, on the host)."""
+(helpers of the host-driven loop, `analysis.lanczos.host`; the on-device
+loop, `analysis.lanczos.device`, traces the same rules)."""
 
 from __future__ import annotations
 
