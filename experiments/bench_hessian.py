@@ -65,9 +65,14 @@ def mlp_problem():
       run.dataset.train_batch(0)
 
 
-def child(which, path):
+def child(which, path, cache='off'):
   """One first call in this (fresh) process on the problem saved at
-  ``path``; prints ``RESULT {json}``."""
+  ``path``; prints ``RESULT {json}``. ``cache``: JAX's persistent
+  compilation cache directory for ours (`dynamics.compile_cache`, as the
+  analysis commands enable it), or 'off'."""
+  if which == 'ours' and cache != 'off':
+    from dynamics import compile_cache
+    compile_cache.enable(cache)
   from configs import jacobian
   from dynamics.runs import Run
   config = jacobian.get_config()
@@ -111,17 +116,25 @@ def first_calls(params, batch):
   np.savez(path, inputs=batch['inputs'], targets=batch['targets'],
            **{f'{layer}/{name}': np.asarray(x) for layer, leaves in
               params.items() for name, x in leaves.items()})
-  results = {'ours': [], 'pyhessian': []}
+  warm_cache = tempfile.mkdtemp()
+
+  def call(which, cache):
+    proc = subprocess.run(
+        [sys.executable, '-m', 'experiments.bench_hessian',
+         f'--child={which}', f'--problem={path}', f'--cache={cache}'],
+        capture_output=True, text=True, timeout=900)
+    line = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
+    if not line:
+      raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(line[-1][len('RESULT '):])
+
+  call('ours', warm_cache)  # Fills the cache the warm calls read.
+  results = {'ours': [], 'ours_warm_cache': [], 'pyhessian': []}
   for _ in range(REPEATS):
-    for which in results:
-      proc = subprocess.run(
-          [sys.executable, '-m', 'experiments.bench_hessian',
-           f'--child={which}', f'--problem={path}'], capture_output=True,
-          text=True, timeout=900)
-      line = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
-      if not line:
-        raise RuntimeError(proc.stderr[-2000:])
-      results[which].append(json.loads(line[-1][len('RESULT '):]))
+    # Cold: a new, empty cache directory (everything compiles).
+    results['ours'].append(call('ours', tempfile.mkdtemp()))
+    results['ours_warm_cache'].append(call('ours', warm_cache))
+    results['pyhessian'].append(call('pyhessian', 'off'))
   return results
 
 
@@ -237,6 +250,10 @@ def main(argv, out_path=None):
         'ours_seconds': [r['seconds'] for r in firsts['ours']],
         'pyhessian_seconds': [r['seconds'] for r in firsts['pyhessian']],
         'ratio_median': ours_s / pyh_s,
+        'ours_warm_cache_seconds': [r['seconds']
+                                    for r in firsts['ours_warm_cache']],
+        'ratio_warm_cache': float(np.median(
+            [r['seconds'] for r in firsts['ours_warm_cache']])) / pyh_s,
         'ours_rel_errors': rel_errors(firsts['ours'][0]['eigenvalues'], w[:5]),
         'ours_hvps': firsts['ours'][0]['hvps'],
         'pyhessian_rel_errors': rel_errors(np.sort(pyh['eigenvalues'])[::-1],
@@ -325,6 +342,6 @@ def main(argv, out_path=None):
 if __name__ == '__main__':
   options = dict(a[2:].split('=', 1) for a in sys.argv[1:] if '=' in a)
   if 'child' in options:
-    child(options['child'], options['problem'])
+    child(options['child'], options['problem'], options.get('cache', 'off'))
   else:
     main(sys.argv, options.get('out'))
