@@ -86,17 +86,23 @@ def baseline_step(model, tx):
 
 def main(argv):
   del argv
+  # The token files live as long as the run reads them (it builds its dataset
+  # lazily, at run.parts).
   with tempfile.TemporaryDirectory() as tmp:
-    token_dir = None
-    if _SIZE.value in LLAMA + ('gpt2',):
-      token_dir = tokens_lib.write_synthetic(
-          tmp, 2_000_000, vocab=50_257 if _SIZE.value == 'gpt2' else 32_000)
-    config = bench_config(_SIZE.value, token_dir)
-    if _BATCH.value:
-      config.data.batch_size = _BATCH.value
-    if _DTYPE.value:
-      config.model.dtype = _DTYPE.value
-    run = runs.Run(config)
+    _main(tmp)
+
+
+def _main(tmp):
+  token_dir = None
+  if _SIZE.value in LLAMA + ('gpt2',):
+    token_dir = tokens_lib.write_synthetic(
+        tmp, 2_000_000, vocab=50_257 if _SIZE.value == 'gpt2' else 32_000)
+  config = bench_config(_SIZE.value, token_dir)
+  if _BATCH.value:
+    config.data.batch_size = _BATCH.value
+  if _DTYPE.value:
+    config.model.dtype = _DTYPE.value
+  run = runs.Run(config)
   full_batch = bench_config(_SIZE.value, token_dir).data.batch_size
   parts = run.parts
   state = run.init_state()
