@@ -1,6 +1,6 @@
 r"""The edge of stability: full-batch GD, unnormalized SAM, small-batch SGD.
 
-  python -m experiments.reproduce edge_of_stability [--size=smoke|full] [--seeds=0,1,2]
+  python -m experiments.reproduce edge_of_stability [--size=smoke|full] [--seeds=0,1,2,3,4]
 
 Claims. Cohen et al. ("Gradient Descent on Neural Networks Typically Occurs
 at the Edge of Stability", ICLR 2021): full-batch GD at learning rate
@@ -41,7 +41,7 @@ from configs import eos as eos_config
 from dynamics import runs
 from dynamics import train as train_lib
 
-DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 
 # What runs at each size (SAM's and SGD's rates are among GD's, whose runs
 # are their baselines). Smoke: two GD rates, two rhos and SGD at the larger

@@ -1,6 +1,6 @@
 r"""Grokking on modular addition: weight decay, StableMax and ⊥Grad.
 
-  python -m experiments.reproduce grokking [--size=smoke|full] [--seeds=0,1,2]
+  python -m experiments.reproduce grokking [--size=smoke|full] [--seeds=0,1,2,3,4]
 
 Claims. Power et al. (2022): trained with weight decay, a small network
 reaches 100% training accuracy long before its test accuracy rises -- the
@@ -35,7 +35,7 @@ from analysis.results.grokking import VARIANTS
 from configs import grokking as grokking_config
 from dynamics import runs
 
-DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 VARIANTS_AT = {'full': tuple(VARIANTS), 'smoke': ('weight decay', '⊥Grad')}
 EVAL_EVERY = {'full': 50, 'smoke': 25}
 TARGETS = (0.5, 0.9)  # Test accuracies whose first step is reported.

@@ -1,6 +1,6 @@
 r"""Lazy vs rich training, seen through the NTK: output scale alpha and width.
 
-  python -m experiments.reproduce lazy_vs_rich [--size=smoke|full] [--seeds=0,1,2]
+  python -m experiments.reproduce lazy_vs_rich [--size=smoke|full] [--seeds=0,1,2,3,4]
 
 Claims. Chizat, Oyallon & Bach ("On Lazy Training in Differentiable
 Programming", 2019): train the centered model
@@ -39,7 +39,7 @@ from analysis.results.lazy_vs_rich import PARAMETRIZATIONS
 from configs import lazy_rich
 from dynamics import runs, train
 
-DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 ALPHAS = {'full': (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0), 'smoke': (0.1, 10.0)}
 WIDTHS = {'full': (64, 256, 1024, 4096), 'smoke': (16, 1024)}
 WIDTH_ALPHA = 1.0
