@@ -166,3 +166,17 @@ def test_bad_driver_and_non_finite_product():
              driver='gpu')
   with pytest.raises(FloatingPointError, match='product 1\\)'):
     lz.eigsh(lambda v: v / 0.0, jnp.zeros(5), 1, key=jax.random.PRNGKey(0))
+
+
+def test_top_eigenpairs_takes_the_driver():
+  """`analysis.hessian.top_eigenpairs(driver=...)`: both loops give the
+  dense answer of a quadratic's Hessian; a wrong name is refused."""
+  from analysis import hessian as hs  # pylint: disable=g-import-not-at-top
+  scales = jnp.arange(1.0, 9.0)
+  loss = lambda w, b: 0.5 * jnp.sum(b * w ** 2)
+  op = hs.curvature('hessian', jnp.zeros(8), [scales], loss_fn=loss)
+  for driver in ('device', 'host'):
+    vals, _ = hs.top_eigenpairs(op, k=3, driver=driver)
+    np.testing.assert_allclose(np.asarray(vals), [8.0, 7.0, 6.0], rtol=1e-5)
+  with pytest.raises(ValueError, match='driver'):
+    hs.top_eigenpairs(op, k=3, driver='gpu')

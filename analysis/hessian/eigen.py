@@ -30,7 +30,8 @@ def top_eigenpairs(op: Operator, k: int = 5, *,
                    key: jax.Array | None = None, dtype: Any = None,
                    which: str = 'LA', init_vector: PyTree | None = None,
                    min_iters: int = 1, basis_size: int | None = None,
-                   return_info: bool = False, progress: bool = False):
+                   return_info: bool = False, progress: bool = False,
+                   driver: str | None = None):
   r"""Top-``k`` curvature eigenpairs by Lanczos with full reorthogonalization.
 
   Runs Lanczos on the operator :math:`C` (`curvature`: the Hessian, the GGN,
@@ -68,6 +69,10 @@ def top_eigenpairs(op: Operator, k: int = 5, *,
       ``multiplicity_checked`` (for ``k >= 2``: a fresh Lanczos block
       orthogonal to the pairs found no copy they missed).
     progress: show a progress bar over HVPs.
+    driver: 'device' (the default: the whole loop in one compiled call, one
+      read back) or 'host' (compiled chunks, decisions on the host between
+      them: smaller programs that compile faster, for a one-off first call
+      on a CPU); see `analysis.lanczos.eigsh`.
 
   Returns:
     ``(eigvals (k,), eigvecs)`` with eigenvalues descending and eigenvectors a
@@ -94,7 +99,8 @@ def top_eigenpairs(op: Operator, k: int = 5, *,
                  which=which, tol=tol, max_matvecs=num_iters,
                  basis_size=basis_size, dtype=dtype, init_vector=init_vector,
                  min_iters=min_iters, progress=progress, mask=op.mask,
-                 dim=op.dim, name='top_eigenpairs', unit='HVPs')
+                 dim=op.dim, name='top_eigenpairs', unit='HVPs',
+                 driver=driver)
   dtype = trees.vector_dtype(op.like, dtype)
   eigvals = jax.device_put(np.asarray(out.eigvals, dtype))
   eigvecs = [trees.cast_like(v, op.like) for v in out.eigvecs]
