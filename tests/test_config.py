@@ -290,9 +290,11 @@ def test_a_flat_momentum_goes_to_the_momentum_of_the_selected_optimizer():
 
 def test_old_records_migrate_to_the_sections():
   """The flat layout of a run recorded before the sections (the configs of
-  results/training_jacobian.json) opens with its values in place."""
-  with open(os.path.join(ROOT, 'results', 'training_jacobian.json')) as f:
-    old = json.load(f)['configs']['digits']
+  results/training_jacobian.json as committed before them, kept in
+  tests/fixtures) opens with its values in place."""
+  with open(os.path.join(ROOT, 'tests', 'fixtures',
+                         'flat_config_record.json')) as f:
+    old = json.load(f)['config']
   assert old['optimizer']['momentum'] == 0.9 and 'b2' in old['optimizer']
   new = config_migrate.migrate_flat_fields(old)
   assert old['optimizer']['momentum'] == 0.9  # Pure.
