@@ -14,13 +14,17 @@ swallows):
   ``main`` it raises ``KeyboardInterrupt`` once (the loop's cleanup waits
   for a pending checkpoint and releases the lock) and is remembered: `interrupted`
   stays True even if some library swallowed the exception, and the command
-  exits 130 (`exit_now`). A second Ctrl-C exits 130 at once.
+  exits 130 (`exit_now`). A Ctrl-C that arrives while the garbage collector
+  runs (in a gc callback or a finalizer, where Python would print the
+  exception and drop it) is only remembered: the training loop's `check`
+  raises it at the next step. A second Ctrl-C exits 130 at once.
 
 `exit_now` flushes and leaves with ``os._exit``: the interpreter's shutdown,
 with XLA's compile threads still running, is where a Ctrl-C during the
 first compilation used to segfault (exit 139 instead of 130).
 """
 
+import gc
 import os
 import signal
 import sys
@@ -54,6 +58,23 @@ def _on_sigterm(signum, frame) -> None:
 _raising = False  # Whether a Ctrl-C raises (a command's main is running).
 
 
+_collecting = False  # Whether the garbage collector is running (`_gc_phase`).
+
+
+def _gc_start(phase, info) -> None:
+  del info
+  global _collecting
+  if phase == 'start':
+    _collecting = True
+
+
+def _gc_stop(phase, info) -> None:
+  del info
+  global _collecting
+  if phase == 'stop':
+    _collecting = False
+
+
 def _on_sigint(signum, frame) -> None:
   del signum, frame
   global interrupted
@@ -62,6 +83,11 @@ def _on_sigint(signum, frame) -> None:
   if interrupted:  # The second Ctrl-C: no more waiting.
     exit_now(EXIT_INTERRUPTED, '\nInterrupted (Ctrl-C) again; exiting now.')
   interrupted = True
+  if _collecting:
+    # Inside a gc callback or a finalizer (JAX registers one) Python prints
+    # an exception and drops it ("Exception ignored in ..."): remember it
+    # instead; the loop's `check` raises it at the next step.
+    return
   raise KeyboardInterrupt
 
 
@@ -80,7 +106,13 @@ def install() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, _on_sigint)
   except ValueError:  # Not the main thread.
-    pass
+    return
+  # First at a collection's start, last at its stop: every other callback
+  # (and every finalizer) runs while `_collecting` is True.
+  if _gc_start not in gc.callbacks:
+    gc.callbacks.insert(0, _gc_start)
+  if _gc_stop not in gc.callbacks:
+    gc.callbacks.append(_gc_stop)
 
 
 def installed() -> bool:
