@@ -31,6 +31,7 @@ _LAZY = {
     'interpolate': 'interpolation', 'interpolate_params': 'interpolation',
     'barrier': 'interpolation', 'lerp': 'interpolation',
     'recompute_batch_stats': 'interpolation', 'check_alphas': 'interpolation',
+    'Metrics': 'interpolation',
     'slice_1d': 'slices', 'slice_2d': 'slices', 'filter_normalize': 'slices',
     'random_direction': 'slices', 'hessian_directions': 'slices',
     'plane_of_three': 'slices', 'orthonormal_plane': 'slices',

@@ -28,7 +28,7 @@ def resolve_steps(run, other, steps: Sequence[Optional[int]]) -> list:
   return out
 
 
-class _Metrics(interpolation._Metrics):  # pylint: disable=protected-access
+class _Metrics(interpolation.Metrics):
   """``(params, batch) -> metrics`` with a fixed model state; hashed by
   identity, since the state is baked into the compiled chunk."""
 

@@ -241,7 +241,7 @@ def interpolate(run_a, step_a: Optional[int], run_b, step_b: Optional[int],
             'workdir_a': run_a.workdir, 'workdir_b': run_b.workdir,
             'steps': [step_a, step_b], 'batch_norm': bn, 'aligned': align,
             'num_batches': num_batches}
-  fn = _Metrics(model, options)
+  fn = Metrics(model, options)
   curves = {'train': [], 'eval': []}
   if not bn:  # One state for every alpha: whole chunks of alphas at once.
     context = (ra['params'], params_b, ra['model_state'])
@@ -281,10 +281,11 @@ def _fixed_point(c, context):
   return context
 
 
-class _Metrics:
+class Metrics:
   """``((params, model_state), batch) -> {'loss', ['accuracy']}`` in
   inference mode; equal instances hash equal, so a compiled chunk serves
-  every call with the same model."""
+  every call with the same model. For `interpolate_params` between
+  stateless models pass the endpoints as ``(params, {})``."""
 
   def __init__(self, model, options):
     self.model, self.options = model, options
@@ -293,7 +294,7 @@ class _Metrics:
     return hash((self.model, self.options))
 
   def __eq__(self, other):
-    return (isinstance(other, _Metrics) and self.model == other.model
+    return (isinstance(other, Metrics) and self.model == other.model
             and self.options == other.options)
 
   def __call__(self, point, batch):

@@ -38,7 +38,7 @@ import numpy as np
 from analysis import landscape, stats
 from configs import jacobian
 from dynamics import data as data_lib
-from dynamics import losses, replay, runs, train
+from dynamics import replay, runs, train
 
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 STEPS = {'full': 300, 'smoke': 120}
@@ -73,26 +73,6 @@ def child_seeds(seed: int) -> Tuple[int, int]:
   return 1000 + 2 * seed, 1001 + 2 * seed
 
 
-class _Metrics:
-  """``(params, batch) -> {'loss', 'accuracy'}`` in inference mode (equal
-  instances hash equal: one compilation serves every interpolation)."""
-
-  def __init__(self, model, options):
-    self.model, self.options = model, options
-
-  def __hash__(self):
-    return hash((self.model, self.options))
-
-  def __eq__(self, other):
-    return (isinstance(other, _Metrics) and self.model == other.model
-            and self.options == other.options)
-
-  def __call__(self, params, batch):
-    _, (_, m) = losses.compute_loss(self.model, params, {}, batch, None,
-                                    self.options, train=False)
-    return {k: m[k] for k in ('loss', 'accuracy')}
-
-
 def spawn(parent: runs.Run, k: int, data_seed: int, scan=None):
   """The parameters of a child spawned from ``parent``'s checkpoint at step
   ``k`` and trained to the parent's last step on the data order of
@@ -117,14 +97,15 @@ def run(size: str, seeds: Sequence[int], log) -> Dict[str, Any]:
       train.train_and_evaluate(config(size, s), workdir)
       parent = runs.Run.open(workdir)
       scan = replay.make_scan_train(parent, metric_names=())
-      metric = _Metrics(parent.model, parent.options)
+      metric = landscape.Metrics(parent.model, parent.options)
       train_b = [parent.dataset.train_batch(i) for i in range(NUM_BATCHES)]
       eval_b = [parent.dataset.eval_batch(i) for i in range(NUM_BATCHES)]
       row = {'seed': s, 'child_seeds': list(child_seeds(s)), 'per_k': {}}
       for k in ks:
         pa, pb = (spawn(parent, k, d, scan) for d in child_seeds(s))
-        tr = landscape.interpolate_params(metric, pa, pb, ALPHAS, train_b)
-        ev = landscape.interpolate_params(metric, pa, pb, ALPHAS, eval_b)
+        ends = (pa, {}), (pb, {})  # (params, model_state): no state here.
+        tr = landscape.interpolate_params(metric, *ends, ALPHAS, train_b)
+        ev = landscape.interpolate_params(metric, *ends, ALPHAS, eval_b)
         err = [1 - a for a in ev['accuracy']]
         row['per_k'][str(k)] = {
             'train_loss': tr['loss'], 'train_barrier': tr['barrier'],
