@@ -51,12 +51,7 @@ def tiny_config(data_path, **changes):
   c.schedule.warmup_steps = 1
   c.checkpoint.every_steps, c.checkpoint.async_save = 2, False
   c.model.num_layers, c.model.d_model, c.progress = 1, 16, False
-  for key, value in changes.items():
-    node = c
-    *path, leaf = key.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(changes)
   return c
 
 

@@ -35,12 +35,7 @@ def tiny_config(**changes):
   c.num_steps, c.eval_every, c.eval_batches, c.log_every = 8, 8, 1, 1
   c.checkpoint.every_steps, c.checkpoint.async_save = 4, False
   c.model.num_layers, c.progress = 1, False
-  for key, value in changes.items():
-    node = c
-    *path, leaf = key.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(changes)
   return c
 
 
