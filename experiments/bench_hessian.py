@@ -15,7 +15,9 @@ Rows:
   * the first call in a fresh Python process (compilation included), ours
     against PyHessian 0.1 (PyPI, torch CPU; its defaults: deflated power
     iteration, tol 1e-3, at most 100 HVPs per eigenvalue), each in its own
-    subprocess, alternating, medians of ``REPEATS``;
+    subprocess, alternating, medians of ``REPEATS``; beside them the first
+    call of the plain jitted Lanczos of the warm row at ours' total HVPs
+    (no convergence test: the least a compiled loop compiles);
   * warm calls (the on-device loop, and the host-driven one) against a plain
     jitted Lanczos with full reorthogonalization (a ``lax.fori_loop``,
     matfree's ``tridiag_sym`` + ``eigh_partial`` written inline) at equal
@@ -65,12 +67,14 @@ def mlp_problem():
       run.dataset.train_batch(0)
 
 
-def child(which, path, cache='off'):
+def child(which, path, cache='off', steps=0):
   """One first call in this (fresh) process on the problem saved at
-  ``path``; prints ``RESULT {json}``. ``cache``: JAX's persistent
-  compilation cache directory for ours (`dynamics.compile_cache`, as the
-  analysis commands enable it), or 'off'."""
-  if which == 'ours' and cache != 'off':
+  ``path``; prints ``RESULT {json}``. ``which``: 'ours', 'pyhessian', or
+  'plain' (the warm row's baseline, a plain jitted Lanczos of ``steps``
+  HVPs: the least a compiled loop compiles). ``cache``: JAX's persistent
+  compilation cache directory for ours and plain (`dynamics.compile_cache`,
+  as the analysis commands enable it), or 'off'."""
+  if which in ('ours', 'plain') and cache != 'off':
     from dynamics import compile_cache
     compile_cache.enable(cache)
   from configs import jacobian
@@ -93,7 +97,14 @@ def child(which, path, cache='off'):
         return_info=True)
     seconds = time.perf_counter() - t0
     out = {'seconds': seconds, 'eigenvalues': np.asarray(vals).tolist(),
-           'hvps': info['num_hvps']}
+           'hvps': info['num_hvps'], 'residual_hvps': info['residual_hvps']}
+  elif which == 'plain':
+    from analysis import hessian as hs
+    t0 = time.perf_counter()
+    op = hs.curvature('hessian', params, [batch], loss_fn=loss)
+    vals = np.asarray(plain_lanczos(op.matvec, params, steps)())
+    seconds = time.perf_counter() - t0
+    out = {'seconds': seconds, 'eigenvalues': vals.tolist(), 'hvps': steps}
   else:
     import importlib
     import torch
@@ -110,31 +121,41 @@ def child(which, path, cache='off'):
 
 
 def first_calls(params, batch):
-  """Alternating fresh-process first calls: ours, PyHessian."""
+  """Alternating fresh-process first calls: ours (empty, warm cache), the
+  plain jitted Lanczos at ours' HVPs (empty, warm cache), PyHessian."""
   import tempfile
-  path = os.path.join(tempfile.mkdtemp(), 'problem.npz')
-  np.savez(path, inputs=batch['inputs'], targets=batch['targets'],
-           **{f'{layer}/{name}': np.asarray(x) for layer, leaves in
-              params.items() for name, x in leaves.items()})
-  warm_cache = tempfile.mkdtemp()
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, 'problem.npz')
+    np.savez(path, inputs=batch['inputs'], targets=batch['targets'],
+             **{f'{layer}/{name}': np.asarray(x) for layer, leaves in
+                params.items() for name, x in leaves.items()})
+    caches = iter(range(10 ** 6))
 
-  def call(which, cache):
-    proc = subprocess.run(
-        [sys.executable, '-m', 'experiments.bench_hessian',
-         f'--child={which}', f'--problem={path}', f'--cache={cache}'],
-        capture_output=True, text=True, timeout=900)
-    line = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
-    if not line:
-      raise RuntimeError(proc.stderr[-2000:])
-    return json.loads(line[-1][len('RESULT '):])
+    def call(which, cache, steps=0):
+      proc = subprocess.run(
+          [sys.executable, '-m', 'experiments.bench_hessian',
+           f'--child={which}', f'--problem={path}', f'--cache={cache}',
+           f'--steps={steps}'], capture_output=True, text=True, timeout=900)
+      line = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
+      if not line:
+        raise RuntimeError(proc.stderr[-2000:])
+      return json.loads(line[-1][len('RESULT '):])
 
-  call('ours', warm_cache)  # Fills the cache the warm calls read.
-  results = {'ours': [], 'ours_warm_cache': [], 'pyhessian': []}
-  for _ in range(REPEATS):
-    # Cold: a new, empty cache directory (everything compiles).
-    results['ours'].append(call('ours', tempfile.mkdtemp()))
-    results['ours_warm_cache'].append(call('ours', warm_cache))
-    results['pyhessian'].append(call('pyhessian', 'off'))
+    def empty():  # A new, empty cache directory: everything compiles.
+      return os.path.join(tmp, f'cache{next(caches)}')
+
+    warm_cache = empty()
+    first = call('ours', warm_cache)  # Fills the warm cache,
+    steps = first['hvps'] + first['residual_hvps']  # (ours' total HVPs)
+    call('plain', warm_cache, steps)  # and the plain loop's.
+    results = {'ours': [], 'ours_warm_cache': [], 'plain': [],
+               'plain_warm_cache': [], 'pyhessian': []}
+    for _ in range(REPEATS):
+      results['ours'].append(call('ours', empty()))
+      results['ours_warm_cache'].append(call('ours', warm_cache))
+      results['plain'].append(call('plain', empty(), steps))
+      results['plain_warm_cache'].append(call('plain', warm_cache, steps))
+      results['pyhessian'].append(call('pyhessian', 'off'))
   return results
 
 
@@ -254,6 +275,14 @@ def main(argv, out_path=None):
                                     for r in firsts['ours_warm_cache']],
         'ratio_warm_cache': float(np.median(
             [r['seconds'] for r in firsts['ours_warm_cache']])) / pyh_s,
+        'plain_hvps': firsts['plain'][0]['hvps'],
+        'plain_seconds': [r['seconds'] for r in firsts['plain']],
+        'plain_warm_cache_seconds': [r['seconds']
+                                     for r in firsts['plain_warm_cache']],
+        'ratio_plain': float(np.median(
+            [r['seconds'] for r in firsts['plain']])) / pyh_s,
+        'ratio_plain_warm_cache': float(np.median(
+            [r['seconds'] for r in firsts['plain_warm_cache']])) / pyh_s,
         'ours_rel_errors': rel_errors(firsts['ours'][0]['eigenvalues'], w[:5]),
         'ours_hvps': firsts['ours'][0]['hvps'],
         'pyhessian_rel_errors': rel_errors(np.sort(pyh['eigenvalues'])[::-1],
@@ -342,6 +371,7 @@ def main(argv, out_path=None):
 if __name__ == '__main__':
   options = dict(a[2:].split('=', 1) for a in sys.argv[1:] if '=' in a)
   if 'child' in options:
-    child(options['child'], options['problem'], options.get('cache', 'off'))
+    child(options['child'], options['problem'], options.get('cache', 'off'),
+          int(options.get('steps', 0)))
   else:
     main(sys.argv, options.get('out'))

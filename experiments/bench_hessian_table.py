@@ -27,6 +27,15 @@ def readme_rows(out) -> str:
           f"{len(f['ours_seconds'])}, interleaved{_load(out)}) = "
           f"{f['ratio_median']:.2f}x / {f['ratio_warm_cache']:.2f}x "
           f"| <= 1.5x / <= 1x |")
+      if 'ratio_plain' in f:
+        rows.append(
+            f"| the same first call for a plain jitted Lanczos (the warm "
+            f"row's baseline at ours' {f['plain_hvps']} HVPs, no convergence "
+            f"test: the least a compiled loop compiles), empty / warm cache, "
+            f"vs PyHessian | {np.median(f['plain_seconds']):.2f} s / "
+            f"{np.median(f['plain_warm_cache_seconds']):.2f} s = "
+            f"{f['ratio_plain']:.2f}x / {f['ratio_plain_warm_cache']:.2f}x "
+            f"| |")
     else:  # A JSON from before the cache was measured.
       rows.append(
           f"| first call in a fresh process (compilation included), ours / "

@@ -199,17 +199,29 @@ def start_batch(like: PyTree, key: jax.Array, salts: jax.Array, mask: PyTree,
                                       salt, rows=rows, dtype=dtype))(salts)
 
 
+def _product(op, x: PyTree, dtype, *, param_dtypes, shardings) -> PyTree:
+  """``op(x)``, ``x`` cast to the dtypes the operator takes and the product
+  to the vectors' ``dtype`` (laid out like a vector)."""
+  leaves, treedef = jax.tree.flatten(x)
+  arg = jax.tree.unflatten(treedef, [v.astype(d) for v, d in
+                                     zip(leaves, param_dtypes)])
+  return trees.constrain(trees.cast(op(arg), dtype), shardings, False)
+
+
 def _step(op, s: KrylovState, *, param_dtypes, shardings) -> KrylovState:
+  w = _product(op, s.v, s.alphas.dtype, param_dtypes=param_dtypes,
+               shardings=shardings)
+  return _absorb(s, w, shardings=shardings)
+
+
+def _absorb(s: KrylovState, w: PyTree, *, shardings) -> KrylovState:
+  """The Lanczos step after its product ``w = A s.v``."""
   rows = s.alphas.shape[0]
   dtype = s.alphas.dtype
   eps = jnp.finfo(dtype).eps
   j = s.j
   basis = jax.tree.map(lambda b, x: b.at[j].set(x), s.basis, s.v)
   basis = trees.constrain(basis, shardings, True)
-  leaves, treedef = jax.tree.flatten(s.v)
-  arg = jax.tree.unflatten(treedef, [x.astype(d) for x, d in
-                                     zip(leaves, param_dtypes)])
-  w = trees.constrain(trees.cast(op(arg), dtype), shardings, False)
   finite = trees.all_finite(w)
   h, w = orthogonalize(basis, w, j + 1, rows)
   beta = trees.norm(w)
@@ -282,16 +294,22 @@ orthogonal to the basis (of the ``mask`` subspace; zero if there is none)."""
 refresh_batch = jax.jit(jax.vmap(_refresh), donate_argnums=(0,))
 
 
+def _cut(s: KrylovState) -> KrylovState:
+  """The first half of `_deflate`: drops the coupling of the last row (into
+  ``cuts``) and marks the run stalled, not counted as a breakdown; the
+  next `_refresh` gives the fresh direction."""
+  last = jnp.maximum(s.j - 1, 0)
+  return s._replace(cuts=s.cuts.at[last].add(s.betas[last]),
+                    betas=s.betas.at[last].set(0),
+                    stalled=jnp.ones_like(s.stalled),
+                    breakdowns=s.breakdowns - 1)
+
+
 def _deflate(s: KrylovState, *, shardings=None) -> KrylovState:
   """Drops the coupling of the last row (into ``cuts``) and continues from a
   fresh random direction orthogonal to the basis: a new Lanczos block on
   the operator compressed to the basis' complement."""
-  last = jnp.maximum(s.j - 1, 0)
-  s = s._replace(cuts=s.cuts.at[last].add(s.betas[last]),
-                 betas=s.betas.at[last].set(0),
-                 stalled=jnp.ones_like(s.stalled))
-  s = _refresh(s, shardings=shardings)
-  return s._replace(breakdowns=s.breakdowns - 1)
+  return _refresh(_cut(s), shardings=shardings)
 
 
 deflate = jax.jit(_deflate, static_argnames=('shardings',), donate_argnums=(0,))
@@ -303,10 +321,8 @@ def _residual_norms(op, basis, coeffs, theta, count, *, param_dtypes,
 
   def body(i, out):
     y = trees.constrain(trees.combine(coeffs[:, i], basis), shardings, False)
-    leaves, treedef = jax.tree.flatten(y)
-    arg = jax.tree.unflatten(treedef, [x.astype(d) for x, d in
-                                       zip(leaves, param_dtypes)])
-    ay = trees.cast(op(arg), dtype)
+    ay = _product(op, y, dtype, param_dtypes=param_dtypes,
+                  shardings=shardings)
     r = jax.tree.map(lambda a, b: a - theta[i] * b, ay, y)
     return out.at[i].set(trees.norm(r))
 

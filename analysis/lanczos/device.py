@@ -7,8 +7,9 @@ same decisions are traced: one ``lax.while_loop`` over checks, each of which
 runs a chunk of steps (`core._extend`), solves the small Ritz problem with
 ``jnp.linalg.eigh``, tests the residual estimates against ``tol``, and
 thick-restarts (`core._thick_restart`) or starts a deflation block
-(`core._deflate`) under ``lax.cond``. The true residuals of the wanted pairs
-(one product each) are measured in the same call. The host reads the results
+(`core._cut`; the next check's `core._refresh` gives its fresh direction)
+under ``lax.cond``. The true residuals of the wanted pairs (one product
+each) are measured in the same call. The host reads the results
 once, at the end (`solve` returns them in one ``jax.device_get``), and
 forms the Ritz vectors with a second, product-free compiled call that stays
 on the device.
@@ -39,7 +40,7 @@ WHICH = {'LA': 0, 'SA': 1, 'LM': 2}
 
 # The traced steps of `core` (their jitted wrappers serve the host driver).
 # pylint: disable=protected-access
-_extend, _refresh, _deflate = core._extend, core._refresh, core._deflate
+_extend, _refresh, _cut = core._extend, core._refresh, core._cut
 _thick_restart, _residual_norms = core._thick_restart, core._residual_norms
 _split = space_lib._split
 # pylint: enable=protected-access
@@ -169,9 +170,9 @@ def _check(c: Loop, op, *, k, n, cap, limit, tol, min_iters, which, verify,
   restarting = ~complete & ~accept & ~capped & (j >= limit)
   done = bad | complete | missed_none | finish | capped
   go = ~done
-  s = jax.lax.cond(go & deflating,
-                   functools.partial(_deflate, shardings=shardings),
-                   lambda x: x, s)
+  # A deflation block: the next check's `_refresh` gives its fresh start
+  # (the program holds one copy of the random direction's code, not two).
+  s = jax.lax.cond(go & deflating, _cut, lambda x: x, s)
   # A thick restart keeps the best Ritz vectors (and the newest block's
   # most wanted one, with its rows last).
   keep = jnp.minimum(j - 1, k + jnp.maximum(k, (j - k) // 2))
