@@ -111,4 +111,5 @@ def warm_row(out) -> str:
       f"{1e3 * w['plain_total_seconds']:.1f} / "
       f"{1e3 * w['plain_lanczos_seconds']:.1f} ms; host-driven loop "
       f"{w['ratio_host_driver']:.2f}x); {w['ratio_100_total']:.2f}x, "
-      f"{w['ratio_100']:.2f}x (*loaded*, {w['timing']}) | <= 1x |")
+      f"{w['ratio_100']:.2f}x ({'*loaded*, ' if _load(out) else ''}"
+      f"{w['timing']}) | <= 1x |")
