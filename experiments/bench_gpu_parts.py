@@ -93,12 +93,14 @@ def lm_config(shape: str, sizes: Shapes, *, optimizer: str = 'adamw',
 
 def build_step(config):
   """``(parts, jitted step, state, batch)`` of ``config`` on random tokens
-  (`dynamics.step.make_train_step`, as the training loop builds it)."""
+  (`dynamics.step.make_train_step`, as the training loop builds it; state
+  and batch laid out over ``config.mesh`` when there are several devices)."""
   from dynamics import data as data_lib
   from dynamics import models as models_lib
   from dynamics import optim as optim_lib
   from dynamics import runs
   from dynamics import schedules as schedules_lib
+  from dynamics import sharding as sharding_lib
   from dynamics import step as step_lib
   d = config.data
   info = data_lib.DatasetInfo(task='lm', num_outputs=d.vocab_size,
@@ -110,15 +112,21 @@ def build_step(config):
   parts = runs.Parts(None, model, schedule, tx, options)
   tokens = np.random.default_rng(0).integers(
       0, d.vocab_size, (d.batch_size, d.seq_len + 1)).astype(np.int32)
-  batch = {'inputs': jnp.asarray(tokens[:, :-1]),
-           'targets': jnp.asarray(tokens[:, 1:])}
+  batch = {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:]}
   key = jax.random.PRNGKey(0)
   params = model.init(key, batch['inputs'][:1], train=False)['params']
   state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                               opt_state=tx.init(params), model_state={},
                               rng=key)
-  step_fn = step_lib.make_train_step(model, tx, schedule, options, None)
-  return parts, step_fn, state, batch
+  shardings = None
+  if jax.device_count() > 1:
+    shardings = sharding_lib.TrainShardings.create(
+        sharding_lib.make_mesh(config.mesh), state, config.mesh.fsdp_min_size)
+    state = shardings.put_state(state)
+  step_fn = step_lib.make_train_step(model, tx, schedule, options, shardings)
+  put = shardings.put_batch if shardings else (
+      lambda b: jax.tree.map(jnp.asarray, b))
+  return parts, step_fn, state, put(batch)
 
 
 def time_train_step(config, steps: int) -> Dict[str, Any]:
@@ -264,7 +272,6 @@ def part_ntk(sizes: Shapes) -> Dict[str, Any]:
 def part_training_jacobian(sizes: Shapes) -> Dict[str, Any]:
   """The dense training Jacobian of ``configs/jacobian.py`` vs the
   reference's ``jax.jacfwd`` of a plain scan (`experiments.bench_ntk`)."""
-  from jax.flatten_util import ravel_pytree
   from analysis import jacobian as jac_lib
   from configs import jacobian as jacobian_config
   from dynamics import runs
@@ -274,16 +281,8 @@ def part_training_jacobian(sizes: Shapes) -> Dict[str, Any]:
     config.num_steps = 2
   run = runs.Run(config)
   train_fn, p0 = jac_lib.make_train_fn(run)
-  t0 = time.perf_counter()
-  jac = jax.block_until_ready(jac_lib.training_jacobian(train_fn, params_0=p0))
-  ours = time.perf_counter() - t0
-  reference = bench_ntk.reference_style_train_fn(config, run)
-  flat0, unravel = ravel_pytree(p0)
-  t0 = time.perf_counter()
-  jac_ref = jax.block_until_ready(jax.jacfwd(
-      lambda flat: ravel_pytree(reference(unravel(flat)))[0])(flat0))
-  baseline = time.perf_counter() - t0
-  gap = float(jnp.max(jnp.abs(jac - jac_ref)) / jnp.max(jnp.abs(jac_ref)))
+  jac, ours, baseline, gap = bench_ntk.dense_against_reference(
+      config, run, train_fn, p0)
   return dict(shape=list(jac.shape), steps=config.num_steps, ours_s=ours,
               reference_jacfwd_s=baseline, speedup=baseline / ours,
               max_relative_difference=gap)

@@ -84,6 +84,28 @@ def reference_style_train_fn(config, parts):
   return train
 
 
+def dense_against_reference(config, run, train_fn, params_0):
+  """The dense training Jacobian, ours (`analysis.jacobian.training_jacobian`)
+  and the reference's way (``jax.jacfwd`` of `reference_style_train_fn`):
+  ``(ours, ours' seconds, the reference's seconds, max relative difference)``.
+  Wall times of a user's call: compilation (and our determinism check)
+  included."""
+  from jax.flatten_util import ravel_pytree
+  from analysis import jacobian as jac_lib
+  t0 = time.perf_counter()
+  jac = jax.block_until_ready(jac_lib.training_jacobian(train_fn,
+                                                        params_0=params_0))
+  ours = time.perf_counter() - t0
+  reference = reference_style_train_fn(config, run)
+  flat0, unravel = ravel_pytree(params_0)
+  t0 = time.perf_counter()
+  jac_ref = jax.block_until_ready(jax.jacfwd(
+      lambda flat: ravel_pytree(reference(unravel(flat)))[0])(flat0))
+  baseline = time.perf_counter() - t0
+  gap = float(jnp.max(jnp.abs(jac - jac_ref)) / jnp.max(jnp.abs(jac_ref)))
+  return jac, ours, baseline, gap
+
+
 def tangent_flops_per_step(train_fn_1, params_0) -> float:
   """XLA's FLOP count of one step's tangent (JVP minus primal), one direction."""
   def flops(fn, *args):
@@ -137,17 +159,9 @@ def main(quick, dense=True, path=os.path.join('runs', 'bench_ntk.json')):
   print(out['training_jacobian'], flush=True)
   if dense and not quick:
     from jax.flatten_util import ravel_pytree
-    # Wall time of a user's call: compilation and the determinism check included.
-    t0 = time.perf_counter()
-    jac = jax.block_until_ready(jac_lib.training_jacobian(train_fn, params_0=p0))
-    ours = time.perf_counter() - t0
-    reference = reference_style_train_fn(config, run)
-    flat0, unravel = ravel_pytree(p0)
-    t0 = time.perf_counter()
-    jac_ref = jax.block_until_ready(jax.jacfwd(
-        lambda flat: ravel_pytree(reference(unravel(flat)))[0])(flat0))
-    baseline = time.perf_counter() - t0
-    gap = float(jnp.max(jnp.abs(jac - jac_ref)) / jnp.max(jnp.abs(jac_ref)))
+    jac, ours, baseline, gap = dense_against_reference(config, run, train_fn,
+                                                       p0)
+    flat0, _ = ravel_pytree(p0)
     train_fn_1, _ = jac_lib.make_train_fn(run, 1)
     tangent = tangent_flops_per_step(train_fn_1, p0)
     # XLA's own count (its cost model may not count every op of the loop).

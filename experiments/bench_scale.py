@@ -94,52 +94,13 @@ def bench_config(size: str, optimizer: str, on_gpu: bool):
   return c
 
 
-def build_step(config):
-  """(jitted step, state, batch) for ``config`` on random tokens."""
-  import jax
-  import numpy as np
-  from dynamics import data as data_lib
-  from dynamics import models as models_lib
-  from dynamics import optim as optim_lib
-  from dynamics import runs
-  from dynamics import schedules as schedules_lib
-  from dynamics import sharding as sharding_lib
-  from dynamics import step as step_lib
-
-  d = config.data
-  info = data_lib.DatasetInfo(task='lm', num_outputs=d.vocab_size,
-                              vocab_size=d.vocab_size, input_shape=(d.seq_len,))
-  model = models_lib.build_model(config.model, info)
-  schedule = schedules_lib.from_config(config)
-  tx = optim_lib.build_optimizer(config.optimizer, schedule)
-  options = step_lib.StepOptions.from_config(config, 'lm')
-  parts = runs.Parts(None, model, schedule, tx, options)
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(0, d.vocab_size, (d.batch_size, d.seq_len + 1))
-  batch = {'inputs': tokens[:, :-1].astype(np.int32),
-           'targets': tokens[:, 1:].astype(np.int32)}
-  key = jax.random.PRNGKey(0)
-  params = model.init(key, batch['inputs'][:1], train=False)['params']
-  state = step_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32),
-                              params=params, opt_state=tx.init(params),
-                              model_state={}, rng=key)
-  shardings = None
-  if jax.device_count() > 1:
-    shardings = sharding_lib.TrainShardings.create(
-        sharding_lib.make_mesh(config.mesh), state, config.mesh.fsdp_min_size)
-    state = shardings.put_state(state)
-  step_fn = step_lib.make_train_step(model, tx, schedule, options, shardings)
-  put = shardings.put_batch if shardings else (
-      lambda b: jax.tree.map(jax.numpy.asarray, b))
-  return parts, step_fn, state, put(batch), batch
-
-
 def bench_optimizer(size: str, optimizer: str, steps: int) -> Dict[str, Any]:
   import jax
   from dynamics import timing
   on_gpu = jax.devices()[0].platform == 'gpu'
   config = bench_config(size, optimizer, on_gpu)
-  _, step_fn, state, batch, _ = build_step(config)
+  from experiments.bench_gpu_parts import build_step
+  _, step_fn, state, batch = build_step(config)
   holder = {'state': state}
 
   def one():
@@ -171,7 +132,8 @@ def bench_hvp(size: str, steps: int) -> Dict[str, float]:
   from dynamics import losses, timing
   on_gpu = jax.devices()[0].platform == 'gpu'
   config = bench_config(size, 'adamw', on_gpu)
-  parts, _, state, batch, _ = build_step(config)
+  from experiments.bench_gpu_parts import build_step
+  parts, _, state, batch = build_step(config)
 
   def loss_fn(params, b):
     return losses.compute_loss(parts.model, params, {}, b, None, parts.options,
@@ -190,7 +152,8 @@ def bench_checkpoint(size: str) -> Dict[str, float]:
   import jax
   from dynamics import checkpoint as checkpoint_lib
   config = bench_config(size, 'adamw', jax.devices()[0].platform == 'gpu')
-  _, step_fn, state, batch, _ = build_step(config)
+  from experiments.bench_gpu_parts import build_step
+  _, step_fn, state, batch = build_step(config)
   state, _ = step_fn(state, batch)
   out = {}
   for mode in ('async', 'sync'):
