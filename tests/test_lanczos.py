@@ -96,6 +96,20 @@ def test_cap_warns_with_residuals_and_products():
     assert np.all(out.relative > 0) and np.any(out.relative > out.tol)
 
 
+def test_tol_zero_runs_the_cap_quietly():
+  """``tol=0``: a fixed number of products and no test, so no check for
+  missed copies either (it starts once pairs converge), and no warning that
+  it did not finish."""
+  with jax.enable_x64(True):
+    a = jnp.asarray(_matrix(np.linspace(0, 1, 200), seed=4)[0])
+    with warnings.catch_warnings():
+      warnings.simplefilter('error', lz.ConvergenceWarning)
+      out = lz.eigsh(lambda v: a @ v, jnp.zeros(200), 3, max_matvecs=40,
+                     tol=0.0, key=jax.random.PRNGKey(0))
+    assert out.num_matvecs == 40 and not out.converged and out.verified
+    assert out.residual_matvecs == 3 and np.all(out.residuals > 0)
+
+
 def test_float64_vectors_for_a_float32_operator():
   spectrum = np.concatenate([[3., 2.9], np.linspace(-1, 1, 98)])
   a32 = jnp.asarray(_matrix(spectrum, seed=4)[0], jnp.float32)

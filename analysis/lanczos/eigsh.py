@@ -164,7 +164,8 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
       repeat while that finds a wanted value: a single Krylov space holds
       one copy of each eigenvalue (exactly), so copies of a repeated one
       are found only so. None: for ``k >= 2`` (for ``k = 1`` a copy does
-      not change the answer). Warns when the cap stops the check.
+      not change the answer) with ``tol > 0`` (it starts once the pairs
+      converge). Warns when the cap stops the check.
     driver: 'device' (one compiled call for the whole run, one transfer
       back: `analysis.lanczos.device`) or 'host' (compiled chunks, the
       decisions on the host between them: `analysis.lanczos.host`, the
@@ -237,7 +238,9 @@ def eigsh(matvec: core.Matvec, params_like: PyTree, k: int, *,
         f'{PRECISION * eps_op:.1e} relative): the run will not be reported '
         f'converged; use float64 or tol >= {PRECISION * eps_op:.1e}.',
         ConvergenceWarning, stacklevel=3)
-  verify = k >= 2 if verify is None else bool(verify)
+  # The check starts once the pairs converge: never with tol = 0 (a fixed
+  # number of products, no test), where it is not run, nor warned about.
+  verify = k >= 2 and tol > 0 if verify is None else bool(verify)
   # A cold start needs ~3k products before k pairs can converge; a warm
   # start (the previous eigenvector) may need only a few.
   chunk = max(min_iters, k + 2 if use_v0 else 3 * k + 5, 4)
