@@ -8,6 +8,10 @@ Flags:
   --rerecord_config         a workdir whose checkpoints lost config.json:
                             resume with --config (checked against the
                             checkpoint's shapes) and record it
+  --nocompilation_cache     do not use JAX's persistent compilation cache (on
+                            by default: a second run of the same shapes, or
+                            of its analysis probes, loads what the first
+                            compiled; dynamics.compile_cache)
 
 Exit codes: 0 done; 1 a user error (one line naming the field, file or run,
 before anything compiles) or a NaN/Inf stop (naming the step and metric; the
@@ -28,7 +32,7 @@ from absl import flags  # noqa: E402  pylint: disable=g-import-not-at-top
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from dynamics import cli  # noqa: E402
+from dynamics import cli, compile_cache  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (configs/*.py[:variant]).', lock_config=True)
@@ -38,10 +42,13 @@ _RERECORD = flags.DEFINE_bool(
     'rerecord_config', False, 'A workdir whose checkpoints lost config.json: '
     'resume with --config (checked against the checkpoint shapes) and record '
     'it.')
+_CACHE = compile_cache.define_flag(__name__)
 
 
 def main(argv):
   del argv
+  if _CACHE.value:  # Before anything compiles.
+    compile_cache.enable()
   # Imported here so that --help answers before JAX starts.
   from analysis import probes  # pylint: disable=g-import-not-at-top
   from dynamics import checkpoint, interrupts, runs, summary, train  # pylint: disable=g-import-not-at-top

@@ -16,6 +16,9 @@ _WORKER = 'PYTEST_XDIST_WORKER' in os.environ
 _CACHE = os.path.join(tempfile.gettempdir(), 'dynamics_tests_jax_cache_'
                       f'{os.getppid() if _WORKER else os.getpid()}')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)
+# The commands turn the cache on in a per-user directory (dynamics.compile_cache):
+# the suite's runs of them use the suite's.
+os.environ.setdefault('DYNAMICS_COMPILATION_CACHE', _CACHE)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.1')
 # The suite's shapes are tiny: compiling dominates, and XLA's backend
 # optimizations cost more than they save. Subprocesses inherit the flag (the

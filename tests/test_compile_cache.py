@@ -16,9 +16,13 @@ print(path, jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).sum())
 
 
 def _python(*args, env=None):
+  # Without the suite's threshold (conftest): JAX's variables win over
+  # `enable`'s "every compilation".
+  base = {k: v for k, v in os.environ.items()
+          if k != 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'}
   return subprocess.run([sys.executable, '-c', _SCRIPT, *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=300,
-                        env={**os.environ, 'PYTHONPATH': ROOT, **(env or {})})
+                        env={**base, 'PYTHONPATH': ROOT, **(env or {})})
 
 
 def test_enable_writes_compilations_to_the_cache_and_off_turns_it_off(
@@ -33,8 +37,33 @@ def test_enable_writes_compilations_to_the_cache_and_off_turns_it_off(
   assert not os.path.exists(tmp_path / 'off')
 
 
-def test_the_hessian_command_has_the_flag():
-  proc = subprocess.run([sys.executable, '-m', 'analysis.hessian',
-                         '--helpfull'], cwd=ROOT, capture_output=True,
-                        text=True, timeout=300)
-  assert '--[no]compilation_cache' in proc.stdout, proc.stderr
+COMMANDS = ('analysis.hessian', 'analysis.jacobian', 'analysis.landscape',
+            'analysis.ntk', 'experiments.main')
+
+
+def test_every_command_has_the_flag_in_its_own_help():
+  for command in COMMANDS:
+    proc = subprocess.run([sys.executable, '-m', command, '--help'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert '--[no]compilation_cache' in proc.stdout, (command, proc.stderr)
+
+
+def test_the_commands_turn_the_cache_on_unless_told_not_to(tmp_path):
+  """The cache directory is made when a command starts (before anything
+  compiles: here the command stops at once, on a run that is not there or
+  a file where the run's directory would be)."""
+  in_the_way = tmp_path / 'file'
+  in_the_way.write_text('')
+  for command in ('analysis.ntk', 'analysis.landscape', 'experiments.main'):
+    for flag, made in (([], True), (['--nocompilation_cache'], False)):
+      cache = tmp_path / f'{command}{made}'
+      args = ['--config=configs/wsd.py:smoke', f'--workdir={in_the_way}'
+              ] if command.startswith('experiments') else [
+                  f'--workdir={tmp_path / "none"}']
+      proc = subprocess.run(
+          [sys.executable, '-m', command, *args, *flag], cwd=ROOT,
+          capture_output=True, text=True, timeout=300,
+          env={**os.environ, 'PYTHONPATH': ROOT,
+               'DYNAMICS_COMPILATION_CACHE': str(cache)})
+      assert proc.returncode != 0  # Nothing to analyse, nothing compiled.
+      assert os.path.isdir(cache) == made, (command, flag, proc.stderr)

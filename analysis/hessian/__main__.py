@@ -48,7 +48,7 @@ from absl import flags
 from absl import logging
 
 from analysis.hessian import registry  # JAX-free: the names of the choices.
-from dynamics import cli
+from dynamics import cli, compile_cache
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.')
 _STEP = flags.DEFINE_integer('step', None,
@@ -93,10 +93,7 @@ _NUM_SAMPLES = flags.DEFINE_integer(
     'num_samples', 1, 'Labels sampled per position for --kind=fisher (a '
     'Monte Carlo estimate of the GGN from that many draws).', lower_bound=1)
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the start and probe vectors.')
-_CACHE = flags.DEFINE_boolean(
-    'compilation_cache', True, "JAX's persistent compilation cache (a "
-    'per-user directory: dynamics.compile_cache.default_dir()); a second '
-    'process loads the compiled solvers instead of compiling them.')
+_CACHE = compile_cache.define_flag(__name__)
 _FSDP = flags.DEFINE_integer(
     'fsdp', None, 'Shard the parameters in N pieces over a mesh of every '
     'device (batches split over all of them); default: one device.',
@@ -188,7 +185,6 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO.
   if _CACHE.value:  # Before anything compiles.
-    from dynamics import compile_cache  # pylint: disable=g-import-not-at-top
     compile_cache.enable()
   # Deferred: --help answers without loading flax, orbax or matplotlib.
   from analysis import hessian  # pylint: disable=g-import-not-at-top

@@ -11,6 +11,8 @@ Flags:
   --svd_k=20               singular triplets per end for larger models
   --chunk_size=128         basis vectors per forward-mode pass
   --output_dir=DIR         default: runs/<config.name>/jacobian
+  --nocompilation_cache    do not use JAX's persistent compilation cache
+                           (on by default: dynamics.compile_cache)
 
 Writes ``spectrum.json`` (see `analysis.jacobian.analyze_run`) and
 ``spectrum.png`` (`analysis.plots.jacobian_spectrum`).
@@ -22,8 +24,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from dynamics import cli
+from dynamics import cli, compile_cache
 
+_CACHE = compile_cache.define_flag(__name__)
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'configs/jacobian.py[:smoke]', lock_config=True)
 _BULK_TOL = flags.DEFINE_float('bulk_tol', 1e-2,
@@ -47,6 +50,8 @@ _OUTPUT_DIR = flags.DEFINE_string('output_dir', None,
 
 def main(argv):
   del argv
+  if _CACHE.value:  # Before anything compiles.
+    compile_cache.enable()
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO.
   # Deferred: --help answers without loading flax, orbax or matplotlib.
   from analysis import jacobian  # pylint: disable=g-import-not-at-top

@@ -22,6 +22,8 @@ Flags:
   --align         interpolate: weight-match B's units to A's first
   --num_batches   batches per evaluated point
   --out           output directory (default WORKDIR/landscape)
+  --nocompilation_cache  do not use JAX's persistent compilation cache
+                  (on by default: dynamics.compile_cache)
 
 Writes ``<mode>_<steps>.json`` and its figure (`analysis.plots`).
 """
@@ -32,11 +34,12 @@ from absl import flags
 from absl import logging
 
 from analysis.landscape import args
-from dynamics import cli
+from dynamics import cli, compile_cache
 
 MODES = ('interpolate', 'slice1d', 'slice2d')
 DIRECTIONS = ('random', 'hessian', 'plane')
 
+_CACHE = compile_cache.define_flag(__name__)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The run (with checkpoints).')
 _OTHER = flags.DEFINE_string('other_workdir', None,
                              'The second run (interpolate) or the third '
@@ -102,6 +105,8 @@ def check_flags():
 
 def main(argv):
   del argv
+  if _CACHE.value:  # Before anything compiles.
+    compile_cache.enable()
   logging.set_verbosity(logging.WARNING)
   alphas, grid, steps = check_flags()
   # Deferred: --help and flag errors answer before JAX starts.

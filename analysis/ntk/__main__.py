@@ -14,6 +14,8 @@ Flags:
   --method=auto          jacobian | ntvp | auto
   --batch_size=N         examples per block (default: what fits in memory)
   --output_dir=DIR       default: WORKDIR/ntk
+  --nocompilation_cache  do not use JAX's persistent compilation cache (on
+                         by default: dynamics.compile_cache)
 
 Writes ``ntk.json`` (see `analysis.ntk.analyze_checkpoints`) and ``ntk.png``
 (spectra, alignment and distances; `analysis.plots.ntk_report`).
@@ -25,8 +27,9 @@ from absl import flags
 from absl import logging
 
 from analysis.ntk import memory
-from dynamics import cli
+from dynamics import cli, compile_cache
 
+_CACHE = compile_cache.define_flag(__name__)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (with checkpoints).')
 _STEPS = flags.DEFINE_list('steps', [],
                            'Comma-separated checkpoint steps (default: all).')
@@ -58,6 +61,8 @@ def _steps(values):
 
 def main(argv):
   del argv
+  if _CACHE.value:  # Before anything compiles.
+    compile_cache.enable()
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO.
   # Deferred: --help answers without loading flax, orbax or matplotlib.
   from analysis import ntk  # pylint: disable=g-import-not-at-top
