@@ -123,13 +123,14 @@ def child(which, path, cache='off', steps=0):
 def first_calls(params, batch):
   """Alternating fresh-process first calls: ours (empty, warm cache), the
   plain jitted Lanczos at ours' HVPs (empty, warm cache), PyHessian."""
+  import itertools
   import tempfile
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, 'problem.npz')
     np.savez(path, inputs=batch['inputs'], targets=batch['targets'],
              **{f'{layer}/{name}': np.asarray(x) for layer, leaves in
                 params.items() for name, x in leaves.items()})
-    caches = iter(range(10 ** 6))
+    caches = itertools.count()
 
     def call(which, cache, steps=0):
       proc = subprocess.run(
