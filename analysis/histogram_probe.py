@@ -50,7 +50,7 @@ class HistogramProbe(Probe):
                name: str = 'histograms'):
     self.every, self.name, self.num_buckets = every, name, num_buckets
     self._update_fn = update_fn or next_update
-    self._grad = None
+    self._run, self._grad = None, None
 
   def state_dict(self):
     return {}
@@ -59,11 +59,15 @@ class HistogramProbe(Probe):
     del saved
 
   def __call__(self, state, run) -> Dict[str, Histogram]:
-    if self._grad is None:
-      self._grad = jax.jit(jax.grad(run.loss_fn(state.model_state)))
+    if run is not self._run:  # The model state is an argument: current.
+      self._run = run
+      self._grad = jax.jit(jax.grad(
+          lambda params, batch, model_state: run.loss_fn(model_state)(
+              params, batch)))
     batch = jax.tree.map(np.asarray, run.dataset.train_batch(int(state.step)))
     trees = {'weights': state.params, 'gradients': self._grad(
-        state.params, batch), 'updates': self._update_fn(state, run)}
+        state.params, batch, state.model_state),
+             'updates': self._update_fn(state, run)}
     return {f'histograms/{kind}/{layer}': h
             for kind, tree in trees.items()
             for layer, h in layer_histograms(tree, self.num_buckets).items()}

@@ -93,6 +93,24 @@ def test_the_gradient_histogram_is_the_gradient_of_the_training_batch(trained):
     assert got.counts == h.counts
 
 
+def test_the_gradient_uses_the_current_model_state():
+  """The loss is in inference mode: a model state (batch-norm statistics)
+  that moves between calls must be the one at the probed step."""
+  import types
+  import jax.numpy as jnp
+  loss = lambda ms: lambda p, b: ms['s'] * jnp.sum(p['dense']['kernel'] ** 2)
+  run = types.SimpleNamespace(
+      loss_fn=loss,
+      dataset=types.SimpleNamespace(train_batch=lambda step: {'x': np.ones(2)}))
+  params = {'dense': {'kernel': jnp.arange(1.0, 5.0)}}
+  probe = HistogramProbe(1, update_fn=lambda s, r: s.params)
+  for scale in (1.0, 3.0):
+    state = types.SimpleNamespace(params=params, step=0,
+                                  model_state={'s': jnp.asarray(scale)})
+    got = probe(state, run)['histograms/gradients/dense']
+    assert (got.edges[0], got.edges[-1]) == (2 * scale, 8 * scale)
+
+
 def test_a_resume_drops_later_histograms_and_rewrites_tensorboard(tmp_path):
   """Like the scalars: lines after the resume step are dropped from
   histograms.jsonl, and the event files are rebuilt from what is kept."""
