@@ -209,19 +209,13 @@ def _product(op, x: PyTree, dtype, *, param_dtypes, shardings) -> PyTree:
 
 
 def _step(op, s: KrylovState, *, param_dtypes, shardings) -> KrylovState:
-  w = _product(op, s.v, s.alphas.dtype, param_dtypes=param_dtypes,
-               shardings=shardings)
-  return _absorb(s, w, shardings=shardings)
-
-
-def _absorb(s: KrylovState, w: PyTree, *, shardings) -> KrylovState:
-  """The Lanczos step after its product ``w = A s.v``."""
   rows = s.alphas.shape[0]
   dtype = s.alphas.dtype
   eps = jnp.finfo(dtype).eps
   j = s.j
   basis = jax.tree.map(lambda b, x: b.at[j].set(x), s.basis, s.v)
   basis = trees.constrain(basis, shardings, True)
+  w = _product(op, s.v, dtype, param_dtypes=param_dtypes, shardings=shardings)
   finite = trees.all_finite(w)
   h, w = orthogonalize(basis, w, j + 1, rows)
   beta = trees.norm(w)
@@ -361,12 +355,6 @@ def _thick_restart(state: KrylovState, coeffs: jax.Array, theta: jax.Array,
 thick_restart = jax.jit(_thick_restart, donate_argnums=(0,),
                         static_argnames=('shardings',))
 thick_restart.__doc__ = _thick_restart.__doc__
-
-
-@jax.jit
-def ritz_vector(basis: PyTree, coeffs: jax.Array) -> PyTree:
-  """``V^T coeffs`` for one ``(rows,)`` coordinate vector."""
-  return trees.combine(coeffs, basis)
 
 
 def tridiagonal_eigh(alphas: Any, betas: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ under ``lax.cond``. The true residuals of the wanted pairs (one product
 each) are measured in the same call. The host reads the results
 once, at the end (`solve` returns them in one ``jax.device_get``), and
 forms the Ritz vectors with a second, product-free compiled call that stays
-on the device.
+on the device (`space.combine_columns`, which the host driver uses too).
 
 Compilation: `solve_compiled` is jitted once per (operator function, vector
 shapes, dtype, basis rows, layout); ``k``, ``tol``, the cap, ``min_iters``,
@@ -33,8 +33,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from analysis.lanczos import core, space as space_lib, trees
+from analysis.lanczos import core, space as space_lib
 
 WHICH = {'LA': 0, 'SA': 1, 'LM': 2}
 
@@ -42,7 +43,6 @@ WHICH = {'LA': 0, 'SA': 1, 'LM': 2}
 # pylint: disable=protected-access
 _extend, _refresh, _cut = core._extend, core._refresh, core._cut
 _thick_restart, _residual_norms = core._thick_restart, core._residual_norms
-_split = space_lib._split
 # pylint: enable=protected-access
 
 
@@ -268,24 +268,14 @@ def _solve(op, state, k, n, cap, limit, tol, min_iters, which, verify, chunk,
       param_dtypes=param_dtypes, shardings=shardings)
   theta_max = jnp.max(jnp.where(i < s.j, jnp.abs(loop.theta), 0))
   return s, Outcome(theta, residuals, coeffs, count, s.num_matvecs,
-                          loop.restarts, s.breakdowns, bad, loop.verified,
-                          loop.complete, s.anorm, theta_max, loop.checks)
+                    loop.restarts, s.breakdowns, bad, loop.verified,
+                    loop.complete, s.anorm, theta_max, loop.checks)
 
 
 solve_compiled = jax.jit(_solve, static_argnames=('param_dtypes', 'shardings'),
                          donate_argnums=(1,))
 solve_compiled.__doc__ = """The whole `eigsh` loop in one compiled call:
 returns ``(the final KrylovState, Outcome)``. Donates the start state."""
-
-
-@functools.partial(jax.jit, static_argnames=('count', 'flat'))
-def _vectors(basis, coeffs, params_like, *, count: int, flat: bool):
-  ys = trees.combine(coeffs[:, :count].T, basis)  # One product for all.
-  out = []
-  for c in range(count):
-    y = jax.tree.map(lambda x, c=c: x[c], ys)
-    out.append(_split(y, params_like, cast=False) if flat else y)
-  return out
 
 
 def solve(space: space_lib.Space, state: core.KrylovState, *, k: int,
@@ -299,7 +289,6 @@ def solve(space: space_lib.Space, state: core.KrylovState, *, k: int,
     ``complete``, ``anorm``, ``theta_max``, ``checks``, and ``eigvecs``
     (pytrees on the device, or None).
   """
-  import numpy as np  # pylint: disable=g-import-not-at-top
   i32 = np.int32
   final, out = solve_compiled(
       space.op, state, i32(k), i32(space.dim), i32(cap), i32(limit),
@@ -309,8 +298,9 @@ def solve(space: space_lib.Space, state: core.KrylovState, *, k: int,
   count = int(host.count)
   eigvecs = None
   if vectors and int(host.bad) < 0:
-    eigvecs = _vectors(final.basis, out.coeffs, space.params_like if space.flat
-                       else None, count=count, flat=space.flat)
+    eigvecs = space_lib.combine_columns(
+        final.basis, out.coeffs, space.params_like if space.flat else None,
+        count=count, flat=space.flat)
   return dict(theta=np.asarray(host.theta[:count], np.float64),
               residuals=np.asarray(host.residuals[:count], np.float64),
               total=int(host.total), restarts=int(host.restarts),

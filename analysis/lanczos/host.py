@@ -106,12 +106,8 @@ def run(space: space_lib.Space, state: core.KrylovState, *, k: int, cap: int,
       keep = min(j - 1, k + max(k, (j - k) // 2))
       order = ritz_lib.wanted(theta, keep, which)
       if block_start > 0:  # Keep the newest block's extreme, and its rows last.
-        in_block = np.sum(s[block_start:j] ** 2, axis=0) > 0.5
-        if in_block.any():
-          members = np.flatnonzero(in_block)
-          top = members[ritz_lib.wanted(theta[members], 1, which)[0]]
-          if top not in order:
-            order = np.append(order[1:] if which == 'LA' else order[:-1], top)
+        if in_block.any() and top not in order:  # (``top``: as checked.)
+          order = np.append(order[1:] if which == 'LA' else order[:-1], top)
         order = np.concatenate([order[~in_block[order]],
                                 order[in_block[order]]])
         block_start = int(np.sum(~in_block[order]))

@@ -10,6 +10,7 @@ laid out like the parameters (`analysis.lanczos.trees.stack_shardings`).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -105,16 +106,26 @@ def to_params(space: Space, x: PyTree) -> PyTree:
   return unflatten(x, space.params_like) if space.flat else x
 
 
-@jax.jit
-def _combine_flat(basis: jax.Array, coeffs: jax.Array,
-                  params_like: PyTree) -> PyTree:
-  return _split(trees.combine(coeffs, basis), params_like, cast=False)
+@functools.partial(jax.jit, static_argnames=('count', 'flat'))
+def combine_columns(basis: PyTree, coeffs: jax.Array, params_like: PyTree,
+                    *, count: int, flat: bool) -> list:
+  """``sum_r coeffs[r, i] basis[r]`` for the first ``count`` columns of
+  ``coeffs`` ``(rows, rows)``, in one compiled call on the device (one
+  product with the basis for all of them): pytrees like the parameters
+  (``params_like``, for a ``flat`` basis) or like a vector."""
+  ys = trees.combine(coeffs[:, :count].T, basis)
+  out = []
+  for c in range(count):
+    y = jax.tree.map(lambda x, c=c: x[c], ys)
+    out.append(_split(y, params_like, cast=False) if flat else y)
+  return out
 
 
 def combinations(space: Space, basis: PyTree, coeffs: np.ndarray) -> list:
   """``sum_r coeffs[r, i] basis[r]`` for each column ``i`` of ``coeffs``
   (rows beyond its first dimension are zero), as pytrees like the
-  parameters. A small flat basis is read to the host once: no compilation."""
+  parameters. A small flat basis is read to the host once: no compilation;
+  otherwise `combine_columns`, on the device."""
   rows = coeffs.shape[0]
   if space.flat and basis.size <= 2 ** 24:
     x = (coeffs.T.astype(basis.dtype) @ np.asarray(basis)[:rows])
@@ -124,13 +135,10 @@ def combinations(space: Space, basis: PyTree, coeffs: np.ndarray) -> list:
                zip(np.split(row, np.cumsum(sizes)[:-1]), leaves)] for row in x]
     pieces = jax.device_put(pieces)  # One transfer for all vectors.
     return [jax.tree.unflatten(treedef, p) for p in pieces]
-  from analysis.lanczos import core  # pylint: disable=g-import-not-at-top
-  full = np.zeros((jax.tree.leaves(basis)[0].shape[0], coeffs.shape[1]),
-                  coeffs.dtype)
-  full[:rows] = coeffs
-  if space.flat:
-    return [_combine_flat(basis, c, space.params_like) for c in full.T]
-  return [core.ritz_vector(basis, c) for c in full.T]
+  full = np.zeros((jax.tree.leaves(basis)[0].shape[0],) * 2, coeffs.dtype)
+  full[:rows, :coeffs.shape[1]] = coeffs
+  return combine_columns(basis, full, space.params_like if space.flat
+                         else None, count=coeffs.shape[1], flat=space.flat)
 
 
 def solver_kwargs(space: Space) -> dict:
