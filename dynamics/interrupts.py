@@ -58,7 +58,7 @@ def _on_sigterm(signum, frame) -> None:
 _raising = False  # Whether a Ctrl-C raises (a command's main is running).
 
 
-_collecting = False  # Whether the garbage collector is running (`_gc_phase`).
+_collecting = False  # Whether the garbage collector runs (`_gc_start`, `_gc_stop`).
 
 
 def _gc_start(phase, info) -> None:

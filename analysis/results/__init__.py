@@ -136,11 +136,20 @@ def test_word(comparison: Mapping[str, Any]) -> str:
     >>> test_word(compare([1.0, 1.01, 0.99, 1.0, 1.02], [2.0, 2.01, 1.99, 2.0, 2.0]))
     'a lower'
   """
+  test = _t_test(comparison)
+  return 'no verdict' if test is None else test['verdict']
+
+
+def _t_test(comparison: Mapping[str, Any]) -> Dict[str, Any] | None:
+  """`analysis.stats.compare` of a stored `compare` result's per-seed
+  values: paired when both sides hold one value per seed (the reproductions
+  run both methods on the same seeds), Welch's otherwise; None when a side
+  holds a non-finite value (a run diverged)."""
   from analysis import stats  # pylint: disable=g-import-not-at-top
   a, b = comparison['a']['values'], comparison['b']['values']
   if not np.all(np.isfinite(a + b)):
-    return 'no verdict'
-  return stats.compare(a, b, paired=len(a) == len(b))['verdict']
+    return None
+  return stats.compare(a, b, paired=len(a) == len(b))
 
 
 def verdict(comparison: Mapping[str, Any], lower: str, higher: str,
@@ -162,10 +171,10 @@ def verdict(comparison: Mapping[str, Any], lower: str, higher: str,
     'no verdict: 1 seed'
   """
   from analysis import stats  # pylint: disable=g-import-not-at-top
-  a, b = comparison['a']['values'], comparison['b']['values']
-  if not np.all(np.isfinite(a + b)):
+  c = _t_test(comparison)
+  if c is None:
     return 'no verdict: a run diverged'
-  c = stats.compare(a, b, paired=len(a) == len(b))
+  a, b = comparison['a']['values'], comparison['b']['values']
   # The stored per-side counts, so that the README check ties the printed n
   # to the results file (tests/readme_numbers.py).
   c['n'] = min(comparison['a'].get('n', len(a)), comparison['b'].get('n', len(b)),
