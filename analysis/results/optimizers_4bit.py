@@ -95,12 +95,10 @@ def divergence_comparison(numbers: Dict[str, Any],
 def spike_comparison(numbers: Dict[str, Any], fmt: str) -> Dict[str, Any]:
   """Loss spikes per seed summed over the grid, Stable-SPAM against Adam
   (paired t: the seeds share init and batches)."""
-  totals = [[sum(numbers['sweep'][fmt][o][repr(float(r))]['spikes'][i]
-                 for r in numbers['learning_rates'])
-             for i in range(len(numbers['sweep'][fmt][o][repr(float(
-                 numbers['learning_rates'][0]))]['spikes']))]
-            for o in OPTIMIZERS[::-1]]
-  return stats.compare(totals[0], totals[1], paired=True)
+  keys = [repr(float(r)) for r in numbers['learning_rates']]
+  spam, adam = (np.sum([numbers['sweep'][fmt][o][k]['spikes'] for k in keys],
+                       axis=0).tolist() for o in OPTIMIZERS[::-1])
+  return stats.compare(spam, adam, paired=True)
 
 
 def loss_comparisons(numbers: Dict[str, Any],
